@@ -1,0 +1,250 @@
+"""What every data set adapter produces: a :class:`Descriptor` and a :class:`Manifest`.
+
+An adapter turns a folder in the layout users already have into a manifest — one row per
+image with its id, image source, label and source split — plus the descriptor from
+``data/datasets/<name>.json`` (class ids, readable names, the image type used in prompts,
+protocol facts). Extraction only ever sees a manifest, so a new data set is one adapter
+function plus one decorator (``@DATASETS.register("name")``) and, optionally, a descriptor.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from featcache.errors import DataError, FeatcacheError
+from featcache.registry import Registry
+
+SPLITS = ("train", "val", "test", "")  # "" = the data set has no official split for this row
+
+
+def data_dir() -> Path:
+    """The folder holding descriptors: ``featcache/data`` in a wheel, ``<repo>/data`` in a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "data", here.parent / "data"):
+        if (candidate / "datasets").is_dir():
+            return candidate
+    raise FileNotFoundError(f"featcache's data/ folder was not found next to {here}")
+
+
+@dataclass(frozen=True)
+class Descriptor:
+    """Facts about a data set that are not in its files.
+
+    ``class_ids`` are the labels as the files spell them (``MEL``), ``class_names`` the
+    readable names used in prompts (``melanoma``), ``data_type`` the image type in TFA-LT's
+    prompt ("The category of this {data_type} image is {class_name}."). ``groups`` maps
+    ``many|medium|few`` to class ids (TFA-LT's fixed groups); ``test_per_class`` is the size of
+    the class-balanced test set of the ``tfa-lt`` protocol.
+    """
+
+    name: str
+    class_ids: tuple[str, ...]
+    class_names: tuple[str, ...]
+    data_type: str = "medical"
+    protocol: str | None = None
+    test_per_class: int | None = None
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    multi_label: bool = False
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        if len(self.class_ids) != len(self.class_names):
+            raise ValueError(
+                f"descriptor {self.name}: {len(self.class_ids)} class ids but "
+                f"{len(self.class_names)} class names"
+            )
+        if len(set(self.class_ids)) != len(self.class_ids):
+            raise ValueError(f"descriptor {self.name}: duplicate class ids {self.class_ids}")
+        for group, ids in self.groups.items():
+            missing = set(ids) - set(self.class_ids)
+            if missing:
+                raise ValueError(f"descriptor {self.name}: group {group} names unknown {missing}")
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_ids)
+
+    def class_index(self, class_id: str, *, where: str = "") -> int:
+        """Index of ``class_id`` (exact first, then case-insensitive); unknown ids raise ``DataError``."""
+        if class_id in self.class_ids:
+            return self.class_ids.index(class_id)
+        lowered = [c.lower() for c in self.class_ids]
+        if class_id.strip().lower() in lowered:
+            return lowered.index(class_id.strip().lower())
+        at = f" in {where}" if where else ""
+        raise DataError(
+            f"Unknown class '{class_id}'{at} for data set {self.name}; "
+            f"expected one of: {', '.join(self.class_ids)}."
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "class_ids": list(self.class_ids),
+            "class_names": list(self.class_names),
+            "data_type": self.data_type,
+            "protocol": self.protocol,
+            "test_per_class": self.test_per_class,
+            "groups": {k: list(v) for k, v in self.groups.items()},
+            "multi_label": self.multi_label,
+            "source": self.source,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Descriptor:
+        return cls(
+            name=d["name"],
+            class_ids=tuple(d["class_ids"]),
+            class_names=tuple(d.get("class_names") or d["class_ids"]),
+            data_type=d.get("data_type", "medical"),
+            protocol=d.get("protocol"),
+            test_per_class=d.get("test_per_class"),
+            groups={k: tuple(v) for k, v in (d.get("groups") or {}).items()},
+            multi_label=bool(d.get("multi_label", False)),
+            source=d.get("source", ""),
+        )
+
+
+@cache
+def load_descriptor(name: str) -> Descriptor | None:
+    """The descriptor shipped as ``data/datasets/<name>.json``, or ``None`` when there is none."""
+    path = data_dir() / "datasets" / f"{name}.json"
+    if not path.exists():
+        return None
+    return Descriptor.from_dict(json.loads(path.read_text()))
+
+
+ImageLoader = Callable[[int], Image.Image]
+
+
+@dataclass
+class Manifest:
+    """The images of one data set: parallel arrays, one entry per image.
+
+    ``sources`` says where each image comes from (a file path, or ``file.npz#train/12``);
+    ``load(i)`` returns image ``i`` as an RGB PIL image. Pre-decoded data sets (MedMNIST,
+    synthetic) also set ``arrays`` ([N, H, W, 3] uint8) so extraction can skip PIL.
+    ``labels`` is ``[N]`` int64, or ``[N, C]`` {0,1} for multi-label sets.
+    """
+
+    descriptor: Descriptor
+    ids: list[str]
+    sources: list[str]
+    labels: np.ndarray
+    splits: list[str]
+    loader: ImageLoader
+    arrays: np.ndarray | None = None
+    options: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        if not (len(self.sources) == len(self.labels) == len(self.splits) == n):
+            raise ValueError("manifest columns differ in length")
+        if n == 0:
+            raise DataError(f"Data set {self.descriptor.name} has no images.")
+        seen: dict[str, int] = {}
+        for i, image_id in enumerate(self.ids):
+            if image_id in seen:
+                raise DataError(
+                    f"Duplicate image id '{image_id}' in {self.descriptor.name} "
+                    f"({self.sources[seen[image_id]]} and {self.sources[i]}); ids must be unique."
+                )
+            seen[image_id] = i
+        bad = sorted(set(self.splits) - set(SPLITS))
+        if bad:
+            raise ValueError(f"unknown split names {bad}; expected {SPLITS}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def load(self, i: int) -> Image.Image:
+        """Image ``i`` as an RGB PIL image; unreadable files raise ``DataError`` naming the file."""
+        return self.loader(i)
+
+    def check_classes_nonempty(self) -> None:
+        """Refuse a data set in which a class has no images (it cannot be learned or scored)."""
+        if self.labels.ndim != 1:
+            return
+        counts = np.bincount(self.labels, minlength=self.descriptor.num_classes)
+        empty = [self.descriptor.class_ids[c] for c in np.flatnonzero(counts == 0)]
+        if empty:
+            raise DataError(
+                f"Class(es) {', '.join(empty)} of {self.descriptor.name} have no images; "
+                "every class needs at least one."
+            )
+
+    def fingerprint(self) -> str:
+        """SHA-256 over ids, sources, labels, splits and the class list (the manifest hash)."""
+        h = hashlib.sha256()
+        h.update(json.dumps(list(self.descriptor.class_ids)).encode())
+        for image_id, source, split in zip(self.ids, self.sources, self.splits, strict=True):
+            h.update(f"{image_id}\t{source}\t{split}\n".encode())
+        h.update(np.ascontiguousarray(self.labels, dtype=np.int64).tobytes())
+        return h.hexdigest()
+
+
+Adapter = Callable[..., Manifest]
+DATASETS: Registry[Adapter] = Registry("data set")
+
+
+def build_manifest(name: str, root: str | Path | None, **options: object) -> Manifest:
+    """Build the manifest of data set ``name`` from ``root`` (adapter-specific ``options``)."""
+    adapter = DATASETS.get(name)
+    if root is not None:
+        root = Path(root).expanduser()
+        if not root.exists():
+            raise DataError(f"--root {root} does not exist (data set {name}).")
+    manifest = adapter(root, **options)
+    manifest.check_classes_nonempty()
+    return manifest
+
+
+def open_rgb(path: str | Path) -> Image.Image:
+    """Open an image file fully (so truncation is caught here) as RGB; errors name the file."""
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise DataError(f"Image file {path} is empty (0 bytes).")
+        with Image.open(path) as im:
+            im.load()
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise DataError(f"Image file {path} does not exist.") from None
+    except DataError:
+        raise
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"Image file {path} could not be read: {e}") from None
+
+
+def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
+    """Images per class ([C]); multi-label sets count positives per class."""
+    if labels.ndim == 2:
+        return labels.sum(0).astype(np.int64)
+    return np.bincount(labels, minlength=num_classes)
+
+
+def require_root(root: Path | None, dataset: str) -> Path:
+    """Return ``root`` after checking it is set; a missing ``--root`` names the data set."""
+    if root is None:
+        raise FeatcacheError(f"Data set {dataset} needs --root DIR (the folder holding it).")
+    return root
+
+
+__all__ = [
+    "DATASETS",
+    "Descriptor",
+    "Manifest",
+    "build_manifest",
+    "class_counts",
+    "data_dir",
+    "load_descriptor",
+    "open_rgb",
+]

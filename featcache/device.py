@@ -1,0 +1,67 @@
+"""Device and precision, resolved in one place.
+
+``--device auto|cpu|cuda`` and ``--precision fp32|bf16|fp16`` become a ``torch.device``
+and an autocast context. Nothing else in featcache calls ``.cuda()``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+
+import torch
+
+from featcache.errors import FeatcacheError
+
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn ``auto|cpu|cuda|cuda:N`` into a device; ``auto`` picks CUDA when present.
+
+    Under torchrun (``LOCAL_RANK`` set), ``cuda`` and ``auto`` pick this rank's GPU.
+    """
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise FeatcacheError(
+                f"--device {device} was asked for, but torch sees no CUDA GPU "
+                f"(torch {torch.__version__}). Use --device cpu or --device auto."
+            )
+        if device == "cuda" and "LOCAL_RANK" in os.environ:
+            device = f"cuda:{int(os.environ['LOCAL_RANK'])}"
+        return torch.device(device)
+    if device != "cpu":
+        raise FeatcacheError(f"Unknown device '{device}'. Choose from: {', '.join(DEVICES)}.")
+    return torch.device("cpu")
+
+
+def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
+    """Map ``fp32|bf16|fp16`` to a dtype; half precisions need a GPU (fp16 on CPU is refused)."""
+    if precision not in DTYPES:
+        raise FeatcacheError(
+            f"Unknown precision '{precision}'. Choose from: {', '.join(PRECISIONS)}."
+        )
+    if precision == "fp16" and device.type == "cpu":
+        raise FeatcacheError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU.")
+    return DTYPES[precision]
+
+
+@contextlib.contextmanager
+def autocast(device: torch.device, dtype: torch.dtype) -> Iterator[None]:
+    """Autocast to ``dtype`` when it is a half type, a no-op for fp32."""
+    if dtype == torch.float32:
+        yield
+        return
+    with torch.autocast(device_type=device.type, dtype=dtype):
+        yield
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued GPU work (for honest timings); a no-op on the CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

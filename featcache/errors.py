@@ -1,0 +1,38 @@
+"""User-facing errors.
+
+Every error a user can cause (a missing file, a malformed CSV row, an unknown name, a
+mismatched cache) is raised as :class:`FeatcacheError` with a message that names what was
+wrong and how to fix it. The CLI prints these messages to stderr without a traceback and
+exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class FeatcacheError(Exception):
+    """An error caused by the user's input; its message is shown as is."""
+
+
+class CacheError(FeatcacheError):
+    """A cache file is missing, incomplete, or does not match what was asked for."""
+
+
+class DataError(FeatcacheError):
+    """A data set on disk is missing, malformed, or inconsistent."""
+
+
+def did_you_mean(name: str, choices: Iterable[str]) -> str:
+    """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+def unknown(kind: str, name: str, choices: Iterable[str]) -> FeatcacheError:
+    """Build the standard "Unknown head 'cosin'. Did you mean 'cosine'?" error."""
+    choices = sorted(choices)
+    return FeatcacheError(
+        f"Unknown {kind} '{name}'.{did_you_mean(name, choices)} Choose from: {', '.join(choices)}."
+    )
