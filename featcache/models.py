@@ -11,9 +11,11 @@ e.g. for speed benchmarks).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -117,6 +119,18 @@ class Backbone:
         return out
 
 
+@contextlib.contextmanager
+def _quiet_open_clip() -> Iterator[None]:
+    """Silence open_clip's root-logger "initialized randomly" warning (we log our own)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(max(level, logging.ERROR))
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
 def _weights_error(model_name: str, pretrained: str, err: Exception) -> FeatcacheError:
     hub_cache = os.environ.get("HF_HUB_CACHE") or os.environ.get("HF_HOME") or "~/.cache/huggingface"
     return FeatcacheError(
@@ -176,9 +190,13 @@ def load_backbone(
         create_pretrained, weights_id = pretrained, pretrained
 
     try:
-        model = open_clip.create_model(
-            create_name, pretrained=create_pretrained, device=device, cache_dir=cache_dir
-        )
+        # Random weights are seeded, so "random" names one fixed model: a resumed or repeated
+        # extraction with random weights gives the same features.
+        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+            torch.manual_seed(0)
+            model = open_clip.create_model(
+                create_name, pretrained=create_pretrained, device=device, cache_dir=cache_dir
+            )
     except FeatcacheError:
         raise
     except Exception as e:  # open_clip / HF hub raise many kinds; all mean "no weights"

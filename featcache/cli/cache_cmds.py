@@ -1,17 +1,26 @@
-"""Commands around the cache: ``datasets``, ``models`` (extract/info/import-features follow)."""
+"""Commands around the cache: ``datasets``, ``models``, ``extract``, ``import-features``, ``info``."""
 
 from __future__ import annotations
+
+import json
 
 import click
 
 from featcache.cli import main
+from featcache.device import DEVICES, PRECISIONS
+from featcache.errors import FeatcacheError
+
+
+def _console():  # noqa: ANN202 - rich is imported lazily to keep `--help` fast
+    from rich.console import Console
+
+    return Console()
 
 
 @main.command("models")
 @click.option("--filter", "pattern", default="", help="Only models whose name contains this text.")
 def models_cmd(pattern: str) -> None:
     """List the open_clip models (and featcache's tiny ones) with their pretrained tags."""
-    from rich.console import Console
     from rich.table import Table
 
     from featcache.models import list_models
@@ -20,4 +29,173 @@ def models_cmd(pattern: str) -> None:
     for row in list_models():
         if pattern.lower() in row["model"].lower():
             table.add_row(row["model"], row["pretrained"])
-    Console().print(table)
+    _console().print(table)
+
+
+@main.command("datasets")
+def datasets_cmd() -> None:
+    """List the data sets featcache reads, with their layout and options."""
+    from rich.table import Table
+
+    from featcache.datasets.catalog import describe_datasets
+
+    table = Table("data set", "layout", "options")
+    for row in describe_datasets():
+        table.add_row(row["name"], row["layout"], row.get("options", ""))
+    _console().print(table)
+
+
+def _parse_options(pairs: tuple[str, ...]) -> dict:
+    """``--option key=value`` pairs -> dict (ints and floats parsed)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise FeatcacheError(f"--option expects KEY=VALUE, got '{pair}'.")
+        key, value = pair.split("=", 1)
+        for cast in (int, float):
+            try:
+                value = cast(value)
+                break
+            except ValueError:
+                continue
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+@main.command("extract")
+@click.option("--dataset", required=True, help="Data set name (see `featcache datasets`).")
+@click.option("--root", type=click.Path(), default=None, help="Folder holding the data set.")
+@click.option("--subset", default=None, help="MedMNIST subset, e.g. pneumoniamnist.")
+@click.option("--size", "image_size", type=int, default=None, help="MedMNIST image size (28/64/128/224).")
+@click.option("--csv", "csv_path", type=click.Path(), default=None, help="CSV file for --dataset csv.")
+@click.option("--option", "options", multiple=True, help="Other data set option KEY=VALUE (repeatable).")
+@click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name.")
+@click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default].")
+@click.option("--tte", is_flag=True, help="Also store the five test-time-ensembling crops.")
+@click.option("--resize", type=click.Choice(["scale", "pad"]), default="scale", show_default=True, help="Bring images to the model's size by scaling or by zero-padding.")
+@click.option("--out", type=click.Path(), default=None, help="Cache file [default: caches/<dataset>-<model>-<weights>.h5].")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
+@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--workers", type=int, default=None, help="Decoding processes [default: min(8, CPUs)].")
+@click.option("--chunk-size", type=int, default=4096, show_default=True, help="Images per resumable shard.")
+@click.option("--skip-bad", is_flag=True, help="Record unreadable images in the cache and go on.")
+@click.option("--overwrite", is_flag=True, help="Replace a cache made with other arguments.")
+@click.option("--compile", "compile_", is_flag=True, help="torch.compile the image encoder.")
+def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pretrained, tte, resize, out, device, precision, batch_size, workers, chunk_size, skip_bad, overwrite, compile_) -> None:  # noqa: ANN001
+    """Run a frozen open_clip image encoder over a data set once and write the HDF5 cache.
+
+    Resumable: if interrupted, run the same command again. Works under
+    `torchrun --nproc_per_node=N -m featcache extract ...` (one shard of the data per rank).
+    """
+    from pipelines.extract import ExtractConfig, dist_info, run
+
+    opts = _parse_options(options)
+    for key, value in (("subset", subset), ("size", image_size), ("csv", csv_path)):
+        if value is not None:
+            opts[key] = value
+    cfg = ExtractConfig(
+        dataset=dataset, root=root, dataset_options=opts, model=model, pretrained=pretrained,
+        tte=tte, resize=resize, out=out, device=device, precision=precision, batch_size=batch_size,
+        workers=workers, chunk_size=chunk_size, skip_bad=skip_bad, overwrite=overwrite, compile=compile_,
+    )
+    _init_distributed()
+    result = run(cfg)
+    if dist_info()[0] != 0:
+        return
+    if result.already_complete:
+        click.echo(f"Cache {result.out} is already complete (same arguments); nothing to do.")
+        return
+    resumed = f", resumed after {result.resumed_chunks} finished chunk(s)" if result.resumed_chunks else ""
+    click.echo(
+        f"Encoded {result.num_encoded} of {result.num_images} images in {result.seconds:.1f} s "
+        f"({result.images_per_second:,.0f} img/s{resumed})."
+    )
+    if result.skipped:
+        click.echo(f"Skipped {len(result.skipped)} unreadable image(s) (listed by `featcache info`).", err=True)
+    click.echo(f"Wrote cache {result.out}")
+
+
+def _init_distributed() -> None:
+    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
+    import os
+
+    import torch
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+
+
+@main.command("import-features")
+@click.argument("source", type=click.Path())
+@click.option("--dataset", default=None, help="Attach this data set's descriptor (classes, protocol).")
+@click.option("--out", type=click.Path(), default=None, help="Cache file [default: SOURCE with .h5].")
+@click.option("--overwrite", is_flag=True)
+def import_cmd(source: str, dataset: str | None, out: str | None, overwrite: bool) -> None:
+    """Build a cache from features computed elsewhere (.npz or .parquet)."""
+    from pipelines.import_features import ImportConfig, run
+
+    path = run(ImportConfig(source=source, out=out, dataset=dataset, overwrite=overwrite))
+    click.echo(f"Wrote cache {path}")
+
+
+@main.command("info")
+@click.argument("cache", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
+def info_cmd(cache: str, as_json: bool) -> None:
+    """Show what a cache holds: model, weights, preprocessing, views, counts, fingerprint."""
+    import numpy as np
+    from rich.table import Table
+
+    from featcache.cache import open_cache
+
+    c = open_cache(cache)
+    splits = sorted(set(c.splits.tolist()))
+    labels = c.labels if c.labels.ndim == 1 else None
+    counts = {}
+    for split in splits:
+        sel = c.splits == split
+        per = np.bincount(labels[sel], minlength=c.num_classes) if labels is not None else c.labels[sel].sum(0)
+        counts[split or "(none)"] = [int(x) for x in per]
+    info = {
+        "path": str(c.path),
+        "complete": True,
+        "dataset": c.descriptor.name,
+        "model": c.meta.get("model"),
+        "weights": c.meta.get("weights_id"),
+        "preprocessing": c.meta.get("preprocessing"),
+        "precision": c.meta.get("precision"),
+        "views": c.views,
+        "images": len(c),
+        "embed_dim": c.embed_dim,
+        "cls_dim": c.cls_dim,
+        "templates": c.templates,
+        "logit_scale": c.logit_scale,
+        "fingerprint": c.fingerprint,
+        "model_fingerprint": c.model_fingerprint,
+        "manifest_sha256": c.meta.get("manifest_sha256"),
+        "versions": c.meta.get("versions"),
+        "counts": counts,
+        "skipped": c.skipped,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    con = _console()
+    con.print(f"[bold]{c.path}[/] — complete")
+    for key in ("dataset", "model", "weights", "precision", "views", "images", "embed_dim", "cls_dim", "logit_scale", "fingerprint", "manifest_sha256"):
+        con.print(f"  {key:16s} {info[key]}")
+    con.print(f"  {'preprocessing':16s} {json.dumps(info['preprocessing'])}")
+    con.print(f"  {'templates':16s} {len(c.templates)}: {c.templates[:2]}{' …' if len(c.templates) > 2 else ''}")
+    table = Table("class", *counts.keys(), "total")
+    for j, name in enumerate(c.descriptor.class_ids):
+        row = [counts[s][j] for s in counts]
+        table.add_row(name, *map(str, row), str(sum(row)))
+    con.print(table)
+    if c.skipped:
+        con.print(f"[yellow]{len(c.skipped)} skipped image(s):[/]")
+        for s in c.skipped:
+            con.print(f"  {s['id']}  {s['source']}: {s['reason']}")
+    else:
+        con.print("  no skipped images")

@@ -1,0 +1,175 @@
+"""Image preprocessing for extraction: the ``standard`` view and the five TTE crops.
+
+Images are turned into uint8 tensors on the CPU (workers) and normalised on the device, so
+the host only ever moves bytes. Two ways in:
+
+* PIL images (JPEG/PNG files) go through open_clip's own eval transform (minus ToTensor and
+  Normalize, which happen on the device), so the ``standard`` view is exactly the model's own
+  preprocessing. For TTE the image is resized (shorter side) to S + e and centre-cropped to
+  a square (S + e)², from which the five crops are cut on the device.
+* Pre-decoded arrays (MedMNIST, synthetic) are resized on the device with antialiased bicubic
+  interpolation (PIL's kernel), rounded to uint8 as PIL would.
+
+``resize="pad"`` instead centres a smaller image on a black canvas in pixel space, before
+normalisation (the MedMNIST benchmark's size study); images larger than the canvas are
+scaled down first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from torchvision.transforms import functional as TF
+from torchvision.transforms import transforms as T
+
+from featcache.errors import FeatcacheError
+
+TTE_VIEWS = ("tte_c", "tte_tl", "tte_tr", "tte_bl", "tte_br")
+RESIZE_MODES = ("scale", "pad")
+TTE_EXPAND = 24
+
+
+def tte_boxes(size: int, expand: int = TTE_EXPAND) -> dict[str, tuple[int, int]]:
+    """(top, left) of each size×size TTE crop inside the (size + expand)² image."""
+    mid, end = expand // 2, expand
+    return {
+        "tte_c": (mid, mid),
+        "tte_tl": (0, 0),
+        "tte_tr": (0, end),
+        "tte_bl": (end, 0),
+        "tte_br": (end, end),
+    }
+
+
+def five_crops(x: torch.Tensor, size: int, expand: int = TTE_EXPAND) -> torch.Tensor:
+    """Cut the five TTE crops from ``x`` [B, 3, S+e, S+e]; returns [B, 5, 3, S, S] in TTE_VIEWS order."""
+    boxes = tte_boxes(size, expand)
+    return torch.stack([x[..., top : top + size, left : left + size] for top, left in boxes.values()], dim=1)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Every preprocessing setting of one cache (all of it goes into the fingerprint)."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bicubic"
+    resize_mode: str = "shortest"  # open_clip's own (for the standard view)
+    resize: str = "scale"  # scale | pad: how images are brought to the model's size
+    tte: bool = False
+    tte_expand: int = TTE_EXPAND
+
+    def __post_init__(self) -> None:
+        if self.resize not in RESIZE_MODES:
+            raise FeatcacheError(
+                f"Unknown --resize '{self.resize}'. Choose from: {', '.join(RESIZE_MODES)}."
+            )
+
+    @classmethod
+    def from_open_clip(cls, cfg: dict, resize: str = "scale", tte: bool = False) -> Preprocessing:
+        size = cfg["size"]
+        size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        return cls(
+            size=size,
+            mean=tuple(float(m) for m in cfg["mean"]),
+            std=tuple(float(s) for s in cfg["std"]),
+            interpolation=str(cfg.get("interpolation", "bicubic")),
+            resize_mode=str(cfg.get("resize_mode", "shortest")),
+            resize=resize,
+            tte=tte,
+        )
+
+    @property
+    def views(self) -> list[str]:
+        return ["standard", *TTE_VIEWS] if self.tte else ["standard"]
+
+    def to_dict(self) -> dict:
+        return {
+            "size": self.size,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "interpolation": self.interpolation,
+            "resize_mode": self.resize_mode,
+            "resize": self.resize,
+            "tte": self.tte,
+            "tte_expand": self.tte_expand,
+            "views": self.views,
+        }
+
+    # ---- CPU side: PIL image -> uint8 tensors -------------------------------------------
+    def pil_transforms(self) -> tuple[Callable, Callable | None]:
+        """(standard, tte) PIL -> PIL transforms; standard is open_clip's eval transform."""
+        if self.resize == "pad":
+            return (lambda im: _pad(im, self.size)), (
+                (lambda im: _pad(im, self.size + self.tte_expand)) if self.tte else None
+            )
+        full = open_clip.image_transform(
+            self.size,
+            is_train=False,
+            mean=self.mean,
+            std=self.std,
+            resize_mode=self.resize_mode,
+            interpolation=self.interpolation,
+        )
+        steps = [t for t in full.transforms if not isinstance(t, (T.ToTensor, T.Normalize))]
+        standard = T.Compose(steps)
+        tte = None
+        if self.tte:
+            mode = TF.InterpolationMode(self.interpolation)
+            big = self.size + self.tte_expand
+            tte = T.Compose([T.Resize(big, interpolation=mode), T.CenterCrop(big)])
+        return standard, tte
+
+    # ---- device side ------------------------------------------------------------------
+    def resize_arrays(self, x: torch.Tensor, size: int) -> torch.Tensor:
+        """Bring uint8 [B, 3, H, W] to uint8 [B, 3, size, size] (on x's device)."""
+        h, w = x.shape[-2:]
+        if self.resize == "pad" and h <= size and w <= size:
+            out = x.new_zeros((x.shape[0], 3, size, size))
+            top, left = (size - h) // 2, (size - w) // 2
+            out[..., top : top + h, left : left + w] = x
+            return out
+        if (h, w) == (size, size):
+            return x
+        # shorter side to `size`, then centre crop (what open_clip's "shortest" mode does)
+        scale = size / min(h, w)
+        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        if self.resize == "pad":  # larger than the canvas: scale down to fit, then pad
+            scale = size / max(h, w)
+            nh, nw = round(h * scale), round(w * scale)
+        y = F.interpolate(x.float(), size=(nh, nw), mode=self.interpolation, antialias=True)
+        y = y.round_().clamp_(0, 255).to(torch.uint8)
+        if self.resize == "pad":
+            return self.resize_arrays(y, size)
+        top, left = (nh - size) // 2, (nw - size) // 2
+        return y[..., top : top + size, left : left + size]
+
+    def normalize(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """uint8 [..., 3, H, W] -> normalised float tensor of ``dtype`` (same device)."""
+        mean = torch.tensor(self.mean, device=x.device).view(3, 1, 1)
+        std = torch.tensor(self.std, device=x.device).view(3, 1, 1)
+        return ((x.float() / 255.0 - mean) / std).to(dtype)
+
+
+def _pad(im: Image.Image, size: int) -> Image.Image:
+    """Centre ``im`` on a black size×size canvas (scaling it down first if it is larger)."""
+    w, h = im.size
+    if w > size or h > size:
+        scale = size / max(w, h)
+        im = im.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BICUBIC)
+        w, h = im.size
+    canvas = Image.new("RGB", (size, size), (0, 0, 0))
+    canvas.paste(im, ((size - w) // 2, (size - h) // 2))
+    return canvas
+
+
+def pil_to_uint8(im: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> uint8 tensor [3, H, W] (no scaling: that happens on the device)."""
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)

@@ -1,0 +1,421 @@
+"""Extraction: run a frozen open_clip image encoder once over a data set, write the cache.
+
+``run(ExtractConfig(...))`` reads top to bottom:
+
+1. build the data set's manifest and load the backbone;
+2. resolve every setting that changes the features into ``meta`` and hash it (fingerprint);
+3. refuse an existing cache or unfinished extraction with another fingerprint (unless
+   ``overwrite``), or resume one with the same fingerprint;
+4. encode this rank's pending chunks (workers decode to uint8, the device normalises,
+   crops and encodes) and save each finished chunk as a shard;
+5. on rank 0, once every chunk is there, encode the text prompts and assemble the cache.
+
+Under ``torchrun`` each rank takes every WORLD_SIZE-th chunk; the chunking does not depend on
+the number of ranks, so a run on 2 processes writes the same cache as a run on 1.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from featcache import models
+from featcache.cache import CacheHeader, ShardStore, check_complete, fingerprint_of, write_cache
+from featcache.datasets import build_manifest
+from featcache.datasets.base import Manifest
+from featcache.device import autocast, resolve_device, resolve_precision, synchronize
+from featcache.errors import CacheError, DataError, FeatcacheError
+from featcache.preprocess import TTE_VIEWS, Preprocessing, five_crops, pil_to_uint8
+from featcache.prompts import render_templates
+
+log = logging.getLogger(__name__)
+
+VERSIONED = ("featcache", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "pillow")
+
+
+@dataclass(frozen=True)
+class ExtractConfig:
+    """Everything ``featcache extract`` needs. Settings marked (fp) enter the fingerprint."""
+
+    dataset: str  # (fp) registered data set name
+    root: str | None = None  # data set folder (fp through the manifest hash)
+    dataset_options: dict = field(default_factory=dict)  # (fp) adapter options, e.g. subset
+    model: str = "tiny-clip"  # (fp)
+    pretrained: str | None = None  # (fp) tag | file | hf-hub:ID | random; None = default
+    tte: bool = False  # (fp) also store the five TTE crops
+    resize: str = "scale"  # (fp) scale | pad
+    precision: str = "auto"  # (fp) fp32 | bf16 | fp16 | auto (bf16 on GPU, fp32 on CPU)
+    out: str | None = None
+    device: str = "auto"
+    batch_size: int = 256
+    workers: int | None = None  # decoding processes; None = min(8, CPUs)
+    chunk_size: int = 4096  # rows per resumable shard (fp: it fixes the batching)
+    skip_bad: bool = False
+    overwrite: bool = False
+    compile: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise FeatcacheError(f"--batch-size must be at least 1, got {self.batch_size}.")
+        if self.chunk_size < 1:
+            raise FeatcacheError(f"--chunk-size must be at least 1, got {self.chunk_size}.")
+        if self.workers is not None and self.workers < 0:
+            raise FeatcacheError(f"--workers must be 0 or more, got {self.workers}.")
+
+
+@dataclass
+class ExtractResult:
+    """What a run did: where the cache is, how many images, how fast."""
+
+    out: Path
+    num_images: int
+    num_encoded: int
+    seconds: float
+    resumed_chunks: int
+    skipped: list[tuple[str, str]]
+    already_complete: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return self.num_encoded / self.seconds if self.seconds > 0 else float("nan")
+
+
+def default_out(cfg: ExtractConfig) -> Path:
+    """``caches/<dataset>[-subset]-<model>-<weights>[-tte][-pad].h5``."""
+    parts = [cfg.dataset, *(str(v) for v in cfg.dataset_options.values() if v is not None)]
+    weights = cfg.pretrained or models.default_pretrained(cfg.model)
+    weights = Path(weights).stem if os.sep in weights else weights.replace(":", "-").replace("/", "-")
+    parts += [cfg.model, weights]
+    if cfg.tte:
+        parts.append("tte")
+    if cfg.resize != "scale":
+        parts.append(cfg.resize)
+    return Path("caches") / ("-".join(parts) + ".h5")
+
+
+def library_versions() -> dict[str, str]:
+    out = {}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "absent"
+    return out
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size): from torch.distributed when initialised, else from torchrun's env."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+# --------------------------------------------------------------------------------------
+# Decoding (CPU workers): manifest row -> uint8 tensors, or the reason it failed
+
+
+class _Images(Dataset):
+    """Row i -> (i, standard uint8 [3,S,S], tte uint8 [3,S+e,S+e] or empty, error text)."""
+
+    def __init__(self, manifest: Manifest, prep: Preprocessing) -> None:
+        self.manifest = manifest
+        self.prep = prep
+        self.standard, self.tte = prep.pil_transforms()
+
+    def __len__(self) -> int:
+        return len(self.manifest)
+
+    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, str]:
+        s, big = self.prep.size, self.prep.size + self.prep.tte_expand
+        try:
+            im = self.manifest.load(i)
+        except DataError as e:
+            blank = torch.zeros(3, big if self.tte else 0, big if self.tte else 0, dtype=torch.uint8)
+            return i, torch.zeros(3, s, s, dtype=torch.uint8), blank, str(e)
+        tte = pil_to_uint8(self.tte(im)) if self.tte else torch.zeros(3, 0, 0, dtype=torch.uint8)
+        return i, pil_to_uint8(self.standard(im)), tte, ""
+
+
+def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
+    rows, std, tte, errs = zip(*batch, strict=True)
+    return torch.tensor(rows), torch.stack(std), torch.stack(tte), list(errs)
+
+
+def _batches_from_files(
+    manifest: Manifest, prep: Preprocessing, batches: list[list[int]], workers: int, pin: bool
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
+    loader = DataLoader(
+        _Images(manifest, prep),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=_collate,
+        pin_memory=pin,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
+    )
+    for rows, std, tte, errs in loader:
+        yield rows, std, (tte if prep.tte else None), errs
+
+
+def _batches_from_arrays(
+    manifest: Manifest, prep: Preprocessing, batches: list[list[int]], device: torch.device
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
+    """Pre-decoded [N, H, W, 3] uint8 arrays: no PIL; resized on the device."""
+    arrays = manifest.arrays
+    for rows in batches:
+        x = torch.from_numpy(np.ascontiguousarray(arrays[rows[0] : rows[-1] + 1]))
+        x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
+        std = prep.resize_arrays(x, prep.size)
+        tte = prep.resize_arrays(x, prep.size + prep.tte_expand) if prep.tte else None
+        yield torch.tensor(rows), std, tte, [""] * len(rows)
+
+
+# --------------------------------------------------------------------------------------
+
+
+def describe(cfg: ExtractConfig, manifest: Manifest, backbone: models.Backbone, prep: Preprocessing, precision: str) -> tuple[dict, str, str]:
+    """(meta, fingerprint, model_fingerprint) of an extraction."""
+    model_settings = {
+        "model": backbone.name,
+        "pretrained": backbone.pretrained if backbone.weights_id != backbone.pretrained else backbone.weights_id,
+        "weights_id": backbone.weights_id,
+        "preprocessing": prep.to_dict(),
+        "precision": precision,
+    }
+    meta = {
+        **model_settings,
+        "dataset": cfg.dataset,
+        "dataset_options": cfg.dataset_options,
+        "root": str(Path(cfg.root).resolve()) if cfg.root else None,
+        "manifest_sha256": manifest.fingerprint(),
+        "num_images": len(manifest),
+        "chunk_size": cfg.chunk_size,
+        "versions": library_versions(),
+    }
+    fp_settings = {k: v for k, v in meta.items() if k != "root"}
+    return meta, fingerprint_of(fp_settings), fingerprint_of(model_settings)
+
+
+def _prepare_target(out: Path, fingerprint: str, overwrite: bool, store: ShardStore, rank: int) -> bool:
+    """Check an existing cache / partial extraction; returns True when the cache is already done."""
+    if out.exists():
+        try:
+            check_complete(out)
+            import h5py
+
+            with h5py.File(out, "r") as f:
+                existing = str(f.attrs["fingerprint"])
+        except CacheError:
+            existing = None
+        if existing == fingerprint and not overwrite:
+            return True
+        if not overwrite:
+            raise CacheError(
+                f"Cache {out} already exists and was made with different arguments "
+                f"(fingerprint {str(existing)[:12]}… ≠ {fingerprint[:12]}…). Pass --overwrite to "
+                "replace it, or --out to write elsewhere."
+            )
+        if rank == 0:
+            out.unlink()
+    if store.exists():
+        state = store.state()
+        if state["fingerprint"] != fingerprint:
+            if not overwrite:
+                raise CacheError(
+                    f"An unfinished extraction into {out} ({store.dir}) was started with different "
+                    "arguments; refusing to mix them. Re-run it with its original arguments to "
+                    "finish it, or pass --overwrite to discard it."
+                )
+            if rank == 0:
+                store.remove()
+    return False
+
+
+def run(cfg: ExtractConfig) -> ExtractResult:
+    """Extract features for ``cfg`` and write (or finish) the cache. Returns what was done."""
+    rank, world = dist_info()
+    device = resolve_device(cfg.device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    dtype = resolve_precision(precision, device)
+    manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
+    backbone = models.load_backbone(cfg.model, cfg.pretrained, device=device)
+    prep = Preprocessing.from_open_clip(backbone.preprocess, resize=cfg.resize, tte=cfg.tte)
+    meta, fingerprint, model_fp = describe(cfg, manifest, backbone, prep, precision)
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    store = ShardStore(out)
+
+    if _prepare_target(out, fingerprint, cfg.overwrite, store, rank):
+        log.info("cache %s is already complete with the same fingerprint", out)
+        return ExtractResult(out, len(manifest), 0, 0.0, 0, [], already_complete=True)
+    _barrier()
+    if rank == 0 and not store.exists():
+        store.start(fingerprint, len(manifest), cfg.chunk_size)
+    _barrier()
+    _wait_for(store.dir / "state.json")
+
+    done_before = store.done()
+    mine = [k for k in range(store.num_chunks()) if k % world == rank and k not in done_before]
+    t0 = time.perf_counter()
+    encoded = _encode_chunks(cfg, manifest, backbone, prep, store, mine, device, dtype)
+    synchronize(device)
+    seconds = time.perf_counter() - t0
+    _barrier()
+
+    if rank != 0:
+        return ExtractResult(out, len(manifest), encoded, seconds, len(done_before), [])
+    _wait_for_chunks(store)
+    skipped = _assemble(out, cfg, manifest, backbone, prep, store, meta, fingerprint, model_fp, device)
+    store.remove()
+    _barrier()
+    return ExtractResult(
+        out, len(manifest), encoded, seconds, len(done_before),
+        [(manifest.sources[r], why) for r, why in skipped],
+    )
+
+
+def _encode_chunks(
+    cfg: ExtractConfig,
+    manifest: Manifest,
+    backbone: models.Backbone,
+    prep: Preprocessing,
+    store: ShardStore,
+    chunks: list[int],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> int:
+    """Encode ``chunks`` and save each as a shard; returns the number of images encoded."""
+    if not chunks:
+        return 0
+    visual = backbone.visual
+    if dtype != torch.float32 and device.type == "cuda":
+        visual = visual.to(dtype)  # frozen inference: half weights beat autocast (DESIGN §6)
+    encode = torch.compile(models.image_features) if cfg.compile else models.image_features
+    batches, owner = [], []
+    for k in chunks:
+        rows = list(store.chunk_rows(k))
+        for i in range(0, len(rows), cfg.batch_size):
+            batches.append(rows[i : i + cfg.batch_size])
+            owner.append(k)
+    n_total = sum(len(b) for b in batches)
+    if manifest.arrays is not None:
+        stream = _batches_from_arrays(manifest, prep, batches, device)
+    else:
+        workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
+        stream = _batches_from_files(manifest, prep, batches, workers, device.type == "cuda")
+
+    pending: dict[int, list] = {}
+    remaining = {k: sum(1 for o in owner if o == k) for k in chunks}
+    bar = tqdm(total=n_total, unit="img", desc="extract", disable=not cfg.progress, dynamic_ncols=True)
+    with torch.inference_mode():
+        for b, (rows, std, tte, errs) in enumerate(stream):
+            bad = [(int(r), e) for r, e in zip(rows.tolist(), errs, strict=True) if e]
+            if bad and not cfg.skip_bad:
+                raise DataError(
+                    f"{bad[0][1]} (row {bad[0][0]}). Pass --skip-bad to record unreadable images in "
+                    "the cache and go on; the chunks finished so far are kept."
+                )
+            views: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+            with autocast(device, dtype):
+                x = prep.normalize(std.to(device, non_blocking=True), dtype)
+                views["standard"] = encode(visual, x)
+                if tte is not None:
+                    crops = five_crops(tte.to(device, non_blocking=True), prep.size, prep.tte_expand)
+                    B = crops.shape[0]
+                    emb, cls = encode(visual, prep.normalize(crops.flatten(0, 1), dtype))  # [B*5, .]
+                    emb, cls = emb.view(B, 5, -1), cls.view(B, 5, -1)
+                    for j, name in enumerate(TTE_VIEWS):
+                        views[name] = (emb[:, j], cls[:, j])
+            block = {"rows": rows.numpy(), "errors": np.array(errs, dtype=str)}
+            for name, (emb, cls) in views.items():
+                block[f"{name}/embed"] = emb.float().cpu().numpy()
+                block[f"{name}/cls"] = cls.float().cpu().numpy()
+            k = owner[b]
+            pending.setdefault(k, []).append(block)
+            remaining[k] -= 1
+            if remaining[k] == 0:
+                parts = pending.pop(k)
+                store.save(k, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+            bar.update(len(rows))
+    bar.close()
+    return n_total
+
+
+def _assemble(
+    out: Path,
+    cfg: ExtractConfig,
+    manifest: Manifest,
+    backbone: models.Backbone,
+    prep: Preprocessing,
+    store: ShardStore,
+    meta: dict,
+    fingerprint: str,
+    model_fp: str,
+    device: torch.device,
+) -> list[tuple[int, str]]:
+    """Write the cache from the shards plus the text features; returns the skipped rows."""
+    desc = manifest.descriptor
+    templates = render_templates(desc.data_type)
+    prompts = [t.format(name) for t in templates for name in desc.class_names]
+    text = models.text_features(backbone, prompts, device)  # [T*C, E]
+    text = text.view(len(templates), desc.num_classes, -1).numpy()
+    header = CacheHeader(
+        descriptor=desc,
+        ids=manifest.ids,
+        labels=manifest.labels,
+        splits=manifest.splits,
+        sources=manifest.sources,
+        meta=meta,
+        fingerprint=fingerprint,
+        model_fingerprint=model_fp,
+        views=prep.views,
+        projection=backbone.projection().float().cpu().numpy(),
+        logit_scale=backbone.logit_scale,
+        templates=templates,
+        text_features=text,
+    )
+    # skipped rows must be known before writing (they are left out of the image arrays)
+    skipped: list[tuple[int, str]] = []
+    for k in range(store.num_chunks()):
+        with np.load(store.path(k)) as z:
+            skipped += [(int(r), str(e)) for r, e in zip(z["rows"], z["errors"], strict=True) if e]
+
+    def blocks() -> Iterator[tuple[np.ndarray, dict]]:
+        for k in range(store.num_chunks()):
+            z = store.load(k)
+            yield z["rows"], {v: {"embed": z[f"{v}/embed"], "cls": z[f"{v}/cls"]} for v in prep.views}
+
+    write_cache(out, header, blocks(), skipped)
+    return skipped
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def _wait_for(path: Path, timeout: float = 600.0) -> None:
+    t = time.monotonic()
+    while not path.exists():
+        if time.monotonic() - t > timeout:
+            raise CacheError(f"Timed out waiting for {path} (written by rank 0).")
+        time.sleep(0.05)
+
+
+def _wait_for_chunks(store: ShardStore) -> None:
+    missing = set(range(store.num_chunks())) - store.done()
+    if missing:
+        raise CacheError(
+            f"Extraction into {store.dir} is missing chunks {sorted(missing)[:10]} after all ranks "
+            "finished; run the same command again to complete them."
+        )
