@@ -10,6 +10,7 @@ function plus one decorator (``@DATASETS.register("name")``) and, optionally, a 
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featcache.errors import DataError, FeatcacheError
+from featcache.errors import DataError, FeatcacheError, unknown
 from featcache.registry import Registry
 
 SPLITS = ("train", "val", "test", "")  # "" = the data set has no official split for this row
@@ -198,6 +199,7 @@ DATASETS: Registry[Adapter] = Registry("data set")
 def build_manifest(name: str, root: str | Path | None, **options: object) -> Manifest:
     """Build the manifest of data set ``name`` from ``root`` (adapter-specific ``options``)."""
     adapter = DATASETS.get(name)
+    _check_options(name, adapter, options)
     if root is not None:
         root = Path(root).expanduser()
         if not root.exists():
@@ -205,6 +207,23 @@ def build_manifest(name: str, root: str | Path | None, **options: object) -> Man
     manifest = adapter(root, **options)
     manifest.check_classes_nonempty()
     return manifest
+
+
+def _check_options(name: str, adapter: Adapter, options: dict) -> None:
+    """Refuse unknown options (with a did-you-mean) and missing required ones, naming the data set."""
+    params = {
+        p.name: p
+        for p in inspect.signature(adapter).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
+    for key in options:
+        if key not in params:
+            if not params:
+                raise FeatcacheError(f"Data set {name} takes no options, got '{key}'.")
+            raise unknown(f"option for data set {name}", key, params)
+    missing = [k for k, p in params.items() if p.default is inspect.Parameter.empty and k not in options]
+    if missing:
+        raise FeatcacheError(f"Data set {name} needs the option(s) {', '.join(missing)}.")
 
 
 def open_rgb(path: str | Path) -> Image.Image:
