@@ -1,0 +1,178 @@
+"""MedMNIST v2 (and MedMNIST+ sizes): the 12 2D data sets as the official ``.npz`` files.
+
+Each file holds ``{train,val,test}_images`` (``[N, H, W]`` grey or ``[N, H, W, 3]`` RGB,
+uint8) and ``{train,val,test}_labels`` (``[N, 1]`` or ``[N]`` class indices, or ``[N, C]``
+0/1 for the multi-label ChestMNIST). Sizes 28 (``<subset>.npz``) and 64/128/224
+(``<subset>_<size>.npz``). The official splits are kept as source splits.
+
+The whole file is decoded once into ``Manifest.arrays`` (``[N, H, W, 3]`` uint8, grey
+repeated to three channels, contiguous) so extraction never touches PIL; note that this
+triples the memory of grey sets (TissueMNIST at 224 is ~35 GB as RGB).
+"""
+
+from __future__ import annotations
+
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from featcache.datasets._io import ArrayLoader
+from featcache.datasets.base import DATASETS, Descriptor, Manifest, load_descriptor, require_root
+from featcache.errors import DataError, unknown
+
+SUBSETS = (
+    "pathmnist",
+    "chestmnist",
+    "dermamnist",
+    "octmnist",
+    "pneumoniamnist",
+    "retinamnist",
+    "breastmnist",
+    "bloodmnist",
+    "tissuemnist",
+    "organamnist",
+    "organcmnist",
+    "organsmnist",
+)
+SIZES = (28, 64, 128, 224)
+NPZ_SPLITS = ("train", "val", "test")
+
+
+def medmnist_descriptor(subset: str) -> Descriptor:
+    """The descriptor ``medmnist-<subset>`` (class names from MedMNIST's INFO); unknown subsets raise."""
+    if subset not in SUBSETS:
+        raise unknown("MedMNIST subset", subset, SUBSETS)
+    descriptor = load_descriptor(f"medmnist-{subset}")
+    if descriptor is None:  # pragma: no cover - the descriptors ship with the package
+        raise DataError(f"descriptor data/datasets/medmnist-{subset}.json is missing from this install.")
+    return descriptor
+
+
+def find_npz(root: Path, subset: str, size: int | None) -> Path:
+    """The npz file of ``subset`` at ``size`` under ``root`` (or ``root`` itself if it is a file)."""
+    if root.is_file():
+        return root
+    if size is not None:
+        names = [f"{subset}_{size}.npz"] + ([f"{subset}.npz"] if size == 28 else [])
+        for name in names:
+            if (root / name).is_file():
+                return root / name
+        raise DataError(f"MedMNIST file not found: expected {' or '.join(str(root / n) for n in names)}.")
+    if (root / f"{subset}.npz").is_file():
+        return root / f"{subset}.npz"
+    sized = sorted(
+        p for p in root.glob(f"{subset}_*.npz") if p.stem.removeprefix(f"{subset}_").isdigit()
+    )
+    if len(sized) == 1:
+        return sized[0]
+    if not sized:
+        raise DataError(
+            f"MedMNIST file not found: expected {root / (subset + '.npz')} or "
+            f"{root / (subset + '_<size>.npz')} (sizes {', '.join(map(str, SIZES))})."
+        )
+    raise DataError(
+        f"Several MedMNIST files for {subset} in {root} ({', '.join(p.name for p in sized)}); "
+        "choose one with the size option."
+    )
+
+
+def _labels(raw: np.ndarray, descriptor: Descriptor, where: str) -> np.ndarray:
+    """Validate one split's labels: ``[N]`` int64 class indices, or ``[N, C]`` 0/1 for multi-label."""
+    c = descriptor.num_classes
+    if descriptor.multi_label:
+        if raw.ndim != 2 or raw.shape[1] != c:
+            raise DataError(f"{where}: labels have shape {raw.shape}; expected [N, {c}] (multi-label 0/1).")
+        bad = ~np.isin(raw, (0, 1))
+        if bad.any():
+            row = int(np.argwhere(bad)[0][0])
+            raise DataError(f"{where}: row {row} has labels {raw[row].tolist()}; expected only 0/1.")
+        return raw.astype(np.int64)
+    if raw.ndim == 2 and raw.shape[1] == 1:
+        raw = raw[:, 0]
+    if raw.ndim != 1:
+        raise DataError(
+            f"{where}: labels have shape {raw.shape}; expected [N] or [N, 1] class indices "
+            f"({descriptor.name} has one label per image)."
+        )
+    bad = (raw < 0) | (raw >= c) | (raw != np.round(raw))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{where}: row {row} has label {raw[row]}; expected an integer in 0..{c - 1}.")
+    return raw.astype(np.int64)
+
+
+def _images(raw: np.ndarray, where: str) -> np.ndarray:
+    """Validate one split's images and bring them to ``[N, H, W, 3]`` uint8."""
+    if raw.dtype != np.uint8:
+        raise DataError(f"{where}: images are {raw.dtype}; expected uint8.")
+    if raw.ndim == 4 and raw.shape[3] == 1:
+        raw = raw[..., 0]
+    if raw.ndim == 3:
+        return np.repeat(raw[..., None], 3, axis=3)
+    if raw.ndim == 4 and raw.shape[3] == 3:
+        return raw
+    raise DataError(f"{where}: images have shape {raw.shape}; expected [N, H, W] or [N, H, W, 3].")
+
+
+@DATASETS.register("medmnist")
+def medmnist(root: Path | None, *, subset: str, size: int | None = None) -> Manifest:
+    """MedMNIST v2 2D: <subset>.npz or <subset>_<size>.npz ({train,val,test}_{images,labels}) under root.
+
+    ``subset`` (required) is one of the 12 2D sets, e.g. ``pneumoniamnist``; ``size``
+    (28/64/128/224) picks ``<subset>_<size>.npz`` (default: the plain file, or the only one).
+    """
+    root = require_root(root, "medmnist")
+    descriptor = medmnist_descriptor(subset)
+    if size is not None and int(size) not in SIZES:
+        raise DataError(f"MedMNIST size {size} is not available; choose from {', '.join(map(str, SIZES))}.")
+    size = None if size is None else int(size)
+    path = find_npz(root, subset, size)
+
+    try:
+        npz = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise DataError(f"MedMNIST file {path} could not be read: {e}") from None
+    images: list[np.ndarray] = []
+    labels: list[np.ndarray] = []
+    ids: list[str] = []
+    sources: list[str] = []
+    splits: list[str] = []
+    with npz:
+        present = [s for s in NPZ_SPLITS if f"{s}_images" in npz.files]
+        if not present:
+            raise DataError(
+                f"MedMNIST file {path} has no {{train,val,test}}_images arrays (keys: {', '.join(npz.files)})."
+            )
+        for split in present:
+            where = f"{path} [{split}]"
+            if f"{split}_labels" not in npz.files:
+                raise DataError(f"{where}: {split}_images has no matching {split}_labels array.")
+            try:
+                x = _images(npz[f"{split}_images"], where)
+                y = _labels(npz[f"{split}_labels"], descriptor, where)
+            except (OSError, ValueError, zipfile.BadZipFile) as e:
+                raise DataError(f"{where}: could not be read: {e}") from None
+            if len(x) != len(y):
+                raise DataError(f"{where}: {len(x)} images but {len(y)} labels.")
+            if size is not None and x.shape[1:3] != (size, size):
+                raise DataError(f"{where}: images are {x.shape[1]}x{x.shape[2]}, but size={size} was asked.")
+            images.append(x)
+            labels.append(y)
+            ids += [f"{split}-{k}" for k in range(len(x))]
+            sources += [f"{path.name}#{split}/{k}" for k in range(len(x))]
+            splits += [split] * len(x)
+    shapes = {x.shape[1:] for x in images}
+    if len(shapes) > 1:
+        raise DataError(f"MedMNIST file {path}: splits have different image shapes {sorted(shapes)}.")
+    arrays = np.concatenate(images) if len(images) > 1 else images[0]  # [N, H, W, 3] uint8
+    return Manifest(
+        descriptor=descriptor,
+        ids=ids,
+        sources=sources,
+        labels=np.concatenate(labels),
+        splits=splits,
+        loader=ArrayLoader(arrays),
+        arrays=arrays,
+        options={"subset": subset, "size": int(arrays.shape[1]), "file": path.name},
+    )
