@@ -1,0 +1,174 @@
+"""The pieces of LIFT (ICML 2024) around the fine-tuned backbone: head, features, test-time ensembling.
+
+- :class:`CosineClassifier`: ``z_k = sigma * cos(w_k, f)`` (sigma = 25, LIFT's ``scale``) on the
+  pre-projection CLS feature, with LIFT's semantic-aware initialisation from text features
+  (:func:`semantic_init_weights`: text embeddings ``[C, E]`` mapped through ``proj^T`` into the
+  pre-projection space ``[C, W]`` and L2-normalised).
+- :func:`pre_projection_features`: the ``ln_post`` CLS output ``[B, W]`` the head reads.
+- Test-time ensembling (TTE) as LIFT's code does it: ``Resize(S + 24)`` (shorter side to
+  ``S + 24``, aspect ratio kept, so the image is generally *not* square), then torchvision's
+  ``FiveCrop(S)`` on that image (four corners and the centre), then the *logits* of the five
+  crops are averaged (not the features). :func:`five_crop_boxes` gives the boxes,
+  :func:`five_crops` cuts them, :func:`tte_logits` averages.
+
+The fine-tuning methods themselves live in :mod:`featcache.peft`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from featcache.errors import FeatcacheError
+from featcache.models import image_features
+
+__all__ = [
+    "TTE_EXPAND",
+    "TTE_VIEWS",
+    "CosineClassifier",
+    "five_crop_boxes",
+    "five_crops",
+    "pre_projection_features",
+    "semantic_init_weights",
+    "tte_logits",
+]
+
+TTE_EXPAND = 24  # LIFT's ``expand``: test images are resized to S + 24 before five-cropping
+# The cache's names for the five crops, in the order five_crop_boxes / five_crops return them.
+TTE_VIEWS = ("tte_c", "tte_tl", "tte_tr", "tte_bl", "tte_br")
+
+
+def semantic_init_weights(text_feats: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """LIFT's semantic-aware head weights ``[C, W]`` from text embeddings ``[C, E]``.
+
+    ``proj`` is the visual projection ``[W, E]`` (``visual.proj``): ``normalize(normalize(t) @ proj^T)``,
+    as LIFT's ``init_head_text_feat`` (its text features are normalised before and after).
+    """
+    if text_feats.ndim != 2 or proj.ndim != 2 or text_feats.shape[1] != proj.shape[1]:
+        raise FeatcacheError(
+            f"Text features {tuple(text_feats.shape)} do not match the visual projection "
+            f"{tuple(proj.shape)}: expected [C, E] and [W, E] with the same E. Use the text "
+            "features of the same backbone as the image tower."
+        )
+    text = F.normalize(text_feats.float(), dim=-1)  # [C, E]
+    return F.normalize(text @ proj.float().t(), dim=-1)  # [C, W]
+
+
+class CosineClassifier(nn.Module):
+    """``z_k = scale * cos(w_k, f)``: LIFT's head on the pre-projection feature ``f`` [B, W].
+
+    Random initialisation is uniform rows of unit norm (as LIFT's ``_Classifier``); use
+    :meth:`init_from_text` for the semantic-aware initialisation LIFT trains from. LIFT's
+    config sets ``scale = 25`` (its class default of 30 is overridden).
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_classes: int,
+        scale: float = 25.0,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if in_dim < 1 or num_classes < 1 or not scale > 0:
+            raise FeatcacheError(
+                f"CosineClassifier needs in_dim >= 1, num_classes >= 1 and scale > 0, got "
+                f"in_dim={in_dim}, num_classes={num_classes}, scale={scale}."
+            )
+        self.in_dim, self.num_classes, self.scale = in_dim, num_classes, float(scale)
+        weight = torch.empty(num_classes, in_dim, device=device, dtype=dtype).uniform_(-1, 1)
+        self.weight = nn.Parameter(F.normalize(weight, dim=-1))  # [C, W]
+
+    @torch.no_grad()
+    def init_from_text(self, text_feats: torch.Tensor, proj: torch.Tensor) -> CosineClassifier:
+        """Set the weights from text embeddings ``[C, E]`` through ``proj`` ``[W, E]``; returns self."""
+        weight = semantic_init_weights(text_feats, proj)  # [C, W]
+        if weight.shape != self.weight.shape:
+            raise FeatcacheError(
+                f"Semantic initialisation gives weights {tuple(weight.shape)}, but this head is "
+                f"[{self.num_classes}, {self.in_dim}] (classes x feature width)."
+            )
+        self.weight.copy_(weight.to(self.weight.dtype))
+        return self
+
+    def forward(self, feats: torch.Tensor) -> torch.Tensor:
+        """Features ``[B, W]`` -> logits ``[B, C]``."""
+        if feats.shape[-1] != self.in_dim:
+            raise FeatcacheError(
+                f"CosineClassifier expects features of width {self.in_dim}, got {feats.shape[-1]}."
+            )
+        weight = F.normalize(self.weight, dim=-1).to(feats.dtype)  # [C, W]
+        return F.linear(F.normalize(feats, dim=-1), weight) * self.scale  # [B, C]
+
+    def extra_repr(self) -> str:
+        return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={self.scale}"
+
+
+def pre_projection_features(visual: nn.Module, images: torch.Tensor) -> torch.Tensor:
+    """The pre-projection CLS feature ``[B, W]`` (pooled ``ln_post`` output) of ``images`` [B, 3, S, S].
+
+    Runs whatever methods :mod:`featcache.peft` injected into ``visual``.
+    """
+    return image_features(visual, images)[1]
+
+
+def five_crop_boxes(height: int, width: int, size: int) -> dict[str, tuple[int, int, int, int]]:
+    """``(top, left, bottom, right)`` of the five ``size`` crops of a ``height x width`` image.
+
+    Keys are :data:`TTE_VIEWS`; the boxes are torchvision's ``FiveCrop``: corners flush with
+    the edges, centre at ``round((H - S) / 2), round((W - S) / 2)`` (Python rounding, as
+    torchvision's ``center_crop``).
+    """
+    if size > height or size > width or size < 1:
+        raise FeatcacheError(
+            f"Cannot cut {size}x{size} crops from a {height}x{width} image; resize the shorter "
+            f"side to at least {size} (LIFT resizes to {size} + {TTE_EXPAND})."
+        )
+    top_c, left_c = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
+    corners = {
+        "tte_c": (top_c, left_c),
+        "tte_tl": (0, 0),
+        "tte_tr": (0, width - size),
+        "tte_bl": (height - size, 0),
+        "tte_br": (height - size, width - size),
+    }
+    return {name: (t, left, t + size, left + size) for name, (t, left) in corners.items()}
+
+
+def five_crops(images: torch.Tensor, size: int) -> torch.Tensor:
+    """The five crops of ``images`` [B, C, H, W] as ``[5, B, C, size, size]`` in :data:`TTE_VIEWS` order."""
+    boxes = five_crop_boxes(images.shape[-2], images.shape[-1], size)
+    return torch.stack([images[..., t:b, left:r] for t, left, b, r in boxes.values()])
+
+
+def tte_logits(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    size: int | None = None,
+    expand: int = TTE_EXPAND,
+) -> torch.Tensor:
+    """LIFT's test-time ensemble: the mean of ``fn``'s logits over five crops.
+
+    ``images``: either ``[B, C, H, W]`` already resized so the shorter side is ``S + expand``
+    (crops of ``size`` = ``S``, by default ``min(H, W) - expand``, are cut here), or the crops
+    themselves ``[B, 5, C, S, S]`` (a dataset's ``FiveCrop`` output). ``fn`` maps images
+    ``[N, C, S, S]`` to logits ``[N, K]``; all five crops go through it in one call. Returns
+    ``[B, K]``: logits are averaged, not features (LIFT's ``output.view(B, 5, -1).mean(1)``).
+    """
+    if images.ndim == 5:
+        crops = images.transpose(0, 1)  # [5, B, C, S, S]
+    elif images.ndim == 4:
+        if size is None:
+            size = min(images.shape[-2:]) - expand
+        crops = five_crops(images, size)  # [5, B, C, S, S]
+    else:
+        raise FeatcacheError(
+            f"tte_logits expects images [B, C, H, W] or crops [B, 5, C, S, S], got shape {tuple(images.shape)}."
+        )
+    views, batch = crops.shape[:2]
+    logits = fn(crops.reshape(views * batch, *crops.shape[2:]))  # [5B, K]
+    return logits.view(views, batch, -1).mean(dim=0)  # [B, K]
