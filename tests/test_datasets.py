@@ -58,9 +58,10 @@ def test_every_adapter_is_registered_and_described() -> None:
     rows = {r["name"]: r for r in describe_datasets()}
     for name in names:
         assert rows[name]["layout"] and "\n" not in rows[name]["layout"]
-    medmnist = {o["name"]: o for o in rows["medmnist"]["options"]}
+    medmnist = {o["name"]: o for o in rows["medmnist"]["option_specs"]}
     assert medmnist["subset"]["required"] and not medmnist["size"]["required"]
-    assert [o["name"] for o in rows["synthetic-lt"]["options"]] == [
+    assert rows["medmnist"]["options"] == "subset (required), size=None"
+    assert [o["name"] for o in rows["synthetic-lt"]["option_specs"]] == [
         "num_classes", "imbalance", "max_per_class", "size", "seed", "test_per_class"]
 
 
@@ -430,6 +431,7 @@ def test_lt_list_files(tmp_path: Path, name: str, prefix: str) -> None:
     msg = _error(name, root)
     assert f"{train_list}, line 10" in msg and "missing.jpg" in msg
     assert len(build_manifest(name, root, check_files=False)) == 19
+    assert len(build_manifest(name, root, check_files="false")) == 19  # as typed on the command line
     train_list.write_text("train/c0/0.jpg\n")
     assert "line 1: 'train/c0/0.jpg' has no label" in _error(name, root)
 

@@ -126,6 +126,18 @@ def readable(class_id: str) -> str:
     return class_id.replace("_", " ").strip()
 
 
+def as_bool(value: object, option: str) -> bool:
+    """An option given as ``True``/``False`` or as text from the command line (``false``, ``0``, ``no``)."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise DataError(f"Option {option} must be true or false, got '{value}'.")
+
+
 def lift_groups(train_counts: np.ndarray, class_ids: tuple[str, ...]) -> dict[str, tuple[str, ...]]:
     """LIFT's class groups from training counts: many > 100, medium 20-100, few < 20 images."""
     counts = np.asarray(train_counts)

@@ -11,9 +11,10 @@ def describe_datasets() -> list[dict]:
     """One dict per registered data set, sorted by name.
 
     Keys: ``name``; ``layout``, the first line of the adapter's docstring (what to put
-    under ``--root``); ``options``, a list of ``{"name", "type", "default", "required"}``
-    for each keyword option of the adapter (``type`` is the annotation as written,
-    ``default`` is ``None`` for required options).
+    under ``--root``); ``options``, the options on one line (``subset (required), size=None``);
+    ``option_specs``, a list of ``{"name", "type", "default", "required"}`` for each keyword
+    option of the adapter (``type`` is the annotation as written, ``default`` is ``None``
+    for required options).
     """
     rows = []
     for name in DATASETS.names():
@@ -29,5 +30,10 @@ def describe_datasets() -> list[dict]:
             for p in inspect.signature(adapter).parameters.values()
             if p.kind is inspect.Parameter.KEYWORD_ONLY
         ]
-        rows.append({"name": name, "layout": doc.splitlines()[0] if doc else "", "options": options})
+        text = ", ".join(
+            f"{o['name']} (required)" if o["required"] else f"{o['name']}={o['default']!r}" for o in options
+        )
+        rows.append(
+            {"name": name, "layout": doc.splitlines()[0] if doc else "", "options": text, "option_specs": options}
+        )
     return rows

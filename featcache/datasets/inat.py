@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from featcache.datasets._io import PathLoader, lift_groups, missing_files_error, require_file
+from featcache.datasets._io import (
+    PathLoader,
+    as_bool,
+    lift_groups,
+    missing_files_error,
+    require_file,
+)
 from featcache.datasets.base import DATASETS, Descriptor, Manifest, require_root
 from featcache.errors import DataError
 
@@ -90,7 +96,7 @@ def inat2018(root: Path | None, *, annotations: str | Path | None = None, check_
         if image_id in seen:
             raise DataError(f"{where[k]}: duplicate image '{image_id}' (first at {where[seen[image_id]]}).")
         seen[image_id] = k
-    if check_files:
+    if as_bool(check_files, "check_files"):
         missing = [(where[k], str(p)) for k, p in enumerate(paths) if not os.path.isfile(p)]
         if missing:
             raise missing_files_error(f"the iNat2018 json files in {folder} (image root {root})", missing, len(paths))

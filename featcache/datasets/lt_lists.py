@@ -17,6 +17,7 @@ import numpy as np
 
 from featcache.datasets._io import (
     PathLoader,
+    as_bool,
     lift_groups,
     missing_files_error,
     readable,
@@ -106,7 +107,7 @@ def lt_list_manifest(
         if image_id in seen:
             raise DataError(f"{where[k]}: duplicate image '{image_id}' (first at {where[seen[image_id]]}).")
         seen[image_id] = k
-    if check_files:
+    if as_bool(check_files, "check_files"):
         missing = [(where[k], str(p)) for k, p in enumerate(paths) if not os.path.isfile(p)]
         if missing:
             raise missing_files_error(f"the {name} lists in {lists} (image root {root})", missing, len(paths))
