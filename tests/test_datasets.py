@@ -349,6 +349,7 @@ def test_csv_bad_rows(tmp_path: Path) -> None:
     assert "unknown class 'tumour'. Did you mean 'tumor'" in _error("csv", tmp_path, csv=str(csv), classes="cyst,normal,tumor")
     assert "Class(es) polyp of csv have no images" in _error("csv", tmp_path, csv=str(csv), classes="cyst,normal,tumour,polyp")
     assert "CSV list not found" in _error("csv", tmp_path, csv="nope.csv")
+    assert "names cyst more than once" in _error("csv", tmp_path, csv=str(csv), classes="cyst,normal,cyst")
 
 
 # --- synthetic-lt ------------------------------------------------------------------
@@ -367,6 +368,12 @@ def test_synthetic_lt_is_deterministic_and_long_tailed() -> None:
     assert d.groups == {"many": ("0", "1"), "medium": ("2", "3"), "few": ("4", "5")}
     assert d.class_names[0] == "class 0 (red vertical stripes)" and d.data_type == "synthetic"
     assert a.arrays.shape == (len(a), 32, 32, 3) and a.load(0).size == (32, 32)
+
+
+def test_manifests_pickle_for_worker_processes(tmp_path: Path) -> None:
+    for m in (build_manifest("synthetic-lt", None), build_manifest("aptos2019", write_aptos(tmp_path))):
+        copy = pickle.loads(pickle.dumps(m))
+        assert np.array_equal(np.asarray(copy.load(3)), np.asarray(m.load(3)))
 
 
 def test_synthetic_lt_classes_are_separable_by_colour() -> None:

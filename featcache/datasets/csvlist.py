@@ -34,6 +34,9 @@ def _class_list(classes: str | list[str] | None) -> tuple[str, ...] | None:
     ids = tuple(c.strip() for c in items if c.strip())
     if not ids:
         raise DataError("The classes option is empty; give class ids separated by commas.")
+    repeated = sorted({c for c in ids if ids.count(c) > 1})
+    if repeated:
+        raise DataError(f"The classes option names {', '.join(repeated)} more than once.")
     return ids
 
 
