@@ -272,12 +272,12 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     seconds = time.perf_counter() - t0
     _barrier()
 
-    if rank != 0:
-        return ExtractResult(out, len(manifest), encoded, seconds, len(done_before), [])
-    _wait_for_chunks(store)
-    skipped = _assemble(out, cfg, manifest, backbone, prep, store, meta, fingerprint, model_fp, device)
-    store.remove()
-    _barrier()
+    skipped: list[tuple[int, str]] = []
+    if rank == 0:
+        _wait_for_chunks(store)
+        skipped = _assemble(out, cfg, manifest, backbone, prep, store, meta, fingerprint, model_fp, device)
+        store.remove()
+    _barrier()  # every rank returns only once the cache is complete
     return ExtractResult(
         out, len(manifest), encoded, seconds, len(done_before),
         [(manifest.sources[r], why) for r, why in skipped],
@@ -316,7 +316,7 @@ def _encode_chunks(
 
     pending: dict[int, list] = {}
     remaining = {k: sum(1 for o in owner if o == k) for k in chunks}
-    bar = tqdm(total=n_total, unit="img", desc="extract", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=n_total, unit="img", desc="extract", disable=not cfg.progress or dist_info()[0] != 0, dynamic_ncols=True)
     with torch.inference_mode():
         for b, (rows, std, tte, errs) in enumerate(stream):
             bad = [(int(r), e) for r, e in zip(rows.tolist(), errs, strict=True) if e]

@@ -1,0 +1,330 @@
+"""Extraction and the cache contract (DESIGN.md §4) on the tiny random-weight model."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+import open_clip
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+from featcache.cache import CacheHeader, ShardStore, open_cache, write_cache
+from featcache.cli import main
+from featcache.datasets.base import Descriptor
+from featcache.errors import CacheError, DataError, FeatcacheError
+from featcache.models import image_features, load_backbone
+from featcache.preprocess import TTE_VIEWS, Preprocessing, five_crops, tte_boxes
+from pipelines.extract import ExtractConfig, run
+from pipelines.import_features import ImportConfig
+from pipelines.import_features import run as import_run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _folder(root: Path, per_class: dict[str, int], size: tuple[int, int] = (40, 30)) -> Path:
+    """root/<class>/<i>.png with class-dependent colours (a `folder` data set)."""
+    rng = np.random.default_rng(0)
+    for c, (name, n) in enumerate(per_class.items()):
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            arr = rng.integers(0, 60, (*size[::-1], 3), dtype=np.uint8)
+            arr[..., c % 3] += 150
+            Image.fromarray(arr).save(root / name / f"{name}_{i}.png")
+    return root
+
+
+def _extract(tmp_path: Path, name: str = "c.h5", **kw) -> Path:
+    kw.setdefault("dataset", "synthetic-lt")
+    kw.setdefault("workers", 0)
+    kw.setdefault("progress", False)
+    return run(ExtractConfig(out=str(tmp_path / name), **kw)).out
+
+
+def test_standard_view_equals_open_clip_preprocess_and_model(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", {"a": 3, "b": 2})
+    out = _extract(tmp_path, dataset="folder", root=str(root), batch_size=2, chunk_size=3)
+    cache = open_cache(out)
+    backbone = load_backbone("tiny-clip")
+    cfg = backbone.preprocess
+    transform = open_clip.image_transform(cfg["size"], is_train=False, mean=cfg["mean"], std=cfg["std"])
+    paths = [Path(s) for s in cache.sources]
+    x = torch.stack([transform(Image.open(p).convert("RGB")) for p in paths])
+    with torch.no_grad():
+        emb, cls = image_features(backbone.visual, x)
+        ref = backbone.model.encode_image(x)
+    torch.testing.assert_close(cache.features("standard", "embed"), emb, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cache.features("standard", "cls"), cls, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(emb, ref, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(cls @ cache.projection, emb, atol=1e-5, rtol=1e-5)
+    assert cache.logit_scale == pytest.approx(backbone.logit_scale)
+    assert cache.text_features.shape == (len(cache.templates), 2, cache.embed_dim)
+    torch.testing.assert_close(cache.text_features.norm(dim=-1), torch.ones(len(cache.templates), 2))
+
+
+def test_tte_crop_boxes_are_centre_and_corners() -> None:
+    s, e = 224, 24
+    boxes = tte_boxes(s, e)
+    assert boxes == {"tte_c": (12, 12), "tte_tl": (0, 0), "tte_tr": (0, 24), "tte_bl": (24, 0), "tte_br": (24, 24)}
+    x = torch.arange((s + e) ** 2).view(1, 1, s + e, s + e).expand(2, 3, -1, -1)
+    crops = five_crops(x, s, e)  # [B, 5, 3, S, S]
+    assert crops.shape == (2, 5, 3, s, s)
+    for j, (top, left) in enumerate(boxes.values()):
+        assert crops[0, j, 0, 0, 0] == top * (s + e) + left
+        assert crops[0, j, 0, -1, -1] == (top + s - 1) * (s + e) + left + s - 1
+
+
+def test_tte_views_equal_model_on_crops(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", {"a": 2, "b": 2}, size=(50, 40))
+    cache = open_cache(_extract(tmp_path, dataset="folder", root=str(root), tte=True))
+    assert cache.views == ["standard", *TTE_VIEWS]
+    backbone = load_backbone("tiny-clip")
+    prep = Preprocessing.from_open_clip(backbone.preprocess, tte=True)
+    _, big = prep.pil_transforms()
+    from featcache.preprocess import pil_to_uint8
+
+    u8 = torch.stack([pil_to_uint8(big(Image.open(p).convert("RGB"))) for p in cache.sources])
+    assert u8.shape[-1] == prep.size + 24
+    crops = five_crops(u8, prep.size)
+    with torch.no_grad():
+        for j, view in enumerate(TTE_VIEWS):
+            emb, _ = image_features(backbone.visual, prep.normalize(crops[:, j], torch.float32))
+            torch.testing.assert_close(cache.features(view), emb, atol=1e-5, rtol=1e-5)
+
+
+def test_pad_puts_image_on_black_canvas() -> None:
+    prep = Preprocessing(size=32, mean=(0, 0, 0), std=(1, 1, 1), resize="pad")
+    x = torch.full((1, 3, 28, 28), 200, dtype=torch.uint8)
+    y = prep.resize_arrays(x, 32)
+    assert y.shape == (1, 3, 32, 32)
+    assert (y[..., 2:30, 2:30] == 200).all() and y[..., :2, :].sum() == 0 and y[..., :, 30:].sum() == 0
+    standard, _ = prep.pil_transforms()
+    im = standard(Image.new("RGB", (28, 28), (200, 200, 200)))
+    arr = np.asarray(im)
+    assert arr.shape == (32, 32, 3) and arr[2:30, 2:30].min() == 200 and arr[:2].max() == 0
+    scaled = Preprocessing(size=32, mean=(0, 0, 0), std=(1, 1, 1)).resize_arrays(x, 32)
+    assert (scaled == 200).all()
+
+
+def test_arrays_and_pil_paths_agree(tmp_path: Path) -> None:
+    """Pre-decoded arrays (resized on the device) give nearly the PIL path's features."""
+    backbone = load_backbone("tiny-clip")
+    prep = Preprocessing.from_open_clip(backbone.preprocess)
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 255, (4, 28, 28, 3), dtype=np.uint8)
+    dev = prep.resize_arrays(torch.from_numpy(arr).permute(0, 3, 1, 2), prep.size)
+    standard, _ = prep.pil_transforms()
+    pil = np.stack([np.asarray(standard(Image.fromarray(a))) for a in arr]).transpose(0, 3, 1, 2)
+    diff = np.abs(dev.numpy().astype(int) - pil.astype(int))
+    # PIL rounds to uint8 between its two 1-D passes; torch does not. On random noise (the
+    # worst case: every overshoot clips) that costs a few levels at a few pixels.
+    assert diff.mean() < 0.6 and np.percentile(diff, 99) <= 2
+
+
+def _cli_extract_args(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
+    return [
+        "extract", "--dataset", "synthetic-lt", "--option", "max_per_class=1500", "--option", "imbalance=10",
+        "--workers", "0", "--batch-size", "16", "--chunk-size", "64", "--out", str(out), *extra,
+    ]
+
+
+def test_killed_extraction_resumes_to_identical_cache(tmp_path: Path) -> None:
+    ref = tmp_path / "ref.h5"
+    assert CliRunner().invoke(main, _cli_extract_args(ref)).exit_code == 0
+    out = tmp_path / "killed.h5"
+    cmd = [sys.executable, "-m", "featcache", *_cli_extract_args(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    store = ShardStore(out)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if store.dir.exists() and len(store.done()) >= 3:
+            break
+        time.sleep(0.005)
+    assert proc.poll() is None, "extraction finished before it could be killed; make the data larger"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    done = store.done()
+    assert 3 <= len(done) < store.num_chunks()
+    with pytest.raises(CacheError, match="interrupted"):
+        open_cache(out)
+    # a different argument is refused while the unfinished extraction exists
+    res = CliRunner().invoke(main, _cli_extract_args(out, ("--tte",)))
+    assert res.exit_code == 2 and "different arguments" in res.output
+    res = CliRunner().invoke(main, _cli_extract_args(out))
+    assert res.exit_code == 0, res.output
+    assert f"resumed after {len(done)} finished chunk" in res.output
+    a, b = open_cache(ref), open_cache(out)
+    assert a.ids == b.ids and a.fingerprint == b.fingerprint
+    assert torch.equal(a.features(), b.features()) and torch.equal(a.features(kind="cls"), b.features(kind="cls"))
+    assert not store.dir.exists()
+
+
+def test_existing_cache_with_other_arguments_is_refused(tmp_path: Path) -> None:
+    out = _extract(tmp_path)
+    with pytest.raises(CacheError, match="different arguments"):
+        _extract(tmp_path, tte=True)
+    assert open_cache(out).views == ["standard"]  # nothing was lost
+    again = run(ExtractConfig(dataset="synthetic-lt", out=str(out), workers=0, progress=False))
+    assert again.already_complete
+    _extract(tmp_path, tte=True, overwrite=True)
+    assert open_cache(out).views == ["standard", *TTE_VIEWS]
+
+
+def test_reader_refuses_incomplete_file(tmp_path: Path) -> None:
+    out = _extract(tmp_path)
+    with h5py.File(out, "r+") as f:
+        f.attrs["complete"] = False
+    with pytest.raises(CacheError, match=f"{out.name} is incomplete"):
+        open_cache(out)
+    with pytest.raises(CacheError, match="does not exist"):
+        open_cache(tmp_path / "nope.h5")
+    (tmp_path / "junk.h5").write_bytes(b"not hdf5")
+    with pytest.raises(CacheError, match="not a readable HDF5"):
+        open_cache(tmp_path / "junk.h5")
+
+
+def test_bad_images_stop_extraction_or_are_recorded(tmp_path: Path) -> None:
+    root = _folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    (root / "a" / "a_1.png").write_bytes(b"")  # zero bytes
+    good = (root / "b" / "b_0.png").read_bytes()
+    (root / "b" / "b_2.png").write_bytes(good[: len(good) // 2])  # truncated
+    with pytest.raises(DataError, match="a_1.png"):
+        _extract(tmp_path, dataset="folder", root=str(root))
+    out = _extract(tmp_path, dataset="folder", root=str(root), skip_bad=True)
+    cache = open_cache(out)
+    assert len(cache) == 4
+    assert sorted(Path(s["source"]).name for s in cache.skipped) == ["a_1.png", "b_2.png"]
+    assert any("empty" in s["reason"] for s in cache.skipped)
+    res = CliRunner().invoke(main, ["info", str(out)])
+    assert res.exit_code == 0 and "2 skipped image(s)" in res.output and "b_2.png" in res.output
+
+
+def test_cli_errors_are_clean(tmp_path: Path) -> None:
+    res = CliRunner().invoke(main, ["extract", "--dataset", "folder", "--root", str(tmp_path / "missing")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = CliRunner().invoke(main, ["extract", "--dataset", "synthtic-lt"])
+    assert res.exit_code == 2 and "Did you mean 'synthetic-lt'?" in res.output
+    res = CliRunner().invoke(main, ["extract", "--dataset", "synthetic-lt", "--model", "ViT-B-61"])
+    assert res.exit_code == 2 and "Did you mean 'ViT-B-16'?" in res.output
+    res = CliRunner().invoke(main, ["info", str(tmp_path / "none.h5")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+
+
+def test_weights_errors_name_model_and_tag(tmp_path: Path) -> None:
+    with pytest.raises(FeatcacheError, match="Weights file .*nope.bin for model 'ViT-B-16' does not exist"):
+        load_backbone("ViT-B-16", str(tmp_path / "nope.bin"))
+    with pytest.raises(FeatcacheError, match="no pretrained tag 'opnai'.*Did you mean 'openai'"):
+        load_backbone("ViT-B-16", "opnai")
+
+
+def test_local_checkpoint_file_is_loaded_and_hashed(tmp_path: Path) -> None:
+    a = load_backbone("tiny-clip")
+    for p in a.model.parameters():
+        p.data.add_(1.0)
+    ckpt = tmp_path / "tiny.pt"
+    torch.save(a.model.state_dict(), ckpt)
+    b = load_backbone("tiny-clip", str(ckpt))
+    assert b.weights_id.startswith("sha256:")
+    torch.testing.assert_close(b.model.visual.proj, a.model.visual.proj)
+
+
+def test_cli_extract_and_info(tmp_path: Path) -> None:
+    out = tmp_path / "c.h5"
+    res = CliRunner().invoke(main, ["extract", "--dataset", "synthetic-lt", "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert f"Wrote cache {out}" in res.output and "img/s" in res.output
+    res = CliRunner().invoke(main, ["info", str(out), "--json"])
+    assert res.exit_code == 0
+    import json
+
+    info = json.loads(res.output)
+    assert info["model"] == "tiny-clip" and info["views"] == ["standard"]
+    assert sum(info["counts"]["train"]) + sum(info["counts"]["test"]) == info["images"]
+
+
+def _header(n: int, d: int, desc: Descriptor, views: list[str]) -> CacheHeader:
+    return CacheHeader(
+        descriptor=desc, ids=[str(i) for i in range(n)], labels=np.arange(n) % desc.num_classes,
+        splits=["train"] * n, sources=[str(i) for i in range(n)], meta={}, fingerprint="f",
+        model_fingerprint="m", views=views,
+    )
+
+
+def test_write_cache_blocks_and_skips(tmp_path: Path) -> None:
+    desc = Descriptor(name="t", class_ids=("a", "b"), class_names=("a", "b"))
+    feats = np.random.default_rng(0).normal(size=(10, 4)).astype(np.float32)
+    blocks = iter([(np.arange(0, 5), {"standard": {"embed": feats[:5], "cls": feats[:5]}}),
+                   (np.arange(5, 10), {"standard": {"embed": feats[5:], "cls": feats[5:]}})])
+    write_cache(tmp_path / "w.h5", _header(10, 4, desc, ["standard"]), blocks, skipped=[(3, "bad"), (7, "bad")])
+    c = open_cache(tmp_path / "w.h5")
+    keep = [i for i in range(10) if i not in (3, 7)]
+    assert c.ids == [str(i) for i in keep]
+    np.testing.assert_array_equal(c.features().numpy(), feats[keep])
+
+
+def test_import_features_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n, d = 30, 8
+    feats = rng.normal(size=(n, d)).astype(np.float32)
+    labels = np.array(["nv", "mel", "bkl", "bcc", "akiec", "vasc", "df"] * 5)[:n]
+    split = np.array(["train"] * 20 + ["test"] * 10)
+    src = tmp_path / "f.npz"
+    np.savez(src, features=feats, labels=labels, split=split, ids=np.array([f"img{i}" for i in range(n)]))
+    out = import_run(ImportConfig(source=str(src), dataset="isic2018", out=str(tmp_path / "f.h5")))
+    c = open_cache(out)
+    assert c.descriptor.name == "isic2018" and c.ids[0] == "img0"
+    assert [c.descriptor.class_ids[y] for y in c.labels[:3]] == ["NV", "MEL", "BKL"]
+    np.testing.assert_array_equal(c.features().numpy(), feats)
+    assert list(c.splits[:20]) == ["train"] * 20 and c.text_features is None
+    # integer labels + class names in the file's own order, multi-view, parquet
+    names = np.array(["df", "vasc", "akiec", "bcc", "bkl", "mel", "nv"])
+    multi = rng.normal(size=(n, 6, d)).astype(np.float32)
+    np.savez(tmp_path / "g.npz", features=multi, labels=np.arange(n) % 7, class_names=names,
+             text_features=rng.normal(size=(7, d)).astype(np.float32))
+    c = open_cache(import_run(ImportConfig(source=str(tmp_path / "g.npz"), dataset="isic2018")))
+    assert c.views == ["standard", *TTE_VIEWS] and c.descriptor.class_ids[c.labels[0]] == "DF"
+    np.testing.assert_allclose(c.features("tte_br").numpy(), multi[:, 5])
+    assert c.text_features.shape == (1, 7, d)
+    import polars as pl
+
+    pl.DataFrame({"features": feats.tolist(), "labels": np.arange(n) % 3}).write_parquet(tmp_path / "h.parquet")
+    c = open_cache(import_run(ImportConfig(source=str(tmp_path / "h.parquet"))))
+    assert c.num_classes == 3 and len(c) == n
+    np.testing.assert_allclose(c.features().numpy(), feats)
+
+
+def test_import_features_bad_input(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", features=np.zeros((3, 4)), labels=np.array(["nv", "xx", "df"]))
+    with pytest.raises(DataError, match="Unknown class 'xx'.*row 1"):
+        import_run(ImportConfig(source=str(tmp_path / "a.npz"), dataset="isic2018"))
+    np.savez(tmp_path / "b.npz", features=np.zeros((3, 4)))
+    with pytest.raises(DataError, match="no 'labels'"):
+        import_run(ImportConfig(source=str(tmp_path / "b.npz")))
+    with pytest.raises(DataError, match="does not exist"):
+        import_run(ImportConfig(source=str(tmp_path / "c.npz")))
+
+
+@pytest.mark.slow
+def test_two_process_torchrun_equals_one_process(tmp_path: Path) -> None:
+    one = _extract(tmp_path, "one.h5", chunk_size=50, batch_size=25)
+    two = tmp_path / "two.h5"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "featcache", "extract",
+           "--dataset", "synthetic-lt", "--workers", "0", "--chunk-size", "50", "--batch-size", "25",
+           "--out", str(two)]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = open_cache(one), open_cache(two)
+    assert a.ids == b.ids and a.fingerprint == b.fingerprint
+    torch.testing.assert_close(a.features(), b.features())
+    torch.testing.assert_close(a.features(kind="cls"), b.features(kind="cls"))
