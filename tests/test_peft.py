@@ -239,6 +239,22 @@ def test_bf16(visual, images, name):
         assert any(p.grad is not None for p in visual.parameters() if p.requires_grad)
 
 
+@pytest.mark.parametrize("name", METHODS.names())
+def test_gradient_checkpointing_gives_the_same_gradients(visual, images, name):
+    _prepare(visual, name)
+    if not any(p.requires_grad for p in visual.parameters()):
+        pytest.skip(f"'{name}' trains nothing in the backbone")
+    checkpointed = copy.deepcopy(visual)
+    checkpointed.set_grad_checkpointing(True)
+    for model in (visual, checkpointed):
+        model.train()
+        model(images).square().sum().backward()
+    grads = [(n, p.grad) for n, p in visual.named_parameters() if p.requires_grad]
+    other = dict(checkpointed.named_parameters())
+    for n, grad in grads:
+        torch.testing.assert_close(other[n].grad, grad, rtol=1e-4, atol=1e-6, msg=n)
+
+
 def test_mark_trainable_freezes_everything_else(visual):
     mark_trainable(visual, make_config("full"))
     assert count_parameters(visual)[0] == expected_trainable(visual, FullConfig(), NUM_CLASSES)
