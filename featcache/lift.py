@@ -24,6 +24,7 @@ from torch import nn
 
 from featcache.errors import FeatcacheError
 from featcache.models import image_features
+from featcache.preprocess import TTE_EXPAND, TTE_VIEWS
 
 __all__ = [
     "TTE_EXPAND",
@@ -36,9 +37,8 @@ __all__ = [
     "tte_logits",
 ]
 
-TTE_EXPAND = 24  # LIFT's ``expand``: test images are resized to S + 24 before five-cropping
-# The cache's names for the five crops, in the order five_crop_boxes / five_crops return them.
-TTE_VIEWS = ("tte_c", "tte_tl", "tte_tr", "tte_bl", "tte_br")
+# TTE_EXPAND (LIFT's ``expand`` = 24) and TTE_VIEWS (the cache's names of the five crops, in
+# the order five_crop_boxes / five_crops return them) have their home in featcache.preprocess.
 
 
 def semantic_init_weights(text_feats: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
