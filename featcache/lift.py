@@ -24,7 +24,7 @@ from torch import nn
 
 from featcache.errors import FeatcacheError
 from featcache.models import image_features
-from featcache.preprocess import TTE_EXPAND, TTE_VIEWS
+from featcache.preprocess import TTE_EXPAND, TTE_VIEWS, five_crop_boxes, five_crops
 
 __all__ = [
     "TTE_EXPAND",
@@ -116,35 +116,6 @@ def pre_projection_features(visual: nn.Module, images: torch.Tensor) -> torch.Te
     return image_features(visual, images)[1]
 
 
-def five_crop_boxes(height: int, width: int, size: int) -> dict[str, tuple[int, int, int, int]]:
-    """``(top, left, bottom, right)`` of the five ``size`` crops of a ``height x width`` image.
-
-    Keys are :data:`TTE_VIEWS`; the boxes are torchvision's ``FiveCrop``: corners flush with
-    the edges, centre at ``round((H - S) / 2), round((W - S) / 2)`` (Python rounding, as
-    torchvision's ``center_crop``).
-    """
-    if size > height or size > width or size < 1:
-        raise FeatcacheError(
-            f"Cannot cut {size}x{size} crops from a {height}x{width} image; resize the shorter "
-            f"side to at least {size} (LIFT resizes to {size} + {TTE_EXPAND})."
-        )
-    top_c, left_c = int(round((height - size) / 2.0)), int(round((width - size) / 2.0))
-    corners = {
-        "tte_c": (top_c, left_c),
-        "tte_tl": (0, 0),
-        "tte_tr": (0, width - size),
-        "tte_bl": (height - size, 0),
-        "tte_br": (height - size, width - size),
-    }
-    return {name: (t, left, t + size, left + size) for name, (t, left) in corners.items()}
-
-
-def five_crops(images: torch.Tensor, size: int) -> torch.Tensor:
-    """The five crops of ``images`` [B, C, H, W] as ``[5, B, C, size, size]`` in :data:`TTE_VIEWS` order."""
-    boxes = five_crop_boxes(images.shape[-2], images.shape[-1], size)
-    return torch.stack([images[..., t:b, left:r] for t, left, b, r in boxes.values()])
-
-
 def tte_logits(
     fn: Callable[[torch.Tensor], torch.Tensor],
     images: torch.Tensor,
@@ -160,15 +131,15 @@ def tte_logits(
     ``[B, K]``: logits are averaged, not features (LIFT's ``output.view(B, 5, -1).mean(1)``).
     """
     if images.ndim == 5:
-        crops = images.transpose(0, 1)  # [5, B, C, S, S]
+        crops = images  # [B, 5, C, S, S]
     elif images.ndim == 4:
         if size is None:
             size = min(images.shape[-2:]) - expand
-        crops = five_crops(images, size)  # [5, B, C, S, S]
+        crops = five_crops(images, size)  # [B, 5, C, S, S]
     else:
         raise FeatcacheError(
             f"tte_logits expects images [B, C, H, W] or crops [B, 5, C, S, S], got shape {tuple(images.shape)}."
         )
-    views, batch = crops.shape[:2]
-    logits = fn(crops.reshape(views * batch, *crops.shape[2:]))  # [5B, K]
-    return logits.view(views, batch, -1).mean(dim=0)  # [B, K]
+    batch, views = crops.shape[:2]
+    logits = fn(crops.flatten(0, 1))  # [B*5, K]
+    return logits.view(batch, views, -1).mean(dim=1)  # [B, K]

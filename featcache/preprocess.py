@@ -5,8 +5,10 @@ the host only ever moves bytes. Two ways in:
 
 * PIL images (JPEG/PNG files) go through open_clip's own eval transform (minus ToTensor and
   Normalize, which happen on the device), so the ``standard`` view is exactly the model's own
-  preprocessing. For TTE the image is resized (shorter side) to S + e and centre-cropped to
-  a square (S + e)², from which the five crops are cut on the device.
+  preprocessing. For TTE the image is resized (shorter side, aspect kept) to S + e and the
+  five crops are cut from it with torchvision's FiveCrop geometry, as LIFT does: by the
+  decoding worker for files (images differ in shape), on the device for arrays. Each image
+  is decoded once.
 * Pre-decoded arrays (MedMNIST, synthetic) are resized on the device with antialiased bicubic
   interpolation (PIL's kernel), rounded to uint8 as PIL would.
 
@@ -35,22 +37,31 @@ RESIZE_MODES = ("scale", "pad")
 TTE_EXPAND = 24
 
 
-def tte_boxes(size: int, expand: int = TTE_EXPAND) -> dict[str, tuple[int, int]]:
-    """(top, left) of each size×size TTE crop inside the (size + expand)² image."""
-    mid, end = expand // 2, expand
+def five_crop_boxes(height: int, width: int, size: int) -> dict[str, tuple[int, int]]:
+    """(top, left) of the five size×size TTE crops of a height×width image, by view name.
+
+    torchvision's ``FiveCrop`` geometry, as LIFT uses it: corners flush with the image's
+    edges, the centre crop at ``round((H - S) / 2), round((W - S) / 2)``. For a square
+    (S + 24)² image that is (12, 12), (0, 0), (0, 24), (24, 0), (24, 24).
+    """
+    if not 1 <= size <= min(height, width):
+        raise FeatcacheError(
+            f"Cannot cut {size}x{size} crops from a {height}x{width} image; resize the shorter "
+            f"side to at least {size} (TTE resizes it to {size} + {TTE_EXPAND})."
+        )
     return {
-        "tte_c": (mid, mid),
+        "tte_c": (int(round((height - size) / 2.0)), int(round((width - size) / 2.0))),
         "tte_tl": (0, 0),
-        "tte_tr": (0, end),
-        "tte_bl": (end, 0),
-        "tte_br": (end, end),
+        "tte_tr": (0, width - size),
+        "tte_bl": (height - size, 0),
+        "tte_br": (height - size, width - size),
     }
 
 
-def five_crops(x: torch.Tensor, size: int, expand: int = TTE_EXPAND) -> torch.Tensor:
-    """Cut the five TTE crops from ``x`` [B, 3, S+e, S+e]; returns [B, 5, 3, S, S] in TTE_VIEWS order."""
-    boxes = tte_boxes(size, expand)
-    return torch.stack([x[..., top : top + size, left : left + size] for top, left in boxes.values()], dim=1)
+def five_crops(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Cut the five TTE crops from ``x`` [B, C, H, W]; returns [B, 5, C, S, S] in TTE_VIEWS order."""
+    boxes = five_crop_boxes(x.shape[-2], x.shape[-1], size)
+    return torch.stack([x[..., t : t + size, left : left + size] for t, left in boxes.values()], dim=1)
 
 
 @dataclass(frozen=True)
@@ -109,7 +120,7 @@ class Preprocessing:
         if self.resize == "pad":
             return (lambda im: _pad(im, self.size)), (
                 (lambda im: _pad(im, self.size + self.tte_expand)) if self.tte else None
-            )
+            )  # padded: square (S + e)², so the crops are the square boxes
         full = open_clip.image_transform(
             self.size,
             is_train=False,
@@ -124,19 +135,23 @@ class Preprocessing:
         if self.tte:
             mode = TF.InterpolationMode(self.interpolation)
             big = self.size + self.tte_expand
-            tte = T.Compose([T.Resize(big, interpolation=mode), T.CenterCrop(big)])
+            tte = T.Resize(big, interpolation=mode)  # shorter side to S + e, aspect kept
         return standard, tte
 
     # ---- device side ------------------------------------------------------------------
-    def resize_arrays(self, x: torch.Tensor, size: int) -> torch.Tensor:
-        """Bring uint8 [B, 3, H, W] to uint8 [B, 3, size, size] (on x's device)."""
+    def resize_arrays(self, x: torch.Tensor, size: int, crop: bool = True) -> torch.Tensor:
+        """Bring uint8 [B, 3, H, W] to uint8 [B, 3, size, size] (on x's device).
+
+        ``crop=False`` (TTE) stops after resizing the shorter side to ``size``: the five
+        crops are then cut from the whole resized image.
+        """
         h, w = x.shape[-2:]
         if self.resize == "pad" and h <= size and w <= size:
             out = x.new_zeros((x.shape[0], 3, size, size))
             top, left = (size - h) // 2, (size - w) // 2
             out[..., top : top + h, left : left + w] = x
             return out
-        if (h, w) == (size, size):
+        if min(h, w) == size and (not crop or h == w):
             return x
         # shorter side to `size`, then centre crop (what open_clip's "shortest" mode does)
         scale = size / min(h, w)
@@ -148,6 +163,8 @@ class Preprocessing:
         y = y.round_().clamp_(0, 255).to(torch.uint8)
         if self.resize == "pad":
             return self.resize_arrays(y, size)
+        if not crop:
+            return y
         top, left = (nh - size) // 2, (nw - size) // 2
         return y[..., top : top + size, left : left + size]
 

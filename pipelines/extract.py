@@ -126,7 +126,7 @@ def dist_info() -> tuple[int, int]:
 
 
 class _Images(Dataset):
-    """Row i -> (i, standard uint8 [3,S,S], tte uint8 [3,S+e,S+e] or empty, error text)."""
+    """Row i -> (i, standard uint8 [3,S,S], TTE crops uint8 [5,3,S,S] or empty, error text)."""
 
     def __init__(self, manifest: Manifest, prep: Preprocessing) -> None:
         self.manifest = manifest
@@ -137,13 +137,17 @@ class _Images(Dataset):
         return len(self.manifest)
 
     def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, str]:
-        s, big = self.prep.size, self.prep.size + self.prep.tte_expand
+        s = self.prep.size
+        n_crops = 5 if self.tte else 0
         try:
             im = self.manifest.load(i)
         except DataError as e:
-            blank = torch.zeros(3, big if self.tte else 0, big if self.tte else 0, dtype=torch.uint8)
+            blank = torch.zeros(n_crops, 3, s, s, dtype=torch.uint8)
             return i, torch.zeros(3, s, s, dtype=torch.uint8), blank, str(e)
-        tte = pil_to_uint8(self.tte(im)) if self.tte else torch.zeros(3, 0, 0, dtype=torch.uint8)
+        if self.tte:  # one decode; crops cut here because resized images differ in shape
+            tte = five_crops(pil_to_uint8(self.tte(im))[None], s)[0]  # [5, 3, S, S]
+        else:
+            tte = torch.zeros(0, 3, s, s, dtype=torch.uint8)
         return i, pil_to_uint8(self.standard(im)), tte, ""
 
 
@@ -177,7 +181,9 @@ def _batches_from_arrays(
         x = torch.from_numpy(np.ascontiguousarray(arrays[rows[0] : rows[-1] + 1]))
         x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
         std = prep.resize_arrays(x, prep.size)
-        tte = prep.resize_arrays(x, prep.size + prep.tte_expand) if prep.tte else None
+        tte = None
+        if prep.tte:  # shorter side to S + e, then the five crops, all on the device
+            tte = five_crops(prep.resize_arrays(x, prep.size + prep.tte_expand, crop=False), prep.size)
         yield torch.tensor(rows), std, tte, [""] * len(rows)
 
 
@@ -330,7 +336,7 @@ def _encode_chunks(
                 x = prep.normalize(std.to(device, non_blocking=True), dtype)
                 views["standard"] = encode(visual, x)
                 if tte is not None:
-                    crops = five_crops(tte.to(device, non_blocking=True), prep.size, prep.tte_expand)
+                    crops = tte.to(device, non_blocking=True)  # [B, 5, 3, S, S] uint8
                     B = crops.shape[0]
                     emb, cls = encode(visual, prep.normalize(crops.flatten(0, 1), dtype))  # [B*5, .]
                     emb, cls = emb.view(B, 5, -1), cls.view(B, 5, -1)

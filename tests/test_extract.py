@@ -22,7 +22,7 @@ from featcache.cli import main
 from featcache.datasets.base import Descriptor
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.models import image_features, load_backbone
-from featcache.preprocess import TTE_VIEWS, Preprocessing, five_crops, tte_boxes
+from featcache.preprocess import TTE_VIEWS, Preprocessing, five_crop_boxes, five_crops, pil_to_uint8
 from pipelines.extract import ExtractConfig, run
 from pipelines.import_features import ImportConfig
 from pipelines.import_features import run as import_run
@@ -72,14 +72,19 @@ def test_standard_view_equals_open_clip_preprocess_and_model(tmp_path: Path) -> 
 
 def test_tte_crop_boxes_are_centre_and_corners() -> None:
     s, e = 224, 24
-    boxes = tte_boxes(s, e)
-    assert boxes == {"tte_c": (12, 12), "tte_tl": (0, 0), "tte_tr": (0, 24), "tte_bl": (24, 0), "tte_br": (24, 24)}
-    x = torch.arange((s + e) ** 2).view(1, 1, s + e, s + e).expand(2, 3, -1, -1)
-    crops = five_crops(x, s, e)  # [B, 5, 3, S, S]
+    assert five_crop_boxes(s + e, s + e, s) == {
+        "tte_c": (12, 12), "tte_tl": (0, 0), "tte_tr": (0, 24), "tte_bl": (24, 0), "tte_br": (24, 24)
+    }
+    # non-square (HAM10000 600x450 -> 331x248): corners flush with the real corners (LIFT)
+    assert five_crop_boxes(248, 331, s) == {
+        "tte_c": (12, 54), "tte_tl": (0, 0), "tte_tr": (0, 107), "tte_bl": (24, 0), "tte_br": (24, 107)
+    }
+    x = torch.arange(248 * 331).view(1, 1, 248, 331).expand(2, 3, -1, -1)
+    crops = five_crops(x, s)  # [B, 5, 3, S, S]
     assert crops.shape == (2, 5, 3, s, s)
-    for j, (top, left) in enumerate(boxes.values()):
-        assert crops[0, j, 0, 0, 0] == top * (s + e) + left
-        assert crops[0, j, 0, -1, -1] == (top + s - 1) * (s + e) + left + s - 1
+    for j, (top, left) in enumerate(five_crop_boxes(248, 331, s).values()):
+        assert crops[0, j, 0, 0, 0] == top * 331 + left
+        assert crops[0, j, 0, -1, -1] == (top + s - 1) * 331 + left + s - 1
 
 
 def test_tte_views_equal_model_on_crops(tmp_path: Path) -> None:
@@ -89,10 +94,8 @@ def test_tte_views_equal_model_on_crops(tmp_path: Path) -> None:
     backbone = load_backbone("tiny-clip")
     prep = Preprocessing.from_open_clip(backbone.preprocess, tte=True)
     _, big = prep.pil_transforms()
-    from featcache.preprocess import pil_to_uint8
-
     u8 = torch.stack([pil_to_uint8(big(Image.open(p).convert("RGB"))) for p in cache.sources])
-    assert u8.shape[-1] == prep.size + 24
+    assert u8.shape[-2] == prep.size + 24 and u8.shape[-1] > u8.shape[-2]  # 50x40 keeps its aspect
     crops = five_crops(u8, prep.size)
     with torch.no_grad():
         for j, view in enumerate(TTE_VIEWS):

@@ -411,14 +411,12 @@ def test_five_crop_boxes_match_torchvision(height, width):
     boxes = five_crop_boxes(height, width, 32)
     tl, tr, bl, br, center = TF.five_crop(images, [32, 32])
     reference = {"tte_tl": tl, "tte_tr": tr, "tte_bl": bl, "tte_br": br, "tte_c": center}
-    crops = five_crops(images, 32)  # [5, B, 3, 32, 32]
+    crops = five_crops(images, 32)  # [B, 5, 3, 32, 32]
     assert tuple(boxes) == TTE_VIEWS
-    for view, crop in zip(TTE_VIEWS, crops, strict=True):
-        assert torch.equal(crop, reference[view]), view
-        top, left, bottom, right = boxes[view]
-        assert (bottom - top, right - left) == (32, 32)
-    assert boxes["tte_br"] == (height - 32, width - 32, height, width)
-    assert boxes["tte_c"][:2] == (round((height - 32) / 2), round((width - 32) / 2))
+    for j, view in enumerate(TTE_VIEWS):
+        assert torch.equal(crops[:, j], reference[view]), view
+    assert boxes["tte_br"] == (height - 32, width - 32)
+    assert boxes["tte_c"] == (round((height - 32) / 2), round((width - 32) / 2))
     with pytest.raises(FeatcacheError, match="Cannot cut"):
         five_crop_boxes(20, 40, 32)
 
@@ -433,11 +431,12 @@ def test_tte_averages_logits_of_the_five_crops(visual):
     with torch.no_grad():
         out = tte_logits(fn, images)  # [B, K]
         manual = torch.stack(
-            [fn(images[..., t:b, left:r]) for t, left, b, r in five_crop_boxes(56, 70, 32).values()]
+            [fn(images[..., t : t + 32, left : left + 32]) for t, left in five_crop_boxes(56, 70, 32).values()]
         ).mean(dim=0)
         torch.testing.assert_close(out, manual, rtol=1e-5, atol=1e-5)
         # Averaging logits is not averaging features: the two differ for a cosine head.
-        feats = torch.stack([pre_projection_features(visual, c) for c in five_crops(images, 32)])
+        crops = five_crops(images, 32)  # [B, 5, 3, S, S]
+        feats = torch.stack([pre_projection_features(visual, crops[:, j]) for j in range(5)])
         assert not torch.allclose(out, head(feats.mean(dim=0)), atol=1e-4)
         # A dataset's FiveCrop output [B, 5, C, S, S] gives the same logits.
         stacked = torch.stack(TF.five_crop(images, [32, 32]), dim=1)
