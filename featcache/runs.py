@@ -1,0 +1,290 @@
+"""The run directory (DESIGN.md §5) and the tables that summarise runs.
+
+A run directory holds::
+
+    config.json          every setting, resolved
+    metrics.json         acc, balanced_acc, macro_f1, auc, many_acc, medium_acc, few_acc
+                         (means over seeds, fractions in [0, 1]), the same with _std, per_seed
+    metrics.parquet/.csv one row per seed
+    predictions.parquet  seed, row, id, label, pred, scores (one list per row)
+    splits.parquet       seed, row, id, split: the chosen indices, so a run can be repeated
+    checkpoints/seed-S.pt  trained heads with their config, loadable for prediction
+    confusion.png        confusion matrix summed over seeds
+    per_class_acc.png    per-class accuracy (mean over seeds) against training count
+
+:class:`RunWriter` is shared by every pipeline (train-head, TFA-LT, LIFT's classifier runs):
+``add_seed`` per seed, then ``finish``. NaN figures are written as JSON ``null``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from featcache.metrics import METRIC_KEYS, confusion_matrix, summarize
+
+log = logging.getLogger(__name__)
+
+
+def _clean(obj: object) -> object:
+    """JSON-safe copy: NaN/inf -> None, numpy scalars/arrays -> Python, tuples -> lists."""
+    if isinstance(obj, dict):
+        return {str(k): _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_clean(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _clean(obj.tolist())
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def write_json(path: Path, obj: object) -> None:
+    """Write ``obj`` as indented, strictly valid JSON (no NaN)."""
+    path.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+
+
+@dataclass
+class RunWriter:
+    """Collects one run's seeds and writes the run directory."""
+
+    out_dir: Path
+    config: dict
+    class_names: list[str]
+    method: str = ""
+    per_seed: list[dict] = field(default_factory=list)
+    predictions: list[pl.DataFrame] = field(default_factory=list)
+    splits: list[pl.DataFrame] = field(default_factory=list)
+    confusion: np.ndarray | None = None
+    train_counts: list[np.ndarray] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.out_dir = Path(self.out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.out_dir / "config.json", self.config)
+
+    def add_seed(
+        self,
+        seed: int,
+        metrics: dict,
+        *,
+        labels: np.ndarray,
+        scores: np.ndarray,
+        rows: np.ndarray,
+        ids: list[str] | None = None,
+        split: pl.DataFrame | None = None,
+        train_counts: np.ndarray | None = None,
+        checkpoint: dict | None = None,
+    ) -> None:
+        """Record one seed: its metrics, test predictions (scores [n, C]), split, checkpoint."""
+        self.per_seed.append({"seed": seed, **metrics})
+        scores = np.asarray(scores, dtype=np.float32)
+        C = scores.shape[1]
+        pred = scores.argmax(1)
+        frame = {
+            "seed": np.full(len(rows), seed, dtype=np.int64),
+            "row": np.asarray(rows, dtype=np.int64),
+            "pred": pred.astype(np.int64),
+            "scores": scores.tolist(),
+        }
+        if ids is not None:
+            frame["id"] = [ids[i] for i in rows]
+        if labels.ndim == 1:
+            frame["label"] = labels.astype(np.int64)
+            cm = confusion_matrix(labels, pred, C)
+            self.confusion = cm if self.confusion is None else self.confusion + cm
+        else:
+            frame["label"] = labels.astype(np.int64).tolist()
+        self.predictions.append(pl.DataFrame(frame))
+        if split is not None:
+            self.splits.append(split)
+        if train_counts is not None:
+            self.train_counts.append(np.asarray(train_counts))
+        if checkpoint is not None:
+            ckpt_dir = self.out_dir / "checkpoints"
+            ckpt_dir.mkdir(exist_ok=True)
+            torch.save(checkpoint, ckpt_dir / f"seed-{seed}.pt")
+
+    def finish(self) -> dict:
+        """Write metrics, predictions, splits and plots; return the summary (metrics.json)."""
+        summary = summarize(self.per_seed)
+        doc = {**summary, "method": self.method, "per_seed": self.per_seed}
+        write_json(self.out_dir / "metrics.json", doc)
+        table = metrics_frame(self.per_seed, method=self.method)
+        table.write_parquet(self.out_dir / "metrics.parquet")
+        table.write_csv(self.out_dir / "metrics.csv")
+        if self.predictions:
+            pl.concat(self.predictions, how="diagonal").write_parquet(self.out_dir / "predictions.parquet")
+        if self.splits:
+            pl.concat(self.splits, how="diagonal").write_parquet(self.out_dir / "splits.parquet")
+        self._plots()
+        log.info("wrote run directory %s", self.out_dir)
+        return doc
+
+    def _plots(self) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        names = self.class_names
+        if self.confusion is not None:
+            C = len(names)
+            fig, ax = plt.subplots(figsize=(1.0 + 0.5 * C, 1.0 + 0.5 * C), dpi=100)
+            ax.imshow(self.confusion, cmap="Blues")
+            if C <= 30:
+                ax.set_xticks(range(C), names, rotation=90, fontsize=7)
+                ax.set_yticks(range(C), names, fontsize=7)
+                for (i, j), v in np.ndenumerate(self.confusion):
+                    ax.text(j, i, str(v), ha="center", va="center", fontsize=6)
+            ax.set_xlabel("predicted")
+            ax.set_ylabel("true")
+            ax.set_title("confusion matrix (all seeds)")
+            fig.tight_layout()
+            fig.savefig(self.out_dir / "confusion.png")
+            plt.close(fig)
+        accs = np.array([m.get("per_class_acc", [np.nan] * len(names)) for m in self.per_seed], dtype=float)
+        if self.train_counts and accs.size:
+            counts = np.mean(self.train_counts, axis=0)
+            with np.errstate(invalid="ignore"):
+                mean_acc = np.nanmean(accs, axis=0) if np.isfinite(accs).any() else accs[0]
+            fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+            ax.scatter(np.maximum(counts, 1), mean_acc)
+            if len(names) <= 30:
+                for c, name in enumerate(names):
+                    ax.annotate(name, (max(counts[c], 1), mean_acc[c]), fontsize=6)
+            ax.set_xscale("log")
+            ax.set_xlabel("training images per class")
+            ax.set_ylabel("test accuracy")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_title("per-class accuracy vs training count")
+            fig.tight_layout()
+            fig.savefig(self.out_dir / "per_class_acc.png")
+            plt.close(fig)
+
+
+def metrics_frame(per_seed: list[dict], *, method: str = "") -> pl.DataFrame:
+    """One row per seed with ``method``, ``seed`` and every key of :data:`METRIC_KEYS`."""
+    return pl.DataFrame(
+        {
+            "method": [method] * len(per_seed),
+            "seed": [int(m["seed"]) for m in per_seed],
+            **{k: [_float(m.get(k)) for m in per_seed] for k in METRIC_KEYS},
+        },
+        schema={"method": pl.String, "seed": pl.Int64, **{k: pl.Float64 for k in METRIC_KEYS}},
+    )
+
+
+def _float(v: object) -> float | None:
+    if v is None:
+        return None
+    v = float(v)
+    return v if math.isfinite(v) else None
+
+
+def write_run(
+    out_dir: str | Path,
+    config: dict,
+    per_seed_metrics: list[dict],
+    predictions: list[tuple[np.ndarray, np.ndarray, np.ndarray]],
+    *,
+    class_names: list[str],
+    method: str = "",
+    splits: list[pl.DataFrame] | None = None,
+    train_counts: list[np.ndarray] | None = None,
+    checkpoints: list[dict] | None = None,
+    ids: list[str] | None = None,
+) -> dict:
+    """Write a whole run at once. ``predictions[i]`` is ``(rows, labels, scores)`` of seed i."""
+    writer = RunWriter(Path(out_dir), config, class_names, method=method)
+    for i, metrics in enumerate(per_seed_metrics):
+        rows, labels, scores = predictions[i]
+        seed = int(metrics.get("seed", i))
+        writer.add_seed(
+            seed,
+            {k: v for k, v in metrics.items() if k != "seed"},
+            labels=labels,
+            scores=scores,
+            rows=rows,
+            ids=ids,
+            split=splits[i] if splits else None,
+            train_counts=train_counts[i] if train_counts else None,
+            checkpoint=checkpoints[i] if checkpoints else None,
+        )
+    return writer.finish()
+
+
+# --------------------------------------------------------------------------------------
+# Tables
+
+
+PAPER_COLUMNS = (("Many", "many_acc"), ("Med", "medium_acc"), ("Few", "few_acc"),
+                 ("Total", "acc"), ("F1", "macro_f1"))
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """``metrics.json`` and ``config.json`` of a run directory, with its path."""
+    run_dir = Path(run_dir)
+    path = run_dir / "metrics.json"
+    if not path.exists():
+        from featcache.errors import FeatcacheError
+
+        raise FeatcacheError(f"{run_dir} is not a run directory (it has no metrics.json).")
+    metrics = json.loads(path.read_text())
+    cfg_path = run_dir / "config.json"
+    config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    return {"run": str(run_dir), "metrics": metrics, "config": config}
+
+
+def runs_frame(runs: list[dict]) -> pl.DataFrame:
+    """One row per run: run, method, seeds and every metric with its std."""
+    rows = []
+    for r in runs:
+        m = r["metrics"]
+        row = {"run": r["run"], "method": m.get("method") or Path(r["run"]).name,
+               "seeds": len(m.get("per_seed", []))}
+        for k in METRIC_KEYS:
+            row[k] = _float(m.get(k))
+            row[f"{k}_std"] = _float(m.get(f"{k}_std"))
+        rows.append(row)
+    return pl.DataFrame(rows)
+
+
+def _pct(mean: float | None, std: float | None) -> str:
+    if mean is None:
+        return "–"
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std else "")
+
+
+def markdown_table(frame: pl.DataFrame, *, title_column: str = "method") -> str:
+    """The paper's layout (Method | Many | Med | Few | Total | F1), percent, mean ± std."""
+    head = "| Method | " + " | ".join(c for c, _ in PAPER_COLUMNS) + " |"
+    lines = [head, "|" + "---|" * (len(PAPER_COLUMNS) + 1)]
+    for row in frame.iter_rows(named=True):
+        cells = [_pct(row[k], row.get(f"{k}_std")) for _, k in PAPER_COLUMNS]
+        lines.append(f"| {row[title_column]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def rich_table(frame: pl.DataFrame, *, title: str = "", title_column: str = "method"):  # noqa: ANN201
+    """A rich Table in the paper's layout for the terminal (the CLI prints it)."""
+    from rich.table import Table
+
+    table = Table(title=title or None)
+    table.add_column("Method")
+    for c, _ in PAPER_COLUMNS:
+        table.add_column(c, justify="right")
+    for row in frame.iter_rows(named=True):
+        table.add_row(str(row[title_column]), *[_pct(row[k], row.get(f"{k}_std")) for _, k in PAPER_COLUMNS])
+    return table

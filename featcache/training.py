@@ -1,0 +1,295 @@
+"""The batched trainer: G members of one head shape trained together on cached features.
+
+Every step reads one batch of rows per member, ``idx`` ``[G, B]`` from that member's own
+sampler stream, gathers ``x = inputs[idx]`` ``[G, B, D]`` and runs the batched head once
+(``torch.bmm`` over the member dimension). The loss is the sum over members of each member's
+masked mean loss, so one backward gives every member exactly its own gradient. SGD with
+momentum, weight decay and a cosine schedule is applied to the stacked parameters with
+per-member ``[G]`` learning rates, weight decays and momenta.
+
+Why this shape:
+
+- TFA-LT's two stage-I adapters (WRS and RUS), the seeds of a run and the configurations of
+  a grid are all members: one pass over the features feeds them all (DESIGN.md §6).
+- Joint training equals training alone: each member has its own ``torch.Generator`` (seeded
+  from its :class:`~heads.base.MemberSpec`), members never mix in any reduction, members whose
+  epoch is shorter (RUS) or whose run ended sit out steps with their parameters and momentum
+  left untouched, and the optimiser uses the same elementwise operations in every case.
+- Data stays on the device as tensors; the step plan (which member is active, its learning
+  rate, its batch's valid rows) is computed on the host in advance from sizes alone, so the
+  loop never waits for the device (no ``.item()``), which keeps a GPU fed.
+
+SGD follows ``torch.optim.SGD`` (dampening 0, no Nesterov): d = g + wd·p; buf = m·buf + d
+(buf = d at the first step); p = p − lr·buf. The cosine schedule is per epoch, as
+``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch: lr_e = lr·(1 + cos(π e / E)) / 2.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from featcache.errors import FeatcacheError
+from heads.base import Head, MemberSpec
+from heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
+from heads.samplers import SAMPLERS, Sampler
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainResult:
+    """What a batched run returns besides the trained head (updated in place)."""
+
+    epoch_loss: list[list[float]]  # per member, mean training loss of each epoch
+    steps: list[int]  # optimiser steps per member
+    seconds: float
+
+
+def lr_at_epoch(spec: MemberSpec, epoch: int) -> float:
+    """Learning rate of ``spec`` during ``epoch`` (0-based)."""
+    if spec.schedule == "constant" or spec.epochs == 0:
+        return spec.lr
+    return spec.lr * (1 + math.cos(math.pi * epoch / spec.epochs)) / 2
+
+
+class _Stream:
+    """One member's stream of batches: ``take(n)`` returns its next n steps, padded to Bmax."""
+
+    def __init__(
+        self, sampler: Sampler, pool: torch.Tensor, spec: MemberSpec, width: int, total: int
+    ) -> None:
+        self.sampler, self.pool, self.spec, self.width = sampler, pool, spec, width
+        self.gen = spec.generator("sample", pool.device)
+        self.length = sampler.epoch_length
+        self.per_epoch = -(-self.length // spec.batch_size)
+        self.remaining = total  # real steps still to produce
+        self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self.pending = 0
+        # row weights of one epoch: 1/batch_rows for real rows, 0 for padding (host-known)
+        B, L, k = spec.batch_size, self.length, self.per_epoch
+        w = np.zeros((k, width), dtype=np.float32)
+        w[:, :B] = 1.0 / B
+        last = L - (k - 1) * B
+        w[-1, :] = 0.0
+        w[-1, :last] = 1.0 / last
+        self.epoch_weights = torch.from_numpy(w).to(pool.device)  # [k, Bmax]
+
+    def _epoch(self) -> None:
+        B, k = self.spec.batch_size, self.per_epoch
+        rows = self.pool[self.sampler.draw(self.gen)]  # [L] global row indices
+        rows = torch.nn.functional.pad(rows, (0, k * B - self.length)).view(k, B)
+        if self.width > B:
+            rows = torch.nn.functional.pad(rows, (0, self.width - B))
+        self.blocks.append((rows, self.epoch_weights))
+        self.pending += k
+
+    def take(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Next ``n`` steps: row indices ``[n, Bmax]`` and row weights ``[n, Bmax]``."""
+        real = min(n, self.remaining)
+        while self.pending < real:
+            self._epoch()
+        idx, wts, need = [], [], real
+        while need > 0:
+            rows, w = self.blocks[0]
+            use = min(need, rows.shape[0])
+            idx.append(rows[:use])
+            wts.append(w[:use])
+            if use == rows.shape[0]:
+                self.blocks.pop(0)
+            else:
+                self.blocks[0] = (rows[use:], w[use:])
+            need -= use
+        self.pending -= real
+        self.remaining -= real
+        if real < n:  # the member's run is over: padding steps with zero weight
+            dev = self.pool.device
+            idx.append(torch.zeros(n - real, self.width, dtype=torch.long, device=dev))
+            wts.append(torch.zeros(n - real, self.width, device=dev))
+        return torch.cat(idx), torch.cat(wts)
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """``[C]`` rows per class (positives per class for multi-label ``[n, C]`` labels)."""
+    if labels.dim() == 2:
+        return labels.float().sum(0)
+    return torch.bincount(labels, minlength=num_classes).float()
+
+
+def train_members(
+    head: Head,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    pools: list[torch.Tensor],
+    *,
+    chunk_steps: int = 512,
+) -> TrainResult:
+    """Train every member of ``head`` in place, jointly; return per-epoch losses.
+
+    ``inputs`` is ``[N, D]`` (shared by all members) or ``[G, N, D]`` (one matrix per member),
+    ``labels`` ``[N]`` (or ``[N, C]`` multi-label), ``pools[g]`` the rows member g trains on
+    (its training split). All on the head's device. Members' knobs come from ``head.members``.
+    """
+    t0 = time.perf_counter()
+    members = head.members
+    G, C = len(members), head.num_classes
+    if len(pools) != G:
+        raise ValueError(f"{G} members but {len(pools)} row pools")
+    shared = inputs.dim() == 2
+    if not shared and inputs.shape[0] != G:
+        raise ValueError(f"per-member inputs have {inputs.shape[0]} members, head has {G}")
+    head.check_input(inputs[None] if shared else inputs)
+    dev = inputs.device
+    multi = labels.dim() == 2
+    for m in members:
+        LOSSES.get(m.loss), SAMPLERS.get(m.sampler)  # unknown names fail here, with a hint
+        if multi != (m.loss in MULTI_LABEL_LOSSES):
+            raise FeatcacheError(
+                f"--loss {m.loss} does not fit this cache's "
+                f"{'multi-label' if multi else 'single-label'} labels; use "
+                f"{'bce' if multi else 'ce, focal, la, bs or cb'}."
+            )
+    params = [p for p in head.parameters() if p.requires_grad]
+    if not head.trainable or not params:
+        return TrainResult([[] for _ in members], [0] * G, 0.0)
+
+    samplers = [SAMPLERS.get(m.sampler)(labels[p], C) for m, p in zip(members, pools, strict=True)]
+    width = max(m.batch_size for m in members)
+    per_epoch = [-(-s.epoch_length // m.batch_size) for s, m in zip(samplers, members, strict=True)]
+    totals = [k * m.epochs for k, m in zip(per_epoch, members, strict=True)]
+    S = max(totals)
+    streams = [
+        _Stream(s, p, m, width, t)
+        for s, p, m, t in zip(samplers, pools, members, totals, strict=True)
+    ]
+    # The step plan, on the host: learning rate and activity of every member at every step.
+    lr_plan = np.zeros((S, G), dtype=np.float32)
+    for g, (m, k) in enumerate(zip(members, per_epoch, strict=True)):
+        lrs = np.array([lr_at_epoch(m, e) for e in range(m.epochs)], dtype=np.float32)
+        lr_plan[: totals[g], g] = np.repeat(lrs, k)
+    active_plan = np.arange(S)[:, None] < np.array(totals)[None, :]  # [S, G]
+    all_active = active_plan.all(1)
+
+    def member_view(values: list[float], like: torch.Tensor) -> torch.Tensor:  # [G] -> [G,1,..]
+        return torch.tensor(values, device=dev).view(G, *([1] * (like.dim() - 1)))
+
+    wd = [member_view([m.weight_decay for m in members], p) for p in params]
+    mom = [member_view([m.momentum for m in members], p) for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    knobs = {k: torch.tensor([getattr(m, k) for m in members], device=dev) for k in LOSS_KNOBS}
+    counts = torch.stack([class_counts(labels[p], C) for p in pools])  # [G, C]
+    prior = ClassPrior.from_counts(counts)
+    by_loss: dict[str, list[int]] = {}
+    for g, m in enumerate(members):
+        by_loss.setdefault(m.loss, []).append(g)
+    loss_groups = [
+        (LOSSES.get(name), None if len(gs) == G else torch.tensor(gs, device=dev), gs)
+        for name, gs in by_loss.items()
+    ]
+    member_idx = torch.arange(G, device=dev)[:, None]  # [G, 1] for per-member inputs
+    step_losses: list[torch.Tensor] = []
+    head.train()
+    for c0 in range(0, S, chunk_steps):
+        n = min(chunk_steps, S - c0)
+        taken = [st.take(n) for st in streams]
+        idx_c = torch.stack([t[0] for t in taken], 1)  # [n, G, Bmax]
+        w_c = torch.stack([t[1] for t in taken], 1)  # [n, G, Bmax]
+        lr_c = torch.from_numpy(lr_plan[c0 : c0 + n]).to(dev)  # [n, G]
+        act_c = torch.from_numpy(active_plan[c0 : c0 + n]).to(dev)  # [n, G]
+        for j in range(n):
+            idx, w = idx_c[j], w_c[j]  # [G, Bmax]
+            x = inputs[idx] if shared else inputs[member_idx, idx]  # [G, Bmax, D]
+            y = labels[idx]  # [G, Bmax] (or [G, Bmax, C])
+            logits = head(x)  # [G, Bmax, C]
+            per_row = _member_losses(logits, y, knobs, prior, loss_groups, G)  # [G, Bmax]
+            loss = (per_row * w).sum(1)  # [G]: each member's mean over its real rows
+            grads = torch.autograd.grad(loss.sum(), params)
+            lr = lr_c[j]
+            with torch.no_grad():
+                if all_active[c0 + j]:
+                    _sgd_step(params, grads, bufs, wd, mom, lr, None)
+                else:
+                    _sgd_step(params, grads, bufs, wd, mom, lr, act_c[j])
+            step_losses.append(loss.detach())
+    head.eval()
+    hist = torch.stack(step_losses).cpu().numpy() if step_losses else np.zeros((0, G))
+    epoch_loss = [
+        hist[: totals[g], g].reshape(members[g].epochs, per_epoch[g]).mean(1).tolist()
+        if totals[g]
+        else []
+        for g in range(G)
+    ]
+    seconds = time.perf_counter() - t0
+    log.info("trained %d member(s) of '%s' for %d steps in %.2f s", G, head.name, S, seconds)
+    return TrainResult(epoch_loss=epoch_loss, steps=totals, seconds=seconds)
+
+
+def _member_losses(
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    knobs: dict[str, torch.Tensor],
+    prior: ClassPrior,
+    groups: list[tuple],
+    G: int,
+) -> torch.Tensor:
+    """Per-row losses ``[G, B]``, each member with its own loss function and knobs."""
+    if len(groups) == 1:
+        return groups[0][0](logits, y, knobs, prior)
+    out = logits.new_zeros(logits.shape[:2])
+    for fn, sel, _ in groups:
+        sub_knobs = {k: v[sel] for k, v in knobs.items()}
+        sub_prior = ClassPrior(prior.counts[sel], prior.log_prior[sel])
+        out = out.index_copy(0, sel, fn(logits[sel], y[sel], sub_knobs, sub_prior))
+    return out
+
+
+def _sgd_step(
+    params: list[torch.Tensor],
+    grads: tuple[torch.Tensor, ...],
+    bufs: list[torch.Tensor],
+    wd: list[torch.Tensor],
+    mom: list[torch.Tensor],
+    lr: torch.Tensor,  # [G]
+    active: torch.Tensor | None,  # [G] bool, None when every member is active
+) -> None:
+    """One SGD-momentum step on stacked parameters; inactive members are left untouched.
+
+    Plain mul/add (never fused) in both branches, so a member's update is bitwise the same
+    whether or not another member sits out this step.
+    """
+    for p, grad, buf, wd_g, mom_g in zip(params, grads, bufs, wd, mom, strict=True):
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        d = grad + p * wd_g
+        new_buf = buf * mom_g + d
+        new_p = p - new_buf * lr.view(shape)
+        if active is None:
+            buf.copy_(new_buf)
+            p.copy_(new_p)
+        else:
+            a = active.view(shape)
+            buf.copy_(torch.where(a, new_buf, buf))
+            p.copy_(torch.where(a, new_p, p))
+
+
+@torch.no_grad()
+def predict_logits(head: Head, inputs: torch.Tensor, *, batch: int = 16384) -> torch.Tensor:
+    """Logits of every member on every row: ``[N, D]`` or ``[G, N, D]`` -> ``[G, N, C]``."""
+    return _apply(head.forward, head, inputs, batch)
+
+
+@torch.no_grad()
+def head_features(head: Head, inputs: torch.Tensor, *, batch: int = 16384) -> torch.Tensor:
+    """The head's internal features (e.g. adapted features): -> ``[G, N, F]``."""
+    return _apply(head.features, head, inputs, batch)
+
+
+def _apply(fn, head: Head, inputs: torch.Tensor, batch: int) -> torch.Tensor:  # noqa: ANN001
+    head.eval()
+    G = head.num_members
+    x = inputs.expand(G, *inputs.shape) if inputs.dim() == 2 else inputs  # [G, N, D]
+    return torch.cat([fn(x[:, i : i + batch]) for i in range(0, x.shape[1], batch)], 1)

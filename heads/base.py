@@ -1,0 +1,285 @@
+"""What every head shares: the member spec, the head context, the HEADS registry, checkpoints.
+
+A head here is *batched*: one module holds G members of the same shape, every parameter has a
+leading member dimension ``[G, ...]``, and ``forward`` maps ``[G, B, in_dim]`` features to
+``[G, B, C]`` logits with ``torch.bmm``/``einsum``. Training one head is the case ``G = 1``;
+TFA-LT's two stage-I adapters, the seeds of a run and the configurations of a grid are
+members of one head that train in one step (see :mod:`featcache.training`).
+
+A new head is one small class plus one decorator::
+
+    @HEADS.register("my-head")
+    class MyHead(Head):
+        def init_params(self, g, gen): ...   # create member g's initial values
+        def forward(self, x): ...            # [G, B, in_dim] -> [G, B, C]
+
+Each member draws its initial values from its own ``torch.Generator``, seeded from
+``(seed, stream)`` of its :class:`MemberSpec`, so a member trained jointly with others gets
+exactly the parameters it gets when trained alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields, replace
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from featcache.errors import FeatcacheError
+from featcache.registry import Registry
+
+SCHEDULES = ("cosine", "constant")
+INITS = ("random", "text", "class-mean")
+
+
+@dataclass(frozen=True)
+class MemberSpec:
+    """Every per-member knob of a batched training run (names are the CLI's long options).
+
+    Optimisation (``lr``, ``weight_decay``, ``momentum``, ``epochs``, ``batch_size``,
+    ``schedule``), loss (``loss`` and its knobs ``gamma``, ``la_tau``, ``cb_beta``), sampling
+    (``sampler``), head (``tau`` cosine-logit temperature, ``sigma`` cosine-classifier scale,
+    ``init``) and randomness (``seed``; ``stream`` names the random stream, so two members
+    that differ only in optimisation knobs see the same initial values and batches).
+    Defaults are TFA-LT's (DESIGN.md §1): SGD momentum 0.9, wd 5e-4, batch 128, lr 0.1 cosine.
+    """
+
+    seed: int = 0
+    stream: str = "head"
+    sampler: str = "instance"
+    loss: str = "ce"
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    epochs: int = 200
+    batch_size: int = 128
+    schedule: str = "cosine"
+    gamma: float = 2.0  # focal loss (DESIGN.md §1: γ = 2)
+    la_tau: float = 1.0  # logit-adjusted loss (DESIGN.md §2: τ = 1)
+    cb_beta: float = 0.9999  # class-balanced loss (Cui et al. 2019)
+    tau: float = 0.01  # cosine-logit temperature (DESIGN.md §1: 1/logit_scale)
+    sigma: float = 25.0  # cosine classifier scale (DESIGN.md §2: σ = 25)
+    init: str = "random"
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> FeatcacheError:
+            return FeatcacheError(f"{name}={getattr(self, name)!r} is invalid: {why}.")
+
+        if self.lr < 0 or not math.isfinite(self.lr):
+            raise bad("lr", "expected a finite number >= 0")
+        if self.weight_decay < 0:
+            raise bad("weight_decay", "expected >= 0")
+        if not 0 <= self.momentum < 1:
+            raise bad("momentum", "expected 0 <= momentum < 1")
+        if self.epochs < 0:
+            raise bad("epochs", "expected an integer >= 0")
+        if self.batch_size < 1:
+            raise bad("batch_size", "expected an integer >= 1")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"expected one of {', '.join(SCHEDULES)}")
+        if self.gamma < 0:
+            raise bad("gamma", "expected >= 0")
+        if not 0 <= self.cb_beta < 1:
+            raise bad("cb_beta", "expected 0 <= beta < 1")
+        if not self.tau > 0:
+            raise bad("tau", "expected a temperature > 0")
+        if not self.sigma > 0:
+            raise bad("sigma", "expected a scale > 0")
+        if self.init not in INITS:
+            raise bad("init", f"expected one of {', '.join(INITS)}")
+
+    def rng_seed(self, purpose: str) -> int:
+        """A 63-bit seed for this member's ``purpose`` stream ("init" or "sample")."""
+        key = f"{self.seed}|{self.stream}|{purpose}".encode()
+        return int(hashlib.sha256(key).hexdigest()[:15], 16)
+
+    def generator(self, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
+        """A fresh generator on ``device`` for this member's ``purpose`` stream."""
+        gen = torch.Generator(device=device)
+        gen.manual_seed(self.rng_seed(purpose))
+        return gen
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> MemberSpec:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+    def with_(self, **changes: object) -> MemberSpec:
+        """A copy with some knobs changed (validated again)."""
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class HeadContext:
+    """What a head needs to know about its data: widths and, for text heads, prototypes.
+
+    ``prototypes`` is ``[G, C, P]``: per member, one L2-normalised vector per class (text
+    features of a prompt, or class means of that member's training rows) in the space the
+    head compares against; ``class_means`` ``[G, C, in_dim]`` serves ``init=class-mean``.
+    """
+
+    in_dim: int
+    num_classes: int
+    prototypes: torch.Tensor | None = None  # [G, C, P]
+    class_means: torch.Tensor | None = None  # [G, C, in_dim]
+    loading: bool = False  # True when a checkpoint's state will overwrite the initial values
+
+
+class Head(nn.Module):
+    """G members of one head shape. Subclasses set ``name`` through the registry."""
+
+    name: ClassVar[str] = ""
+    trainable: ClassVar[bool] = True
+    needs_prototypes: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        ctx: HeadContext,
+        members: Sequence[MemberSpec],
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> None:
+        super().__init__()
+        if not members:
+            raise FeatcacheError("A head needs at least one member.")
+        self.ctx = ctx
+        self.members = list(members)
+        self.in_dim = ctx.in_dim
+        self.num_classes = ctx.num_classes
+        G = len(self.members)
+        if self.needs_prototypes:
+            if ctx.prototypes is None:
+                raise FeatcacheError(
+                    f"Head '{self.name}' compares features with class prototypes, but none "
+                    "were given (use --text-source prompts with a cache that has text "
+                    "features, or --text-source class-mean)."
+                )
+            protos = ctx.prototypes
+            if protos.dim() == 2:
+                protos = protos.expand(G, *protos.shape)
+            if protos.shape[:2] != (G, ctx.num_classes):
+                raise FeatcacheError(
+                    f"Head '{self.name}': prototypes have shape {tuple(protos.shape)}, expected "
+                    f"[{G}, {ctx.num_classes}, P]."
+                )
+            self.register_buffer(
+                "prototypes", protos.to(device=device, dtype=dtype or torch.float32).contiguous()
+            )
+        tau = torch.tensor([m.tau for m in self.members], dtype=dtype or torch.float32)
+        sigma = torch.tensor([m.sigma for m in self.members], dtype=dtype or torch.float32)
+        self.register_buffer("tau", tau.to(device))
+        self.register_buffer("sigma", sigma.to(device))
+        values = [self.init_params(g, m.generator("init")) for g, m in enumerate(self.members)]
+        for key in values[0]:
+            stacked = torch.stack([v[key] for v in values]).to(device=device, dtype=dtype)
+            self.register_parameter(key, nn.Parameter(stacked))
+
+    # -- what a subclass provides ----------------------------------------------------------
+    def init_params(self, g: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        """Initial values of member ``g``'s parameters (no member dimension), drawn from ``gen``."""
+        return {}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, in_dim] -> [G, B, C]
+        raise NotImplementedError
+
+    # -- shared helpers --------------------------------------------------------------------
+    @property
+    def num_members(self) -> int:
+        return len(self.members)
+
+    def out_dim(self) -> int:
+        """Width of what :meth:`features` returns (the logits' width unless overridden)."""
+        return self.num_classes
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, in_dim] -> [G, B, F]
+        """The head's internal feature (an adapter's adapted feature); logits by default."""
+        return self.forward(x)
+
+    def check_input(self, x: torch.Tensor) -> None:
+        """Refuse features whose width is not the head's input width, naming both."""
+        if x.shape[-1] != self.in_dim:
+            raise FeatcacheError(
+                f"Head '{self.name}' expects {self.in_dim}-d features but got {x.shape[-1]}-d "
+                "ones: the cache (or --feature embed|cls) does not match the one it was "
+                "trained on."
+            )
+
+    def member(self, g: int) -> Head:
+        """Member ``g`` alone, as a head with ``G = 1`` (a copy)."""
+        ctx = HeadContext(
+            self.in_dim,
+            self.num_classes,
+            prototypes=self.prototypes[g : g + 1] if self.needs_prototypes else None,
+            loading=True,
+        )
+        one = type(self)(ctx, [self.members[g]], device=self.tau.device)
+        state = {k: v[g : g + 1].clone() for k, v in self.state_dict().items()}
+        one.load_state_dict(state)
+        return one
+
+    def checkpoint(self) -> dict:
+        """Everything needed to rebuild this head for prediction: name, widths, knobs, state."""
+        return {
+            "head": self.name,
+            "in_dim": self.in_dim,
+            "num_classes": self.num_classes,
+            "members": [m.to_dict() for m in self.members],
+            "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
+        }
+
+
+HEADS: Registry[type[Head]] = Registry("head")
+
+
+def register_head(name: str):  # noqa: ANN201 - a decorator factory
+    """Register a :class:`Head` subclass under ``name`` and set its ``name`` attribute."""
+    decorate = HEADS.register(name)
+
+    def wrap(cls: type[Head]) -> type[Head]:
+        cls.name = name
+        return decorate(cls)
+
+    return wrap
+
+
+def build_head(
+    name: str,
+    ctx: HeadContext,
+    members: Sequence[MemberSpec],
+    *,
+    device: torch.device | str | None = None,
+) -> Head:
+    """Build head ``name`` with one member per spec (unknown names get a did-you-mean error)."""
+    return HEADS.get(name)(ctx, members, device=device)
+
+
+def load_head(ckpt: dict, *, device: torch.device | str | None = None) -> Head:
+    """Rebuild a head from :meth:`Head.checkpoint` output."""
+    state = ckpt["state"]
+    protos = state.get("prototypes")
+    ctx = HeadContext(
+        int(ckpt["in_dim"]), int(ckpt["num_classes"]), prototypes=protos, loading=True
+    )
+    members = [MemberSpec.from_dict(m) for m in ckpt["members"]]
+    head = HEADS.get(ckpt["head"])(ctx, members, device=device)
+    head.load_state_dict(state)
+    return head
+
+
+def uniform_(shape: tuple[int, ...], bound: float, gen: torch.Generator) -> torch.Tensor:
+    """``U(-bound, bound)`` drawn from ``gen`` (nn.Linear's default init with bound 1/sqrt(fan_in))."""
+    return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+
+
+def cosine_logits(feats: torch.Tensor, protos: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """``scale · cos(feats, protos)``: feats [G, B, P], protos [G, C, P] (normalised), scale [G]."""
+    f = torch.nn.functional.normalize(feats, dim=-1)
+    return torch.bmm(f, protos.transpose(1, 2)) * scale[:, None, None]  # [G, B, C]

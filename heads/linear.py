@@ -1,0 +1,65 @@
+"""``linear`` (a linear probe) and ``cosine`` (LIFT's cosine classifier, scale σ)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from featcache.errors import FeatcacheError
+from heads.base import Head, register_head, uniform_
+
+
+@register_head("linear")
+class LinearHead(Head):
+    """``logits = W f + b``, W [C, D]; nn.Linear's default init (U(±1/sqrt(D)))."""
+
+    def init_params(self, g: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.members[g].init != "random":
+            raise FeatcacheError(
+                f"Head 'linear' supports --init random only (got {self.members[g].init!r}); "
+                "use --head cosine for text or class-mean initialisation."
+            )
+        bound = 1.0 / math.sqrt(self.in_dim)
+        return {
+            "weight": uniform_((self.num_classes, self.in_dim), bound, gen),  # [C, D]
+            "bias": uniform_((self.num_classes,), bound, gen),  # [C]
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
+        self.check_input(x)
+        return torch.baddbmm(self.bias[:, None, :], x, self.weight.transpose(1, 2))
+
+
+@register_head("cosine")
+class CosineHead(Head):
+    """``logits = σ · cos(w_c, f)`` (LIFT, DESIGN.md §2: σ = 25).
+
+    ``init``: ``random`` (U(±1/sqrt(D))), ``text`` (the class prototypes, e.g. text features
+    mapped into the feature space: LIFT's semantic-aware initialisation) or ``class-mean``
+    (the mean training feature of each class).
+    """
+
+    def init_params(self, g: int, gen: torch.Generator) -> dict[str, torch.Tensor]:
+        init = self.members[g].init
+        shape = (self.num_classes, self.in_dim)
+        if init == "random" or self.ctx.loading:
+            return {"weight": uniform_(shape, 1.0 / math.sqrt(self.in_dim), gen)}
+        src = self.ctx.prototypes if init == "text" else self.ctx.class_means
+        if src is None:
+            what = "prototypes (text features)" if init == "text" else "class means"
+            raise FeatcacheError(f"Head 'cosine' with --init {init} needs {what}; none were given.")
+        w = src[g] if src.dim() == 3 else src
+        if tuple(w.shape) != shape:
+            raise FeatcacheError(
+                f"Head 'cosine' --init {init}: got a {tuple(w.shape)} matrix, expected {shape} "
+                "(the head's input width must match the prototypes' width)."
+            )
+        return {"weight": F.normalize(w.detach().float().cpu(), dim=-1).clone()}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
+        self.check_input(x)
+        f = F.normalize(x, dim=-1)
+        w = F.normalize(self.weight, dim=-1)
+        return torch.bmm(f, w.transpose(1, 2)) * self.sigma[:, None, None]

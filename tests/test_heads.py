@@ -1,0 +1,209 @@
+"""Heads, losses, samplers and the batched trainer: invariants, and every registry entry."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from featcache.errors import FeatcacheError
+from featcache.training import predict_logits, train_members
+from heads import (
+    HEADS,
+    LOSSES,
+    SAMPLERS,
+    ClassPrior,
+    HeadContext,
+    MemberSpec,
+    build_head,
+    load_head,
+)
+
+G, B, C, D = 2, 32, 5, 12
+
+
+def _logits_labels(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(G, B, C, generator=gen) * 3, torch.randint(0, C, (G, B), generator=gen)
+
+
+def _knobs(**over: float) -> dict[str, torch.Tensor]:
+    base = {"gamma": 2.0, "la_tau": 1.0, "cb_beta": 0.9999} | over
+    return {k: torch.full((G,), float(v)) for k, v in base.items()}
+
+
+PRIOR = ClassPrior.from_counts(torch.tensor([[500.0, 100, 30, 10, 2]] * G))
+
+
+def test_focal_gamma_zero_is_cross_entropy() -> None:
+    logits, labels = _logits_labels()
+    focal = LOSSES.get("focal")(logits, labels, _knobs(gamma=0.0), PRIOR)
+    ce = F.cross_entropy(logits.reshape(-1, C), labels.reshape(-1), reduction="none").view(G, B)
+    torch.testing.assert_close(focal, ce)
+    assert not torch.allclose(LOSSES.get("focal")(logits, labels, _knobs(), PRIOR), ce)
+
+
+def test_logit_adjusted_tau_zero_is_cross_entropy() -> None:
+    logits, labels = _logits_labels(1)
+    la = LOSSES.get("la")(logits, labels, _knobs(la_tau=0.0), PRIOR)
+    torch.testing.assert_close(la, LOSSES.get("ce")(logits, labels, _knobs(), PRIOR))
+    assert not torch.allclose(LOSSES.get("la")(logits, labels, _knobs(), PRIOR), la)
+
+
+@pytest.mark.parametrize("name", LOSSES.names())
+def test_every_loss_is_finite_and_has_gradients(name: str) -> None:
+    logits, labels = _logits_labels(2)
+    logits.requires_grad_(True)
+    if name == "bce":
+        labels = F.one_hot(labels, C)
+    loss = LOSSES.get(name)(logits, labels, _knobs(), PRIOR)
+    assert loss.shape == (G, B) and torch.isfinite(loss).all()
+    loss.sum().backward()
+    assert logits.grad is not None and logits.grad.abs().sum() > 0
+
+
+def _long_tailed_labels() -> torch.Tensor:
+    counts = [400, 120, 40, 12, 6]
+    return torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+
+
+def test_wrs_draws_classes_about_uniformly() -> None:
+    labels = _long_tailed_labels()
+    sampler = SAMPLERS.get("wrs")(labels, C)
+    gen = torch.Generator().manual_seed(0)
+    drawn = torch.cat([labels[sampler.draw(gen)] for _ in range(20)])
+    freq = torch.bincount(drawn, minlength=C).float() / drawn.numel()
+    assert torch.allclose(freq, torch.full((C,), 1 / C), atol=0.02), freq
+
+
+def test_rus_gives_every_class_the_smallest_count_fresh_each_epoch() -> None:
+    labels = _long_tailed_labels()
+    sampler = SAMPLERS.get("rus")(labels, C)
+    gen = torch.Generator().manual_seed(0)
+    a, b = sampler.draw(gen), sampler.draw(gen)
+    for idx in (a, b):
+        assert idx.unique().numel() == idx.numel()  # without replacement
+        assert torch.bincount(labels[idx], minlength=C).tolist() == [6] * C
+    assert not torch.equal(a.sort().values, b.sort().values)
+
+
+@pytest.mark.parametrize("name", SAMPLERS.names())
+def test_every_sampler_draws_valid_rows_deterministically(name: str) -> None:
+    labels = _long_tailed_labels()
+    sampler = SAMPLERS.get(name)(labels, C)
+    a = sampler.draw(torch.Generator().manual_seed(3))
+    b = sampler.draw(torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.numel() == sampler.epoch_length
+    assert a.min() >= 0 and a.max() < labels.numel()
+
+
+def _ctx(in_dim: int = D, *, protos_dim: int = D, seed: int = 0) -> HeadContext:
+    gen = torch.Generator().manual_seed(seed)
+    protos = F.normalize(torch.randn(G, C, protos_dim, generator=gen), dim=-1)
+    means = F.normalize(torch.randn(G, C, in_dim, generator=gen), dim=-1)
+    return HeadContext(in_dim, C, prototypes=protos, class_means=means)
+
+
+def _head_ctx(name: str) -> HeadContext:
+    if name == "ensemble-logit":
+        return _ctx(2 * C)
+    if name == "ensemble-feature":
+        return _ctx(2 * D, protos_dim=D)
+    return _ctx()
+
+
+@pytest.mark.parametrize("name", HEADS.names())
+def test_every_head_forwards_slices_saves_and_trains(name: str) -> None:
+    ctx = _head_ctx(name)
+    members = [MemberSpec(seed=0, epochs=2, batch_size=16, tau=0.1), MemberSpec(seed=1, epochs=2, batch_size=16, lr=0.05, tau=0.1)]
+    head = build_head(name, ctx, members)
+    x = torch.randn(G, B, ctx.in_dim, generator=torch.Generator().manual_seed(5))
+    logits = head(x)
+    assert logits.shape == (G, B, C) and torch.isfinite(logits).all()
+    one = head.member(1)
+    torch.testing.assert_close(one(x[1:]), logits[1:])
+    again = load_head(head.checkpoint())
+    torch.testing.assert_close(again(x), logits)
+    if head.trainable:
+        before = [p.detach().clone() for p in head.parameters()]
+        inputs = torch.randn(64, ctx.in_dim, generator=torch.Generator().manual_seed(6))
+        labels = torch.arange(64) % C
+        train_members(head, inputs, labels, [torch.arange(64)] * G)
+        assert any(not torch.equal(a, b) for a, b in zip(before, head.parameters(), strict=True))
+
+
+def test_adapter_with_gate_fully_open_returns_its_input() -> None:
+    head = build_head("adapter", _ctx(), [MemberSpec(tau=0.1)] * G)
+    with torch.no_grad():
+        head.gate.fill_(50.0)  # sigmoid(50) == 1.0 in float32
+    x = torch.randn(G, B, D)
+    assert torch.equal(head.features(x), x)
+    torch.testing.assert_close(head(x), F.normalize(x, dim=-1) @ head.prototypes.transpose(1, 2) / 0.1)
+
+
+def test_zeroshot_is_argmax_cosine_to_text() -> None:
+    ctx = _ctx()
+    head = build_head("zeroshot", ctx, [MemberSpec(tau=0.01)] * G)
+    x = torch.randn(G, 100, D)
+    cos = torch.einsum("gbd,gcd->gbc", F.normalize(x, dim=-1), ctx.prototypes)
+    assert torch.equal(predict_logits(head, x).argmax(-1), cos.argmax(-1))
+
+
+def _data(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    gen = torch.Generator().manual_seed(seed)
+    labels = _long_tailed_labels()
+    x = torch.randn(C, D, generator=gen)[labels] + 0.5 * torch.randn(labels.numel(), D, generator=gen)
+    return x, labels
+
+
+def test_joint_training_equals_training_each_member_alone() -> None:
+    x, labels = _data()
+    pool = torch.arange(labels.numel())
+    members = [
+        MemberSpec(seed=0, stream="wrs", sampler="wrs", epochs=3, batch_size=64, tau=0.1),
+        MemberSpec(seed=0, stream="rus", sampler="rus", epochs=4, batch_size=64, tau=0.1,
+                   lr=0.03, weight_decay=1e-3, loss="focal", gamma=1.0),
+        MemberSpec(seed=7, stream="x", sampler="instance", epochs=2, batch_size=48, tau=0.05,
+                   loss="la", momentum=0.5),
+    ]
+    ctx = HeadContext(D, C, prototypes=F.normalize(torch.randn(C, D), dim=-1))
+    joint = build_head("adapter", ctx, members)
+    train_members(joint, x, labels, [pool] * 3)
+    for g, spec in enumerate(members):
+        alone = build_head("adapter", ctx, [spec])
+        train_members(alone, x, labels, [pool])
+        for name, p in alone.named_parameters():
+            torch.testing.assert_close(p[0], getattr(joint, name)[g], rtol=1e-5, atol=1e-6)
+
+
+def test_same_seed_twice_gives_the_same_head() -> None:
+    x, labels = _data()
+    spec = MemberSpec(seed=3, sampler="wrs", epochs=2, batch_size=64)
+    heads = []
+    for _ in range(2):
+        h = build_head("linear", HeadContext(D, C), [spec])
+        train_members(h, x, labels, [torch.arange(labels.numel())])
+        heads.append(h)
+    assert torch.equal(heads[0].weight, heads[1].weight)
+    other = build_head("linear", HeadContext(D, C), [spec.with_(seed=4)])
+    assert not torch.equal(other.weight, heads[0].weight)
+
+
+def test_unknown_names_suggest_the_nearest() -> None:
+    with pytest.raises(FeatcacheError, match="Did you mean 'cosine'"):
+        build_head("cosin", HeadContext(D, C), [MemberSpec()])
+    with pytest.raises(FeatcacheError, match="Did you mean 'focal'"):
+        LOSSES.get("focall")
+
+
+def test_head_input_width_must_match_features() -> None:
+    head = build_head("linear", HeadContext(D, C), [MemberSpec()])
+    with pytest.raises(FeatcacheError, match=f"expects {D}-d features but got 7-d"):
+        head(torch.randn(1, 4, 7))
+
+
+def test_bad_member_knobs_are_refused() -> None:
+    with pytest.raises(FeatcacheError, match="momentum"):
+        MemberSpec(momentum=1.5)
+    with pytest.raises(FeatcacheError, match="tau"):
+        MemberSpec(tau=0.0)

@@ -1,0 +1,62 @@
+"""Metrics: known values, missing classes, groups, multi-label."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from featcache.metrics import compute_metrics, groups_from_counts, summarize
+
+
+def _scores(pred: list[int], C: int) -> np.ndarray:
+    s = np.zeros((len(pred), C))
+    s[np.arange(len(pred)), pred] = 5.0
+    return s
+
+
+def test_known_values() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2])
+    pred = [0, 0, 0, 1, 1, 0, 2, 1]
+    m = compute_metrics(labels, _scores(pred, 3), groups={"many": [0], "medium": [1], "few": [2]})
+    assert m["acc"] == pytest.approx(5 / 8)
+    assert m["per_class_acc"] == pytest.approx([0.75, 0.5, 0.5])
+    assert m["balanced_acc"] == pytest.approx((0.75 + 0.5 + 0.5) / 3)
+    assert (m["many_acc"], m["medium_acc"], m["few_acc"]) == pytest.approx((0.75, 0.5, 0.5))
+    f1 = [2 * 3 / (2 * 3 + 1 + 1), 2 * 1 / (2 + 2 + 1), 2 * 1 / (2 + 0 + 1)]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert 0 <= m["auc"] <= 1
+
+
+def test_class_missing_from_the_test_set_is_left_out() -> None:
+    labels = np.array([0, 0, 1, 1])  # class 2 absent
+    m = compute_metrics(labels, _scores([0, 0, 1, 0], 3), groups={"many": [0], "medium": [1], "few": [2]})
+    assert math.isnan(m["per_class_acc"][2])
+    assert m["balanced_acc"] == pytest.approx(0.75)
+    assert math.isnan(m["few_acc"])  # the group has no class in the test set
+    assert m["many_acc"] == 1.0 and m["medium_acc"] == 0.5
+    assert np.isfinite(m["auc"])
+
+
+def test_perfect_scores_give_auc_one_and_groups_from_counts() -> None:
+    labels = np.repeat(np.arange(3), 4)
+    m = compute_metrics(labels, _scores(labels.tolist(), 3), train_counts=np.array([500, 50, 5]))
+    assert m["auc"] == 1.0 and m["macro_f1"] == 1.0
+    assert groups_from_counts(np.array([500, 100, 20, 19])) == {"many": [0], "medium": [1, 2], "few": [3]}
+    assert m["few_acc"] == 1.0
+
+
+def test_multi_label() -> None:
+    labels = np.array([[1, 0], [0, 1], [1, 1], [0, 0]])
+    scores = np.array([[3.0, -3], [-3, 3], [3, -3], [-3, -3]])
+    m = compute_metrics(labels, scores)
+    assert m["acc"] == pytest.approx(7 / 8)
+    assert m["auc"] == pytest.approx(np.mean([1.0, 0.75]))
+    assert math.isnan(m["few_acc"])
+
+
+def test_summarize_mean_and_std() -> None:
+    s = summarize([{"acc": 0.5}, {"acc": 0.7}])
+    assert s["acc"] == pytest.approx(0.6) and s["acc_std"] == pytest.approx(0.1)
+    assert math.isnan(s["auc"])
