@@ -264,7 +264,7 @@ def runs_frame(runs: list[dict]) -> pl.DataFrame:
 def _pct(mean: float | None, std: float | None) -> str:
     if mean is None:
         return "–"
-    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std else "")
+    return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
 def markdown_table(frame: pl.DataFrame, *, title_column: str = "method") -> str:

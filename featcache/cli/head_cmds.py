@@ -1,0 +1,168 @@
+"""Commands on cached features: ``train-head``, ``predict``, ``reproduce tfa-lt``, ``report``.
+
+Thin: each builds a frozen config from its options and calls one pipeline function. Long
+option names are the knob names of the configs (``--weight-decay`` is ``weight_decay``), the
+names ``featcache grid --param NAME=...`` uses.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from featcache.cli import main
+from featcache.device import DEVICES
+from featcache.errors import FeatcacheError
+
+
+def _seeds(value: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in value.split(",") if s.strip())
+    except ValueError:
+        raise FeatcacheError(f"--seeds expects comma-separated integers like 0,1,2, got '{value}'.") from None
+
+
+def _console():  # noqa: ANN202 - rich is imported lazily to keep `--help` fast
+    from rich.console import Console
+
+    return Console()
+
+
+def _show(out_dir: Path, metrics: dict, title: str) -> None:
+    from featcache.runs import read_run, rich_table, runs_frame
+
+    frame = runs_frame([read_run(out_dir)])
+    _console().print(rich_table(frame, title=title))
+    click.echo(f"Wrote run directory {out_dir} (config.json, metrics.json, metrics.parquet, "
+               "predictions.parquet, splits.parquet, checkpoints/, PNGs).")
+
+
+@main.command("train-head")
+@click.option("--cache", required=True, help="Feature cache (.h5) to train from.")
+@click.option("--head", default=None, help="Head to train: zeroshot|linear|cosine|adapter|... (default linear).")
+@click.option("--ensemble", type=click.Choice(["logit", "feature", "mean"]), default=None,
+              help="Run TFA-LT: two stage-I adapters (WRS, RUS), then this ensembler (mean = adapters only).")
+@click.option("--no-adapters", is_flag=True, help="TFA-LT ablation: ensembler on frozen features.")
+@click.option("--loss", default="ce", show_default=True, help="ce|focal|la|bs|cb|bce (TFA-LT: stage I).")
+@click.option("--ensemble-loss", default="focal", show_default=True, help="TFA-LT stage II loss.")
+@click.option("--sampler", default="instance", show_default=True, help="instance|wrs|rus|sqrt (single head).")
+@click.option("--protocol", default=None, help="tfa-lt|official|lift (default: official if the cache has a test split, else the descriptor's).")
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; mean ± std is reported.")
+@click.option("--epochs", type=int, default=200, show_default=True, help="Epochs (TFA-LT: stage I).")
+@click.option("--ensemble-epochs", type=int, default=100, show_default=True, help="TFA-LT stage II epochs.")
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Learning rate (TFA-LT: stage I).")
+@click.option("--ensemble-lr", type=float, default=0.1, show_default=True, help="TFA-LT stage II learning rate.")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--tau", type=float, default=None, help="Cosine-logit temperature (default 1/logit_scale).")
+@click.option("--sigma", type=float, default=25.0, show_default=True, help="Cosine head scale σ.")
+@click.option("--gamma", type=float, default=2.0, show_default=True, help="Focal loss γ.")
+@click.option("--la-tau", type=float, default=1.0, show_default=True, help="Logit-adjusted loss τ.")
+@click.option("--cb-beta", type=float, default=0.9999, show_default=True, help="Class-balanced loss β.")
+@click.option("--init", type=click.Choice(["random", "text", "class-mean"]), default="random", show_default=True,
+              help="Cosine head initialisation.")
+@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto", show_default=True)
+@click.option("--template", default="auto", show_default=True, help="Prompt template: auto|mean|part of one.")
+@click.option("--view", default="standard", show_default=True, help="Cached view to train on.")
+@click.option("--feature", type=click.Choice(["embed", "cls"]), default="embed", show_default=True)
+@click.option("--tte", is_flag=True, help="Evaluate by averaging logits over the five cached crops.")
+@click.option("--posthoc-tau", type=float, default=0.0, show_default=True, help="Post-hoc logit adjustment τ (0 = off).")
+@click.option("--val-fraction", type=float, default=0.0, show_default=True, help="Training fraction held out for validation.")
+@click.option("--test-per-class", type=int, default=None, help="tfa-lt test images per class (default: the descriptor's).")
+@click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
+@click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>).")
+@click.option("--method", default="", help="Name shown in tables.")
+def train_head_cmd(**opts: object) -> None:
+    """Train a head (or the TFA-LT method with --ensemble) on cached features."""
+    opts["seeds"] = _seeds(opts["seeds"])
+    ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
+    if ensemble is None:
+        from pipelines import train_head
+
+        if no_adapters:
+            raise FeatcacheError("--no-adapters is a TFA-LT option; add --ensemble logit|feature.")
+        for key in ("ensemble_epochs", "ensemble_lr", "ensemble_loss"):
+            opts.pop(key)
+        opts["head"] = opts["head"] or "linear"
+        result = train_head.run(train_head.TrainHeadConfig(**opts))
+        title = f"{opts['head']} / {opts['loss']} / {opts['sampler']}"
+    else:
+        from pipelines import tfa_lt
+
+        if opts["head"] not in (None, "adapter"):
+            raise FeatcacheError("--ensemble runs TFA-LT, whose heads are adapters; drop --head.")
+        for key in ("head", "sampler", "sigma", "init"):
+            opts.pop(key)
+        result = tfa_lt.run(tfa_lt.TfaLtConfig(ensemble=ensemble, adapters=not no_adapters, **opts))
+        title = result.metrics.get("method", "TFA-LT")
+    _show(result.out_dir, result.metrics, title)
+
+
+@main.command("predict")
+@click.option("--run", "run_dir", required=True, help="A train-head run directory.")
+@click.option("--cache", required=True, help="Cache to predict on (same model fingerprint).")
+@click.option("--split", default="all", show_default=True, help="all|train|val|test rows of that cache.")
+@click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
+@click.option("--out", default=None, help="Output directory (default RUN/predict-<cache>).")
+def predict_cmd(run_dir: str, cache: str, split: str, device: str, out: str | None) -> None:
+    """Apply a run's trained heads to another cache made with the same model."""
+    from pipelines.train_head import predict_run
+
+    result = predict_run(run_dir, cache, out=out, device=device, split=split)
+    _show(result.out_dir, result.metrics, f"predict {Path(cache).name}")
+
+
+@main.group("reproduce")
+def reproduce_group() -> None:
+    """Reproduce a paper's tables from a feature cache."""
+
+
+@reproduce_group.command("tfa-lt")
+@click.option("--cache", required=True, help="Feature cache (.h5), e.g. ISIC 2018 or APTOS 2019.")
+@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--epochs", type=int, default=200, show_default=True, help="Stage I and single-head epochs.")
+@click.option("--ensemble-epochs", type=int, default=100, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--protocol", default=None, help="Default: official if the cache has a test split, else tfa-lt.")
+@click.option("--tau", type=float, default=None, help="Cosine-logit temperature (default 1/logit_scale).")
+@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto", show_default=True)
+@click.option("--feature", type=click.Choice(["embed", "cls"]), default="embed", show_default=True)
+@click.option("--tte", is_flag=True, help="Average logits over the five cached crops.")
+@click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
+@click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt).")
+def reproduce_tfa_lt_cmd(**opts: object) -> None:
+    """TFA-LT's Table 1 (frozen-feature rows) and Table 2 (ablation), 3 seeds."""
+    from featcache.runs import rich_table
+    from pipelines.reproduce import ReproduceConfig, run
+
+    opts["seeds"] = _seeds(opts["seeds"])
+    out, frame = run(ReproduceConfig(**opts), progress=lambda name: click.echo(f"… {name}", err=True))
+    console = _console()
+    for table in ("Table 1", "Table 2"):
+        console.print(rich_table(frame.filter(frame["table"] == table), title=table))
+    click.echo(f"Wrote {out}/tables.md, results.parquet/.csv, metrics.parquet, config.json, "
+               f"metrics.json; one run directory per row under {out}/rows.")
+
+
+@main.command("report")
+@click.argument("runs", nargs=-1, required=True)
+@click.option("--out", default=None, help="Also write the table as OUT.parquet, OUT.csv and OUT.md.")
+def report_cmd(runs: tuple[str, ...], out: str | None) -> None:
+    """Collect run directories into one table (Many, Med, Few, Total, F1)."""
+    from featcache.runs import markdown_table, read_run, rich_table, runs_frame
+
+    frame = runs_frame([read_run(r) for r in runs])
+    _console().print(rich_table(frame))
+    if out:
+        base = Path(out)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        frame.write_parquet(base.with_suffix(".parquet"))
+        frame.write_csv(base.with_suffix(".csv"))
+        base.with_suffix(".md").write_text(markdown_table(frame))
+        click.echo(f"Wrote {base.with_suffix('.parquet')}, {base.with_suffix('.csv')} and {base.with_suffix('.md')}.")
+    else:
+        click.echo(f"Read {len(runs)} run(s); nothing written (pass --out to save the table).")

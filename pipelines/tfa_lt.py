@@ -1,0 +1,194 @@
+"""``featcache train-head --ensemble logit|feature``: the TFA-LT method (DESIGN.md §1).
+
+Stage I: two residual adapters (``heads.adapter``) with cosine logits to the text features,
+one trained on a class-balanced weighted-random-sampling stream (WRS), one on a random
+under-sampled set (RUS), both with cross-entropy. They are members of ONE batched head and
+train in one step, together with the adapters of every other seed: G = 2 × seeds.
+
+Stage II: both adapters frozen; their outputs on every training row are computed once, and a
+linear ensembler is trained with focal loss (γ = 2) on the original long-tailed training set:
+``ensemble-logit`` on [l_w ; l_r] or ``ensemble-feature`` on [f_w ; f_r].
+
+Defaults: SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.1 cosine, 200 epochs
+stage I and 100 stage II, seeds 0, 1, 2. Ablations (Table 2): ``ensemble="mean"`` (adapters
+only: the mean of the two adapters' logits, no stage II) and ``adapters=False`` (ensembler
+only: both branches are the frozen features, i.e. zero-shot).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import torch
+
+from featcache.errors import FeatcacheError
+from featcache.runs import RunWriter
+from featcache.training import head_features, predict_logits, train_members
+from heads import LOSSES, HeadContext, MemberSpec, build_head
+from pipelines.train_head import (
+    RunResult,
+    _check_common,
+    checkpoint_for,
+    combine_branches,
+    default_out,
+    evaluate,
+    load_data,
+    resolved_config,
+    seed_setups,
+)
+
+log = logging.getLogger(__name__)
+
+ENSEMBLES = ("logit", "feature", "mean")
+
+
+@dataclass(frozen=True)
+class TfaLtConfig:
+    """Every setting of a TFA-LT run; stage II knobs carry the ``ensemble_`` prefix."""
+
+    cache: str
+    ensemble: str = "logit"
+    adapters: bool = True
+    protocol: str | None = None
+    seeds: tuple[int, ...] = (0, 1, 2)
+    epochs: int = 200  # stage I
+    batch_size: int = 128
+    lr: float = 0.1
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "cosine"
+    loss: str = "ce"  # stage I
+    ensemble_epochs: int = 100
+    ensemble_lr: float = 0.1
+    ensemble_loss: str = "focal"
+    gamma: float = 2.0
+    la_tau: float = 1.0
+    cb_beta: float = 0.9999
+    tau: float | None = None
+    text_source: str = "auto"
+    template: str = "auto"
+    view: str = "standard"
+    feature: str = "embed"
+    tte: bool = False
+    posthoc_tau: float = 0.0
+    val_fraction: float = 0.0
+    test_per_class: int | None = None
+    device: str = "auto"
+    out: str | None = None
+    method: str = ""
+
+    def __post_init__(self) -> None:
+        if self.ensemble not in ENSEMBLES:
+            from featcache.errors import unknown
+
+            raise unknown("ensemble", self.ensemble, ENSEMBLES)
+        if not self.adapters and self.ensemble == "mean":
+            raise FeatcacheError("--no-adapters with --ensemble mean leaves nothing to train; "
+                                 "use --head zeroshot for that.")
+        LOSSES.get(self.loss), LOSSES.get(self.ensemble_loss)
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        _check_common(self)
+        self.stage1(self.seeds[0], "wrs", tau=self.tau or 0.01)
+        self.stage2(self.seeds[0], tau=self.tau or 0.01)
+
+    def _shared(self, tau: float) -> dict:
+        return dict(batch_size=self.batch_size, weight_decay=self.weight_decay,
+                    momentum=self.momentum, schedule=self.schedule, gamma=self.gamma,
+                    la_tau=self.la_tau, cb_beta=self.cb_beta, tau=tau)
+
+    def stage1(self, seed: int, sampler: str, *, tau: float) -> MemberSpec:
+        """The adapter trained on the ``sampler`` (wrs|rus) stream for ``seed``."""
+        return MemberSpec(seed=seed, stream=f"tfa-lt/adapter-{sampler}", sampler=sampler,
+                          loss=self.loss, lr=self.lr, epochs=self.epochs, **self._shared(tau))
+
+    def stage2(self, seed: int, *, tau: float) -> MemberSpec:
+        """The ensembler of ``seed`` (the original long-tailed set: instance sampling)."""
+        return MemberSpec(seed=seed, stream=f"tfa-lt/ensemble-{self.ensemble}",
+                          sampler="instance", loss=self.ensemble_loss, lr=self.ensemble_lr,
+                          epochs=self.ensemble_epochs, **self._shared(tau))
+
+    @classmethod
+    def knobs(cls) -> list[str]:
+        """Every setting's name (the CLI's long options with underscores)."""
+        return [f.name for f in fields(cls)]
+
+
+def run(cfg: TfaLtConfig) -> RunResult:
+    """Run TFA-LT for every seed (stage I and stage II each one batched run); write the run."""
+    data = load_data(cfg.cache, view=cfg.view, feature=cfg.feature, tte=cfg.tte,
+                     device=cfg.device, tau=cfg.tau)
+    setups = seed_setups(data, cfg, need_prototypes=True)
+    S, D, C = len(setups), int(data.feats.shape[-1]), data.num_classes
+    protos = torch.stack([s.prototypes for s in setups])  # [S, C, D]
+
+    # Stage I: members (seed 0 WRS, seed 0 RUS, seed 1 WRS, ...) of one adapter head.
+    branch_name = "adapter" if cfg.adapters else "zeroshot"
+    members = [cfg.stage1(s.seed, smp, tau=data.tau) for s in setups for smp in ("wrs", "rus")]
+    ctx = HeadContext(D, C, prototypes=protos.repeat_interleave(2, 0))
+    branches = build_head(branch_name, ctx, members, device=data.device)
+    pools = [s.pool for s in setups for _ in range(2)]
+    stage1 = train_members(branches, data.feats, data.labels, pools)
+    log.info("stage I: %.2f s", stage1.seconds)
+
+    # Stage II: the frozen branches' outputs on every row, once; one ensembler per seed.
+    ensembler, stage2_seconds = None, 0.0
+    if cfg.ensemble != "mean":
+        with torch.no_grad():
+            z = (predict_logits if cfg.ensemble == "logit" else head_features)(branches, data.feats)
+            z = z.view(S, 2, *z.shape[1:])  # [S, 2, N, C|D]
+            inputs = torch.cat([z[:, 0], z[:, 1]], -1).contiguous()  # [S, N, 2C|2D]
+        ens_ctx = HeadContext(int(inputs.shape[-1]), C, prototypes=protos)
+        ens_members = [cfg.stage2(s.seed, tau=data.tau) for s in setups]
+        ensembler = build_head(f"ensemble-{cfg.ensemble}", ens_ctx, ens_members, device=data.device)
+        stage2 = train_members(ensembler, inputs, data.labels, [s.pool for s in setups])
+        stage2_seconds = stage2.seconds
+        log.info("stage II: %.2f s", stage2.seconds)
+
+    name = cfg.method or _method_name(cfg)
+    out_dir = Path(cfg.out) if cfg.out else default_out(cfg, name.replace(" ", "-").lower())
+    config = resolved_config(cfg, data, setups, "tfa-lt")
+    writer = RunWriter(out_dir, config, data.cache.class_names, method=name)
+    for i, setup in enumerate(setups):
+        pair = _members(branches, [2 * i, 2 * i + 1])
+        ens = ensembler.member(i) if ensembler is not None else None
+
+        def logits_of(x: torch.Tensor, pair=pair, ens=ens) -> torch.Tensor:  # noqa: ANN001
+            return combine_branches(pair, cfg.ensemble, ens, x)
+
+        metrics, labels, scores = evaluate(logits_of, data, setup, cfg.posthoc_tau)
+        metrics["stage1_loss_wrs"] = _last(stage1.epoch_loss[2 * i])
+        metrics["stage1_loss_rus"] = _last(stage1.epoch_loss[2 * i + 1])
+        model = {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": cfg.ensemble,
+                 "ensembler": ens.checkpoint() if ens is not None else None}
+        writer.add_seed(setup.seed, metrics, labels=labels, scores=scores, rows=setup.split.test,
+                        ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
+                        train_counts=setup.split.train_counts,
+                        checkpoint=checkpoint_for("tfa-lt", model, cfg, data, setup))
+    summary = writer.finish()
+    summary["train_seconds"] = stage1.seconds + stage2_seconds
+    return RunResult(out_dir, summary, config)
+
+
+def _last(values: list[float]) -> float:
+    return values[-1] if values else math.nan
+
+
+def _members(head, idx: list[int]):  # noqa: ANN001, ANN202
+    """Members ``idx`` of ``head`` as a new head (a copy), e.g. one seed's WRS and RUS pair."""
+    ctx = HeadContext(head.in_dim, head.num_classes,
+                      prototypes=head.prototypes[idx] if head.needs_prototypes else None,
+                      loading=True)
+    sub = type(head)(ctx, [head.members[g] for g in idx], device=head.tau.device)
+    sub.load_state_dict({k: v[idx].clone() for k, v in head.state_dict().items()})
+    return sub
+
+
+def _method_name(cfg: TfaLtConfig) -> str:
+    if cfg.ensemble == "mean":
+        return "TFA-LT adapter only"
+    if not cfg.adapters:
+        return f"TFA-LT ensembler only ({cfg.ensemble})"
+    return f"TFA-LT ({cfg.ensemble})"
