@@ -96,7 +96,7 @@ def default_out(cfg: ExtractConfig) -> Path:
     parts = [cfg.dataset, *(str(v) for v in cfg.dataset_options.values() if v is not None)]
     weights = cfg.pretrained or models.default_pretrained(cfg.model)
     weights = Path(weights).stem if os.sep in weights else weights.replace(":", "-").replace("/", "-")
-    parts += [cfg.model, weights]
+    parts += [cfg.model.replace("timm:", "timm-", 1), weights]
     if cfg.tte:
         parts.append("tte")
     if cfg.resize != "scale":
@@ -323,6 +323,21 @@ def _encode_chunks(
     pending: dict[int, list] = {}
     remaining = {k: sum(1 for o in owner if o == k) for k in chunks}
     bar = tqdm(total=n_total, unit="img", desc="extract", disable=not cfg.progress or dist_info()[0] != 0, dynamic_ncols=True)
+
+    def finish(k: int, rows: torch.Tensor, errs: list[str], views: dict) -> None:
+        """Bring one batch's features to the host; save the chunk once all its batches are in."""
+        block = {"rows": rows.numpy(), "errors": np.array(errs, dtype=str)}
+        for name, (emb, cls) in views.items():
+            block[f"{name}/embed"] = emb.float().cpu().numpy()
+            block[f"{name}/cls"] = cls.float().cpu().numpy()
+        pending.setdefault(k, []).append(block)
+        remaining[k] -= 1
+        if remaining[k] == 0:
+            parts = pending.pop(k)
+            store.save(k, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+        bar.update(len(rows))
+
+    previous = None
     with torch.inference_mode():
         for b, (rows, std, tte, errs) in enumerate(stream):
             bad = [(int(r), e) for r, e in zip(rows.tolist(), errs, strict=True) if e]
@@ -342,17 +357,13 @@ def _encode_chunks(
                     emb, cls = emb.view(B, 5, -1), cls.view(B, 5, -1)
                     for j, name in enumerate(TTE_VIEWS):
                         views[name] = (emb[:, j], cls[:, j])
-            block = {"rows": rows.numpy(), "errors": np.array(errs, dtype=str)}
-            for name, (emb, cls) in views.items():
-                block[f"{name}/embed"] = emb.float().cpu().numpy()
-                block[f"{name}/cls"] = cls.float().cpu().numpy()
-            k = owner[b]
-            pending.setdefault(k, []).append(block)
-            remaining[k] -= 1
-            if remaining[k] == 0:
-                parts = pending.pop(k)
-                store.save(k, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
-            bar.update(len(rows))
+            # On a GPU this batch is only queued; copying the previous batch's results to the
+            # host now overlaps that copy (and the shard writing) with this batch's compute.
+            if previous is not None:
+                finish(*previous)
+            previous = (owner[b], rows, errs, views)
+        if previous is not None:
+            finish(*previous)
     bar.close()
     return n_total
 
@@ -371,10 +382,12 @@ def _assemble(
 ) -> list[tuple[int, str]]:
     """Write the cache from the shards plus the text features; returns the skipped rows."""
     desc = manifest.descriptor
-    templates = render_templates(desc.data_type)
-    prompts = [t.format(name) for t in templates for name in desc.class_names]
-    text = models.text_features(backbone, prompts, device)  # [T*C, E]
-    text = text.view(len(templates), desc.num_classes, -1).numpy()
+    templates, text = [], None
+    if backbone.has_text:  # timm image encoders have no text tower: no text features
+        templates = render_templates(desc.data_type)
+        prompts = [t.format(name) for t in templates for name in desc.class_names]
+        text = models.text_features(backbone, prompts, device)  # [T*C, E]
+        text = text.view(len(templates), desc.num_classes, -1).numpy()
     header = CacheHeader(
         descriptor=desc,
         ids=manifest.ids,
