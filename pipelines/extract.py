@@ -175,11 +175,29 @@ def _batches_from_files(
 def _batches_from_arrays(
     manifest: Manifest, prep: Preprocessing, batches: list[list[int]], device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
-    """Pre-decoded [N, H, W, 3] uint8 arrays: no PIL; resized on the device."""
+    """Pre-decoded [N, H, W, 3] uint8 arrays: no PIL, no workers; resized and cropped on the device.
+
+    On a GPU each batch is staged in one of two pinned host buffers and copied with
+    ``non_blocking=True``, so the copy of batch b+1 overlaps the encoding of batch b; a buffer
+    is refilled only after the copy out of it has finished (its CUDA event).
+    """
     arrays = manifest.arrays
-    for rows in batches:
-        x = torch.from_numpy(np.ascontiguousarray(arrays[rows[0] : rows[-1] + 1]))
-        x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
+    pinned: list[torch.Tensor] = []
+    copied: list[torch.cuda.Event | None] = [None, None]
+    if device.type == "cuda":
+        shape = (max(len(b) for b in batches), *arrays.shape[1:])
+        pinned = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
+    for j, rows in enumerate(batches):
+        host = torch.from_numpy(np.ascontiguousarray(arrays[rows[0] : rows[-1] + 1]))  # rows are contiguous
+        if pinned:
+            slot = j % 2
+            if copied[slot] is not None:
+                copied[slot].synchronize()
+            host = pinned[slot][: len(rows)].copy_(host)
+        x = host.to(device, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
+        if pinned:
+            copied[slot] = torch.cuda.Event()
+            copied[slot].record()
         std = prep.resize_arrays(x, prep.size)
         tte = None
         if prep.tte:  # shorter side to S + e, then the five crops, all on the device
