@@ -1,0 +1,105 @@
+"""``featcache finetune``: LIFT fine-tuning (DESIGN.md §2); a thin layer over :mod:`pipelines.finetune`."""
+
+from __future__ import annotations
+
+import click
+
+from featcache.cli import main
+from featcache.device import DEVICES, PRECISIONS
+from featcache.errors import FeatcacheError
+
+
+def _parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
+    """``KEY=VALUE`` pairs -> dict (ints, floats and true/false parsed; dashes in keys become underscores)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise FeatcacheError(f"{flag} expects KEY=VALUE, got '{pair}'.")
+        key, text = pair.split("=", 1)
+        value: object = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(text)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip().replace("-", "_")] = value
+    return out
+
+
+def _seeds(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(s) for s in text.split(",") if s.strip())
+    except ValueError:
+        raise FeatcacheError(f"--seeds expects comma-separated integers like 0,1,2, got '{text}'.") from None
+
+
+@main.command("finetune")
+@click.option("--dataset", default=None, help="Data set name (see `featcache datasets`).")
+@click.option("--root", type=click.Path(), default=None, help="Folder holding the data set.")
+@click.option("--option", "options", multiple=True, help="Data set option KEY=VALUE (repeatable), e.g. imbalance=100.")
+@click.option("--method", default="adaptformer", show_default=True, help="adaptformer | bitfit | vpt-shallow | vpt-deep | adapter | lora | full | classifier.")
+@click.option("--method-option", "method_options", multiple=True, help="Method option KEY=VALUE (repeatable), e.g. bottleneck=16.")
+@click.option("--cache", default=None, type=click.Path(), help="With --method classifier: train the head on this cache's features.")
+@click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name (LIFT: ViT-B-16).")
+@click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default].")
+@click.option("--protocol", default=None, help="lift | official | tfa-lt [default: lift when the data set has a test split].")
+@click.option("--test-per-class", type=int, default=None, help="Test images per class for --protocol tfa-lt.")
+@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run each.")
+@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch (split over torchrun processes).")
+@click.option("--lr", type=float, default=0.01, show_default=True)
+@click.option("--momentum", type=float, default=0.9, show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--loss", default="la", show_default=True, help="ce | focal | la | bs | cb.")
+@click.option("--la-tau", type=float, default=1.0, show_default=True, help="τ of the logit-adjusted loss.")
+@click.option("--sigma", type=float, default=25.0, show_default=True, help="Scale of the cosine classifier.")
+@click.option("--init", type=click.Choice(["text", "random"]), default="text", show_default=True, help="Head init: semantic-aware (text) or random.")
+@click.option("--no-augment", is_flag=True, help="Train on centre crops (no RandomResizedCrop + flip).")
+@click.option("--tte", is_flag=True, help="Also evaluate with test-time ensembling (five crops, logits averaged).")
+@click.option("--out", type=click.Path(), default=None, help="Run directory [default: runs/<dataset>-<model>-<method>].")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its checkpoints.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
+@click.option("--workers", type=int, default=None, help="Decoding processes for image files [default: min(8, CPUs)].")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, tte, out, resume, device, precision, workers, no_progress) -> None:  # noqa: ANN001
+    """Fine-tune the image encoder lightly (LIFT) and evaluate; writes a run directory.
+
+    Runs under `torchrun --nproc_per_node=N -m featcache finetune ...` (DistributedDataParallel).
+    `--method classifier --cache C.h5` trains LIFT's head on cached features instead.
+    """
+    from featcache.runs import rich_table, runs_frame
+    from pipelines.finetune import FinetuneConfig, dist_info, run
+
+    cfg = FinetuneConfig(
+        dataset=dataset, root=root, dataset_options=_parse_pairs(options, "--option"), method=method,
+        method_options=_parse_pairs(method_options, "--method-option"), cache=cache, model=model,
+        pretrained=pretrained, protocol=protocol, test_per_class=test_per_class, seeds=_seeds(seeds),
+        epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
+        schedule=schedule, loss=loss, la_tau=la_tau, sigma=sigma, init=init, augment=not no_augment,
+        tte=tte, out=out, resume=resume, device=device, precision=precision, workers=workers,
+        progress=not no_progress,
+    )
+    result = run(cfg)
+    if dist_info()[0] != 0 or not result.metrics:
+        return
+    from rich.console import Console
+
+    metrics, config = result.metrics, result.config
+    if "trainable_params" in metrics:
+        share = metrics["trainable_params"] / max(metrics["total_params"], 1)
+        click.echo(
+            f"Trainable parameters: {metrics['trainable_params']:,} of {metrics['total_params']:,} "
+            f"({100 * share:.3f} %; backbone {metrics['backbone_trainable_params']:,}, head {metrics['head_params']:,})."
+        )
+    label = config.get("method") or method
+    rows = [{"run": str(result.out_dir), "metrics": {**metrics, "method": label + (" + TTE" if tte else "")}}]
+    if "no_tte" in metrics:
+        rows.append({"run": str(result.out_dir), "metrics": {**metrics["no_tte"], "method": label, "per_seed": metrics.get("per_seed", [])}})
+    Console().print(rich_table(runs_frame(rows), title=f"{label} on {config.get('dataset') or cache}"))
+    click.echo(f"Wrote run directory {result.out_dir}")

@@ -1,0 +1,802 @@
+"""``featcache finetune``: LIFT (ICML 2024) — lightweight fine-tuning of the CLIP image encoder.
+
+``run(FinetuneConfig(...))`` reads top to bottom (DESIGN.md §2 gives every default):
+
+1. ``--method classifier --cache C.h5``: nothing in the backbone trains, so the cached ``cls``
+   features are all it needs — hand over to the heads pipeline (:mod:`pipelines.train_head`,
+   a cosine head σ = 25 with text init on the pre-projection features, logit-adjusted loss).
+2. Otherwise, for every seed: build the manifest's split (:func:`featcache.splits.make_split`;
+   protocol ``lift`` — official splits, groups by training count — when the data set has a
+   test split); load the backbone, inject the method (:mod:`featcache.peft`), put LIFT's
+   cosine classifier with semantic-aware init on the pre-projection feature
+   (:class:`featcache.lift.CosineClassifier`).
+3. Train: SGD (lr 0.01, momentum 0.9, wd 5e-4), cosine schedule per epoch, logit-adjusted
+   loss τ = 1 (the heads' ``LOSSES``). Workers decode images to uint8 (files) or slice the
+   pre-decoded arrays; RandomResizedCrop + flip happen on the device on whole batches
+   (:func:`random_resized_crop`). bf16 autocast on a GPU with the frozen weights stored in
+   bf16; a frozen backbone runs without autograd; attention is PyTorch's fused SDPA.
+4. After every epoch rank 0 writes ``checkpoints/seed-S.pt``: only the parameters that train
+   (plus their momentum while the run is unfinished) and the config; ``resume`` continues
+   from it. Data order and augmentation draw from generators seeded by (seed, epoch), so a
+   resumed run ends with the same weights as an uninterrupted one (on the CPU).
+5. Evaluate on the test rows without and (``tte``) with test-time ensembling — five crops of
+   the (S + 24)-resized image, logits averaged (:func:`featcache.lift.tte_logits`) — and
+   write the run directory with the shared :class:`featcache.runs.RunWriter`.
+
+Under ``torchrun`` every rank trains on its share of each batch (DistributedDataParallel,
+DistributedSampler; NCCL on GPUs, gloo on the CPU); rank 0 evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torchvision.ops import roi_align
+from tqdm.auto import tqdm
+
+from featcache import models
+from featcache.datasets import build_manifest
+from featcache.datasets.base import Manifest
+from featcache.device import autocast, resolve_device, resolve_precision
+from featcache.errors import FeatcacheError
+from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
+from featcache.metrics import compute_metrics, summarize
+from featcache.peft import MethodConfig, apply_method, count_parameters, make_config
+from featcache.preprocess import Preprocessing, five_crops, pil_to_uint8
+from featcache.prompts import LIFT
+from featcache.runs import RunWriter, write_json
+from featcache.splits import PROTOCOLS, Split, make_split, resolve_protocol
+from heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
+from pipelines.train_head import RunResult
+
+log = logging.getLogger(__name__)
+
+INITS = ("text", "random")
+SCHEDULES = ("cosine", "constant")
+# Settings that may change between an interrupted run and its resumption (they do not change
+# what is trained); every other setting must match the checkpoint's.
+RUNTIME_KNOBS = ("out", "resume", "device", "workers", "progress", "eval_batch_size")
+RRC_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop defaults, as LIFT uses them
+RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Every setting of a LIFT run; defaults are LIFT's (DESIGN.md §2).
+
+    ``batch_size`` is the global batch: under torchrun each of N processes takes
+    ``batch_size / N`` images per step. ``train_canvas`` is the square (pixels) that file
+    images are shrunk into (longer side, aspect kept, edge padding) before the device crops
+    them; ``None`` = 1.5 x the model's input size. ``method_options`` go to
+    :func:`featcache.peft.make_config` (e.g. ``{"bottleneck": 16}``).
+    """
+
+    dataset: str | None = None
+    root: str | None = None
+    dataset_options: dict = field(default_factory=dict)
+    method: str = "adaptformer"
+    method_options: dict = field(default_factory=dict)
+    cache: str | None = None  # --method classifier only: train the head on cached features
+    model: str = "tiny-clip"
+    pretrained: str | None = None
+    protocol: str | None = None  # None: lift when the data set has a test split
+    test_per_class: int | None = None
+    seeds: tuple[int, ...] = (0,)
+    epochs: int = 10
+    batch_size: int = 128
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    schedule: str = "cosine"
+    loss: str = "la"
+    la_tau: float = 1.0
+    gamma: float = 2.0
+    cb_beta: float = 0.9999
+    sigma: float = 25.0
+    init: str = "text"
+    template: str = LIFT
+    augment: bool = True
+    train_canvas: int | None = None
+    tte: bool = False
+    precision: str = "auto"  # auto = bf16 on a GPU, fp32 on the CPU
+    device: str = "auto"
+    workers: int | None = None  # decoding processes for file data sets; None = min(8, CPUs)
+    eval_batch_size: int | None = None  # None = batch_size
+    out: str | None = None
+    resume: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        method_cfg = make_config(self.method, **self.method_options)  # unknown names: did-you-mean
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "dataset_options", dict(self.dataset_options))
+        object.__setattr__(self, "method_options", dict(self.method_options))
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise FeatcacheError(f"--seeds must be distinct integers, got {list(self.seeds)}.")
+        if self.cache is not None and method_cfg.name != "classifier":
+            raise FeatcacheError(
+                f"--cache trains from cached features, which only --method classifier can do "
+                f"(method '{self.method}' changes the backbone, so it must read images). Drop "
+                "--cache and pass --dataset/--root."
+            )
+        if self.cache is None and not self.dataset:
+            raise FeatcacheError("Pass --dataset NAME (and --root DIR), or --method classifier --cache C.h5.")
+        if self.protocol is not None and self.protocol not in PROTOCOLS:
+            from featcache.errors import unknown
+
+            raise unknown("protocol", self.protocol, PROTOCOLS)
+        LOSSES.get(self.loss)
+        if self.loss in MULTI_LABEL_LOSSES:
+            raise FeatcacheError(f"--loss {self.loss} is for multi-label data; LIFT fine-tuning is single-label.")
+        checks = (
+            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("batch_size", self.batch_size >= 1, "an integer >= 1"),
+            ("lr", math.isfinite(self.lr) and self.lr >= 0, "a finite number >= 0"),
+            ("momentum", 0 <= self.momentum < 1, "0 <= momentum < 1"),
+            ("weight_decay", self.weight_decay >= 0, ">= 0"),
+            ("sigma", self.sigma > 0, "a scale > 0"),
+            ("la_tau", math.isfinite(self.la_tau), "a finite number"),
+            ("schedule", self.schedule in SCHEDULES, f"one of {', '.join(SCHEDULES)}"),
+            ("init", self.init in INITS, f"one of {', '.join(INITS)}"),
+            ("train_canvas", self.train_canvas is None or self.train_canvas >= 8, "None or >= 8 pixels"),
+            ("workers", self.workers is None or self.workers >= 0, "None or >= 0"),
+            ("eval_batch_size", self.eval_batch_size is None or self.eval_batch_size >= 1, "None or >= 1"),
+            ("precision", self.precision in ("auto", "fp32", "bf16", "fp16"), "auto, fp32, bf16 or fp16"),
+        )
+        for name, ok, expected in checks:
+            if not ok:
+                raise FeatcacheError(f"--{name.replace('_', '-')} {getattr(self, name)!r} is invalid: expected {expected}.")
+        if "{}" not in self.template:
+            raise FeatcacheError(f"--template must contain '{{}}' for the class name, got {self.template!r}.")
+
+    def method_config(self) -> MethodConfig:
+        """The (unresolved) config of the fine-tuning method."""
+        return make_config(self.method, **self.method_options)
+
+
+# --------------------------------------------------------------------------------------
+# The model: backbone with the method injected, LIFT's cosine classifier on top
+
+
+class LiftModel(nn.Module):
+    """``logits = σ · cos(w_k, f)`` with ``f`` the pre-projection CLS feature of the (adapted) tower.
+
+    When no parameter of the tower trains (``classifier``), the tower runs without autograd:
+    no activations are kept for a backward pass that would stop at the head anyway.
+    """
+
+    def __init__(self, visual: nn.Module, head: CosineClassifier) -> None:
+        super().__init__()
+        self.visual = visual
+        self.head = head
+        self.backbone_trains = any(p.requires_grad for p in visual.parameters())
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images ``[B, 3, S, S]`` -> pre-projection features ``[B, W]``."""
+        with torch.set_grad_enabled(self.backbone_trains and torch.is_grad_enabled()):
+            return pre_projection_features(self.visual, images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images ``[B, 3, S, S]`` -> logits ``[B, C]``."""
+        return self.head(self.features(images))
+
+
+def build_model(
+    backbone: models.Backbone,
+    method: MethodConfig,
+    class_names: list[str],
+    *,
+    init: str = "text",
+    template: str = LIFT,
+    sigma: float = 25.0,
+    device: torch.device,
+    frozen_dtype: torch.dtype | None = None,
+) -> tuple[LiftModel, MethodConfig]:
+    """Inject ``method`` into the backbone's tower and add the cosine head; returns the resolved method.
+
+    ``init="text"`` is LIFT's semantic-aware initialisation: text features of ``template``
+    for every class, mapped through ``proj^T`` and normalised. ``frozen_dtype`` (bf16 on a GPU)
+    stores the parameters that do not train in that dtype: autocast would cast them on every
+    step anyway, and they need no fp32 master copy. Random state is drawn from the global
+    generator (seed it first).
+    """
+    visual = backbone.visual
+    num_classes = len(class_names)
+    resolved = apply_method(visual, method, num_classes)  # inject + mark trainable
+    dims_width = int(visual.transformer.width)
+    head = CosineClassifier(dims_width, num_classes, scale=sigma, device=device)
+    if init == "text":
+        prompts = [template.format(name) for name in class_names]
+        text = models.text_features(backbone, prompts, device)  # [C, E]
+        head.init_from_text(text.to(device), backbone.projection().to(device))
+    if frozen_dtype is not None and frozen_dtype != torch.float32:
+        for p in visual.parameters():
+            if not p.requires_grad:
+                p.data = p.data.to(frozen_dtype)
+    model = LiftModel(visual, head).to(device)
+    return model, resolved
+
+
+def trainable_state(model: LiftModel) -> dict[str, torch.Tensor]:
+    """Every parameter that trains (tower and head), by name, on the CPU: what a checkpoint holds."""
+    return {n: p.detach().cpu().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model: LiftModel, state: dict[str, torch.Tensor], where: str) -> None:
+    """Copy a checkpoint's trained parameters into ``model``; names must match exactly."""
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(state):
+        missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+        raise FeatcacheError(
+            f"Checkpoint {where} does not fit this model: missing {missing[:5]}, unexpected "
+            f"{extra[:5]}. Was it written with another --method or --model?"
+        )
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(state[name].to(p.device, p.dtype))
+
+
+# --------------------------------------------------------------------------------------
+# Data: uint8 batches from workers (files) or from the arrays, augmented on the device
+
+
+class TrainImages(Dataset):
+    """Training rows as uint8 ``[B, 3, H, W]`` batches plus each image's valid size ``[B, 2]``.
+
+    Files: each worker decodes an image and shrinks it (never enlarges) so its longer side
+    fits ``canvas``, keeping the aspect ratio, into the top-left corner of a
+    ``canvas x canvas`` square (edge pixels replicated into the rest); the device later crops
+    only inside the valid ``(h, w)``.
+    Arrays: slices of the pre-decoded ``[N, H, W, 3]`` array (no PIL), valid size ``(H, W)``.
+    ``__getitems__`` returns a whole batch, so DataLoader workers fetch batches, not items.
+    """
+
+    def __init__(self, manifest: Manifest, rows: np.ndarray, canvas: int) -> None:
+        self.manifest, self.rows, self.canvas = manifest, np.asarray(rows, dtype=np.int64), canvas
+        self.labels = torch.as_tensor(manifest.labels[self.rows], dtype=torch.long)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.__getitems__([k])
+
+    def __getitems__(self, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        rows = self.rows[ks]
+        labels = self.labels[ks]
+        arrays = self.manifest.arrays
+        if arrays is not None:
+            x = torch.from_numpy(np.ascontiguousarray(arrays[rows])).permute(0, 3, 1, 2)  # [B, 3, H, W]
+            hw = torch.tensor([x.shape[-2], x.shape[-1]]).expand(len(rows), 2).contiguous()
+            return x.contiguous(), hw, labels
+        c = self.canvas
+        out = torch.zeros(len(rows), 3, c, c, dtype=torch.uint8)
+        hw = torch.zeros(len(rows), 2, dtype=torch.long)
+        for b, row in enumerate(rows):
+            im = self.manifest.load(int(row))  # DataError names the file
+            w, h = im.size
+            if max(w, h) > c:
+                scale = c / max(w, h)
+                w, h = max(1, round(w * scale)), max(1, round(h * scale))
+                im = im.resize((w, h), resample=3, reducing_gap=None)  # 3 = bicubic (antialiased)
+            out[b, :, :h, :w] = pil_to_uint8(im)
+            # replicate the last row / column into the padding: bilinear samples at the valid
+            # region's edge then see the edge pixel (as a resize would), never black padding
+            out[b, :, h:, :w] = out[b, :, h - 1 : h, :w]
+            out[b, :, :, w:] = out[b, :, :, w - 1 : w]
+            hw[b, 0], hw[b, 1] = h, w
+        return out, hw, labels
+
+
+class EvalImages(Dataset):
+    """Test rows for evaluation: ``(rows [B], standard uint8 [B,3,S,S] | raw arrays, TTE crops | None)``.
+
+    Files go through open_clip's own eval transform (and, with TTE, a resize of the shorter side
+    to S + 24 and the five crops) in the worker. Arrays are returned raw and resized on the
+    device (:meth:`Preprocessing.resize_arrays`), as extraction does.
+    """
+
+    def __init__(self, manifest: Manifest, rows: np.ndarray, prep: Preprocessing) -> None:
+        self.manifest, self.rows, self.prep = manifest, np.asarray(rows, dtype=np.int64), prep
+        self.standard, self.tte = prep.pil_transforms() if manifest.arrays is None else (None, None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, k: int) -> tuple:
+        return self.__getitems__([k])
+
+    def __getitems__(self, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        rows = self.rows[ks]
+        if self.manifest.arrays is not None:
+            x = torch.from_numpy(np.ascontiguousarray(self.manifest.arrays[rows])).permute(0, 3, 1, 2)
+            return torch.as_tensor(ks), x.contiguous(), None
+        std, crops = [], []
+        for row in rows:
+            im = self.manifest.load(int(row))
+            std.append(pil_to_uint8(self.standard(im)))
+            if self.tte is not None:
+                crops.append(five_crops(pil_to_uint8(self.tte(im))[None], self.prep.size)[0])  # [5, 3, S, S]
+        return torch.as_tensor(ks), torch.stack(std), (torch.stack(crops) if crops else None)
+
+
+def _passthrough(batch: object) -> object:
+    """Collate for datasets whose ``__getitems__`` already returns a batch."""
+    return batch
+
+
+def _generator(seed: int, purpose: str, epoch: int, device: torch.device) -> torch.Generator:
+    """A generator on ``device`` seeded by (seed, purpose, epoch): resumable at epoch granularity."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed((seed * 1_000_003 + sum(map(ord, purpose)) * 10_007 + epoch) % (2**63))
+    return gen
+
+
+def random_resized_crop(
+    images: torch.Tensor,
+    valid_hw: torch.Tensor,
+    size: int,
+    gen: torch.Generator,
+    *,
+    flip: bool = True,
+    scale: tuple[float, float] = RRC_SCALE,
+    ratio: tuple[float, float] = RRC_RATIO,
+) -> torch.Tensor:
+    """torchvision's RandomResizedCrop (+ horizontal flip) for a whole batch, on its device.
+
+    ``images`` uint8 (or float) ``[B, C, H, W]``; ``valid_hw`` ``[B, 2]`` the image's own height
+    and width inside the (zero-padded) tensor. Box sampling follows torchvision: ten tries of
+    area ``U(scale)`` x image area and log-uniform aspect ``ratio``, the first that fits wins,
+    else a centre crop clamped to ``ratio``. Crops are resized to ``size x size`` with
+    ``roi_align`` (bilinear, averaging ``ceil(box / size)`` samples per output pixel when
+    shrinking). Returns float ``[B, C, S, S]`` in the input's 0-255 range.
+    """
+    B, dev = images.shape[0], images.device
+    hw = valid_hw.to(dev, torch.float32)
+    height, width = hw[:, 0:1], hw[:, 1:2]  # [B, 1]
+    area = height * width
+    tries = 10
+    u = torch.rand(B, tries, 4, device=dev, generator=gen)  # area, ratio, top, left draws
+    target = area * (scale[0] + (scale[1] - scale[0]) * u[..., 0])  # [B, 10]
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = torch.exp(log_lo + (log_hi - log_lo) * u[..., 1])
+    w = torch.round(torch.sqrt(target * aspect))
+    h = torch.round(torch.sqrt(target / aspect))
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)  # [B, 10]
+    first = torch.where(fits.any(1), fits.float().argmax(1), torch.zeros(B, dtype=torch.long, device=dev))
+    pick = first[:, None]
+    w, h = w.gather(1, pick), h.gather(1, pick)  # [B, 1]
+    top = torch.floor(u[..., 2].gather(1, pick) * (height - h + 1))
+    left = torch.floor(u[..., 3].gather(1, pick) * (width - w + 1))
+    # fallback (no try fitted): the whole image, or its centre clamped to the ratio range
+    in_ratio = width / height
+    fw = torch.where(in_ratio < ratio[0], width, torch.where(in_ratio > ratio[1], torch.round(height * ratio[1]), width))
+    fh = torch.where(in_ratio < ratio[0], torch.round(width / ratio[0]), height)
+    none = ~fits.any(1, keepdim=True)
+    w, h = torch.where(none, fw, w), torch.where(none, fh, h)
+    top = torch.where(none, torch.floor((height - h) / 2), top)
+    left = torch.where(none, torch.floor((width - w) / 2), left)
+    boxes = torch.cat([torch.arange(B, device=dev, dtype=torch.float32)[:, None], left, top, left + w, top + h], 1)
+    crops = roi_align(images.float(), boxes, output_size=(size, size), spatial_scale=1.0,
+                      sampling_ratio=-1, aligned=True)  # [B, C, S, S]
+    if flip:
+        mirrored = torch.rand(B, device=dev, generator=gen) < 0.5
+        crops = torch.where(mirrored[:, None, None, None], crops.flip(-1), crops)
+    return crops
+
+
+def centre_crop(images: torch.Tensor, valid_hw: torch.Tensor, size: int) -> torch.Tensor:
+    """The largest centred square of each image's valid region, resized to ``size`` (no augmentation).
+
+    ``images`` ``[B, C, H, W]``, ``valid_hw`` ``[B, 2]`` -> float ``[B, C, S, S]`` (0-255).
+    """
+    B, dev = images.shape[0], images.device
+    hw = valid_hw.to(dev, torch.float32)
+    side = hw.min(1, keepdim=True).values  # [B, 1]
+    top, left = torch.floor((hw[:, 0:1] - side) / 2), torch.floor((hw[:, 1:2] - side) / 2)
+    boxes = torch.cat([torch.arange(B, device=dev, dtype=torch.float32)[:, None], left, top,
+                       left + side, top + side], 1)
+    return roi_align(images.float(), boxes, output_size=(size, size), spatial_scale=1.0,
+                     sampling_ratio=-1, aligned=True)
+
+
+# --------------------------------------------------------------------------------------
+# Distributed helpers
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size) of this process (0, 1 without torchrun)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> bool:
+    """Join torchrun's process group when launched with WORLD_SIZE > 1; True if this call joined it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
+        return False
+    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return True
+
+
+def _barrier() -> None:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints
+
+
+def checkpoint_path(out_dir: Path, seed: int) -> Path:
+    """``<run>/checkpoints/seed-S.pt``."""
+    return out_dir / "checkpoints" / f"seed-{seed}.pt"
+
+
+def save_checkpoint(path: Path, ckpt: dict) -> None:
+    """Write ``ckpt`` atomically (a killed write never leaves a half checkpoint behind)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".pt.tmp")
+    torch.save(ckpt, tmp)
+    os.replace(tmp, path)
+
+
+def _training_settings(cfg: FinetuneConfig) -> dict:
+    """The settings a checkpoint must share with the run that resumes it."""
+    return {k: v for k, v in asdict(cfg).items() if k not in RUNTIME_KNOBS}
+
+
+def _load_for_resume(path: Path, cfg: FinetuneConfig) -> dict | None:
+    """The checkpoint at ``path`` when resuming (``None`` if absent); refuse other settings."""
+    if not path.exists():
+        return None
+    if not cfg.resume:
+        raise FeatcacheError(
+            f"{path} already exists. Pass --resume to continue that run, or choose another --out "
+            "(nothing was overwritten)."
+        )
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    theirs = {k: v for k, v in ckpt["config"].items() if k not in RUNTIME_KNOBS}
+    ours = _training_settings(cfg)
+    theirs["seeds"], ours["seeds"] = list(theirs.get("seeds", [])), list(ours["seeds"])
+    differ = sorted(k for k in set(ours) | set(theirs) if ours.get(k) != theirs.get(k))
+    if differ:
+        detail = ", ".join(f"{k}: {theirs.get(k)!r} -> {ours.get(k)!r}" for k in differ[:6])
+        raise FeatcacheError(
+            f"Cannot resume {path}: it was written with other settings ({detail}). Resume with the "
+            "original arguments, or start a new run with another --out."
+        )
+    return ckpt
+
+
+# --------------------------------------------------------------------------------------
+# Training and evaluation
+
+
+def lr_at_epoch(cfg: FinetuneConfig, epoch: int) -> float:
+    """Learning rate during ``epoch`` (0-based): ``lr (1 + cos(π e / E)) / 2`` (CosineAnnealingLR per epoch)."""
+    if cfg.schedule == "constant":
+        return cfg.lr
+    return cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+
+
+def make_loss(cfg: FinetuneConfig, train_counts: np.ndarray, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """Mean loss over a batch, from the heads' registry (``la``: CE(z + τ log π), τ = 1)."""
+    fn = LOSSES.get(cfg.loss)
+    knobs = {k: torch.tensor([float(getattr(cfg, k))], device=device) for k in LOSS_KNOBS}
+    prior = ClassPrior.from_counts(torch.as_tensor(train_counts, device=device))
+
+    def loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # [B, C], [B] -> []
+        return fn(logits.float()[None], labels[None], knobs, prior)[0].mean()
+
+    return loss
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    device: torch.device,
+    dtype: torch.dtype,
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
+    """One SGD step on normalised ``images`` ``[B, 3, S, S]``; returns the (detached) loss."""
+    with autocast(device, dtype):
+        logits = model(images)  # [B, C]
+    loss = loss_fn(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    return loss.detach()
+
+
+@torch.no_grad()
+def evaluate_logits(
+    model: LiftModel,
+    manifest: Manifest,
+    rows: np.ndarray,
+    prep: Preprocessing,
+    *,
+    batch_size: int,
+    workers: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Logits of ``rows``: standard view ``[n, C]`` and, when ``prep.tte``, the TTE mean ``[n, C]``.
+
+    TTE (LIFT): each image resized so its shorter side is S + 24, the five S x S crops (centre
+    and corners) through the model in one call, their logits averaged (:func:`tte_logits`).
+    """
+    model.eval()
+    data = EvalImages(manifest, rows, prep)
+    uses_workers = manifest.arrays is None and workers > 0
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers if uses_workers else 0,
+                        collate_fn=_passthrough, pin_memory=device.type == "cuda")
+    n, C = len(rows), model.head.num_classes
+    standard = torch.zeros(n, C)
+    tte = torch.zeros(n, C) if prep.tte else None
+
+    def logits_of(x_uint8: torch.Tensor) -> torch.Tensor:  # [N, 3, S, S] uint8 -> [N, C] float
+        with autocast(device, dtype):
+            return model(prep.normalize(x_uint8, torch.float32)).float()
+
+    for ks, std, crops in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+        std = std.to(device, non_blocking=True)
+        if manifest.arrays is not None:  # raw arrays: resize on the device
+            raw = std
+            std = prep.resize_arrays(raw, prep.size)
+            if prep.tte:
+                crops = prep.resize_arrays(raw, prep.size + prep.tte_expand, crop=False)  # [B, 3, S+e, >=S+e]
+        standard[ks] = logits_of(std).cpu()
+        if tte is not None:
+            tte[ks] = tte_logits(logits_of, crops.to(device), prep.size, prep.tte_expand).cpu()
+    return standard.numpy(), (tte.numpy() if tte is not None else None)
+
+
+@dataclass
+class SeedOutcome:
+    """One seed's trained model and what its training did."""
+
+    model: LiftModel
+    method: MethodConfig  # resolved (bottleneck / rank filled in)
+    preprocess: dict  # open_clip's preprocessing config of the backbone
+    epoch_loss: list[float]
+    seconds: float
+    images_per_second: float
+    resumed_from_epoch: int
+
+
+def train_seed(
+    cfg: FinetuneConfig,
+    seed: int,
+    manifest: Manifest,
+    split: Split,
+    out_dir: Path,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> SeedOutcome:
+    """Build, train (or resume) and checkpoint one seed's model; returns it in eval mode."""
+    rank, world = dist_info()
+    torch.manual_seed(seed)  # adapters' and random heads' initial values
+    backbone = models.load_backbone(cfg.model, cfg.pretrained, device=device)
+    frozen_dtype = dtype if device.type == "cuda" else None
+    class_names = list(manifest.descriptor.class_names)
+    model, resolved = build_model(backbone, cfg.method_config(), class_names, init=cfg.init,
+                                  template=cfg.template, sigma=cfg.sigma, device=device,
+                                  frozen_dtype=frozen_dtype)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    path = checkpoint_path(out_dir, seed)
+    ckpt = _load_for_resume(path, cfg)
+    start, epoch_loss = 0, []
+    if ckpt is not None:
+        load_trainable_state(model, ckpt["trainable"], str(path))
+        start, epoch_loss = int(ckpt["epoch"]), list(ckpt["epoch_loss"])
+        if start < cfg.epochs:
+            optimizer.load_state_dict(ckpt["optimizer"])
+        log.info("seed %d: resuming %s after epoch %d of %d", seed, path, start, cfg.epochs)
+    _barrier()  # every rank has read the checkpoint before rank 0 may write the next one
+
+    size = backbone.image_size
+    prep = Preprocessing.from_open_clip(backbone.preprocess)
+    canvas = cfg.train_canvas or round(1.5 * size)
+    if cfg.batch_size % world:
+        raise FeatcacheError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes.")
+    local_batch = cfg.batch_size // world
+    data = TrainImages(manifest, split.train, canvas)
+    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    workers = 0 if manifest.arrays is not None else (cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1))
+    loader = DataLoader(data, batch_size=local_batch, sampler=sampler, num_workers=workers,
+                        collate_fn=_passthrough, pin_memory=device.type == "cuda",
+                        persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
+    loss_fn = make_loss(cfg, split.train_counts, device)
+    scaler = torch.amp.GradScaler(device.type) if dtype == torch.float16 else None
+    net: nn.Module = model
+    if world > 1:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    t0, seen = time.perf_counter(), 0
+    for epoch in range(start, cfg.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at_epoch(cfg, epoch)
+        sampler.set_epoch(epoch)
+        gen = _generator(seed * world + rank, "augment", epoch, device)
+        net.train()
+        losses = []
+        bar = tqdm(loader, desc=f"seed {seed} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                   disable=not cfg.progress or rank != 0, leave=False, dynamic_ncols=True)
+        for images, hw, labels in bar:
+            images = images.to(device, non_blocking=True)
+            labels = labels.to(device, non_blocking=True)
+            if cfg.augment:
+                x = random_resized_crop(images, hw, size, gen)  # [B, 3, S, S] float 0-255
+            else:
+                x = centre_crop(images, hw, size)
+            x = prep.normalize(x, torch.float32)  # autocast casts for the matmuls
+            losses.append(train_step(net, optimizer, loss_fn, x, labels, device, dtype, scaler))
+            seen += len(labels)
+        mean_loss = torch.stack(losses).mean()
+        if world > 1:
+            torch.distributed.all_reduce(mean_loss)
+            mean_loss /= world
+        epoch_loss.append(float(mean_loss))
+        log.info("seed %d epoch %d/%d: loss %.4f", seed, epoch + 1, cfg.epochs, epoch_loss[-1])
+        if rank == 0:
+            done = epoch + 1 == cfg.epochs
+            save_checkpoint(path, _checkpoint(cfg, model, resolved, split, epoch + 1, epoch_loss,
+                                              None if done else optimizer.state_dict()))
+        _barrier()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    speed = seen * world / seconds if seconds > 0 and seen else math.nan
+    return SeedOutcome(model, resolved, dict(backbone.preprocess), epoch_loss, seconds, speed, start)
+
+
+def _checkpoint(cfg: FinetuneConfig, model: LiftModel, resolved: MethodConfig, split: Split, epoch: int,
+                epoch_loss: list[float], optimizer_state: dict | None) -> dict:
+    """What ``checkpoints/seed-S.pt`` holds: the trained parameters, config and progress."""
+    return {
+        "pipeline": "finetune",
+        "config": asdict(cfg),
+        "method": {"name": resolved.name, **asdict(resolved)},
+        "epoch": epoch,
+        "epoch_loss": epoch_loss,
+        "trainable": trainable_state(model),
+        "optimizer": optimizer_state,  # momentum of what trains; dropped once the run is done
+        "train_counts": split.train_counts.tolist(),
+    }
+
+
+# --------------------------------------------------------------------------------------
+# The pipeline
+
+
+def default_protocol(cfg_protocol: str | None, source_splits: np.ndarray, descriptor: object) -> str:
+    """``lift`` (official splits, groups by training count) when the data has a test split."""
+    if cfg_protocol is not None:
+        return cfg_protocol
+    if np.any(np.asarray(source_splits, dtype=object) == "test"):
+        return "lift"
+    return resolve_protocol(None, np.asarray(source_splits, dtype=object), descriptor)
+
+
+def default_out(cfg: FinetuneConfig) -> Path:
+    """``runs/<dataset>-<model>-<method>`` when ``--out`` is not given."""
+    name = cfg.dataset or Path(cfg.cache or "cache").stem
+    return Path("runs") / f"{name}-{cfg.model}-{cfg.method}"
+
+
+def run_from_cache(cfg: FinetuneConfig) -> RunResult:
+    """``--method classifier --cache``: LIFT's head on the cached ``cls`` features, by the heads pipeline."""
+    from featcache.cache import open_cache
+    from pipelines import train_head
+
+    cache = open_cache(cfg.cache)
+    protocol = default_protocol(cfg.protocol, cache.splits, cache.descriptor)
+    head_cfg = train_head.TrainHeadConfig(
+        cache=cfg.cache, head="cosine", loss=cfg.loss, sampler="instance", protocol=protocol,
+        seeds=cfg.seeds, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+        weight_decay=cfg.weight_decay, momentum=cfg.momentum, schedule=cfg.schedule,
+        sigma=cfg.sigma, gamma=cfg.gamma, la_tau=cfg.la_tau, cb_beta=cfg.cb_beta,
+        init="text" if cfg.init == "text" else "random", text_source="prompts",
+        template=cfg.template, feature="cls", tte=cfg.tte, test_per_class=cfg.test_per_class,
+        device=cfg.device, out=str(cfg.out or default_out(cfg)), method="classifier",
+    )
+    result = train_head.run(head_cfg)
+    return result
+
+
+def run(cfg: FinetuneConfig) -> RunResult:
+    """Fine-tune for every seed and write the run directory (rank 0); returns the summary."""
+    if cfg.cache is not None:
+        return run_from_cache(cfg)
+    device = resolve_device(cfg.device)
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    dtype = resolve_precision(precision, device)
+    joined = init_distributed(device)
+    try:
+        return _run(cfg, device, precision, dtype)
+    finally:
+        if joined:
+            torch.distributed.destroy_process_group()
+
+
+def _run(cfg: FinetuneConfig, device: torch.device, precision: str, dtype: torch.dtype) -> RunResult:
+    rank, world = dist_info()
+    manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
+    if manifest.labels.ndim != 1:
+        raise FeatcacheError(f"LIFT fine-tuning needs single-label data; {cfg.dataset} is multi-label.")
+    desc = manifest.descriptor
+    protocol = default_protocol(cfg.protocol, np.asarray(manifest.splits, dtype=object), desc)
+    out_dir = Path(cfg.out) if cfg.out else default_out(cfg)
+    if rank == 0 and not cfg.resume and (out_dir / "metrics.json").exists():
+        raise FeatcacheError(f"{out_dir} already holds a finished run; choose another --out (nothing was overwritten).")
+    workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
+    eval_batch = cfg.eval_batch_size or cfg.batch_size
+
+    per_seed, outcomes = [], []
+    writer_rows: list[tuple] = []
+    counts: dict[str, int] = {}
+    for seed in cfg.seeds:
+        split = make_split(manifest.labels, np.asarray(manifest.splits, dtype=object), desc, protocol, seed,
+                           test_per_class=cfg.test_per_class, where=f"data set {desc.name}")
+        outcome = train_seed(cfg, seed, manifest, split, out_dir, device, dtype)
+        outcomes.append(outcome)
+        backbone_trainable, backbone_total = count_parameters(outcome.model.visual)
+        head_params = outcome.model.head.weight.numel()
+        counts = {"trainable_params": backbone_trainable + head_params, "backbone_trainable_params": backbone_trainable,
+                  "head_params": head_params, "total_params": backbone_total + head_params}
+        if rank != 0:
+            continue
+        prep = Preprocessing.from_open_clip(outcome.preprocess, tte=cfg.tte)
+        standard, tte = evaluate_logits(outcome.model, manifest, split.test, prep, batch_size=eval_batch,
+                                        workers=workers, device=device, dtype=dtype, progress=cfg.progress)
+        labels = manifest.labels[split.test]
+        plain = compute_metrics(labels, standard, num_classes=desc.num_classes,
+                                train_counts=split.train_counts, groups=split.groups)
+        main = compute_metrics(labels, tte, num_classes=desc.num_classes, train_counts=split.train_counts,
+                               groups=split.groups) if tte is not None else plain
+        metrics = {**main, "tte": tte is not None, "train_loss": outcome.epoch_loss[-1],
+                   "epoch_loss": outcome.epoch_loss, "train_seconds": outcome.seconds,
+                   "train_images_per_second": outcome.images_per_second, **counts}
+        if tte is not None:
+            metrics["no_tte"] = {k: v for k, v in plain.items() if k != "per_class_acc"}
+        per_seed.append(metrics)
+        writer_rows.append((seed, metrics, labels, tte if tte is not None else standard, split))
+
+    config = {**asdict(cfg), "pipeline": "finetune", "protocol": protocol, "device": str(device),
+              "precision": precision, "world_size": world, "out": str(out_dir),
+              "method_resolved": {"name": outcomes[-1].method.name, **asdict(outcomes[-1].method)},
+              "preprocessing": Preprocessing.from_open_clip(outcomes[-1].preprocess, tte=cfg.tte).to_dict(),
+              "train_canvas": cfg.train_canvas or round(1.5 * Preprocessing.from_open_clip(outcomes[-1].preprocess).size),
+              "num_classes": desc.num_classes, "torch_version": torch.__version__, **counts}
+    if rank != 0:
+        return RunResult(out_dir, {}, config)
+    writer = RunWriter(out_dir, config, list(desc.class_names), method=cfg.method)
+    for seed, metrics, labels, scores, split in writer_rows:
+        writer.add_seed(seed, metrics, labels=labels, scores=scores, rows=split.test, ids=manifest.ids,
+                        split=split.to_frame(manifest.ids), train_counts=split.train_counts)
+    summary = writer.finish()
+    summary.update(counts)
+    if cfg.tte:
+        summary["no_tte"] = summarize([m["no_tte"] for m in per_seed])
+    write_json(out_dir / "metrics.json", summary)
+    return RunResult(out_dir, summary, config)
