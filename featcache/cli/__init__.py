@@ -39,6 +39,7 @@ def main(verbose: int) -> None:
 def _register() -> None:
     # Each module adds its commands to `main` when imported.
     from featcache.cli import cache_cmds  # noqa: F401
+    from featcache.cli import finetune_cmds  # noqa: F401
     from featcache.cli import head_cmds  # noqa: F401
     from featcache.cli import demo_cmds  # noqa: F401
 
