@@ -224,7 +224,8 @@ class Bottleneck(nn.Module):
         """``x`` [B, T, d] -> branch output [B, T, d]."""
         h = self.norm(x) if self.norm is not None else x
         h = self.up(F.relu(self.down(h)))  # [B, T, d] via [B, T, r]
-        return h * self.scale if self.scale is not None else h
+        # scale in h's dtype: an fp32 scalar would promote a bf16 residual stream to fp32
+        return h * self.scale.to(h.dtype) if self.scale is not None else h
 
 
 class LowRankDelta(nn.Module):
