@@ -1,0 +1,178 @@
+#!/usr/bin/env python3
+"""Benchmark: the full TFA-LT protocol on an ISIC-sized random cache, featcache vs. the
+straightforward PyTorch loop (DESIGN.md §6: ≥ 2× on 2 CPU cores, ≤ 5 s and ≤ 300 MB on one H100).
+
+Protocol: 2 × 200 epochs of a 512×512 residual adapter with cosine logits (WRS and RUS
+streams), then 100 epochs of a logit ensembler; batch 128, SGD momentum 0.9, wd 5e-4,
+lr 0.1 cosine. Data: 8,400 training rows × 512, 7 classes with uniform random labels as in
+the anchor (plus the 7 × 60 test rows of the tfa-lt protocol). One seed.
+
+The straightforward loop is ``../shared/anchors/head_anchor.py`` when it exists (run as a
+subprocess, same Python, same device), else the same loop re-implemented below.
+
+    python benchmarks/bench_heads.py [--device cpu|cuda] [--json out.json] [--skip-anchor]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+ANCHOR = ROOT.parent / "shared" / "anchors" / "head_anchor.py"
+N_TRAIN, DIM, CLASSES, TEST_PER_CLASS = 8400, 512, 7, 60
+
+
+def make_cache(path: Path) -> Path:
+    """An ISIC-sized random cache (uniform labels) written with featcache's own writer."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fixtures_cache import make_feature_cache
+
+    per_class = N_TRAIN // CLASSES + TEST_PER_CLASS
+    return make_feature_cache(path, num_classes=CLASSES, counts=[per_class] * CLASSES, dim=DIM,
+                              test_per_class=TEST_PER_CLASS, noise=1.0, name="bench-isic")
+
+
+def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int) -> dict:
+    """Time featcache's TFA-LT pipeline (one seed, logit ensembler) end to end and training only."""
+    from featcache.device import resolve_device
+    from pipelines.tfa_lt import TfaLtConfig, run
+
+    dev = resolve_device(device)
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+        torch.cuda.synchronize(dev)
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.perf_counter()
+        result = run(TfaLtConfig(cache=str(cache), seeds=(0,), epochs=epochs,
+                                 ensemble_epochs=ensemble_epochs, device=device, out=out))
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        wall = time.perf_counter() - t0
+    peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
+    return {"wall_s": wall, "train_s": result.metrics["train_seconds"], "peak_gpu_mib": peak,
+            "acc": result.metrics["acc"]}
+
+
+def run_anchor(device: str, epochs: int, ensemble_epochs: int) -> dict:
+    """Time the straightforward loop: the anchor file when present, else the same loop here."""
+    if ANCHOR.exists() and (epochs, ensemble_epochs) == (200, 100):
+        t0 = time.perf_counter()
+        proc = subprocess.run([sys.executable, str(ANCHOR), device], capture_output=True, text=True, check=True)
+        wall = time.perf_counter() - t0
+        m = re.search(r"([\d.]+) s", proc.stdout)
+        peak = re.search(r"peak (\d+) MiB", proc.stdout)
+        return {"source": str(ANCHOR), "train_s": float(m.group(1)) if m else wall, "wall_s": wall,
+                "peak_gpu_mib": float(peak.group(1)) if peak else None, "stdout": proc.stdout.strip()}
+    return {"source": "re-implemented loop", **_anchor_loop(device, epochs, ensemble_epochs)}
+
+
+def _anchor_loop(dev: str, epochs: int, ensemble_epochs: int) -> dict:
+    """The anchor's loop (nn.Linear adapter, torch.optim.SGD, CosineAnnealingLR)."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    N, D, C = N_TRAIN, DIM, CLASSES
+    X = torch.randn(N, D, device=dev)
+    y = torch.randint(0, C, (N,), device=dev)
+    T = F.normalize(torch.randn(C, D, device=dev), dim=-1)
+
+    class Adapter(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.A = torch.nn.Linear(D, D)
+            self.lam = torch.nn.Parameter(torch.zeros(()))
+
+        def forward(self, f: torch.Tensor) -> torch.Tensor:
+            g = torch.sigmoid(self.lam)
+            return g * f + (1 - g) * self.A(f)
+
+    def logits(f: torch.Tensor) -> torch.Tensor:
+        return F.normalize(f, dim=-1) @ T.t() / 0.01
+
+    def train(params, fwd, n_epochs, idx_fn) -> None:  # noqa: ANN001
+        opt = torch.optim.SGD(params, lr=0.1, momentum=0.9, weight_decay=5e-4)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, n_epochs)
+        for _ in range(n_epochs):
+            idx = idx_fn()
+            for i in range(0, len(idx), 128):
+                b = idx[i : i + 128]
+                loss = F.cross_entropy(fwd(b), y[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            sched.step()
+
+    t0 = time.perf_counter()
+    w = torch.bincount(y, minlength=C).float().reciprocal()[y]
+    a1, a2 = Adapter().to(dev), Adapter().to(dev)
+    train(a1.parameters(), lambda b: logits(a1(X[b])), epochs, lambda: torch.multinomial(w, N, replacement=True))
+    m = int(torch.bincount(y, minlength=C).min())
+
+    def rus() -> torch.Tensor:
+        return torch.cat([torch.nonzero(y == c).flatten()[torch.randperm(int((y == c).sum()), device=dev)[:m]] for c in range(C)])
+
+    train(a2.parameters(), lambda b: logits(a2(X[b])), epochs, lambda: rus()[torch.randperm(m * C, device=dev)])
+    K = torch.nn.Linear(2 * C, C).to(dev)
+    with torch.no_grad():
+        L = torch.cat([logits(a1(X)), logits(a2(X))], 1)
+    train(K.parameters(), lambda b: K(L[b]), ensemble_epochs, lambda: torch.randperm(N, device=dev))
+    if dev == "cuda":
+        torch.cuda.synchronize()
+    return {"train_s": time.perf_counter() - t0, "wall_s": time.perf_counter() - t0, "peak_gpu_mib": None}
+
+
+def main() -> None:
+    """Parse arguments, run both, print the figures (and write JSON with --json)."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--epochs", type=int, default=200, help="stage I epochs (protocol: 200)")
+    ap.add_argument("--ensemble-epochs", type=int, default=100, help="stage II epochs (protocol: 100)")
+    ap.add_argument("--skip-anchor", action="store_true")
+    ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        cache = make_cache(Path(tmp) / "bench.h5")
+        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        ours = run_featcache(cache, args.device, args.epochs, args.ensemble_epochs)
+        ours["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        ours["rss_before_mib"] = rss0 / 1024
+    anchor = None if args.skip_anchor else run_anchor(args.device, args.epochs, args.ensemble_epochs)
+    report = {
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
+        "protocol": {"rows": N_TRAIN, "dim": DIM, "classes": CLASSES, "epochs": args.epochs,
+                     "ensemble_epochs": args.ensemble_epochs, "batch_size": 128},
+        "featcache": ours,
+        "straightforward": anchor,
+    }
+    if anchor:
+        report["speedup_train"] = anchor["train_s"] / ours["train_s"]
+        report["speedup_wall"] = anchor["train_s"] / ours["wall_s"]
+    print(f"TFA-LT protocol ({args.epochs}+{args.epochs}+{args.ensemble_epochs} epochs, {N_TRAIN}x{DIM}, "
+          f"{CLASSES} classes, batch 128) on {args.device}, {torch.get_num_threads()} threads")
+    peak = f", peak GPU {ours['peak_gpu_mib']:.0f} MiB" if ours["peak_gpu_mib"] is not None else ""
+    print(f"  featcache:       train {ours['train_s']:.1f} s, end to end {ours['wall_s']:.1f} s "
+          f"(load, split, train, evaluate, write run){peak}; peak RSS {ours['peak_rss_mib']:.0f} MiB")
+    if anchor:
+        print(f"  straightforward: {anchor['train_s']:.1f} s  [{anchor['source']}]")
+        print(f"  speed-up: {report['speedup_train']:.2f}x (training), {report['speedup_wall']:.2f}x (end to end)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=lambda o: float(o) if isinstance(o, np.floating) else str(o)))
+        print(f"Wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""TFA-LT and train-head end to end on synthetic caches: behaviour, the run-directory
+contract, prediction on another cache, reproduce/report, determinism and bad input."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+from click.testing import CliRunner
+from fixtures_cache import TTE_VIEWS, make_feature_cache
+
+from featcache.cli import main
+from featcache.errors import CacheError, FeatcacheError
+from featcache.metrics import METRIC_KEYS
+from pipelines import tfa_lt, train_head
+
+FAST = dict(epochs=4, device="cpu", seeds=(0,))
+
+
+@pytest.fixture(scope="module")
+def lt_cache(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """Long-tailed, few classes learnable: 6 classes, 20 test rows each, train 380 … 4."""
+    path = tmp_path_factory.mktemp("lt") / "lt.h5"
+    return make_feature_cache(path, num_classes=6, counts=[400, 150, 60, 30, 26, 24], dim=24,
+                              test_per_class=20, noise=0.35, seed=1,
+                              views=("standard", *TTE_VIEWS),
+                              groups={"many": ["c0", "c1"], "medium": ["c2"], "few": ["c3", "c4", "c5"]})
+
+
+def test_tfa_lt_and_la_raise_few_class_accuracy_above_ce(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    """CE is the linear probe trained with cross-entropy (the TFA-LT paper's CE baseline)."""
+    common = dict(cache=str(lt_cache), epochs=10, device="cpu", seeds=(0, 1))
+    few = {}
+    for name, head, loss in [("linear-ce", "linear", "ce"), ("linear-la", "linear", "la")]:
+        cfg = train_head.TrainHeadConfig(head=head, loss=loss, out=str(tmp_path / name),
+                                         **(common | {"epochs": 30}))
+        few[name] = train_head.run(cfg).metrics["few_acc"]
+    cfg = tfa_lt.TfaLtConfig(ensemble="logit", ensemble_epochs=5, out=str(tmp_path / "tfa"), **common)
+    few["tfa-lt"] = tfa_lt.run(cfg).metrics["few_acc"]
+    assert few["linear-la"] > few["linear-ce"] + 0.15, few
+    assert few["tfa-lt"] > few["linear-ce"] + 0.15, few
+
+
+def test_run_directory_matches_the_contract(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train-head", "--cache", str(lt_cache), "--ensemble", "feature",
+                                    "--epochs", "2", "--ensemble-epochs", "2", "--seeds", "0,1",
+                                    "--device", "cpu", "--tte", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert str(out) in res.output
+    for name in ("config.json", "metrics.json", "metrics.parquet", "predictions.parquet",
+                 "splits.parquet", "confusion.png", "per_class_acc.png",
+                 "checkpoints/seed-0.pt", "checkpoints/seed-1.pt"):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in METRIC_KEYS:
+        assert 0 <= metrics[key] <= 1 and metrics[f"{key}_std"] >= 0, key
+    assert [m["seed"] for m in metrics["per_seed"]] == [0, 1]
+    per_seed = np.array([m["acc"] for m in metrics["per_seed"]])
+    assert metrics["acc"] == pytest.approx(per_seed.mean())
+    config = json.loads((out / "config.json").read_text())
+    assert config["protocol"] == "tfa-lt" and config["tau"] == pytest.approx(0.01)
+    assert config["epochs"] == 2 and config["ensemble"] == "feature" and config["tte"] is True
+    assert pl.read_parquet(out / "metrics.parquet").height == 2
+    preds = pl.read_parquet(out / "predictions.parquet")
+    assert preds.height == 2 * 6 * 20 and {"seed", "row", "id", "label", "pred", "scores"} <= set(preds.columns)
+    splits = pl.read_parquet(out / "splits.parquet")
+    test0 = splits.filter((pl.col("seed") == 0) & (pl.col("split") == "test"))["row"].sort().to_list()
+    assert test0 == preds.filter(pl.col("seed") == 0)["row"].sort().to_list()
+    ckpt = torch.load(out / "checkpoints/seed-0.pt", weights_only=False)
+    assert ckpt["pipeline"] == "tfa-lt" and ckpt["config"]["ensemble"] == "feature"
+
+
+def test_predict_applies_heads_and_refuses_another_model(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    run = tmp_path / "run"
+    train_head.run(train_head.TrainHeadConfig(cache=str(lt_cache), head="adapter", out=str(run), **FAST))
+    same = train_head.predict_run(run, str(lt_cache), out=tmp_path / "p", device="cpu")
+    assert 0 <= same.metrics["acc"] <= 1
+    # predictions on the same rows agree with the run's own predictions
+    own = pl.read_parquet(run / "predictions.parquet").sort("row")
+    new = pl.read_parquet(tmp_path / "p" / "predictions.parquet")
+    new = new.filter(pl.col("row").is_in(own["row"].to_list())).sort("row")
+    assert own["pred"].to_list() == new["pred"].to_list()
+    other = make_feature_cache(tmp_path / "other.h5", num_classes=6, dim=24, model_tag="another-model")
+    res = CliRunner().invoke(main, ["predict", "--run", str(run), "--cache", str(other), "--device", "cpu"])
+    assert res.exit_code == 2 and "different model" in res.output
+
+
+def test_trained_head_refuses_features_of_another_width(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    run = tmp_path / "run"
+    train_head.run(train_head.TrainHeadConfig(cache=str(lt_cache), head="linear", out=str(run), **FAST))
+    ckpt = torch.load(run / "checkpoints/seed-0.pt", weights_only=False)
+    predictor = train_head.Predictor(ckpt["model"], torch.device("cpu"))
+    with pytest.raises(FeatcacheError, match="expects 24-d features but the cache gives 40-d"):
+        predictor(torch.randn(3, 40))
+
+
+def test_same_seed_twice_gives_the_same_run(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    runs = []
+    for i in range(2):
+        cfg = tfa_lt.TfaLtConfig(cache=str(lt_cache), ensemble="logit", ensemble_epochs=2,
+                                 out=str(tmp_path / f"r{i}"), **FAST)
+        runs.append(tfa_lt.run(cfg).metrics["per_seed"])
+    assert runs[0] == runs[1]
+
+
+def test_class_mean_prototypes_without_text_and_cls_features(tmp_path) -> None:  # noqa: ANN001
+    cache = make_feature_cache(tmp_path / "notext.h5", num_classes=4, counts=[80, 40, 30, 25],
+                               dim=8, cls_dim=12, with_text=False, test_per_class=5)
+    with pytest.raises(FeatcacheError, match="--text-source class-mean"):
+        train_head.run(train_head.TrainHeadConfig(cache=str(cache), head="zeroshot", text_source="prompts",
+                                                  out=str(tmp_path / "a"), **FAST))
+    res = tfa_lt.run(tfa_lt.TfaLtConfig(cache=str(cache), feature="cls", ensemble_epochs=2,
+                                        out=str(tmp_path / "b"), **FAST))
+    assert res.config["prototypes"] == "class-mean" and res.config["in_dim"] == 12
+    assert not math.isnan(res.metrics["acc"])
+
+
+def test_official_protocol_and_multi_label(tmp_path) -> None:  # noqa: ANN001
+    cache = make_feature_cache(tmp_path / "ml.h5", num_classes=4, dim=8, split_mode="official",
+                               multi_label=True, counts=[60, 50, 40, 30])
+    with pytest.raises(FeatcacheError, match="bce"):
+        train_head.run(train_head.TrainHeadConfig(cache=str(cache), out=str(tmp_path / "a"), **FAST))
+    res = train_head.run(train_head.TrainHeadConfig(cache=str(cache), loss="bce", out=str(tmp_path / "b"), **FAST))
+    assert res.config["protocol"] == "official" and 0 <= res.metrics["auc"] <= 1
+
+
+def test_reproduce_and_report(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "repro"
+    res = CliRunner().invoke(main, ["reproduce", "tfa-lt", "--cache", str(lt_cache), "--seeds", "0",
+                                    "--epochs", "1", "--ensemble-epochs", "1", "--device", "cpu",
+                                    "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    md = (out / "tables.md").read_text()
+    for row in ("CLIP zero-shot", "CLIP linear probe", "| Focal |", "TFA-LT (feature)",
+                "Adapter only", "Ensembler only (logit)", "Adapter + ensembler (feature)"):
+        assert row in md, row
+    assert pl.read_parquet(out / "results.parquet").height == 11
+    rows = sorted(p for p in (out / "rows").iterdir())
+    rep = CliRunner().invoke(main, ["report", *map(str, rows[:2]), "--out", str(tmp_path / "rep")])
+    assert rep.exit_code == 0, rep.output
+    assert pl.read_parquet(tmp_path / "rep.parquet").height == 2
+
+
+def test_bad_input_gets_clear_errors(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    runner = CliRunner()
+    res = runner.invoke(main, ["train-head", "--cache", str(lt_cache), "--head", "cosin"])
+    assert res.exit_code == 2 and "Did you mean 'cosine'?" in res.output
+    res = runner.invoke(main, ["train-head", "--cache", str(tmp_path / "missing.h5")])
+    assert res.exit_code == 2 and "does not exist" in res.output
+    res = runner.invoke(main, ["train-head", "--cache", str(lt_cache), "--test-per-class", "24"])
+    assert res.exit_code == 2 and "class 'c5' has only 24" in res.output
+    res = runner.invoke(main, ["train-head", "--cache", str(lt_cache), "--seeds", "0,x"])
+    assert res.exit_code == 2 and "--seeds" in res.output
+    plain = make_feature_cache(tmp_path / "plain.h5", num_classes=3, dim=8)
+    with pytest.raises(CacheError, match="Extract with --tte"):
+        train_head.run(train_head.TrainHeadConfig(cache=str(plain), tte=True, out=str(tmp_path / "x"), **FAST))
