@@ -121,7 +121,9 @@ def main() -> None:
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "-"
         versus = (f"{r['speedup_vs_public']:.2f}x speed, {r['memory_ratio_vs_public']:.2f}x memory"
                   if "speedup_vs_public" in r else "n/a (not ViT-B-16 / batch 128 / CUDA)")
-        print(f"{r['method']:12s} {r['images_per_second']:10,.0f} {r['step_ms']:9.1f} {peak:>9s} "
+        speed = r["images_per_second"]
+        speed_text = f"{speed:,.0f}" if speed >= 100 else f"{speed:.2f}"
+        print(f"{r['method']:12s} {speed_text:>10s} {r['step_ms']:9.1f} {peak:>9s} "
               f"{r['trainable_params']:12,d}  {versus}")
     if args.json:
         doc = {"model": args.model, "pretrained": args.pretrained, "batch_size": args.batch_size,
