@@ -41,6 +41,7 @@ def _register() -> None:
     from featcache.cli import cache_cmds  # noqa: F401
     from featcache.cli import finetune_cmds  # noqa: F401
     from featcache.cli import head_cmds  # noqa: F401
+    from featcache.cli import grid_cmds  # noqa: F401
     from featcache.cli import demo_cmds  # noqa: F401
 
 

@@ -1,0 +1,86 @@
+"""``featcache grid``: every combination of ``--param`` knobs × seeds, selected on validation.
+
+Thin: builds the base config (train-head's or TFA-LT's) from the fixed options, a
+:class:`pipelines.grid.GridConfig` from ``--param``, and calls :func:`pipelines.grid.run`.
+The fixed options ARE train-head's: the option objects of ``featcache train-head`` are reused
+(not copied), so both commands always accept the same knobs with the same defaults. Only
+``--val-fraction`` differs (default 0.2 here: a grid needs validation rows to select on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import fields
+
+import click
+from click.core import ParameterSource
+
+from featcache.cli import main
+from featcache.cli.head_cmds import _console, _seeds, train_head_cmd
+from featcache.errors import FeatcacheError
+
+_OWN = {"val_fraction", "method", "out"}  # options the grid defines itself
+_TRAIN_HEAD_OPTIONS = [p for p in train_head_cmd.params if p.name not in _OWN]
+
+
+def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
+    """Attach train-head's options (shared objects) after the grid's own ones."""
+    f = main.command("grid")(f)
+    f.params.extend(_TRAIN_HEAD_OPTIONS)
+    return f
+
+
+@_grid_command
+@click.option("--param", "params", multiple=True,
+              help="NAME=V1,V2,... a knob to vary (train-head's long option name with "
+                   "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...). Repeatable.")
+@click.option("--select", default="balanced_acc", show_default=True,
+              help="Validation metric that chooses the configuration.")
+@click.option("--top", type=int, default=10, show_default=True, help="Configurations to print.")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+              help="Fraction of each class's training rows held out to select on "
+                   "(unused when the cache has an official val split).")
+@click.option("--out", default=None, help="Run directory (default runs/<cache>-grid).")
+def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> None:
+    """Train every combination of --param values (× --seeds) together; select on validation."""
+    from pipelines import grid, tfa_lt, train_head
+
+    ctx = click.get_current_context()
+    given = {k for k in opts if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
+    opts["seeds"] = _seeds(opts["seeds"])
+    ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
+    if ensemble is None:
+        cls = train_head.TrainHeadConfig
+        opts["head"] = opts["head"] or "linear"
+        if no_adapters:
+            raise FeatcacheError("--no-adapters is a TFA-LT option; add --ensemble logit|feature.")
+    else:
+        cls = tfa_lt.TfaLtConfig
+        if opts["head"] not in (None, "adapter"):
+            raise FeatcacheError("--ensemble runs TFA-LT, whose heads are adapters; drop --head.")
+        opts.update(ensemble=ensemble, adapters=not no_adapters)
+        opts.pop("head")
+    names = {f.name for f in fields(cls)}
+    for key in sorted(given - names - {"head", "ensemble", "no_adapters"}):
+        raise FeatcacheError(f"--{key.replace('_', '-')} is not an option of "
+                             f"{'TFA-LT' if ensemble else 'train-head'}; drop it.")
+    parsed = [grid.parse_param(p) for p in params]
+    for name, _ in parsed:
+        if name in given:
+            raise FeatcacheError(f"Knob '{name}' is given both as --{name.replace('_', '-')} and "
+                                 f"as --param {name}=...; keep one.")
+    base = cls(**{k: v for k, v in opts.items() if k in names})
+    spec = grid.GridConfig(base, tuple((n, tuple(v)) for n, v in parsed), select=select, top=top,
+                           out=opts.get("out"))
+    with _console().status(f"training {len(spec.configs)} configuration(s) × "
+                           f"{len(base.seeds)} seed(s)…"):
+        result = grid.run(spec)
+    _console().print(grid.top_table(result, spec))
+    m = result.metrics
+    click.echo(f"Selected configuration {result.selected} on val {select} "
+               f"({100 * m['val'][select]:.2f}); its test acc {100 * m['acc']:.2f} ± "
+               f"{100 * m['acc_std']:.2f}, balanced acc {100 * m['balanced_acc']:.2f}.")
+    click.echo(f"Wrote run directory {result.out_dir} (config.json, metrics.json, "
+               f"metrics.parquet/.csv: one row per configuration and seed, summary.parquet/.csv, "
+               f"{len(result.heatmaps)} heatmap PNG(s), the selected configuration's "
+               "predictions, splits and checkpoints) in "
+               f"{result.seconds:.1f} s.")

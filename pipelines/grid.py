@@ -1,0 +1,830 @@
+"""``featcache grid``: every combination of some knobs × seeds, trained together, chosen on val.
+
+Read top to bottom:
+
+1. **Parse** ``--param NAME=V1,V2`` against the pipeline's own config dataclass
+   (:class:`~pipelines.train_head.TrainHeadConfig` or :class:`~pipelines.tfa_lt.TfaLtConfig`):
+   knob names are its field names (``knobs()``), value types come from its type hints, and
+   every combination is built as a real config, so every bad name, type or value fails
+   before anything trains (:class:`GridConfig`).
+2. **Group**: configurations that differ only in per-member knobs (the fields of
+   :class:`~heads.base.MemberSpec`: lr, weight decay, momentum, epochs, batch size, schedule,
+   loss and its knobs, sampler, tau, sigma, init) are members of ONE batched head; knobs that
+   change what the head is or what it reads (``head``, ``view``, ``feature``, ``tte``,
+   ``text_source``, ``template``) make separate groups. Members with other epochs or batch
+   sizes stay in the group: the trainer pads batches to the widest and members that finish
+   earlier sit out (their parameters and momentum are left untouched).
+3. **Train** (dinov2 linear-eval style): members that draw the same batches (same seed,
+   random stream, sampler and batch size — e.g. configurations that differ only in lr or
+   weight decay) share one gather of the cached rows, ``x`` ``[B, D]``, and heads whose
+   logits are a linear map of the input (``linear``, ``cosine``) compute every member in one
+   matrix product ``[B, D] @ [D, G·C]`` (:data:`SHARED_FORWARDS`). Other heads (adapters,
+   ensemblers) use :func:`featcache.training.train_members` unchanged. TFA-LT: stage-I adapters
+   that are the same for several configurations (a grid over stage-II knobs) are trained once.
+   Every member keeps its own random streams, so each configuration gets the result it gets
+   when trained alone with ``train-head`` and the same seed (up to float rounding of the
+   batched products; a test checks it).
+4. **Evaluate** every configuration and seed on the validation rows (carved from training
+   data by :mod:`featcache.splits`, ``--val-fraction``) and on the test rows. The configuration
+   with the best mean validation ``select`` metric is chosen; test labels are never read
+   before that choice. Test figures are reported for it (``metrics.json``) and for every
+   configuration in the table, for inspection only.
+5. **Write** (DESIGN.md §5): ``config.json``; ``metrics.json`` (the selected configuration,
+   means over seeds, ``_std``, ``per_seed``, plus ``selected`` and its validation figures);
+   ``metrics.parquet``/``.csv`` (one row per configuration and seed: every knob, ``val_*``
+   and ``test_*`` metrics); ``summary.parquet``/``.csv`` (one row per configuration, mean and
+   std over seeds, ranked by validation); ``heatmap_<a>__<b>.png`` for every pair of gridded
+   knobs (cells show the best mean validation figure over the other gridded knobs, with the
+   test figure of that same best cell below it); predictions, splits and checkpoints of the
+   selected configuration (loadable by ``featcache predict``).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import torch
+
+from featcache.errors import FeatcacheError, did_you_mean
+from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
+from featcache.runs import RunWriter, write_json
+from featcache.training import (
+    TrainResult,
+    _member_losses,
+    _sgd_step,
+    _Stream,
+    class_counts,
+    lr_at_epoch,
+    predict_logits,
+    train_members,
+)
+from heads import HEADS, LOSSES, SAMPLERS, ClassPrior, Head, HeadContext, MemberSpec, build_head
+from heads.losses import LOSS_KNOBS, posthoc_adjust
+from pipelines import tfa_lt, train_head
+from pipelines.train_head import CachedData, SeedSetup, checkpoint_for, load_data, seed_setups
+
+log = logging.getLogger(__name__)
+
+PipelineConfig = train_head.TrainHeadConfig | tfa_lt.TfaLtConfig
+
+# Settings shared by the whole grid (they define the data, the split, the selection and
+# where results go), so they are set once, never gridded.
+RUN_LEVEL = {
+    "cache": "the cache is set once with --cache",
+    "seeds": "seeds are set once with --seeds",
+    "device": "the device is set once with --device",
+    "out": "the run directory is set once with --out",
+    "method": "the method name is set once",
+    "protocol": "every configuration must be compared on the same split (--protocol)",
+    "val_fraction": "every configuration must be selected on the same validation rows",
+    "test_per_class": "every configuration must be tested on the same rows",
+    "ensemble": "a grid runs one TFA-LT variant (--ensemble)",
+    "adapters": "a grid runs one TFA-LT variant (--no-adapters)",
+}
+MEMBER_KNOBS = frozenset(f.name for f in fields(MemberSpec))
+EVAL_ONLY = frozenset({"posthoc_tau"})
+SELECT_METRICS = METRIC_KEYS
+DEFAULT_VAL_FRACTION = 0.2
+
+
+# --------------------------------------------------------------------------------------
+# 1. The grid: names, types, combinations
+
+
+def grid_knobs(cls: type) -> list[str]:
+    """Knobs ``cls`` lets a grid vary: its ``knobs()`` less the run-level settings."""
+    return [k for k in cls.knobs() if k not in RUN_LEVEL]
+
+
+def _knob_type(cls: type, name: str) -> tuple[type, bool]:
+    """``(base type, accepts None)`` of knob ``name`` from the config's type hints."""
+    hint = typing.get_type_hints(cls)[name]
+    args = typing.get_args(hint)
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        base = [a for a in args if a is not type(None)]
+        return base[0], type(None) in args
+    return hint, False
+
+
+_TYPE_WORDS = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def parse_value(cls: type, name: str, value: object) -> object:
+    """Convert one value (a CLI string or a Python value) to knob ``name``'s type, or fail.
+
+    The error names the knob, the value and the expected type.
+    """
+    base, nullable = _knob_type(cls, name)
+    expected = _TYPE_WORDS.get(base, base.__name__) + (" or none" if nullable else "")
+    bad = FeatcacheError(f"Knob '{name}' expects {expected}, got {value!r}.")
+    if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+        if nullable:
+            return None
+        raise bad
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if base is bool:
+                words = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+                return words[text.lower()]
+            if base is int:
+                return int(text)
+            if base is float:
+                out = float(text)
+                if not math.isfinite(out):
+                    raise ValueError
+                return out
+        except (ValueError, KeyError):
+            raise bad from None
+        if base is str:
+            if not text:
+                raise bad
+            return text
+        raise bad
+    if base is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if base is int and isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, base):
+        return value
+    raise bad
+
+
+def parse_param(spec: str) -> tuple[str, list[str]]:
+    """``"lr=0.01,0.1"`` -> ``("lr", ["0.01", "0.1"])`` (values still strings)."""
+    name, sep, values = spec.partition("=")
+    name = name.strip().replace("-", "_")
+    if not sep or not name:
+        raise FeatcacheError(f"--param expects NAME=V1,V2,... (e.g. lr=0.01,0.1), got '{spec}'.")
+    items = [v.strip() for v in values.split(",")]
+    if not values.strip() or any(not v for v in items):
+        raise FeatcacheError(f"--param {name} has an empty value in '{spec}'; list values like "
+                             f"{name}=V1,V2.")
+    return name, items
+
+
+@dataclass(frozen=True)
+class GridConfig:
+    """A grid: a base pipeline config (fixed knobs) and the knobs to vary, with their values.
+
+    ``params`` is ``((name, (v1, v2, ...)), ...)``; values may be CLI strings or Python
+    values, and are converted to each knob's type. ``select`` is the validation metric that
+    chooses the configuration; ``top`` how many configurations the summary shows first.
+    Everything is validated here, including every combination, before anything runs.
+    """
+
+    base: PipelineConfig
+    params: tuple[tuple[str, tuple], ...]
+    select: str = "balanced_acc"
+    top: int = 10
+    out: str | None = None
+    configs: tuple[PipelineConfig, ...] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        cls = type(self.base)
+        allowed = grid_knobs(cls)
+        if not self.params:
+            raise FeatcacheError("The grid is empty: give at least one --param NAME=V1,V2,... "
+                                 f"(knobs: {', '.join(allowed)}).")
+        seen: set[str] = set()
+        parsed = []
+        for name, values in self.params:
+            if name in RUN_LEVEL and name in cls.knobs():
+                raise FeatcacheError(f"Knob '{name}' cannot be gridded: {RUN_LEVEL[name]}.")
+            if name not in allowed:
+                raise FeatcacheError(
+                    f"Unknown knob '{name}'.{did_you_mean(name, allowed)} Knobs of "
+                    f"{'TFA-LT' if cls is tfa_lt.TfaLtConfig else 'train-head'}: {', '.join(allowed)}."
+                )
+            if name in seen:
+                raise FeatcacheError(f"Knob '{name}' is given twice; list all its values in one "
+                                     f"--param {name}=V1,V2,...")
+            seen.add(name)
+            values = tuple(values)
+            if not values:
+                raise FeatcacheError(f"--param {name} has no values; the grid would be empty.")
+            typed = tuple(parse_value(cls, name, v) for v in values)
+            if len(set(typed)) != len(typed):
+                raise FeatcacheError(f"--param {name} lists a value twice: {list(values)}.")
+            parsed.append((name, typed))
+        if self.select not in SELECT_METRICS:
+            from featcache.errors import unknown
+
+            raise unknown("selection metric", self.select, SELECT_METRICS)
+        if self.top < 1:
+            raise FeatcacheError(f"--top must be >= 1, got {self.top}.")
+        object.__setattr__(self, "params", tuple(parsed))
+        configs = []
+        for combo in itertools.product(*(v for _, v in parsed)):
+            changes = dict(zip((n for n, _ in parsed), combo, strict=True))
+            try:
+                configs.append(replace(self.base, **changes))
+            except FeatcacheError as e:
+                shown = ", ".join(f"{k}={v}" for k, v in changes.items())
+                raise FeatcacheError(f"Grid configuration ({shown}) is invalid: {e}") from None
+        object.__setattr__(self, "configs", tuple(configs))
+
+    @property
+    def names(self) -> list[str]:
+        """The gridded knobs, in the order given."""
+        return [n for n, _ in self.params]
+
+    @property
+    def pipeline(self) -> str:
+        """``train-head`` or ``tfa-lt``."""
+        return "tfa-lt" if isinstance(self.base, tfa_lt.TfaLtConfig) else "train-head"
+
+
+# --------------------------------------------------------------------------------------
+# 2-3. Training: groups, shared batches, one matmul for all members
+
+
+def _shared_linear(head: Head, x: torch.Tensor) -> torch.Tensor:  # [B, D] -> [G, B, C]
+    G, C, D = head.weight.shape
+    logits = x @ head.weight.reshape(G * C, D).T  # [B, G·C]: one product for every member
+    return logits.view(-1, G, C).transpose(0, 1) + head.bias[:, None, :]
+
+
+def _shared_cosine(head: Head, x: torch.Tensor) -> torch.Tensor:  # [B, D] -> [G, B, C]
+    G, C, D = head.weight.shape
+    f = torch.nn.functional.normalize(x, dim=-1)  # [B, D]
+    w = torch.nn.functional.normalize(head.weight, dim=-1).reshape(G * C, D)
+    return (f @ w.T).view(-1, G, C).transpose(0, 1) * head.sigma[:, None, None]
+
+
+SharedForward = Callable[[Head, torch.Tensor], torch.Tensor]
+SHARED_FORWARDS: dict[str, SharedForward] = {"linear": _shared_linear, "cosine": _shared_cosine}
+"""Heads whose members can all read ONE batch ``[B, D]``: the same logits as ``head.forward``
+on ``x.expand(G, B, D)``, computed as one matrix product. A head missing here trains with
+:func:`featcache.training.train_members` (a gather per member)."""
+
+
+def _stream_key(m: MemberSpec, pool_id: int) -> tuple:
+    """Members with equal keys draw the same batches (see :class:`featcache.training._Stream`)."""
+    return (m.seed, m.stream, m.sampler, m.batch_size, pool_id)
+
+
+def train_shared(
+    head: Head,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    pools: list[torch.Tensor],
+    pool_ids: list[int],
+    forward: SharedForward,
+    *,
+    chunk_steps: int = 512,
+) -> TrainResult:
+    """:func:`~featcache.training.train_members` for members that share batches.
+
+    Members must be ordered so that those with the same batch stream (same seed, stream,
+    sampler, batch size and pool ``pool_ids[g]``) are contiguous. Each step gathers one batch
+    per stream, ``[K, Bmax, D]`` for K streams (not one per member), and ``forward`` maps each
+    stream's batch to its members' logits. Losses, per-member knobs, the SGD step, the
+    cosine schedule and members sitting out after their last epoch are the trainer's own
+    (same functions), so a member's result equals training it alone.
+    """
+    t0 = time.perf_counter()
+    members, G, C = head.members, head.num_members, head.num_classes
+    dev = inputs.device
+    keys = [_stream_key(m, p) for m, p in zip(members, pool_ids, strict=True)]
+    starts = [g for g in range(G) if g == 0 or keys[g] != keys[g - 1]]
+    if len(set(keys)) != len(starts):
+        raise ValueError("members of one batch stream must be contiguous")
+    bounds = list(zip(starts, starts[1:] + [G], strict=True))  # [(g0, g1)] per stream
+    for m in members:
+        LOSSES.get(m.loss), SAMPLERS.get(m.sampler)
+    params = [p for p in head.parameters() if p.requires_grad]
+    head.check_input(inputs[None])
+    samplers = [SAMPLERS.get(m.sampler)(labels[p], C) for m, p in zip(members, pools, strict=True)]
+    per_epoch = [-(-s.epoch_length // m.batch_size) for s, m in zip(samplers, members, strict=True)]
+    totals = [k * m.epochs for k, m in zip(per_epoch, members, strict=True)]
+    S = max(totals)
+    width = max(m.batch_size for m in members)
+    streams = [_Stream(samplers[g0], pools[g0], members[g0], width, max(totals[g0:g1]))
+               for g0, g1 in bounds]
+    lr_plan = np.zeros((S, G), dtype=np.float32)
+    for g, (m, k) in enumerate(zip(members, per_epoch, strict=True)):
+        lrs = np.array([lr_at_epoch(m, e) for e in range(m.epochs)], dtype=np.float32)
+        lr_plan[: totals[g], g] = np.repeat(lrs, k)
+    active_plan = np.arange(S)[:, None] < np.array(totals)[None, :]  # [S, G]
+    all_active = active_plan.all(1)
+
+    def member_view(values: list[float], like: torch.Tensor) -> torch.Tensor:  # [G] -> [G,1,..]
+        return torch.tensor(values, device=dev).view(G, *([1] * (like.dim() - 1)))
+
+    wd = [member_view([m.weight_decay for m in members], p) for p in params]
+    mom = [member_view([m.momentum for m in members], p) for p in params]
+    bufs = [torch.zeros_like(p) for p in params]
+    knobs = {k: torch.tensor([getattr(m, k) for m in members], device=dev) for k in LOSS_KNOBS}
+    prior = ClassPrior.from_counts(torch.stack([class_counts(labels[p], C) for p in pools]))
+    by_loss: dict[str, list[int]] = {}
+    for g, m in enumerate(members):
+        by_loss.setdefault(m.loss, []).append(g)
+    loss_groups = [(LOSSES.get(n), None if len(gs) == G else torch.tensor(gs, device=dev), gs)
+                   for n, gs in by_loss.items()]
+    repeats = torch.tensor([g1 - g0 for g0, g1 in bounds], device=dev)  # [K] members per stream
+    step_losses: list[torch.Tensor] = []
+    head.train()
+    for c0 in range(0, S, chunk_steps):
+        n = min(chunk_steps, S - c0)
+        taken = [st.take(n) for st in streams]
+        idx_c = torch.stack([t[0] for t in taken], 1)  # [n, K, Bmax]
+        w_c = torch.stack([t[1] for t in taken], 1)  # [n, K, Bmax]
+        lr_c = torch.from_numpy(lr_plan[c0 : c0 + n]).to(dev)  # [n, G]
+        act_c = torch.from_numpy(active_plan[c0 : c0 + n]).to(dev)  # [n, G]
+        for j in range(n):
+            x = inputs[idx_c[j]]  # [K, Bmax, D]: one gather per stream, not per member
+            logits = torch.cat([forward(_Slice(head, g0, g1), x[k]) for k, (g0, g1) in
+                                enumerate(bounds)]) if len(bounds) > 1 else forward(head, x[0])
+            y = labels[idx_c[j]].repeat_interleave(repeats, 0)  # [G, Bmax]
+            w = w_c[j].repeat_interleave(repeats, 0)  # [G, Bmax]
+            per_row = _member_losses(logits, y, knobs, prior, loss_groups, G)  # [G, Bmax]
+            loss = (per_row * w).sum(1)  # [G]
+            grads = torch.autograd.grad(loss.sum(), params)
+            with torch.no_grad():
+                _sgd_step(params, grads, bufs, wd, mom, lr_c[j],
+                          None if all_active[c0 + j] else act_c[j])
+            step_losses.append(loss.detach())
+    head.eval()
+    hist = torch.stack(step_losses).cpu().numpy() if step_losses else np.zeros((0, G))
+    epoch_loss = [hist[: totals[g], g].reshape(members[g].epochs, per_epoch[g]).mean(1).tolist()
+                  if totals[g] else [] for g in range(G)]
+    seconds = time.perf_counter() - t0
+    log.info("trained %d member(s) of '%s' on %d batch stream(s) for %d steps in %.2f s",
+             G, head.name, len(bounds), S, seconds)
+    return TrainResult(epoch_loss=epoch_loss, steps=totals, seconds=seconds)
+
+
+class _Slice:
+    """Members ``g0:g1`` of a head as views (parameters keep their autograd history)."""
+
+    def __init__(self, head: Head, g0: int, g1: int) -> None:
+        self._head, self._g0, self._g1 = head, g0, g1
+
+    def __getattr__(self, name: str) -> torch.Tensor:
+        return getattr(self._head, name)[self._g0 : self._g1]
+
+
+@dataclass
+class Trained:
+    """One group's trained members: ``logits(x)`` gives ``[G, n, C]`` for rows ``x`` ``[n, D]``;
+    ``owner[g] = (config index, seed index)``; ``model(g)`` the checkpointable model of g."""
+
+    logits: Callable[[torch.Tensor], torch.Tensor]
+    owner: list[tuple[int, int]]
+    model: Callable[[int], dict]
+    train_loss: list[float]
+    seconds: float
+
+
+def _rows_per_chunk(G: int, width: int, budget: int = 2**26) -> int:
+    """Rows per evaluation chunk so that ``[G, rows, width]`` stays under ``budget`` floats."""
+    return max(64, budget // max(1, G * width))
+
+
+def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: CachedData,
+                      setups: list[SeedSetup]) -> Trained:
+    """Train every (configuration, seed) of one head shape as members of one head."""
+    head_name = cfgs[0][1].head
+    need = HEADS.get(head_name).needs_prototypes or any(c.init == "text" for _, c in cfgs)
+    # members: one per (configuration, seed), ordered by batch stream (contiguous streams)
+    entries = [(i, j, c.member(s.seed, tau=c.tau or data.tau))
+               for i, c in cfgs for j, s in enumerate(setups)]
+    entries.sort(key=lambda e: _stream_key(e[2], e[1]))
+    members = [m for _, _, m in entries]
+    ctx = HeadContext(
+        in_dim=int(data.feats.shape[-1]), num_classes=data.num_classes,
+        prototypes=torch.stack([setups[j].prototypes for _, j, _ in entries]) if need else None,
+        class_means=torch.stack([setups[j].class_means for _, j, _ in entries]),
+    )
+    head = build_head(head_name, ctx, members, device=data.device)
+    pools = [setups[j].pool for _, j, _ in entries]
+    forward = SHARED_FORWARDS.get(head_name)
+    if forward is not None and head.trainable:
+        result = train_shared(head, data.feats, data.labels, pools, [j for _, j, _ in entries],
+                              forward)
+    else:
+        result = train_members(head, data.feats, data.labels, pools)
+    G = len(members)
+    chunk = _rows_per_chunk(G, max(head.in_dim, head.out_dim()))
+
+    @torch.no_grad()
+    def logits(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [G, n, C]
+        if forward is None:
+            return predict_logits(head, x, batch=chunk)
+        head.eval()  # the shared product: no [G, n, D] copy of the rows
+        return torch.cat([forward(head, x[r : r + 16384]) for r in range(0, x.shape[0], 16384)], 1)
+
+    def model(g: int) -> dict:
+        return {"kind": "head", "head": head.member(g).checkpoint()}
+
+    return Trained(logits, [(i, j) for i, j, _ in entries], model,
+                   [loss[-1] if loss else math.nan for loss in result.epoch_loss], result.seconds)
+
+
+def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedData,
+                     setups: list[SeedSetup]) -> Trained:
+    """TFA-LT for every (configuration, seed): stage I once per distinct adapter, stage II
+    one ensembler per (configuration, seed), each stage one batched run."""
+    base = cfgs[0][1]
+    D, C = int(data.feats.shape[-1]), data.num_classes
+    # Stage I: distinct (adapter spec, seed) pairs; a grid over stage-II knobs trains them once.
+    unique: dict[tuple[MemberSpec, int], int] = {}
+    pairs: list[tuple[int, int, int, int]] = []  # (config, seed index, wrs member, rus member)
+    for i, c in cfgs:
+        for j, s in enumerate(setups):
+            tau = c.tau or data.tau
+            ids = [unique.setdefault((c.stage1(s.seed, smp, tau=tau), j), len(unique))
+                   for smp in ("wrs", "rus")]
+            pairs.append((i, j, ids[0], ids[1]))
+    specs = list(unique)
+    ctx = HeadContext(D, C, prototypes=torch.stack([setups[j].prototypes for _, j in specs]))
+    branches = build_head("adapter" if base.adapters else "zeroshot", ctx,
+                          [m for m, _ in specs], device=data.device)
+    stage1 = train_members(branches, data.feats, data.labels, [setups[j].pool for _, j in specs])
+    log.info("grid stage I: %d adapter(s) for %d configuration-seed(s) in %.2f s",
+             len(specs), len(pairs), stage1.seconds)
+    wi = torch.tensor([p[2] for p in pairs], device=data.device)
+    ri = torch.tensor([p[3] for p in pairs], device=data.device)
+    outputs = predict_logits if base.ensemble in ("logit", "mean") else _features
+    chunk1 = _rows_per_chunk(len(specs), max(D, C))
+
+    def stage2_inputs(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [P, n, 2C | 2D]
+        z = outputs(branches, x, batch=chunk1)  # [U, n, C | D] per distinct adapter
+        return torch.cat([z[wi], z[ri]], -1)
+
+    ensembler, seconds = None, stage1.seconds
+    losses = [math.nan] * len(pairs)
+    if base.ensemble != "mean":
+        with torch.no_grad():
+            inputs = stage2_inputs(data.feats).contiguous()  # [P, N, 2C | 2D]
+        ens_ctx = HeadContext(int(inputs.shape[-1]), C,
+                              prototypes=torch.stack([setups[j].prototypes for _, j, _, _ in pairs]))
+        cfg_of = dict(cfgs)
+        ens_members = [cfg_of[i].stage2(setups[j].seed, tau=cfg_of[i].tau or data.tau)
+                       for i, j, _, _ in pairs]
+        ensembler = build_head(f"ensemble-{base.ensemble}", ens_ctx, ens_members, device=data.device)
+        stage2 = train_members(ensembler, inputs, data.labels, [setups[p[1]].pool for p in pairs])
+        del inputs
+        seconds += stage2.seconds
+        losses = [loss[-1] if loss else math.nan for loss in stage2.epoch_loss]
+    chunk2 = _rows_per_chunk(len(pairs), 2 * max(D, C))
+
+    def logits(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [P, n, C]
+        outs = []
+        for r in range(0, x.shape[0], chunk2):
+            with torch.no_grad():
+                if ensembler is None:  # adapters only: mean of the pair's logits
+                    z = predict_logits(branches, x[r : r + chunk2], batch=chunk1)
+                    outs.append((z[wi] + z[ri]) / 2)
+                else:
+                    outs.append(predict_logits(ensembler, stage2_inputs(x[r : r + chunk2])))
+        return torch.cat(outs, 1)
+
+    def model(p: int) -> dict:
+        pair = tfa_lt._members(branches, [pairs[p][2], pairs[p][3]])
+        ens = ensembler.member(p) if ensembler is not None else None
+        return {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": base.ensemble,
+                "ensembler": ens.checkpoint() if ens is not None else None}
+
+    return Trained(logits, [(i, j) for i, j, _, _ in pairs], model, losses, seconds)
+
+
+def _features(head: Head, x: torch.Tensor, *, batch: int) -> torch.Tensor:
+    from featcache.training import head_features
+
+    return head_features(head, x, batch=batch)
+
+
+# --------------------------------------------------------------------------------------
+# 4. Evaluation and selection
+
+
+def _evaluate(logits: np.ndarray, labels: np.ndarray, setup: SeedSetup, num_classes: int) -> dict:
+    """Metrics of logits ``[n, C]`` against ``labels`` ``[n]`` with the seed's class groups."""
+    m = compute_metrics(labels, logits, num_classes=num_classes,
+                        train_counts=setup.split.train_counts, groups=setup.split.groups)
+    m.pop("per_class_acc", None)
+    return m
+
+
+def _adjust(logits: torch.Tensor, setup: SeedSetup, tau: float) -> torch.Tensor:
+    counts = torch.as_tensor(setup.split.train_counts, device=logits.device)
+    return posthoc_adjust(logits, ClassPrior.from_counts(counts).log_prior[0], tau)
+
+
+def _group_key(cfg: PipelineConfig) -> tuple:
+    """Configurations with equal keys train as members of one batched run: every knob that
+    is not per-member (MemberSpec fields, TFA-LT's ``ensemble_*`` stage-II knobs), not
+    evaluation-only and not run-level, e.g. ``head`` (a new setting lands here, safely)."""
+    return tuple((k, getattr(cfg, k)) for k in cfg.knobs()
+                 if k not in MEMBER_KNOBS and k not in EVAL_ONLY and k not in RUN_LEVEL
+                 and not k.startswith("ensemble_"))
+
+
+def _data_key(cfg: PipelineConfig) -> tuple:
+    """What the features and prototypes depend on: view, feature kind, TTE, text source."""
+    return (cfg.view, cfg.feature, cfg.tte, cfg.text_source, cfg.template)
+
+
+def _knob_row(cfg: PipelineConfig, tau: float) -> dict:
+    """Every knob of ``cfg`` (run-level settings left out; ``tau`` resolved)."""
+    d = {k: v for k, v in asdict(cfg).items() if k not in RUN_LEVEL}
+    d["tau"] = cfg.tau if cfg.tau is not None else tau
+    return d
+
+
+@dataclass
+class GridResult:
+    """What :func:`run` returns: the run directory, the tables and the selected configuration."""
+
+    out_dir: Path
+    metrics: dict  # metrics.json
+    table: pl.DataFrame  # one row per configuration and seed
+    summary: pl.DataFrame  # one row per configuration, ranked by validation
+    selected: int  # index into GridConfig.configs
+    config: dict
+    heatmaps: list[Path]
+    seconds: float
+
+
+def run(grid: GridConfig, *, progress: Callable[[str], None] | None = None) -> GridResult:
+    """Train every configuration × seed, select on validation, write the run directory."""
+    t0 = time.perf_counter()
+    say = progress or (lambda msg: log.info(msg))
+    configs = grid.configs
+    # data and splits, once per distinct input (view, feature, prototypes)
+    loaded: dict[tuple, tuple[CachedData, list[SeedSetup]]] = {}
+    for cfg in configs:
+        key = _data_key(cfg)
+        if key in loaded:
+            continue
+        data = next((d for k, (d, _) in loaded.items() if k[:3] == key[:3]), None)
+        # tau=None: data.tau is the cache's default; each member resolves its own tau
+        data = data or load_data(cfg.cache, view=cfg.view, feature=cfg.feature, tte=cfg.tte,
+                                 device=cfg.device, tau=None)
+        need = grid.pipeline == "tfa-lt" or any(
+            HEADS.get(c.head).needs_prototypes or c.init == "text"
+            for c in configs if _data_key(c) == key)
+        setups = seed_setups(data, cfg, need_prototypes=need)
+        for s in setups:
+            if s.split.val.size == 0:
+                raise FeatcacheError(
+                    f"A grid selects on validation rows, but seed {s.seed}'s split has none: "
+                    "pass --val-fraction > 0 (rows carved from training data) or use a cache "
+                    "with an official val split.")
+        loaded[key] = (data, setups)
+    data0, setups0 = next(iter(loaded.values()))
+    n_seeds = len(setups0)
+    # train: one batched run per group
+    groups: dict[tuple, list[tuple[int, PipelineConfig]]] = {}
+    for i, cfg in enumerate(configs):
+        groups.setdefault((_data_key(cfg), _group_key(cfg)), []).append((i, cfg))
+    val_rows: list[dict] = [{} for _ in range(len(configs) * n_seeds)]
+    test_logits: dict[tuple[int, int], torch.Tensor] = {}
+    trained_of: dict[int, Trained] = {}
+    losses: dict[tuple[int, int], float] = {}
+    train_seconds = 0.0
+    for n_group, ((dkey, _), members) in enumerate(groups.items(), 1):
+        data, setups = loaded[dkey]
+        say(f"group {n_group}/{len(groups)}: {len(members)} configuration(s) × {n_seeds} seed(s)")
+        trainer = _train_tfa_group if grid.pipeline == "tfa-lt" else _train_head_group
+        trained = trainer(members, data, setups)
+        train_seconds += trained.seconds
+        # Every member's logits on the val and test rows of its seed, averaged over the
+        # evaluation views (the five crops with --tte); test logits are kept, not scored.
+        for j, setup in enumerate(setups):
+            rows = np.concatenate([setup.split.val, setup.split.test])
+            r = torch.as_tensor(rows, device=data.device)
+            logits = torch.stack([trained.logits(v[r]) for v in data.eval_feats]).mean(0)
+            n_val = setup.split.val.size
+            for g, (i, jj) in enumerate(trained.owner):
+                if jj != j:
+                    continue
+                z = _adjust(logits[g], setup, configs[i].posthoc_tau)  # [n_val + n_test, C]
+                val_rows[i * n_seeds + j] = _evaluate(z[:n_val].float().cpu().numpy(),
+                                                      data.cache.labels[setup.split.val],
+                                                      setup, data.num_classes)
+                test_logits[(i, j)] = z[n_val:].float().cpu()
+                losses[(i, j)] = trained.train_loss[g]
+        for i, _ in members:
+            trained_of[i] = trained
+    # Selection: mean validation metric over seeds; test labels are not read until chosen.
+    val_mean = np.array([np.nanmean([val_rows[i * n_seeds + j][grid.select] for j in range(n_seeds)])
+                         if any(math.isfinite(val_rows[i * n_seeds + j][grid.select])
+                                for j in range(n_seeds)) else -np.inf
+                         for i in range(len(configs))])
+    selected = int(np.argmax(val_mean))  # ties: the first configuration listed
+    say(f"selected configuration {selected}: val {grid.select} {val_mean[selected]:.4f}")
+    # Test figures, for the selected configuration and (for inspection) every other one.
+    test_rows: list[dict] = []
+    for i, cfg in enumerate(configs):
+        data, setups = loaded[_data_key(cfg)]
+        for j, setup in enumerate(setups):
+            test_rows.append(_evaluate(test_logits[(i, j)].numpy(),
+                                       data.cache.labels[setup.split.test], setup,
+                                       data.num_classes))
+    table = _table(grid, loaded, val_rows, test_rows, losses, selected)
+    summary = _summary(grid, table)
+    out_dir = Path(grid.out) if grid.out else Path("runs") / f"{Path(grid.base.cache).stem}-grid"
+    config = _resolved(grid, data0, setups0, selected)
+    doc, heatmaps = _write(grid, out_dir, config, loaded, trained_of, test_logits, table,
+                           summary, selected, val_rows)
+    seconds = time.perf_counter() - t0
+    doc["train_seconds"], doc["seconds"] = train_seconds, seconds
+    write_json(out_dir / "metrics.json", doc)
+    return GridResult(out_dir, doc, table, summary, selected, config, heatmaps, seconds)
+
+
+# --------------------------------------------------------------------------------------
+# 5. Tables, plots and the run directory
+
+
+def _table(grid: GridConfig, loaded: dict, val_rows: list[dict], test_rows: list[dict],
+           losses: dict, selected: int) -> pl.DataFrame:
+    """One row per configuration and seed: config, seed, every knob, val_* and test_*."""
+    rows = []
+    for i, cfg in enumerate(grid.configs):
+        data, setups = loaded[_data_key(cfg)]
+        for j, setup in enumerate(setups):
+            k = i * len(setups) + j
+            row = {"config": i, "seed": setup.seed, "selected": i == selected,
+                   **_knob_row(cfg, data.tau),
+                   "protocol": setup.split.protocol, "n_train": int(setup.split.train.size),
+                   "n_val": int(setup.split.val.size), "n_test": int(setup.split.test.size),
+                   "train_loss": losses.get((i, j), math.nan)}
+            row.update({f"val_{m}": val_rows[k].get(m, math.nan) for m in METRIC_KEYS})
+            row.update({f"test_{m}": test_rows[k].get(m, math.nan) for m in METRIC_KEYS})
+            rows.append(row)
+    frame = pl.DataFrame(rows, infer_schema_length=None)
+    metric_cols = [c for c in frame.columns if c.startswith(("val_", "test_")) or c == "train_loss"]
+    return frame.with_columns(pl.col(metric_cols).cast(pl.Float64).fill_nan(None))
+
+
+def _summary(grid: GridConfig, table: pl.DataFrame) -> pl.DataFrame:
+    """One row per configuration: gridded knobs, mean and std over seeds, ranked by val."""
+    metrics = [f"{p}_{m}" for p in ("val", "test") for m in METRIC_KEYS]
+    aggs = [pl.col(c).mean().alias(c) for c in metrics] + [
+        pl.col(c).std(ddof=0).alias(f"{c}_std") for c in metrics]
+    out = (table.group_by("config", maintain_order=True)
+           .agg([pl.col(n).first() for n in grid.names] + [pl.col("selected").first()] + aggs))
+    key = f"val_{grid.select}"
+    return (out.sort([key, "config"], descending=[True, False], nulls_last=True)
+            .with_row_index("rank", offset=1))
+
+
+def _resolved(grid: GridConfig, data: CachedData, setups: list[SeedSetup], selected: int) -> dict:
+    d = train_head.resolved_config(grid.base, data, setups, f"grid/{grid.pipeline}")
+    d.update(
+        grid={n: list(v) for n, v in grid.params},
+        n_configurations=len(grid.configs),
+        select=f"val_{grid.select}",
+        selected=selected,
+        selected_config=_knob_row(grid.configs[selected], data.tau),
+        grouping="configurations that differ only in per-member knobs train as members of "
+                 "one batched head; members with equal batch streams share one gather",
+        out=grid.out,
+    )
+    return d
+
+
+def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
+           trained_of: dict[int, Trained], test_logits: dict, table: pl.DataFrame,
+           summary: pl.DataFrame, selected: int, val_rows: list[dict]) -> tuple[dict, list[Path]]:
+    """The run directory. The selected configuration goes through :class:`RunWriter`
+    (predictions, splits, checkpoints, PNGs), then the grid's tables replace its one-row-per-
+    seed ``metrics.parquet``/``.csv``."""
+    cfg = grid.configs[selected]
+    data, setups = loaded[_data_key(cfg)]
+    trained = trained_of[selected]
+    shown = ", ".join(f"{n}={getattr(cfg, n)}" for n in grid.names)
+    writer = RunWriter(out_dir, config, data.cache.class_names, method=f"grid best ({shown})")
+    pipeline = "tfa-lt" if grid.pipeline == "tfa-lt" else "train-head"
+    for j, setup in enumerate(setups):
+        g = trained.owner.index((selected, j))
+        metrics = compute_metrics(data.cache.labels[setup.split.test],
+                                  test_logits[(selected, j)].numpy(),
+                                  num_classes=data.num_classes,
+                                  train_counts=setup.split.train_counts, groups=setup.split.groups)
+        ckpt = checkpoint_for(pipeline, trained.model(g), cfg, data, setup)
+        writer.add_seed(setup.seed, metrics, labels=data.cache.labels[setup.split.test],
+                        scores=test_logits[(selected, j)].numpy(), rows=setup.split.test,
+                        ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
+                        train_counts=setup.split.train_counts, checkpoint=ckpt)
+    doc = writer.finish()
+    vals = [val_rows[selected * len(setups) + j] for j in range(len(setups))]
+    doc.update(
+        selected=selected,
+        selected_config=config["selected_config"],
+        select=f"val_{grid.select}",
+        val={k: v for k, v in summarize(vals).items()},
+        n_configurations=len(grid.configs),
+        seeds=[s.seed for s in setups],
+    )
+    write_json(out_dir / "metrics.json", doc)
+    table.write_parquet(out_dir / "metrics.parquet")
+    table.write_csv(out_dir / "metrics.csv")
+    summary.write_parquet(out_dir / "summary.parquet")
+    summary.write_csv(out_dir / "summary.csv")
+    heatmaps = []
+    varied = [n for n, v in grid.params if len(v) > 1]
+    for a, b in itertools.combinations(varied, 2):
+        path = out_dir / f"heatmap_{a}__{b}.png"
+        plot_heatmap(table, a, b, path, select=grid.select)
+        heatmaps.append(path)
+    return doc, heatmaps
+
+
+def plot_heatmap(table: pl.DataFrame, x: str, y: str, path: str | Path, *,
+                 select: str = "balanced_acc") -> Path:
+    """Heatmap of the mean (over seeds) validation ``select`` metric over knobs ``x`` × ``y``.
+
+    With more than two gridded knobs each cell is the best configuration over the others
+    (maximum of the mean validation figure); the cell also shows that configuration's mean
+    test figure below, for inspection. Any two columns of ``table`` (the grid's
+    ``metrics.parquet``) can be plotted.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for k in (x, y):
+        if k not in table.columns:
+            raise FeatcacheError(f"Knob '{k}' is not a column of the grid table."
+                                 f"{did_you_mean(k, table.columns)}")
+    vkey, tkey = f"val_{select}", f"test_{select}"
+    per_config = table.group_by("config").agg(pl.col(x).first(), pl.col(y).first(),
+                                              pl.col(vkey).mean(), pl.col(tkey).mean())
+    best = (per_config.sort(vkey, descending=True, nulls_last=True)
+            .group_by([x, y], maintain_order=True).first())
+    xs = sorted(per_config[x].unique().to_list(), key=_sort_key)
+    ys = sorted(per_config[y].unique().to_list(), key=_sort_key)
+    val = np.full((len(ys), len(xs)), np.nan)
+    test = np.full((len(ys), len(xs)), np.nan)
+    for row in best.iter_rows(named=True):
+        r, c = ys.index(row[y]), xs.index(row[x])
+        val[r, c] = np.nan if row[vkey] is None else row[vkey]
+        test[r, c] = np.nan if row[tkey] is None else row[tkey]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(xs), 1.4 + 0.7 * len(ys)), dpi=100)
+    im = ax.imshow(val, cmap="viridis", aspect="auto")
+    ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=45)
+    ax.set_yticks(range(len(ys)), [str(v) for v in ys])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    for (r, c), v in np.ndenumerate(val):
+        if math.isfinite(v):
+            ax.text(c, r, f"{100 * v:.1f}\n({100 * test[r, c]:.1f})", ha="center", va="center",
+                    fontsize=7, color="white" if v < np.nanmean(val) else "black")
+    ax.set_title(f"val {select} (test), best over other knobs", fontsize=9)
+    fig.colorbar(im, ax=ax)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return Path(path)
+
+
+def _sort_key(v: object) -> tuple:
+    return (0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v))
+
+
+def top_table(result: GridResult, grid: GridConfig, n: int | None = None):  # noqa: ANN201
+    """A rich Table of the ``n`` best configurations (mean ± std over seeds, percent)."""
+    from rich.table import Table
+
+    def pct(row: dict, key: str) -> str:
+        mean, std = row.get(key), row.get(f"{key}_std")
+        if mean is None or not math.isfinite(mean):
+            return "–"
+        return f"{100 * mean:.2f} ± {100 * (std or 0):.2f}"
+
+    table = Table(title=f"grid: {len(grid.configs)} configurations, selected on val_{grid.select}")
+    table.add_column("#", justify="right")
+    for name in grid.names:
+        table.add_column(name, justify="right")
+    cols = [(f"val {grid.select}", f"val_{grid.select}"), ("test Total", "test_acc"),
+            ("test bal.", "test_balanced_acc"), ("test F1", "test_macro_f1"),
+            ("Many", "test_many_acc"), ("Med", "test_medium_acc"), ("Few", "test_few_acc")]
+    for title, _ in cols:
+        table.add_column(title, justify="right")
+    for row in result.summary.head(n or grid.top).iter_rows(named=True):
+        mark = "*" if row["selected"] else ""
+        table.add_row(f"{row['rank']}{mark}", *[str(row[k]) for k in grid.names],
+                      *[pct(row, key) for _, key in cols])
+    return table
+
+
+def make_grid(base: PipelineConfig, params: Sequence[str], **kwargs: object) -> GridConfig:
+    """A :class:`GridConfig` from CLI-style ``--param`` strings (``["lr=0.01,0.1", ...]``)."""
+    parsed = [parse_param(p) for p in params]
+    return GridConfig(base, tuple((n, tuple(v)) for n, v in parsed), **kwargs)
