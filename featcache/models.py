@@ -34,16 +34,23 @@ open_clip.add_model_config(CONFIG_DIR)
 
 
 def list_models() -> list[dict[str, str]]:
-    """Every model open_clip knows (plus featcache's tiny ones) with its pretrained tags."""
+    """Every model open_clip knows (plus featcache's tiny ones) with its pretrained tags, then
+    every timm architecture as ``timm:NAME`` (see :mod:`featcache.timm_backbones`)."""
+    from featcache import timm_backbones
+
     rows = []
     for name in open_clip.list_models():
         tags = open_clip.list_pretrained_tags_by_model(name)
         rows.append({"model": name, "pretrained": ", ".join(tags) or "(none: file or random)"})
-    return rows
+    return rows + timm_backbones.list_models()
 
 
 def default_pretrained(model_name: str) -> str:
     """The weights used when ``--pretrained`` is omitted: random for tiny models, else openai/first tag."""
+    from featcache import timm_backbones
+
+    if timm_backbones.is_timm(model_name):
+        return timm_backbones.default_pretrained(model_name)
     if model_name in TINY_MODELS:
         return RANDOM
     tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -68,8 +75,10 @@ def file_sha256(path: str | Path, chunk: int = 1 << 22) -> str:
 
 @dataclass
 class Backbone:
-    """A loaded open_clip model with what featcache needs to know about it.
+    """A loaded open_clip (or timm) model with what featcache needs to know about it.
 
+    timm backbones (:mod:`featcache.timm_backbones`) have no text tower: ``tokenizer`` is
+    ``None`` (:attr:`has_text` False) and :attr:`logit_scale` is ``None``.
     ``preprocess`` is open_clip's own preprocessing config (size, mean, std, interpolation,
     resize_mode); ``weights_id`` is the pretrained tag, ``sha256:<hash>`` for a file, the hub
     id, or ``random``.
@@ -92,8 +101,14 @@ class Backbone:
         return self.model.visual
 
     @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.exp().item())
+    def logit_scale(self) -> float | None:
+        scale = getattr(self.model, "logit_scale", None)
+        return None if scale is None else float(scale.exp().item())
+
+    @property
+    def has_text(self) -> bool:
+        """Whether the model has a text tower (open_clip) or only an image encoder (timm)."""
+        return self.tokenizer is not None
 
     @property
     def embed_dim(self) -> int:
@@ -153,7 +168,12 @@ def load_backbone(
 
     ``pretrained``: a tag open_clip knows for this model, a checkpoint file, ``hf-hub:ID``
     (also accepted as the model name), ``random``, or ``None`` for :func:`default_pretrained`.
+    ``timm:NAME[.TAG]`` names load through :func:`featcache.timm_backbones.load_timm_backbone`.
     """
+    from featcache import timm_backbones
+
+    if timm_backbones.is_timm(model_name):
+        return timm_backbones.load_timm_backbone(model_name, pretrained, device=device)
     if model_name.startswith("hf-hub:"):
         pretrained, model_name = model_name, model_name
     known = open_clip.list_models()
