@@ -43,6 +43,7 @@ def _register() -> None:
     from featcache.cli import head_cmds  # noqa: F401
     from featcache.cli import grid_cmds  # noqa: F401
     from featcache.cli import demo_cmds  # noqa: F401
+    from featcache.cli import bench_cmds  # noqa: F401
 
 
 _register()

@@ -1,0 +1,803 @@
+"""MedMNIST foundation-model benchmark (DESIGN.md §3): ``featcache bench medmnist``.
+
+``run(BenchConfig(...))`` reads top to bottom:
+
+1. check every name (data sets with a did-you-mean, backbones, methods) and find every npz
+   file (``--download`` fetches missing ones through the ``medmnist`` package) before any
+   work starts;
+2. for each data set × size × resize × backbone, extract the cache (one per combination,
+   through :mod:`pipelines.extract`) or reuse it when it is already complete;
+3. linear probes from the cache (:func:`train_probes`): every learning rate of the grid and
+   every seed is one *member*, and all members of one cache train together in one batched
+   loop (AdamW, head lr decayed ×0.9 every 200 iterations, DESIGN.md §3); the training set
+   is the official train split, or for ``--per-class N`` a fresh seeded draw of N images per
+   class from it; the learning rate is chosen on the official val split (mean over seeds of
+   ``select_metric``), and only then is test reported;
+4. optionally (``--methods linear,finetune``) end-to-end fine-tuning (:func:`finetune_once`):
+   the encoder through featcache.peft's ``full`` method (open_clip ViTs; every parameter for
+   timm models) at a small constant learning rate, the head with the probe's recipe;
+5. the outputs (DESIGN.md §5): ``config.json``, ``metrics.json``, ``metrics.parquet``/``.csv``
+   (one row per configuration, learning rate and seed, with a ``selected`` column),
+   ``summary.parquet``/``.csv`` (one row per selected cell, mean ± std over seeds),
+   ``table.md``/``.parquet``/``.csv`` (the paper's layout: rows backbone × method × size ×
+   resize, columns data set ACC / AUC), ``size_resize.png`` and, with ``--per-class``,
+   ``data_efficiency.png``.
+
+Metrics are MedMNIST's (via :func:`featcache.metrics.compute_metrics`): ACC is argmax accuracy
+for multi-class, accuracy at threshold 0.5 for binary (softmax probability of class 1, which
+equals argmax of the two logits) and multi-label (sigmoid per label, mean over labels); AUC
+is the macro one-vs-rest ROC AUC (binary: AUC of class 1; multi-label: mean over labels).
+ChestMNIST trains with BCE. ``many_acc``/``medium_acc``/``few_acc`` are not defined for
+MedMNIST (no class groups) and are NaN (``null`` in JSON).
+
+``metrics.json``'s top-level figures are the benchmark average: for each seed, the mean over
+every cell trained on the full training split (data set × backbone × method × size ×
+resize); then mean and std (ddof 0) over seeds. ``metrics.json["cells"]`` holds each cell's
+own figures.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import open_clip
+import polars as pl
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from featcache import models, timm_backbones
+from featcache.cache import open_cache
+from featcache.datasets import build_manifest
+from featcache.datasets.medmnist import SIZES, SUBSETS, find_npz, medmnist_descriptor
+from featcache.device import autocast, resolve_device
+from featcache.errors import DataError, FeatcacheError, did_you_mean, unknown
+from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
+from featcache.preprocess import RESIZE_MODES, Preprocessing
+from pipelines import extract
+
+log = logging.getLogger(__name__)
+
+METHODS = ("linear", "finetune")
+FEATURES = ("embed", "cls")
+SELECT_METRICS = ("acc", "auc")
+CELL_KEYS = ("dataset", "size", "resize", "backbone", "method", "per_class")
+
+
+# --------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """One ``--backbones`` entry: ``MODEL[:WEIGHTS]`` (open_clip) or ``timm:NAME[.TAG][:WEIGHTS]``.
+
+    ``WEIGHTS`` is a pretrained tag, a checkpoint file or ``random``; absent = the model's
+    default (:func:`featcache.models.default_pretrained`).
+    """
+
+    spec: str
+    model: str
+    pretrained: str | None
+
+    @classmethod
+    def parse(cls, spec: str) -> BackboneSpec:
+        spec = spec.strip()
+        if not spec:
+            raise FeatcacheError("Empty backbone in --backbones; write e.g. ViT-B-16:openai,timm:resnet18.")
+        if spec.startswith("hf-hub:"):
+            return cls(spec, spec, None)
+        prefix = timm_backbones.PREFIX if timm_backbones.is_timm(spec) else ""
+        name, _, weights = spec.removeprefix(prefix).partition(":")
+        model = prefix + name
+        if prefix:
+            timm_backbones.check_model(model)
+        elif model not in open_clip.list_models():
+            raise FeatcacheError(
+                f"Unknown backbone '{spec}': open_clip has no model '{model}'."
+                f"{did_you_mean(model, open_clip.list_models())} Write MODEL[:WEIGHTS] for "
+                "open_clip (ViT-B-16:openai) or timm:NAME[:WEIGHTS] for timm (timm:resnet18); "
+                "`featcache models` lists both."
+            )
+        return cls(spec, model, weights or None)
+
+    @property
+    def is_timm(self) -> bool:
+        return timm_backbones.is_timm(self.model)
+
+    def weights(self) -> str:
+        """The weights this spec resolves to (tag, file or ``random``)."""
+        return self.pretrained or models.default_pretrained(self.model)
+
+    def slug(self) -> str:
+        """File-name-safe ``model-weights`` (a weights file adds a hash of its path)."""
+        w = self.weights()
+        if Path(w).suffix or "/" in w:
+            digest = hashlib.sha1(str(Path(w).expanduser().resolve()).encode()).hexdigest()[:8]
+            w = f"{Path(w).stem}-{digest}"
+        return f"{self.model}-{w}".replace(":", "-").replace("/", "-")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Every setting of one benchmark run (CLI flags of ``featcache bench medmnist``).
+
+    The recipe (DESIGN.md §3): AdamW, head lr decayed by ``lr_decay`` every ``decay_every``
+    iterations, 3 seeds, the lr grid ``lrs`` (the paper's 1e-3 in the middle) selected on
+    the official val split. ``batch_size`` and ``weight_decay`` are not given by the design
+    brief; they default to 128 and torch's AdamW default 0.01. Fine-tuning uses
+    ``encoder_lr`` (constant) for the encoder and ``finetune_head_lr`` with the same decay
+    for the head, for ``finetune_iterations`` (default ``iterations``).
+    """
+
+    datasets: tuple[str, ...]
+    root: str | None = None
+    backbones: tuple[str, ...] = ("tiny-clip",)
+    sizes: tuple[int, ...] = (28,)
+    resize: tuple[str, ...] = ("scale",)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    per_class: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ("linear",)
+    iterations: int = 1000
+    lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    lr_decay: float = 0.9
+    decay_every: int = 200
+    batch_size: int = 128
+    weight_decay: float = 0.01
+    feature: str = "embed"
+    select_metric: str = "acc"
+    encoder_lr: float = 1e-5
+    finetune_head_lr: float = 1e-3
+    finetune_iterations: int | None = None
+    out: str = "runs/bench-medmnist"
+    cache_dir: str | None = None  # default: caches/ (shared with `featcache extract`)
+    device: str = "auto"
+    download: bool = False
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise FeatcacheError(msg)
+
+        need(len(self.datasets) > 0, "--datasets is empty; name at least one MedMNIST data set.")
+        for name in self.datasets:
+            if name not in SUBSETS:
+                hint = " (3D MedMNIST sets are not part of this benchmark)" if name.endswith("3d") else ""
+                err = unknown("MedMNIST data set", name, SUBSETS)
+                raise FeatcacheError(str(err) + hint)
+        need(len(self.backbones) > 0, "--backbones is empty; name at least one backbone.")
+        for size in self.sizes:
+            need(size in SIZES, f"--sizes: {size} is not a MedMNIST size; choose from {', '.join(map(str, SIZES))}.")
+        for mode in self.resize:
+            if mode not in RESIZE_MODES:
+                raise unknown("--resize mode", mode, RESIZE_MODES)
+        for method in self.methods:
+            if method not in METHODS:
+                raise unknown("--methods entry", method, METHODS)
+        need(len(self.seeds) > 0, "--seeds is empty; give at least one seed.")
+        need(len(set(self.seeds)) == len(self.seeds), f"--seeds has duplicates: {self.seeds}.")
+        need(all(n >= 1 for n in self.per_class), f"--per-class sizes must be >= 1, got {self.per_class}.")
+        need(self.iterations >= 1, f"--iterations must be at least 1, got {self.iterations}.")
+        need(len(self.lrs) > 0 and all(lr > 0 and math.isfinite(lr) for lr in self.lrs),
+             f"--lrs must be positive numbers, got {self.lrs}.")
+        need(0 < self.lr_decay <= 1, f"--lr-decay must be in (0, 1], got {self.lr_decay}.")
+        need(self.decay_every >= 1, f"--decay-every must be at least 1, got {self.decay_every}.")
+        need(self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}.")
+        need(self.weight_decay >= 0, f"--weight-decay must be >= 0, got {self.weight_decay}.")
+        if self.feature not in FEATURES:
+            raise unknown("--feature", self.feature, FEATURES)
+        if self.select_metric not in SELECT_METRICS:
+            raise unknown("--select-metric", self.select_metric, SELECT_METRICS)
+        need(self.encoder_lr >= 0, f"--encoder-lr must be >= 0, got {self.encoder_lr}.")
+        need(self.finetune_iterations is None or self.finetune_iterations >= 1,
+             f"--finetune-iterations must be at least 1, got {self.finetune_iterations}.")
+
+    @property
+    def backbone_specs(self) -> list[BackboneSpec]:
+        return [BackboneSpec.parse(s) for s in self.backbones]
+
+    def to_dict(self) -> dict:
+        """Every setting, resolved (the weights each backbone resolves to included)."""
+        out = asdict(self)
+        out["cache_dir"] = str(self.resolved_cache_dir())
+        out["finetune_iterations"] = self.finetune_iterations or self.iterations
+        out["backbones_resolved"] = [
+            {"spec": b.spec, "model": b.model, "pretrained": b.weights()} for b in self.backbone_specs
+        ]
+        return out
+
+    def resolved_cache_dir(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else Path("caches")
+
+
+# --------------------------------------------------------------------------------------
+# Data: files, per-class draws
+
+
+def download_npz(root: Path, subset: str, size: int) -> Path:
+    """Fetch ``subset`` at ``size`` into ``root`` with the ``medmnist`` package (needs network)."""
+    try:
+        import medmnist
+    except ImportError:
+        raise FeatcacheError(
+            "--download needs the medmnist package: pip install 'featcache[medmnist]' "
+            "(or pip install medmnist), or put the npz files under --root yourself."
+        ) from None
+    root.mkdir(parents=True, exist_ok=True)
+    info = medmnist.INFO[subset]
+    data_class = getattr(medmnist, info["python_class"])
+    try:
+        data_class(split="train", download=True, root=str(root), size=size)
+    except Exception as e:  # network / zenodo errors come in many kinds
+        raise FeatcacheError(f"Downloading {subset} (size {size}) into {root} failed: {e}") from e
+    return find_npz(root, subset, size)
+
+
+def locate_files(cfg: BenchConfig) -> dict[tuple[str, int], Path]:
+    """The npz file of every data set × size; missing ones are downloaded or reported together."""
+    if cfg.root is None:
+        raise FeatcacheError("featcache bench medmnist needs --root DIR (the folder of the MedMNIST npz files).")
+    root = Path(cfg.root)
+    found, missing = {}, []
+    for subset in cfg.datasets:
+        for size in cfg.sizes:
+            try:
+                found[(subset, size)] = find_npz(root, subset, size)
+            except DataError as e:
+                if cfg.download:
+                    found[(subset, size)] = download_npz(root, subset, size)
+                else:
+                    missing.append(str(e))
+    if missing:
+        raise DataError(
+            "\n".join(missing) + "\nPut the official MedMNIST npz files under --root, or pass "
+            "--download (needs the medmnist package and network access)."
+        )
+    return found
+
+
+def per_class_subset(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """A seeded draw of ``n`` training rows per class (all of a class's rows when it has fewer).
+
+    Each (seed, n) gets a fresh, independent draw. Multi-label data (``labels`` [N, C]):
+    ``n`` rows are drawn among the positives of each label and ``n`` among the rows with no
+    positive label; the union is returned (rows may serve several labels).
+    """
+    rng = np.random.default_rng([int(seed), int(n), 0x4D4544])
+    sel = labels[train_rows]
+    if sel.ndim == 2:
+        groups = [sel[:, c] > 0 for c in range(sel.shape[1])] + [sel.sum(1) == 0]
+    else:
+        groups = [sel == c for c in range(int(sel.max()) + 1 if sel.size else 0)]
+    picked = []
+    for mask in groups:
+        rows = train_rows[mask]
+        if len(rows) > n:
+            rows = rng.choice(rows, size=n, replace=False)
+        picked.append(rows)
+    return np.unique(np.concatenate(picked)).astype(np.int64) if picked else np.zeros(0, np.int64)
+
+
+# --------------------------------------------------------------------------------------
+# The batched linear probe: AdamW with step decay, G members at once
+
+
+@dataclass(frozen=True)
+class ProbeRecipe:
+    """AdamW with a step-decayed learning rate (torch.optim.AdamW + StepLR, stepped per iteration)."""
+
+    iterations: int = 1000
+    batch_size: int = 128
+    weight_decay: float = 0.01
+    lr_decay: float = 0.9
+    decay_every: int = 200
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+
+    def lr_at(self, lr: float | torch.Tensor, it: int) -> float | torch.Tensor:
+        """Learning rate at iteration ``it`` (0-based): lr · decay^⌊it / every⌋."""
+        return lr * self.lr_decay ** (it // self.decay_every)
+
+
+def linear_init(in_dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """nn.Linear's default initial values (U(±1/√D)) from a generator seeded by ``seed``."""
+    gen = torch.Generator().manual_seed(int(seed))
+    bound = 1.0 / math.sqrt(in_dim)
+    weight = (torch.rand(num_classes, in_dim, generator=gen) * 2 - 1) * bound  # [C, D]
+    bias = (torch.rand(num_classes, generator=gen) * 2 - 1) * bound  # [C]
+    return weight, bias
+
+
+def batch_plan(pool: np.ndarray, iterations: int, batch_size: int, seed: int) -> np.ndarray:
+    """Row indices ``[iterations, b]`` (b = min(batch, pool size)): shuffled epochs, back to back."""
+    b = min(batch_size, len(pool))
+    need = iterations * b
+    rng = np.random.default_rng([int(seed), 0x42415443])
+    perms = [pool[rng.permutation(len(pool))] for _ in range(-(-need // len(pool)))]
+    return np.concatenate(perms)[:need].reshape(iterations, b)
+
+
+def train_probes(
+    feats: torch.Tensor,
+    labels: torch.Tensor,
+    pools: list[np.ndarray],
+    lrs: list[float],
+    seeds: list[int],
+    recipe: ProbeRecipe,
+    num_classes: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Train G linear heads at once; returns weights ``[G, C, D]`` and biases ``[G, C]``.
+
+    ``feats`` ``[N, D]`` and ``labels`` (``[N]`` long, or ``[N, C]`` float for multi-label,
+    trained with BCE) live on the training device; member g trains on rows ``pools[g]`` with
+    learning rate ``lrs[g]``; its initial values and batches come from ``seeds[g]`` alone, so
+    members that differ only in lr see the same data, and a member trained with others ends
+    with the weights it gets alone. Each member's loss is the mean over its batch; the
+    summed loss gives every member exactly its own gradient, and AdamW is elementwise.
+    """
+    dev = feats.device
+    G, D, C = len(pools), feats.shape[1], num_classes
+    if not (len(lrs) == len(seeds) == G):
+        raise ValueError(f"{G} pools, {len(lrs)} lrs and {len(seeds)} seeds")
+    for g, pool in enumerate(pools):
+        if len(pool) == 0:
+            raise FeatcacheError(f"Linear probe member {g} has an empty training set.")
+    multi = labels.dim() == 2
+    B = min(recipe.batch_size, max(len(p) for p in pools))
+    # host-side plan: row indices and row weights (1/b for real rows, 0 for padding) [T, G, B]
+    rows = np.zeros((recipe.iterations, G, B), dtype=np.int64)
+    wts = np.zeros((recipe.iterations, G, B), dtype=np.float32)
+    for g, (pool, seed) in enumerate(zip(pools, seeds, strict=True)):
+        plan = batch_plan(np.asarray(pool), recipe.iterations, recipe.batch_size, seed)
+        rows[:, g, : plan.shape[1]] = plan
+        wts[:, g, : plan.shape[1]] = 1.0 / plan.shape[1]
+    inits = [linear_init(D, C, s) for s in seeds]
+    weight = torch.stack([w for w, _ in inits]).to(dev).requires_grad_(True)  # [G, C, D]
+    bias = torch.stack([b for _, b in inits]).to(dev).requires_grad_(True)  # [G, C]
+    params = [weight, bias]
+    exp_avg = [torch.zeros_like(p) for p in params]
+    exp_sq = [torch.zeros_like(p) for p in params]
+    lr0 = torch.tensor(lrs, dtype=torch.float32, device=dev)  # [G]
+    beta1, beta2 = recipe.betas
+    chunk = 256
+    for c0 in range(0, recipe.iterations, chunk):
+        idx_c = torch.from_numpy(rows[c0 : c0 + chunk]).to(dev)  # [n, G, B]
+        w_c = torch.from_numpy(wts[c0 : c0 + chunk]).to(dev)
+        for j in range(idx_c.shape[0]):
+            it = c0 + j
+            idx = idx_c[j]  # [G, B]
+            x = feats[idx]  # [G, B, D]
+            y = labels[idx]  # [G, B] or [G, B, C]
+            logits = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # [G, B, C]
+            if multi:
+                per_row = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1)
+            else:
+                per_row = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(G, B)
+            loss = (per_row * w_c[j]).sum()  # sum over members of each member's mean
+            grads = torch.autograd.grad(loss, params)
+            lr = recipe.lr_at(lr0, it)  # [G]
+            step = it + 1
+            with torch.no_grad():
+                for p, grad, m, v in zip(params, grads, exp_avg, exp_sq, strict=True):
+                    shape = (G,) + (1,) * (p.dim() - 1)
+                    lr_g = lr.view(shape)
+                    p.mul_(1 - lr_g * recipe.weight_decay)  # decoupled weight decay
+                    m.lerp_(grad, 1 - beta1)
+                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+                    denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(recipe.eps)
+                    p.sub_(lr_g / (1 - beta1**step) * m / denom)
+    return weight.detach(), bias.detach()
+
+
+@torch.no_grad()
+def probe_scores(weight: torch.Tensor, bias: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+    """Logits of every member on ``feats`` ``[n, D]``: ``[G, n, C]``."""
+    x = feats.expand(weight.shape[0], *feats.shape)  # [G, n, D]
+    return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+
+
+def medmnist_figures(labels: np.ndarray, scores: np.ndarray) -> dict:
+    """MedMNIST ACC/AUC and the other contract figures of one evaluation (no class groups:
+    ``many/medium/few_acc`` are NaN)."""
+    out = compute_metrics(labels, scores, num_classes=scores.shape[1])
+    return {k: out[k] for k in METRIC_KEYS}
+
+
+# --------------------------------------------------------------------------------------
+# End-to-end fine-tuning (optional)
+
+
+def _encoder_for_finetuning(spec: BackboneSpec, num_classes: int, device: torch.device) -> models.Backbone:
+    """A fresh backbone with its encoder trainable: featcache.peft's ``full`` method for open_clip
+    ViTs (the transformer blocks), every parameter for timm models (the paper's end-to-end)."""
+    backbone = models.load_backbone(spec.model, spec.pretrained, device=device)
+    if spec.is_timm:
+        backbone.visual.requires_grad_(True)
+    else:
+        from featcache import peft
+
+        peft.apply_method(backbone.visual, "full", num_classes)
+    return backbone
+
+
+def finetune_once(
+    spec: BackboneSpec,
+    arrays: np.ndarray,
+    labels: np.ndarray,
+    pool: np.ndarray,
+    eval_rows: dict[str, np.ndarray],
+    resize: str,
+    seed: int,
+    cfg: BenchConfig,
+    device: torch.device,
+    num_classes: int,
+) -> dict[str, np.ndarray]:
+    """Fine-tune one backbone end to end on rows ``pool``; return scores ``[n, C]`` per eval split.
+
+    AdamW with two groups: the head (``finetune_head_lr``, decayed like the probe) and the
+    encoder (``encoder_lr``, constant). Images are ``arrays`` ``[N, H, W, 3]`` uint8 brought to
+    the model's size by ``resize`` exactly as extraction does.
+    """
+    torch.manual_seed(seed)
+    backbone = _encoder_for_finetuning(spec, num_classes, device)
+    prep = Preprocessing.from_open_clip(backbone.preprocess, resize=resize)
+    visual = backbone.visual
+    kind = 0 if cfg.feature == "embed" else 1
+    dim = backbone.embed_dim if kind == 0 else int(backbone.projection().shape[0])
+    weight, bias = linear_init(dim, num_classes, seed)
+    head = torch.nn.Linear(dim, num_classes).to(device)
+    with torch.no_grad():
+        head.weight.copy_(weight)
+        head.bias.copy_(bias)
+    enc_params = [p for p in visual.parameters() if p.requires_grad]
+    iterations = cfg.finetune_iterations or cfg.iterations
+    opt = torch.optim.AdamW(
+        [{"params": head.parameters(), "lr": cfg.finetune_head_lr},
+         {"params": enc_params, "lr": cfg.encoder_lr}],
+        weight_decay=cfg.weight_decay,
+    )
+    decay = ProbeRecipe(lr_decay=cfg.lr_decay, decay_every=cfg.decay_every)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda t: decay.lr_at(1.0, t), lambda t: 1.0])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    multi = labels.ndim == 2
+    y_all = torch.from_numpy(labels).to(device)
+    y_all = y_all.float() if multi else y_all.long()
+
+    def encode(rows: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(np.ascontiguousarray(arrays[rows])).to(device).permute(0, 3, 1, 2)
+        x = prep.normalize(prep.resize_arrays(x, prep.size), torch.float32)  # [b, 3, S, S]
+        with autocast(device, dtype):
+            feats = models.image_features(visual, x)[kind]
+        return head(feats.float())  # [b, C]
+
+    visual.train()
+    for batch in batch_plan(pool, iterations, cfg.batch_size, seed):
+        logits = encode(batch)
+        y = y_all[torch.from_numpy(batch).to(device)]
+        loss = F.binary_cross_entropy_with_logits(logits, y) if multi else F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+    visual.eval()
+    out = {}
+    with torch.no_grad():
+        for split, rows in eval_rows.items():
+            parts = [encode(rows[i : i + 256]).float().cpu() for i in range(0, len(rows), 256)]
+            out[split] = torch.cat(parts).numpy()
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# The run
+
+
+@dataclass
+class BenchResult:
+    """Where the outputs went and the tables behind them."""
+
+    out: Path
+    metrics: pl.DataFrame  # one row per configuration, lr and seed
+    summary: pl.DataFrame  # one row per selected cell
+    table: pl.DataFrame  # the paper's layout
+    files: list[Path] = field(default_factory=list)
+    caches: list[Path] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def cache_path(cfg: BenchConfig, subset: str, size: int, resize: str, spec: BackboneSpec) -> Path:
+    """``<cache_dir>/medmnist-<subset>-<size>-<model>-<weights>-<resize>.h5``."""
+    return cfg.resolved_cache_dir() / f"medmnist-{subset}-{size}-{spec.slug()}-{resize}.h5"
+
+
+def _training_sets(
+    labels: np.ndarray, train: np.ndarray, per_class: tuple[int, ...], seeds: tuple[int, ...]
+) -> list[tuple[int | None, int, np.ndarray]]:
+    """(per_class or None for the full split, seed, rows) for every training set of a cell."""
+    sets: list[tuple[int | None, int, np.ndarray]] = [(None, s, train) for s in seeds]
+    for n in per_class:
+        sets += [(n, s, per_class_subset(labels, train, n, s)) for s in seeds]
+    return sets
+
+
+def _rows(base: dict, per_class: int | None, seed: int, lr: float, n_train: int,
+          val: dict, test: dict, encoder_lr: float | None = None) -> dict:
+    row = dict(base, per_class=per_class, seed=seed, lr=lr, encoder_lr=encoder_lr, n_train=n_train)
+    row.update({f"val_{k}": v for k, v in val.items()})
+    row.update(test)
+    return row
+
+
+def run(cfg: BenchConfig) -> BenchResult:
+    """Run the benchmark described by ``cfg`` and write its outputs to ``cfg.out``."""
+    t0 = time.perf_counter()
+    specs = cfg.backbone_specs  # names checked before any work
+    files = locate_files(cfg)
+    for subset in cfg.datasets:
+        medmnist_descriptor(subset)
+    device = resolve_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    recipe = ProbeRecipe(cfg.iterations, cfg.batch_size, cfg.weight_decay, cfg.lr_decay, cfg.decay_every)
+
+    rows: list[dict] = []
+    caches: list[Path] = []
+    tasks = [(d, s, r, b) for d in cfg.datasets for s in cfg.sizes for r in cfg.resize for b in specs]
+    bar = tqdm(tasks, desc="bench", unit="cell", disable=not cfg.progress, dynamic_ncols=True)
+    for subset, size, resize, spec in bar:
+        bar.set_postfix_str(f"{subset} {size}px {resize} {spec.spec}")
+        path = cache_path(cfg, subset, size, resize, spec)
+        result = extract.run(extract.ExtractConfig(
+            dataset="medmnist", root=str(files[(subset, size)].parent),
+            dataset_options={"subset": subset, "size": size}, model=spec.model,
+            pretrained=spec.pretrained, resize=resize, out=str(path), device=cfg.device,
+            workers=0, progress=False,
+        ))
+        log.info("%s cache %s", "reused" if result.already_complete else "wrote", path)
+        caches.append(path)
+        cache = open_cache(path)
+        labels_np = cache.labels
+        multi = cache.descriptor.multi_label
+        train = cache.split_indices("train")
+        val, test = cache.split_indices("val"), cache.split_indices("test")
+        if min(len(train), len(val), len(test)) == 0:
+            raise DataError(
+                f"{files[(subset, size)]} needs train, val and test splits; it has "
+                f"{len(train)}/{len(val)}/{len(test)} rows."
+            )
+        base = {"dataset": subset, "size": size, "resize": resize, "backbone": spec.spec,
+                "model": spec.model, "weights": spec.weights(), "cache": str(path)}
+        sets = _training_sets(labels_np, train, cfg.per_class, cfg.seeds)
+        C = cache.num_classes
+
+        if "linear" in cfg.methods:
+            feats = cache.features("standard", cfg.feature).to(device)  # [N, D]
+            labels = torch.from_numpy(labels_np).to(device)
+            labels = labels.float() if multi else labels.long()
+            members = [(pc, s, pool, lr) for pc, s, pool in sets for lr in cfg.lrs]
+            weight, bias = train_probes(
+                feats, labels, [m[2] for m in members], [m[3] for m in members],
+                [m[1] for m in members], recipe, C,
+            )
+            val_scores = probe_scores(weight, bias, feats[torch.from_numpy(val).to(device)]).cpu().numpy()
+            test_scores = probe_scores(weight, bias, feats[torch.from_numpy(test).to(device)]).cpu().numpy()
+            for g, (pc, s, pool, lr) in enumerate(members):
+                v = medmnist_figures(labels_np[val], val_scores[g])
+                t = medmnist_figures(labels_np[test], test_scores[g])
+                rows.append(_rows(dict(base, method="linear"), pc, s, lr, len(pool), v, t))
+
+        if "finetune" in cfg.methods:
+            manifest = build_manifest("medmnist", files[(subset, size)].parent, subset=subset, size=size)
+            if manifest.ids != cache.ids:
+                raise DataError(f"{files[(subset, size)]} changed since {path} was written; re-extract it.")
+            for pc, s, pool in sets:
+                scores = finetune_once(spec, manifest.arrays, labels_np, pool, {"val": val, "test": test},
+                                       resize, s, cfg, device, C)
+                v = medmnist_figures(labels_np[val], scores["val"])
+                t = medmnist_figures(labels_np[test], scores["test"])
+                rows.append(_rows(dict(base, method="finetune"), pc, s, cfg.finetune_head_lr,
+                                  len(pool), v, t, encoder_lr=cfg.encoder_lr))
+    bar.close()
+
+    metrics = select(pl.DataFrame(rows, infer_schema_length=None), cfg.select_metric)
+    summary = summarize_cells(metrics)
+    table = paper_table(summary, cfg.datasets)
+    written = write_outputs(out, cfg, metrics, summary, table, caches)
+    return BenchResult(out, metrics, summary, table, written, caches, time.perf_counter() - t0)
+
+
+# --------------------------------------------------------------------------------------
+# Selection, tables, plots, files
+
+
+def select(metrics: pl.DataFrame, metric: str) -> pl.DataFrame:
+    """Add ``selected``: per cell, the learning rate with the best mean ``val_<metric>`` over seeds
+    (ties and NaN: the other of ACC/AUC, then the smaller lr)."""
+    other = "auc" if metric == "acc" else "acc"
+    cell = [*CELL_KEYS, "lr"]
+    means = metrics.group_by(cell).agg(
+        pl.col(f"val_{metric}").fill_nan(None).mean().fill_null(-1.0).alias("_m"),
+        pl.col(f"val_{other}").fill_nan(None).mean().fill_null(-1.0).alias("_o"),
+    )
+    best = (
+        means.sort(["_m", "_o", "lr"], descending=[True, True, False], nulls_last=True)
+        .group_by(list(CELL_KEYS), maintain_order=True)
+        .first()
+        .select([*cell])
+        .with_columns(pl.lit(True).alias("selected"))
+    )
+    out = metrics.join(best, on=cell, how="left", nulls_equal=True)
+    return out.with_columns(pl.col("selected").fill_null(False))
+
+
+def summarize_cells(metrics: pl.DataFrame) -> pl.DataFrame:
+    """One row per cell (selected lr): every contract figure as mean and ``_std`` over seeds."""
+    chosen = metrics.filter(pl.col("selected"))
+    rows = []
+    for key, part in chosen.group_by(list(CELL_KEYS), maintain_order=True):
+        per_seed = part.sort("seed").to_dicts()
+        stats = summarize(per_seed)
+        rows.append(dict(zip(CELL_KEYS, key, strict=True), lr=per_seed[0]["lr"],
+                         seeds=len(per_seed), n_train=float(np.mean([r["n_train"] for r in per_seed])),
+                         **stats))
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def paper_table(summary: pl.DataFrame, datasets: tuple[str, ...]) -> pl.DataFrame:
+    """Rows backbone × method × size × resize (full training set); per data set ACC, AUC and stds."""
+    full = summary.filter(pl.col("per_class").is_null())
+    keys = ["backbone", "method", "size", "resize"]
+    rows = []
+    for key, part in full.group_by(keys, maintain_order=True):
+        row = dict(zip(keys, key, strict=True))
+        for d in datasets:
+            hit = part.filter(pl.col("dataset") == d)
+            for m in ("acc", "auc"):
+                row[f"{d}_{m}"] = hit[m][0] if len(hit) else math.nan
+                row[f"{d}_{m}_std"] = hit[f"{m}_std"][0] if len(hit) else math.nan
+        rows.append(row)
+    return pl.DataFrame(rows, infer_schema_length=None)
+
+
+def table_markdown(table: pl.DataFrame, datasets: tuple[str, ...]) -> str:
+    """The paper's table as markdown: ``mean ± std`` (fractions, 3 decimals) per data set."""
+    head = ["backbone", "method", "size", "resize"] + [f"{d} {m}" for d in datasets for m in ("ACC", "AUC")]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in table.to_dicts():
+        cells = [str(r["backbone"]), str(r["method"]), str(r["size"]), str(r["resize"])]
+        for d in datasets:
+            for m in ("acc", "auc"):
+                mean, std = r[f"{d}_{m}"], r[f"{d}_{m}_std"]
+                cells.append("n/a" if mean is None or math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _json_safe(obj: object) -> object:
+    """NaN -> None (``null``) recursively; numpy scalars to Python."""
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and math.isnan(obj):
+        return None
+    return obj
+
+
+def metrics_json(metrics: pl.DataFrame, summary: pl.DataFrame) -> dict:
+    """DESIGN.md §5's metrics.json: benchmark average over full-training-set cells, per seed and
+    summarised over seeds, plus each cell's own figures under ``cells``."""
+    full = metrics.filter(pl.col("selected") & pl.col("per_class").is_null())
+    per_seed = []
+    for (seed,), part in full.group_by(["seed"], maintain_order=True):
+        fig = {}
+        for k in METRIC_KEYS:
+            vals = part[k].cast(pl.Float64).fill_null(math.nan).to_numpy()
+            fig[k] = float(np.nanmean(vals)) if np.isfinite(vals).any() else math.nan
+        per_seed.append({"seed": seed, "cells": len(part), **fig})
+    per_seed.sort(key=lambda r: r["seed"])
+    doc = dict(summarize(per_seed), per_seed=per_seed)
+    cells = []
+    for cell in summary.to_dicts():
+        match = metrics.filter(pl.col("selected"))
+        for k in CELL_KEYS:
+            match = match.filter(pl.col(k).is_null() if cell[k] is None else pl.col(k) == cell[k])
+        cell["per_seed"] = [{"seed": r["seed"], **{k: r[k] for k in METRIC_KEYS}} for r in match.sort("seed").to_dicts()]
+        cells.append(cell)
+    doc["cells"] = cells
+    doc["note"] = ("many_acc/medium_acc/few_acc are null: MedMNIST defines no class groups. "
+                   "Top-level figures average every full-training-set cell per seed.")
+    return _json_safe(doc)
+
+
+def plot_size_resize(summary: pl.DataFrame, path: Path) -> Path:
+    """ACC and AUC against image size, one line per backbone × method × resize, per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    full = summary.filter(pl.col("per_class").is_null())
+    datasets = full["dataset"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4 * len(datasets), 6.5), squeeze=False)
+    for j, d in enumerate(datasets):
+        part = full.filter(pl.col("dataset") == d)
+        for key, line in part.group_by(["backbone", "method", "resize"], maintain_order=True):
+            line = line.sort("size")
+            for i, m in enumerate(("acc", "auc")):
+                axes[i][j].errorbar(line["size"].to_list(), line[m].to_list(), yerr=line[f"{m}_std"].to_list(),
+                                    marker="o", capsize=3, linestyle="-" if key[2] == "scale" else "--",
+                                    label=" · ".join(map(str, key)))
+        for i, m in enumerate(("ACC", "AUC")):
+            axes[i][j].set_title(f"{d} {m}")
+            axes[i][j].set_xlabel("image size (px)")
+            axes[i][j].set_xscale("log", base=2)
+            axes[i][j].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Image size × resize strategy (solid: scale, dashed: pad)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
+    """Test ACC and AUC against training images per class (the full split at the right end)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = summary["dataset"].unique(maintain_order=True).to_list()
+    fig, axes = plt.subplots(2, len(datasets), figsize=(4 * len(datasets), 6.5), squeeze=False)
+    for j, d in enumerate(datasets):
+        part = summary.filter(pl.col("dataset") == d)
+        for key, line in part.group_by(["backbone", "method", "size", "resize"], maintain_order=True):
+            sub = line.filter(pl.col("per_class").is_not_null()).sort("per_class")
+            full = line.filter(pl.col("per_class").is_null())
+            for i, m in enumerate(("acc", "auc")):
+                axes[i][j].errorbar(sub["per_class"].to_list(), sub[m].to_list(), yerr=sub[f"{m}_std"].to_list(),
+                                    marker="o", capsize=3, label=" · ".join(map(str, key)))
+                if len(full):
+                    axes[i][j].axhline(full[m][0], linestyle=":", linewidth=1, color=axes[i][j].lines[-1].get_color())
+        for i, m in enumerate(("ACC", "AUC")):
+            axes[i][j].set_title(f"{d} {m}")
+            axes[i][j].set_xlabel("training images per class")
+            axes[i][j].set_xscale("log")
+            axes[i][j].grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle("Data efficiency (dotted: full training split)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def write_outputs(out: Path, cfg: BenchConfig, metrics: pl.DataFrame, summary: pl.DataFrame,
+                  table: pl.DataFrame, caches: list[Path]) -> list[Path]:
+    """Write every output file of the run directory; returns their paths."""
+    written = []
+    config = dict(cfg.to_dict(), caches=[str(p) for p in caches])
+    (out / "config.json").write_text(json.dumps(_json_safe(config), indent=2))
+    (out / "metrics.json").write_text(json.dumps(metrics_json(metrics, summary), indent=2))
+    written += [out / "config.json", out / "metrics.json"]
+    for name, frame in (("metrics", metrics), ("summary", summary), ("table", table)):
+        frame.write_parquet(out / f"{name}.parquet")
+        frame.write_csv(out / f"{name}.csv")
+        written += [out / f"{name}.parquet", out / f"{name}.csv"]
+    (out / "table.md").write_text(table_markdown(table, cfg.datasets))
+    written.append(out / "table.md")
+    written.append(plot_size_resize(summary, out / "size_resize.png"))
+    if cfg.per_class:
+        written.append(plot_data_efficiency(summary, out / "data_efficiency.png"))
+    return written

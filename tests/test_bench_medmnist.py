@@ -1,0 +1,332 @@
+"""MedMNIST benchmark (DESIGN.md §3): timm backbones, the batched AdamW probe, MedMNIST
+metrics, pad/scale geometry through extraction, per-class draws, the CLI and bad input.
+
+Tiny models: ``tiny-clip`` (open_clip, 32 px, random) and timm's registered ``test_vit``
+(160 px, 0.3 M parameters) with ``random`` weights.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+import torch
+import torch.nn.functional as F
+from click.testing import CliRunner
+from fixtures_data import write_medmnist
+from sklearn.metrics import accuracy_score, roc_auc_score
+
+from featcache.cache import open_cache
+from featcache.cli import main
+from featcache.errors import DataError, FeatcacheError
+from featcache.models import image_features, load_backbone
+from featcache.preprocess import Preprocessing
+from pipelines.bench_medmnist import (
+    BackboneSpec,
+    BenchConfig,
+    ProbeRecipe,
+    batch_plan,
+    linear_init,
+    medmnist_figures,
+    per_class_subset,
+    probe_scores,
+    run,
+    train_probes,
+)
+from pipelines.extract import ExtractConfig
+from pipelines.extract import run as extract_run
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+TIMM_TINY = "timm:test_vit"
+
+
+def _three_sets(root: Path) -> Path:
+    """Multi-class RGB (retinamnist), binary grey (pneumoniamnist), multi-label (chestmnist)."""
+    write_medmnist(root, "retinamnist", num_classes=5, sizes=(20, 10, 10), rgb=True, seed=1)
+    write_medmnist(root, "pneumoniamnist", num_classes=2, sizes=(12, 6, 8), seed=2)
+    write_medmnist(root, "chestmnist", num_classes=14, multi_label=True, sizes=(12, 6, 8), seed=3)
+    return root
+
+
+# --- metrics --------------------------------------------------------------------------
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-x))
+
+
+def test_acc_auc_agree_with_sklearn() -> None:
+    rng = np.random.default_rng(0)
+    # multi-class: ACC argmax, AUC macro one-vs-rest on softmax probabilities
+    y = rng.integers(0, 5, 200)
+    s = rng.normal(size=(200, 5)) + np.eye(5)[y]
+    p = np.exp(s) / np.exp(s).sum(1, keepdims=True)
+    got = medmnist_figures(y, s)
+    assert got["acc"] == pytest.approx(accuracy_score(y, s.argmax(1)))
+    assert got["auc"] == pytest.approx(roc_auc_score(y, p, multi_class="ovr", average="macro"))
+    # binary: ACC at threshold 0.5 on P(class 1), AUC of class 1
+    y = rng.integers(0, 2, 150)
+    s = rng.normal(size=(150, 2)) + np.eye(2)[y]
+    p1 = np.exp(s[:, 1]) / np.exp(s).sum(1)
+    got = medmnist_figures(y, s)
+    assert got["acc"] == pytest.approx(accuracy_score(y, p1 > 0.5))
+    assert got["auc"] == pytest.approx(roc_auc_score(y, p1))
+    # multi-label: ACC at 0.5 per label, AUC mean over labels
+    y = (rng.random((120, 14)) < 0.3).astype(np.int64)
+    s = rng.normal(size=(120, 14)) + y
+    got = medmnist_figures(y, s)
+    prob = _sigmoid(s)
+    assert got["acc"] == pytest.approx(np.mean([accuracy_score(y[:, c], prob[:, c] > 0.5) for c in range(14)]))
+    assert got["auc"] == pytest.approx(np.mean([roc_auc_score(y[:, c], prob[:, c]) for c in range(14)]))
+    assert all(math.isnan(got[k]) for k in ("many_acc", "medium_acc", "few_acc"))
+
+
+# --- the batched probe equals torch.optim.AdamW + StepLR, member by member ---------------
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_batched_probe_equals_torch_adamw_steplr(multi: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    N, D, C = 60, 12, 4
+    feats = torch.randn(N, D, generator=g)
+    labels = (torch.rand(N, C, generator=g) < 0.4).float() if multi else torch.randint(0, C, (N,), generator=g)
+    pools = [np.arange(0, 40), np.arange(10, 60), np.arange(0, 7)]  # last pool smaller than a batch
+    lrs, seeds = [1e-2, 3e-3, 1e-2], [0, 1, 2]
+    recipe = ProbeRecipe(iterations=12, batch_size=16, weight_decay=0.05, lr_decay=0.5, decay_every=4)
+    weight, bias = train_probes(feats, labels, pools, lrs, seeds, recipe, C)
+    for k in range(3):
+        w0, b0 = linear_init(D, C, seeds[k])
+        lin = torch.nn.Linear(D, C)
+        with torch.no_grad():
+            lin.weight.copy_(w0)
+            lin.bias.copy_(b0)
+        opt = torch.optim.AdamW(lin.parameters(), lr=lrs[k], weight_decay=0.05)
+        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
+        for rows in batch_plan(pools[k], 12, 16, seeds[k]):
+            out = lin(feats[rows])
+            y = labels[rows]
+            loss = F.binary_cross_entropy_with_logits(out, y) if multi else F.cross_entropy(out, y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+        torch.testing.assert_close(weight[k], lin.weight.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(bias[k], lin.bias.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(weight[0], linear_init(D, C, 0)[0])  # it trained
+    assert probe_scores(weight, bias, feats).shape == (3, N, C)
+
+
+# --- per-class draws ------------------------------------------------------------------
+
+
+def test_per_class_subsets_have_requested_sizes_and_change_with_seed() -> None:
+    labels = np.repeat(np.arange(4), [30, 12, 3, 20])  # class 2 has fewer than N
+    train = np.arange(0, 65, dtype=np.int64)[::1]
+    train = train[train % 5 != 0]  # a train split that is not every row
+    a = per_class_subset(labels, train, 5, seed=0)
+    counts = np.bincount(labels[a], minlength=4)
+    assert counts.tolist() == [5, 5, min(5, int((labels[train] == 2).sum())), 5]
+    assert set(a.tolist()) <= set(train.tolist())
+    assert np.array_equal(a, per_class_subset(labels, train, 5, seed=0))  # seeded
+    assert not np.array_equal(a, per_class_subset(labels, train, 5, seed=1))  # fresh per seed
+    # multi-label: at least min(N, positives) positives per label, plus N rows with none
+    ml = (np.random.default_rng(0).random((80, 3)) < 0.3).astype(np.int64)
+    rows = per_class_subset(ml, np.arange(80), 4, seed=0)
+    assert all(ml[rows, c].sum() >= min(4, ml[:, c].sum()) for c in range(3))
+    assert (ml[rows].sum(1) == 0).sum() >= 4
+
+
+# --- pad and scale through the real extraction -------------------------------------------
+
+
+@pytest.mark.parametrize("model", ["tiny-clip", TIMM_TINY])
+def test_pad_and_scale_geometry_through_extraction(tmp_path: Path, model: str) -> None:
+    path, arrays = write_medmnist(tmp_path / "d", "bloodmnist", num_classes=8, sizes=(8, 2, 2), rgb=True)
+    imgs = np.load(path)["train_images"].copy()
+    imgs[0] = 77  # a constant image: scaling keeps it constant, padding frames it in black
+    np.savez(path, **{**dict(np.load(path)), "train_images": imgs})
+    backbone = load_backbone(model, "random")
+    S = backbone.image_size
+    feats = {}
+    for mode in ("scale", "pad"):
+        out = extract_run(ExtractConfig(
+            dataset="medmnist", root=str(path.parent), dataset_options={"subset": "bloodmnist", "size": 28},
+            model=model, pretrained="random", resize=mode, out=str(tmp_path / f"{mode}.h5"), progress=False,
+        )).out
+        cache = open_cache(out)
+        assert cache.meta["preprocessing"]["resize"] == mode and cache.meta["preprocessing"]["size"] == S
+        feats[mode] = cache.features("standard", "embed")
+    prep = Preprocessing.from_open_clip(backbone.preprocess)
+    off = (S - 28) // 2
+    pad = np.zeros((2, S, S, 3), dtype=np.uint8)  # black canvas, image centred
+    pad[:, off : off + 28, off : off + 28] = imgs[:2]
+    scale = np.full((1, S, S, 3), 77, dtype=np.uint8)  # the constant image fills the frame
+    with torch.no_grad():
+        def enc(x: np.ndarray) -> torch.Tensor:
+            t = prep.normalize(torch.from_numpy(x).permute(0, 3, 1, 2), torch.float32)
+            return image_features(backbone.visual, t)[0]
+
+        torch.testing.assert_close(feats["pad"][:2], enc(pad), rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(feats["scale"][:1], enc(scale), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(feats["pad"][0], feats["scale"][0], atol=1e-3)
+
+
+# --- timm backbones -------------------------------------------------------------------
+
+
+def test_timm_backbone_from_file_and_clear_weight_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    torch.manual_seed(5)
+    full = timm.create_model("test_vit", pretrained=False)  # with its 1000-class head
+    ckpt = tmp_path / "test_vit.pth"
+    torch.save(full.state_dict(), ckpt)
+    backbone = load_backbone(TIMM_TINY, str(ckpt))
+    assert backbone.weights_id.startswith("sha256:") and not backbone.has_text
+    assert backbone.logit_scale is None and backbone.embed_dim == full.num_features
+    x = torch.randn(2, 3, 160, 160)
+    with torch.no_grad():
+        want = full.forward_head(full.forward_features(x), pre_logits=True)
+        emb, cls = image_features(backbone.visual, x)
+    torch.testing.assert_close(emb, want)
+    torch.testing.assert_close(cls, want)
+    torch.testing.assert_close(backbone.projection(), torch.eye(full.num_features))
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(FeatcacheError, match="--pretrained /path/to/model.safetensors"):
+        load_backbone("timm:test_vit.r160_in1k")
+    with pytest.raises(FeatcacheError, match="no pretrained tag 'r16_in1k'. Did you mean 'r160_in1k'"):
+        load_backbone(TIMM_TINY, "r16_in1k")
+    with pytest.raises(FeatcacheError, match="does not exist"):
+        load_backbone(TIMM_TINY, str(tmp_path / "missing.pth"))
+
+
+# --- the benchmark end to end through the CLI ------------------------------------------
+
+
+def test_cli_end_to_end_writes_contract_files_and_reuses_caches(tmp_path: Path) -> None:
+    root = _three_sets(tmp_path / "data")
+    out, caches = tmp_path / "run", tmp_path / "caches"
+    args = [
+        "bench", "medmnist", "--root", str(root), "--datasets", "retinamnist,pneumoniamnist,chestmnist",
+        "--backbones", f"tiny-clip,{TIMM_TINY}:random", "--sizes", "28", "--resize", "scale",
+        "--seeds", "0,1", "--per-class", "2", "--iterations", "30", "--lrs", "1e-3,1e-2",
+        "--out", str(out), "--cache-dir", str(caches), "--device", "cpu", "--no-progress",
+    ]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert f"to {out}" in res.output and "| backbone | method |" in res.output
+    for name in ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "table.md",
+                 "table.parquet", "table.csv", "summary.parquet", "size_resize.png", "data_efficiency.png"):
+        assert (out / name).is_file(), name
+    doc = json.loads((out / "metrics.json").read_text())
+    for key in ("acc", "balanced_acc", "macro_f1", "auc", "many_acc", "medium_acc", "few_acc"):
+        assert key in doc and f"{key}_std" in doc
+    assert doc["many_acc"] is None and 0 <= doc["acc"] <= 1 and 0 <= doc["auc"] <= 1
+    assert [s["seed"] for s in doc["per_seed"]] == [0, 1]
+    assert len(doc["cells"]) == 3 * 2 * 2  # data sets × backbones × (full, per-class 2)
+
+    metrics = pl.read_parquet(out / "metrics.parquet")
+    # every (dataset, backbone, training set, lr, seed) once; one lr selected per cell
+    assert len(metrics) == 3 * 2 * 2 * 2 * 2
+    sel = metrics.filter(pl.col("selected"))
+    assert len(sel) == 3 * 2 * 2 * 2
+    assert sel.group_by(["dataset", "backbone", "per_class"]).agg(pl.col("lr").n_unique())["lr"].max() == 1
+    retina = metrics.filter((pl.col("dataset") == "retinamnist") & pl.col("per_class").is_null())
+    assert retina["n_train"].unique().to_list() == [20]
+    few = metrics.filter((pl.col("dataset") == "retinamnist") & (pl.col("per_class") == 2))
+    assert few["n_train"].unique().to_list() == [10]  # 2 per class × 5 classes
+    table = pl.read_parquet(out / "table.parquet")
+    assert table["backbone"].to_list() == ["tiny-clip", f"{TIMM_TINY}:random"]
+    assert {"retinamnist_acc", "chestmnist_auc_std"} <= set(table.columns)
+    config = json.loads((out / "config.json").read_text())
+    assert config["iterations"] == 30 and len(config["caches"]) == 6
+
+    mtimes = {p: p.stat().st_mtime_ns for p in caches.glob("*.h5")}
+    assert len(mtimes) == 6
+    # run again (one data set and backbone, to stay quick): the cache is reused, not rewritten,
+    # and the seeded run gives the same figures
+    args[args.index("--out") + 1] = str(tmp_path / "run2")
+    args[args.index("--datasets") + 1] = "pneumoniamnist"
+    args[args.index("--backbones") + 1] = "tiny-clip"
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0, again.output
+    assert {p: p.stat().st_mtime_ns for p in caches.glob("*.h5")} == mtimes
+    key = ["per_class", "lr", "seed"]
+    first = metrics.filter((pl.col("dataset") == "pneumoniamnist") & (pl.col("backbone") == "tiny-clip"))
+    second = pl.read_parquet(tmp_path / "run2" / "metrics.parquet")
+    assert len(second) == len(first) == 8
+    assert first.sort(key, nulls_last=True)["acc"].to_list() == second.sort(key, nulls_last=True)["acc"].to_list()
+
+
+def test_finetune_with_frozen_encoder_equals_linear_probe(tmp_path: Path) -> None:
+    """encoder lr 0: end-to-end fine-tuning trains only the head, on the same features, batches
+    and initial values as the probe, so both give the same predictions."""
+    root = tmp_path / "data"
+    write_medmnist(root, "pneumoniamnist", num_classes=2, sizes=(16, 6, 10), seed=4)
+    res = run(BenchConfig(
+        datasets=("pneumoniamnist",), root=str(root), backbones=("tiny-clip",), seeds=(0,),
+        methods=("linear", "finetune"), iterations=15, lrs=(1e-2,), finetune_head_lr=1e-2,
+        encoder_lr=0.0, batch_size=8, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"),
+        device="cpu", progress=False,
+    ))
+    m = res.metrics.sort("method")
+    assert m["method"].to_list() == ["finetune", "linear"]
+    assert m["acc"][0] == m["acc"][1] and m["val_acc"][0] == m["val_acc"][1]
+    assert m["auc"][0] == pytest.approx(m["auc"][1], abs=1e-6)
+
+
+# --- bad input ------------------------------------------------------------------------
+
+
+def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_medmnist(root, "pneumoniamnist")
+    base = ["bench", "medmnist", "--root", str(root), "--out", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c")]
+    res = CliRunner().invoke(main, [*base, "--datasets", "pneumonimnist"])
+    assert res.exit_code == 2 and "Did you mean 'pneumoniamnist'" in res.output
+    res = CliRunner().invoke(main, [*base, "--datasets", "pneumoniamnist,breastmnist"])
+    assert res.exit_code == 2 and str(root / "breastmnist.npz") in res.output and "--download" in res.output
+    res = CliRunner().invoke(main, [*base, "--datasets", "pneumoniamnist", "--sizes", "64"])
+    assert res.exit_code == 2 and "pneumoniamnist_64.npz" in res.output
+    res = CliRunner().invoke(main, [*base, "--datasets", "pneumoniamnist", "--backbones", "ViT-B-61:openai"])
+    assert res.exit_code == 2 and "Did you mean 'ViT-B-16'" in res.output
+    res = CliRunner().invoke(main, [*base, "--datasets", "pneumoniamnist", "--backbones", "timm:resnet181"])
+    assert res.exit_code == 2 and "Unknown timm model 'resnet181'" in res.output
+    res = CliRunner().invoke(main, [*base, "--datasets", "pneumoniamnist", "--methods", "linaer"])
+    assert res.exit_code == 2 and "Did you mean 'linear'" in res.output
+    res = CliRunner().invoke(main, [*base, "--datasets", "pneumoniamnist", "--sizes", "2x"])
+    assert res.exit_code == 2 and "--sizes expects" in res.output
+    assert not (tmp_path / "o").exists()  # nothing started
+    with pytest.raises(DataError, match="could not be read"):
+        (root / "bad").mkdir()
+        (root / "bad" / "pneumoniamnist.npz").write_bytes(b"not a zip")
+        run(BenchConfig(datasets=("pneumoniamnist",), root=str(root / "bad"), seeds=(0,), iterations=1,
+                        out=str(tmp_path / "o2"), cache_dir=str(tmp_path / "c2"), progress=False))
+    assert BackboneSpec.parse("timm:resnet18.a1_in1k:/w/x.pth").pretrained == "/w/x.pth"
+
+
+# --- real data (opt-in) ----------------------------------------------------------------
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not (SHARED / "medmnist").is_dir(), reason=f"{SHARED / 'medmnist'} is absent")
+def test_shared_medmnist_bench(tmp_path: Path) -> None:
+    res = run(BenchConfig(
+        datasets=("breastmnist", "pneumoniamnist"), root=str(SHARED / "medmnist"),
+        backbones=("tiny-clip",), seeds=(0,), per_class=(10,), iterations=100,
+        out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"), device="cpu", progress=False,
+    ))
+    full = res.summary.filter(pl.col("per_class").is_null()).sort("dataset")
+    assert full["dataset"].to_list() == ["breastmnist", "pneumoniamnist"]
+    assert full["n_train"].to_list() == [546.0, 4708.0]
+    few = res.summary.filter(pl.col("per_class") == 10)
+    assert few["n_train"].to_list() == [20.0, 20.0]
+    assert all(0 <= v <= 1 for v in full["auc"].to_list())
