@@ -729,7 +729,7 @@ def plot_size_resize(summary: pl.DataFrame, path: Path) -> Path:
 
     full = summary.filter(pl.col("per_class").is_null())
     datasets = full["dataset"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(2, len(datasets), figsize=(4 * len(datasets), 6.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(max(6.0, 4.5 * len(datasets)), 6.5), squeeze=False)
     for j, d in enumerate(datasets):
         part = full.filter(pl.col("dataset") == d)
         for key, line in part.group_by(["backbone", "method", "resize"], maintain_order=True):
@@ -742,9 +742,12 @@ def plot_size_resize(summary: pl.DataFrame, path: Path) -> Path:
             axes[i][j].set_title(f"{d} {m}")
             axes[i][j].set_xlabel("image size (px)")
             axes[i][j].set_xscale("log", base=2)
+            sizes = sorted(part["size"].unique().to_list())
+            axes[i][j].set_xticks(sizes, [str(v) for v in sizes])
+            axes[i][j].minorticks_off()
             axes[i][j].grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Image size × resize strategy (solid: scale, dashed: pad)")
+    fig.suptitle("Image size × resize strategy (solid: scale, dashed: pad)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -759,7 +762,7 @@ def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     datasets = summary["dataset"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(2, len(datasets), figsize=(4 * len(datasets), 6.5), squeeze=False)
+    fig, axes = plt.subplots(2, len(datasets), figsize=(max(6.0, 4.5 * len(datasets)), 6.5), squeeze=False)
     for j, d in enumerate(datasets):
         part = summary.filter(pl.col("dataset") == d)
         for key, line in part.group_by(["backbone", "method", "size", "resize"], maintain_order=True):
@@ -774,9 +777,12 @@ def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
             axes[i][j].set_title(f"{d} {m}")
             axes[i][j].set_xlabel("training images per class")
             axes[i][j].set_xscale("log")
+            ns = sorted(part["per_class"].drop_nulls().unique().to_list())
+            axes[i][j].set_xticks(ns, [str(v) for v in ns])
+            axes[i][j].minorticks_off()
             axes[i][j].grid(alpha=0.3)
     axes[0][0].legend(fontsize=7)
-    fig.suptitle("Data efficiency (dotted: full training split)")
+    fig.suptitle("Data efficiency (dotted: full training split)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
