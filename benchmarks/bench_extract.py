@@ -175,7 +175,7 @@ def main() -> None:
                 phase(f"featcache JPEG{' +TTE' if tte else ''}", lambda cfg=cfg: featcache_run(cfg))
     if "plain DataLoader+PIL fp32" in results:
         base = results["plain DataLoader+PIL fp32"]["img_per_s"]
-        for name, r in results.items():
+        for r in results.values():
             r["x_plain"] = round(r["img_per_s"] / base, 2)
     ceiling = results[f"model-only {precision}"]["img_per_s"]
     for r in results.values():

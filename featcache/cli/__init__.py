@@ -36,14 +36,16 @@ def main(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
 
 
+# Each module adds its commands to `main` when imported (click decorators); a new area's
+# commands are one module here plus its name in this list.
+COMMAND_MODULES = ("cache_cmds", "head_cmds", "grid_cmds", "finetune_cmds", "bench_cmds", "demo_cmds")
+
+
 def _register() -> None:
-    # Each module adds its commands to `main` when imported.
-    from featcache.cli import cache_cmds  # noqa: F401
-    from featcache.cli import finetune_cmds  # noqa: F401
-    from featcache.cli import head_cmds  # noqa: F401
-    from featcache.cli import grid_cmds  # noqa: F401
-    from featcache.cli import demo_cmds  # noqa: F401
-    from featcache.cli import bench_cmds  # noqa: F401
+    import importlib
+
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"featcache.cli.{name}")
 
 
 _register()
