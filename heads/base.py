@@ -104,10 +104,12 @@ class MemberSpec:
         return gen
 
     def to_dict(self) -> dict:
+        """Every knob as a plain dict (JSON-safe)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> MemberSpec:
+        """Rebuild from :meth:`to_dict` output (unknown keys are ignored, for older files)."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
 
@@ -193,6 +195,7 @@ class Head(nn.Module):
     # -- shared helpers --------------------------------------------------------------------
     @property
     def num_members(self) -> int:
+        """G, the number of members."""
         return len(self.members)
 
     def out_dim(self) -> int:

@@ -48,17 +48,19 @@ class ReproduceConfig:
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         self.tfa("logit", Path("x"))  # validates every shared knob once
 
-
     def common(self) -> dict:
+        """Settings every row shares."""
         return dict(cache=self.cache, seeds=self.seeds, batch_size=self.batch_size, lr=self.lr,
                     protocol=self.protocol, tau=self.tau, text_source=self.text_source,
                     feature=self.feature, tte=self.tte, device=self.device)
 
     def head(self, method: str, head: str, loss: str, out: Path) -> train_head.TrainHeadConfig:
+        """The config of a single-head row."""
         return train_head.TrainHeadConfig(head=head, loss=loss, epochs=self.epochs, method=method,
                                           out=str(out), **self.common())
 
     def tfa(self, ensemble: str, out: Path, *, adapters: bool = True, method: str = "") -> tfa_lt.TfaLtConfig:
+        """The config of a TFA-LT row (or ablation)."""
         return tfa_lt.TfaLtConfig(ensemble=ensemble, adapters=adapters, epochs=self.epochs,
                                   ensemble_epochs=self.ensemble_epochs, method=method,
                                   out=str(out), **self.common())

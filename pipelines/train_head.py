@@ -149,6 +149,7 @@ class CachedData:
 
     @property
     def num_classes(self) -> int:
+        """C, the number of classes."""
         return self.cache.num_classes
 
 

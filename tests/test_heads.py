@@ -17,6 +17,7 @@ from heads import (
     MemberSpec,
     build_head,
     load_head,
+    posthoc_adjust,
 )
 
 G, B, C, D = 2, 32, 5, 12
@@ -207,3 +208,12 @@ def test_bad_member_knobs_are_refused() -> None:
         MemberSpec(momentum=1.5)
     with pytest.raises(FeatcacheError, match="tau"):
         MemberSpec(tau=0.0)
+
+
+def test_posthoc_adjustment_subtracts_the_scaled_log_prior() -> None:
+    logits = torch.zeros(4, C)
+    log_prior = PRIOR.log_prior[0]
+    assert torch.equal(posthoc_adjust(logits, log_prior, 0.0), logits)
+    adjusted = posthoc_adjust(logits, log_prior, 1.0)
+    torch.testing.assert_close(adjusted, -log_prior.expand(4, C))
+    assert adjusted.argmax(-1).eq(C - 1).all()  # the rarest class wins a tie
