@@ -41,7 +41,7 @@ class AdapterHead(Head):
     def features(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, D]
         self.check_input(x)
         g = torch.sigmoid(self.gate)[:, None, None]  # [G, 1, 1]
-        ax = torch.baddbmm(self.bias[:, None, :], x, self.weight.transpose(1, 2))  # [G, B, D]
+        ax = self.linear(x)  # [G, B, D]
         return torch.lerp(ax, x, g)  # g·x + (1 − g)·(A x + a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]

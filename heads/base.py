@@ -206,6 +206,23 @@ class Head(nn.Module):
         """The head's internal feature (an adapter's adapted feature); logits by default."""
         return self.forward(x)
 
+    def linear(self, x: torch.Tensor, weight: str = "weight", bias: str = "bias") -> torch.Tensor:
+        """``x W^T + b`` per member: x [G, B, I], W [G, O, I], b [G, O] -> [G, B, O].
+
+        While training, the weight gradient is written into a buffer kept across steps
+        (:class:`_BatchedLinear`), so the large ``[G, O, I]`` gradient is not a fresh
+        allocation every step (on the CPU, fresh multi-MB buffers cost page faults that
+        were as slow as the matmul itself).
+        """
+        w, b = getattr(self, weight), getattr(self, bias)
+        if not (torch.is_grad_enabled() and w.requires_grad):
+            return torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
+        bufs = self.__dict__.setdefault("_grad_buffers", {})
+        buf = bufs.get(weight)
+        if buf is None or buf.shape != w.shape or buf.device != w.device or buf.dtype != w.dtype:
+            buf = bufs[weight] = torch.empty_like(w)
+        return _BatchedLinear.apply(x, w, b, buf)
+
     def check_input(self, x: torch.Tensor) -> None:
         """Refuse features whose width is not the head's input width, naming both."""
         if x.shape[-1] != self.in_dim:
@@ -237,6 +254,24 @@ class Head(nn.Module):
             "members": [m.to_dict() for m in self.members],
             "state": {k: v.detach().cpu() for k, v in self.state_dict().items()},
         }
+
+
+class _BatchedLinear(torch.autograd.Function):
+    """``baddbmm(b, x, W^T)`` whose backward writes dL/dW into a reused buffer."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, grad_buffer):  # noqa: ANN001, ANN205
+        ctx.save_for_backward(x, weight)
+        ctx.grad_buffer = grad_buffer
+        return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # [G, B, O]
+
+    @staticmethod
+    def backward(ctx, grad_out):  # noqa: ANN001, ANN205
+        x, weight = ctx.saved_tensors
+        grad_out = grad_out.contiguous()  # [G, B, O]
+        grad_w = torch.bmm(grad_out.transpose(1, 2), x, out=ctx.grad_buffer)  # [G, O, I]
+        grad_x = torch.bmm(grad_out, weight) if ctx.needs_input_grad[0] else None
+        return grad_x, grad_w, grad_out.sum(1), None
 
 
 HEADS: Registry[type[Head]] = Registry("head")

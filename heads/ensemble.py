@@ -33,7 +33,7 @@ class LogitEnsembleHead(Head):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, 2C] -> [G, B, C]
         self.check_input(x)
-        return torch.baddbmm(self.bias[:, None, :], x, self.weight.transpose(1, 2))
+        return self.linear(x)
 
 
 @register_head("ensemble-feature")
@@ -60,7 +60,7 @@ class FeatureEnsembleHead(Head):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, 2d] -> [G, B, d]
         self.check_input(x)
-        return torch.baddbmm(self.bias[:, None, :], x, self.weight.transpose(1, 2))
+        return self.linear(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, 2d] -> [G, B, C]
         return cosine_logits(self.features(x), self.prototypes, 1.0 / self.tau)

@@ -29,7 +29,7 @@ class LinearHead(Head):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
         self.check_input(x)
-        return torch.baddbmm(self.bias[:, None, :], x, self.weight.transpose(1, 2))
+        return self.linear(x)
 
 
 @register_head("cosine")
