@@ -248,9 +248,9 @@ def train_members(
             lr = lr_c[j]
             with torch.no_grad():
                 if all_active[c0 + j]:
-                    _sgd_step(params, grads, bufs, scratches, wd, mom, lr, None)
+                    _sgd_step(params, grads, bufs, wd, mom, lr, None)
                 else:
-                    _sgd_step(params, grads, bufs, scratches, wd, mom, lr, act_c[j])
+                    _sgd_step(params, grads, bufs, wd, mom, lr, act_c[j], scratches)
             hist_dev[c0 + j] = loss.detach()
     head.eval()
     if dev.type == "cpu":
@@ -290,11 +290,11 @@ def _sgd_step(
     params: list[torch.Tensor],
     grads: tuple[torch.Tensor, ...],
     bufs: list[torch.Tensor],
-    scratches: list[torch.Tensor],
     wd: list[torch.Tensor],
     mom: list[torch.Tensor],
     lr: torch.Tensor,  # [G]
     active: torch.Tensor | None,  # [G] bool, None when every member is active
+    scratches: list[torch.Tensor] | None = None,  # one per param, reused (else allocated)
 ) -> None:
     """One SGD-momentum step on stacked parameters; inactive members are left untouched.
 
@@ -303,6 +303,8 @@ def _sgd_step(
     matmuls, so they are kept few. Both branches use the same kernels, so a member's update
     is the same whether or not another member sits out this step.
     """
+    if scratches is None:
+        scratches = [torch.empty_like(p) for p in params] if active is not None else [None] * len(params)
     for p, grad, buf, scratch, wd_g, mom_g in zip(params, grads, bufs, scratches, wd, mom, strict=True):
         shape = (-1,) + (1,) * (p.dim() - 1)
         neg_lr = -lr.view(shape)
