@@ -34,6 +34,7 @@ from featcache.cache import CacheHeader, ShardStore, check_complete, fingerprint
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.device import autocast, resolve_device, resolve_precision, synchronize
+from featcache.distributed import barrier, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.preprocess import TTE_VIEWS, Preprocessing, five_crops, pil_to_uint8
 from featcache.prompts import render_templates
@@ -112,13 +113,6 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
-
-
-def dist_info() -> tuple[int, int]:
-    """(rank, world size): from torch.distributed when initialised, else from torchrun's env."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
 # --------------------------------------------------------------------------------------
@@ -268,8 +262,9 @@ def _prepare_target(out: Path, fingerprint: str, overwrite: bool, store: ShardSt
 
 def run(cfg: ExtractConfig) -> ExtractResult:
     """Extract features for ``cfg`` and write (or finish) the cache. Returns what was done."""
-    rank, world = dist_info()
     device = resolve_device(cfg.device)
+    init_distributed(device)
+    rank, world = dist_info()
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     dtype = resolve_precision(precision, device)
     manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
@@ -282,10 +277,10 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     if _prepare_target(out, fingerprint, cfg.overwrite, store, rank):
         log.info("cache %s is already complete with the same fingerprint", out)
         return ExtractResult(out, len(manifest), 0, 0.0, 0, [], already_complete=True)
-    _barrier()
+    barrier()
     if rank == 0 and not store.exists():
         store.start(fingerprint, len(manifest), cfg.chunk_size)
-    _barrier()
+    barrier()
     _wait_for(store.dir / "state.json")
 
     done_before = store.done()
@@ -294,14 +289,14 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     encoded = _encode_chunks(cfg, manifest, backbone, prep, store, mine, device, dtype)
     synchronize(device)
     seconds = time.perf_counter() - t0
-    _barrier()
+    barrier()
 
     skipped: list[tuple[int, str]] = []
     if rank == 0:
         _wait_for_chunks(store)
         skipped = _assemble(out, cfg, manifest, backbone, prep, store, meta, fingerprint, model_fp, device)
         store.remove()
-    _barrier()  # every rank returns only once the cache is complete
+    barrier()  # every rank returns only once the cache is complete
     return ExtractResult(
         out, len(manifest), encoded, seconds, len(done_before),
         [(manifest.sources[r], why) for r, why in skipped],
@@ -434,11 +429,6 @@ def _assemble(
 
     write_cache(out, header, blocks(), skipped)
     return skipped
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def _wait_for(path: Path, timeout: float = 600.0) -> None:

@@ -48,6 +48,7 @@ from featcache import models
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.device import autocast, resolve_device, resolve_precision
+from featcache.distributed import barrier, dist_info, init_distributed
 from featcache.errors import FeatcacheError
 from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
 from featcache.metrics import compute_metrics, summarize
@@ -414,26 +415,6 @@ def centre_crop(images: torch.Tensor, valid_hw: torch.Tensor, size: int) -> torc
 # Distributed helpers
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size) of this process (0, 1 without torchrun)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> bool:
-    """Join torchrun's process group when launched with WORLD_SIZE > 1; True if this call joined it."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or torch.distributed.is_initialized():
-        return False
-    torch.distributed.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return True
-
-
-def _barrier() -> None:
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.barrier()
-
-
 # --------------------------------------------------------------------------------------
 # Checkpoints
 
@@ -613,7 +594,7 @@ def train_seed(
         if start < cfg.epochs:
             optimizer.load_state_dict(ckpt["optimizer"])
         log.info("seed %d: resuming %s after epoch %d of %d", seed, path, start, cfg.epochs)
-    _barrier()  # every rank has read the checkpoint before rank 0 may write the next one
+    barrier()  # every rank has read the checkpoint before rank 0 may write the next one
 
     size = backbone.image_size
     prep = Preprocessing.from_open_clip(backbone.preprocess)
@@ -663,7 +644,7 @@ def train_seed(
             done = epoch + 1 == cfg.epochs
             save_checkpoint(path, _checkpoint(cfg, model, resolved, split, epoch + 1, epoch_loss,
                                               None if done else optimizer.state_dict()))
-        _barrier()
+        barrier()
     seconds = time.perf_counter() - t0
     model.eval()
     speed = seen * world / seconds if seconds > 0 and seen else math.nan

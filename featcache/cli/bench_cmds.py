@@ -7,24 +7,11 @@ prints where the outputs went.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import click
 
 from featcache.cli import main
+from featcache.cli.common import parse_list
 from featcache.device import DEVICES
-from featcache.errors import FeatcacheError
-
-
-def _split(option: str, text: str, cast: Callable = str) -> tuple:
-    """``"a,b"`` -> ``("a", "b")`` (cast each item); empty text -> ``()``."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
-    try:
-        return tuple(cast(t) for t in items)
-    except ValueError:
-        raise FeatcacheError(
-            f"{option} expects a comma-separated list of {cast.__name__} values, got '{text}'."
-        ) from None
 
 
 @main.group("bench")
@@ -68,16 +55,16 @@ def medmnist_cmd(
     from pipelines.bench_medmnist import BenchConfig, run
 
     cfg = BenchConfig(
-        datasets=_split("--datasets", datasets),
+        datasets=parse_list("--datasets", datasets),
         root=root,
-        backbones=_split("--backbones", backbones),
-        sizes=_split("--sizes", sizes, int),
-        resize=_split("--resize", resize_modes),
-        seeds=_split("--seeds", seeds, int),
-        per_class=_split("--per-class", per_class, int),
-        methods=_split("--methods", methods),
+        backbones=parse_list("--backbones", backbones),
+        sizes=parse_list("--sizes", sizes, int),
+        resize=parse_list("--resize", resize_modes),
+        seeds=parse_list("--seeds", seeds, int),
+        per_class=parse_list("--per-class", per_class, int),
+        methods=parse_list("--methods", methods),
         iterations=iterations,
-        lrs=_split("--lrs", lrs, float),
+        lrs=parse_list("--lrs", lrs, float),
         lr_decay=lr_decay,
         decay_every=decay_every,
         batch_size=batch_size,

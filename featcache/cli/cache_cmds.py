@@ -7,14 +7,8 @@ import json
 import click
 
 from featcache.cli import main
+from featcache.cli.common import console, parse_pairs
 from featcache.device import DEVICES, PRECISIONS
-from featcache.errors import FeatcacheError
-
-
-def _console():  # noqa: ANN202 - rich is imported lazily to keep `--help` fast
-    from rich.console import Console
-
-    return Console()
 
 
 @main.command("models")
@@ -29,7 +23,7 @@ def models_cmd(pattern: str) -> None:
     for row in list_models():
         if pattern.lower() in row["model"].lower():
             table.add_row(row["model"], row["pretrained"])
-    _console().print(table)
+    console().print(table)
 
 
 @main.command("datasets")
@@ -42,24 +36,7 @@ def datasets_cmd() -> None:
     table = Table("data set", "layout", "options")
     for row in describe_datasets():
         table.add_row(row["name"], row["layout"], row.get("options", ""))
-    _console().print(table)
-
-
-def _parse_options(pairs: tuple[str, ...]) -> dict:
-    """``--option key=value`` pairs -> dict (ints and floats parsed)."""
-    out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise FeatcacheError(f"--option expects KEY=VALUE, got '{pair}'.")
-        key, value = pair.split("=", 1)
-        for cast in (int, float):
-            try:
-                value = cast(value)
-                break
-            except ValueError:
-                continue
-        out[key.strip().replace("-", "_")] = value
-    return out
+    console().print(table)
 
 
 @main.command("extract")
@@ -88,9 +65,10 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
     Resumable: if interrupted, run the same command again. Works under
     `torchrun --nproc_per_node=N -m featcache extract ...` (one shard of the data per rank).
     """
-    from pipelines.extract import ExtractConfig, dist_info, run
+    from featcache.distributed import dist_info
+    from pipelines.extract import ExtractConfig, run
 
-    opts = _parse_options(options)
+    opts = parse_pairs(options, "--option")
     for key, value in (("subset", subset), ("size", image_size), ("csv", csv_path)):
         if value is not None:
             opts[key] = value
@@ -99,7 +77,6 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
         tte=tte, resize=resize, out=out, device=device, precision=precision, batch_size=batch_size,
         workers=workers, chunk_size=chunk_size, skip_bad=skip_bad, overwrite=overwrite, compile=compile_,
     )
-    _init_distributed()
     result = run(cfg)
     if dist_info()[0] != 0:
         return
@@ -114,17 +91,6 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
     if result.skipped:
         click.echo(f"Skipped {len(result.skipped)} unreadable image(s) (listed by `featcache info`).", err=True)
     click.echo(f"Wrote cache {result.out}")
-
-
-def _init_distributed() -> None:
-    """Join the torchrun process group when launched by torchrun (WORLD_SIZE > 1)."""
-    import os
-
-    import torch
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
 
 
 @main.command("import-features")
@@ -182,7 +148,7 @@ def info_cmd(cache: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-    con = _console()
+    con = console()
     con.print(f"[bold]{c.path}[/] — complete")
     for key in ("dataset", "model", "weights", "precision", "views", "images", "embed_dim", "cls_dim", "logit_scale", "fingerprint", "manifest_sha256"):
         con.print(f"  {key:16s} {info[key]}")

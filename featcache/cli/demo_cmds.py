@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from featcache.cli import main
+from featcache.cli.common import console, parse_seeds
 
 
 @main.command("demo")
@@ -39,15 +40,12 @@ def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: st
     click.echo("2/2 reproduce tfa-lt from the cache (Table 1 frozen-feature rows, Table 2 ablation)")
     run_dir, frame = reproduce(
         ReproduceConfig(
-            cache=str(cache), seeds=tuple(int(s) for s in seeds.split(",")), epochs=epochs,
+            cache=str(cache), seeds=parse_seeds(seeds), epochs=epochs,
             ensemble_epochs=ensemble_epochs, device=device, out=str(root / "reproduce-tfa-lt"),
         ),
         progress=lambda name: click.echo(f"    … {name}", err=True),
     )
-    from rich.console import Console
-
-    console = Console()
     for table in ("Table 1", "Table 2"):
-        console.print(rich_table(frame.filter(frame["table"] == table), title=f"{table} (random-weight tiny-clip)"))
+        console().print(rich_table(frame.filter(frame["table"] == table), title=f"{table} (random-weight tiny-clip)"))
     click.echo(f"Wrote cache {cache}")
     click.echo(f"Wrote {run_dir}/tables.md, results.parquet/.csv and one run directory per row under {run_dir}/rows")

@@ -5,36 +5,8 @@ from __future__ import annotations
 import click
 
 from featcache.cli import main
+from featcache.cli.common import parse_pairs, parse_seeds
 from featcache.device import DEVICES, PRECISIONS
-from featcache.errors import FeatcacheError
-
-
-def _parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
-    """``KEY=VALUE`` pairs -> dict (ints, floats and true/false parsed; dashes in keys become underscores)."""
-    out: dict = {}
-    for pair in pairs:
-        if "=" not in pair:
-            raise FeatcacheError(f"{flag} expects KEY=VALUE, got '{pair}'.")
-        key, text = pair.split("=", 1)
-        value: object = text
-        if text.lower() in ("true", "false"):
-            value = text.lower() == "true"
-        else:
-            for cast in (int, float):
-                try:
-                    value = cast(text)
-                    break
-                except ValueError:
-                    continue
-        out[key.strip().replace("-", "_")] = value
-    return out
-
-
-def _seeds(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in text.split(",") if s.strip())
-    except ValueError:
-        raise FeatcacheError(f"--seeds expects comma-separated integers like 0,1,2, got '{text}'.") from None
 
 
 @main.command("finetune")
@@ -73,13 +45,14 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     Runs under `torchrun --nproc_per_node=N -m featcache finetune ...` (DistributedDataParallel).
     `--method classifier --cache C.h5` trains LIFT's head on cached features instead.
     """
+    from featcache.distributed import dist_info
     from featcache.runs import rich_table, runs_frame
-    from pipelines.finetune import FinetuneConfig, dist_info, run
+    from pipelines.finetune import FinetuneConfig, run
 
     cfg = FinetuneConfig(
-        dataset=dataset, root=root, dataset_options=_parse_pairs(options, "--option"), method=method,
-        method_options=_parse_pairs(method_options, "--method-option"), cache=cache, model=model,
-        pretrained=pretrained, protocol=protocol, test_per_class=test_per_class, seeds=_seeds(seeds),
+        dataset=dataset, root=root, dataset_options=parse_pairs(options, "--option"), method=method,
+        method_options=parse_pairs(method_options, "--method-option"), cache=cache, model=model,
+        pretrained=pretrained, protocol=protocol, test_per_class=test_per_class, seeds=parse_seeds(seeds),
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, loss=loss, la_tau=la_tau, sigma=sigma, init=init, augment=not no_augment,
         tte=tte, out=out, resume=resume, device=device, precision=precision, workers=workers,

@@ -15,7 +15,8 @@ import click
 from click.core import ParameterSource
 
 from featcache.cli import main
-from featcache.cli.head_cmds import _console, _seeds, train_head_cmd
+from featcache.cli.common import console, parse_seeds
+from featcache.cli.head_cmds import train_head_cmd
 from featcache.errors import FeatcacheError
 
 _OWN = {"val_fraction", "method", "out"}  # options the grid defines itself
@@ -46,7 +47,7 @@ def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> 
 
     ctx = click.get_current_context()
     given = {k for k in opts if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
-    opts["seeds"] = _seeds(opts["seeds"])
+    opts["seeds"] = parse_seeds(opts["seeds"])
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
     if ensemble is None:
         cls = train_head.TrainHeadConfig
@@ -71,10 +72,10 @@ def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> 
     base = cls(**{k: v for k, v in opts.items() if k in names})
     spec = grid.GridConfig(base, tuple((n, tuple(v)) for n, v in parsed), select=select, top=top,
                            out=opts.get("out"))
-    with _console().status(f"training {len(spec.configs)} configuration(s) × "
+    with console().status(f"training {len(spec.configs)} configuration(s) × "
                            f"{len(base.seeds)} seed(s)…"):
         result = grid.run(spec)
-    _console().print(grid.top_table(result, spec))
+    console().print(grid.top_table(result, spec))
     m = result.metrics
     click.echo(f"Selected configuration {result.selected} on val {select} "
                f"({100 * m['val'][select]:.2f}); its test acc {100 * m['acc']:.2f} ± "

@@ -12,28 +12,16 @@ from pathlib import Path
 import click
 
 from featcache.cli import main
+from featcache.cli.common import console, parse_seeds
 from featcache.device import DEVICES
 from featcache.errors import FeatcacheError
-
-
-def _seeds(value: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(s) for s in value.split(",") if s.strip())
-    except ValueError:
-        raise FeatcacheError(f"--seeds expects comma-separated integers like 0,1,2, got '{value}'.") from None
-
-
-def _console():  # noqa: ANN202 - rich is imported lazily to keep `--help` fast
-    from rich.console import Console
-
-    return Console()
 
 
 def _show(out_dir: Path, metrics: dict, title: str) -> None:
     from featcache.runs import read_run, rich_table, runs_frame
 
     frame = runs_frame([read_run(out_dir)])
-    _console().print(rich_table(frame, title=title))
+    console().print(rich_table(frame, title=title))
     click.echo(f"Wrote run directory {out_dir} (config.json, metrics.json, metrics.parquet, "
                "predictions.parquet, splits.parquet, checkpoints/, PNGs).")
 
@@ -77,7 +65,7 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--method", default="", help="Name shown in tables.")
 def train_head_cmd(**opts: object) -> None:
     """Train a head (or the TFA-LT method with --ensemble) on cached features."""
-    opts["seeds"] = _seeds(opts["seeds"])
+    opts["seeds"] = parse_seeds(opts["seeds"])
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
     if ensemble is None:
         from pipelines import train_head
@@ -139,11 +127,11 @@ def reproduce_tfa_lt_cmd(**opts: object) -> None:
     from featcache.runs import rich_table
     from pipelines.reproduce import ReproduceConfig, run
 
-    opts["seeds"] = _seeds(opts["seeds"])
+    opts["seeds"] = parse_seeds(opts["seeds"])
     out, frame = run(ReproduceConfig(**opts), progress=lambda name: click.echo(f"… {name}", err=True))
-    console = _console()
+    con = console()
     for table in ("Table 1", "Table 2"):
-        console.print(rich_table(frame.filter(frame["table"] == table), title=table))
+        con.print(rich_table(frame.filter(frame["table"] == table), title=table))
     click.echo(f"Wrote {out}/tables.md, results.parquet/.csv, metrics.parquet, config.json, "
                f"metrics.json; one run directory per row under {out}/rows.")
 
@@ -156,7 +144,7 @@ def report_cmd(runs: tuple[str, ...], out: str | None) -> None:
     from featcache.runs import markdown_table, read_run, rich_table, runs_frame
 
     frame = runs_frame([read_run(r) for r in runs])
-    _console().print(rich_table(frame))
+    console().print(rich_table(frame))
     if out:
         base = Path(out)
         base.parent.mkdir(parents=True, exist_ok=True)

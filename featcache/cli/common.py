@@ -1,0 +1,54 @@
+"""Small parsers and helpers shared by the CLI modules (one home for each)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from featcache.errors import FeatcacheError
+
+
+def console():  # noqa: ANN201 - rich is imported lazily to keep `--help` fast
+    """A rich Console for tables and status lines."""
+    from rich.console import Console
+
+    return Console()
+
+
+def parse_list(option: str, text: str, cast: Callable = str) -> tuple:
+    """``"a,b"`` -> ``("a", "b")`` with ``cast`` applied; empty items are dropped."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    try:
+        return tuple(cast(t) for t in items)
+    except ValueError:
+        raise FeatcacheError(
+            f"{option} expects a comma-separated list of {cast.__name__} values, got '{text}'."
+        ) from None
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``--seeds 0,1,2`` -> ``(0, 1, 2)``."""
+    seeds = parse_list("--seeds", text, int)
+    if not seeds:
+        raise FeatcacheError(f"--seeds expects comma-separated integers like 0,1,2, got '{text}'.")
+    return seeds
+
+
+def parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
+    """``KEY=VALUE`` pairs -> dict (ints, floats and true/false parsed; dashes in keys become underscores)."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise FeatcacheError(f"{flag} expects KEY=VALUE, got '{pair}'.")
+        key, text = pair.split("=", 1)
+        value: object = text
+        if text.lower() in ("true", "false"):
+            value = text.lower() == "true"
+        else:
+            for cast in (int, float):
+                try:
+                    value = cast(text)
+                    break
+                except ValueError:
+                    continue
+        out[key.strip().replace("-", "_")] = value
+    return out
