@@ -46,7 +46,7 @@ def datasets_cmd() -> None:
 @click.option("--size", "image_size", type=int, default=None, help="MedMNIST image size (28/64/128/224).")
 @click.option("--csv", "csv_path", type=click.Path(), default=None, help="CSV file for --dataset csv.")
 @click.option("--option", "options", multiple=True, help="Other data set option KEY=VALUE (repeatable).")
-@click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name.")
+@click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name (or timm:NAME). The default is the built-in random-weight model for offline demos and tests; for real work pass e.g. --model ViT-B-16 --pretrained openai (or a checkpoint FILE).")
 @click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default].")
 @click.option("--tte", is_flag=True, help="Also store the five test-time-ensembling crops.")
 @click.option("--resize", type=click.Choice(["scale", "pad"]), default="scale", show_default=True, help="Bring images to the model's size by scaling or by zero-padding.")
@@ -77,6 +77,13 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
         tte=tte, resize=resize, out=out, device=device, precision=precision, batch_size=batch_size,
         workers=workers, chunk_size=chunk_size, skip_bad=skip_bad, overwrite=overwrite, compile=compile_,
     )
+    if model == "tiny-clip" and dataset != "synthetic-lt":
+        click.secho(
+            "Note: extracting with the built-in random-weight tiny-clip model (the default): the "
+            "features test the pipeline, not a method. Pass --model ViT-B-16 --pretrained openai "
+            "(or --pretrained /path/to/checkpoint) for real features.",
+            fg="yellow", err=True,
+        )
     result = run(cfg)
     if dist_info()[0] != 0:
         return
