@@ -45,4 +45,45 @@ class AdapterHead(Head):
         return torch.lerp(ax, x, g)  # g·x + (1 − g)·(A x + a)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
+        if torch.is_grad_enabled() and self.weight.requires_grad and not x.requires_grad:
+            self.check_input(x)
+            bufs = self.__dict__.setdefault("_grad_buffers", {})
+            buf = bufs.get("weight")
+            if buf is None or buf.shape != self.weight.shape or buf.device != self.weight.device:
+                buf = bufs["weight"] = torch.empty_like(self.weight)
+            return _AdapterCosine.apply(x, self.weight, self.bias, self.gate, self.prototypes,
+                                        self.tau, buf)
         return cosine_logits(self.features(x), self.prototypes, 1.0 / self.tau)
+
+
+class _AdapterCosine(torch.autograd.Function):
+    """The training step's adapter + cosine logits as one function with a hand-written backward.
+
+    Same forward as :meth:`AdapterHead.features` then :func:`cosine_logits`, in fewer passes
+    over ``[G, B, D]``: f = lerp(A x + a, x, g), logits = (f / |f|) · (t / τ). Backward (x needs
+    no gradient): dn = dz (t/τ); df = (dn − n ⟨dn, n⟩) / |f|; dλ = σ'(λ) Σ df ⊙ (x − A x − a);
+    d(Ax + a) = (1 − g) df; dA = d(Ax + a)ᵀ x (into a buffer kept across steps).
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, gate, protos, tau, grad_buffer):  # noqa: ANN001, ANN205
+        g = torch.sigmoid(gate)[:, None, None]  # [G, 1, 1]
+        ax = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # [G, B, D]
+        f = torch.lerp(ax, x, g)
+        norm = torch.linalg.vector_norm(f, dim=-1, keepdim=True).clamp_min_(1e-12)  # [G, B, 1]
+        n = f.div_(norm)  # f is ours: normalised in place
+        t = protos / tau[:, None, None]  # [G, C, D], the scaled prototypes
+        ctx.save_for_backward(x, n, norm, ax, g, t)
+        ctx.grad_buffer = grad_buffer
+        return torch.bmm(n, t.transpose(1, 2))  # [G, B, C]
+
+    @staticmethod
+    def backward(ctx, dz):  # noqa: ANN001, ANN205
+        x, n, norm, ax, g, t = ctx.saved_tensors
+        dn = torch.bmm(dz.contiguous(), t)  # [G, B, D]
+        dot = (dn * n).sum(-1, keepdim=True)  # [G, B, 1]
+        df = dn.sub_(n * dot).div_(norm)  # [G, B, D]
+        dgate = (df * (x - ax)).sum((1, 2)) * (g * (1 - g)).view(-1)  # [G]
+        dax = df.mul_(1 - g)
+        dw = torch.bmm(dax.transpose(1, 2), x, out=ctx.grad_buffer)  # [G, D, D]
+        return None, dw, dax.sum(1), dgate, None, None, None
