@@ -157,6 +157,7 @@ def train_members(
     labels: torch.Tensor,
     pools: list[torch.Tensor],
     *,
+    share_batches: bool = False,
     chunk_steps: int = 512,
 ) -> TrainResult:
     """Train every member of ``head`` in place, jointly; return per-epoch losses.
@@ -164,6 +165,14 @@ def train_members(
     ``inputs`` is ``[N, D]`` (shared by all members) or ``[G, N, D]`` (one matrix per member),
     ``labels`` ``[N]`` (or ``[N, C]`` multi-label), ``pools[g]`` the rows member g trains on
     (its training split). All on the head's device. Members' knobs come from ``head.members``.
+
+    ``share_batches=True`` (a grid's linear-eval style): adjacent members that draw the same
+    batches (:func:`stream_key`: same seed, random stream, sampler, batch size and pool, e.g.
+    configurations that differ only in lr or weight decay) read ONE gather ``[B, D]`` per
+    step, and a head that provides :meth:`~heads.base.Head.forward_shared` computes all of
+    them in one matrix product. Every member still gets exactly its own batches, so the result
+    equals training it alone up to float rounding of the batched product. Needs ``[N, D]``
+    inputs; otherwise (or for heads without ``forward_shared``) it has no effect.
     """
     t0 = time.perf_counter()
     members = head.members
@@ -193,10 +202,14 @@ def train_members(
     per_epoch = [-(-s.epoch_length // m.batch_size) for s, m in zip(samplers, members, strict=True)]
     totals = [k * m.epochs for k, m in zip(per_epoch, members, strict=True)]
     S = max(totals)
-    streams = [
-        _Stream(s, p, m, width, t)
-        for s, p, m, t in zip(samplers, pools, members, totals, strict=True)
-    ]
+    # runs of members that read one batch stream: [(g0, g1)], one member each unless shared
+    forward_shared = share_batches and shared and type(head).forward_shared is not Head.forward_shared
+    runs = _runs(members, pools) if forward_shared else [(g, g + 1) for g in range(G)]
+    K = len(runs)
+    streams = [_Stream(samplers[g0], pools[g0], members[g0], width, max(totals[g0:g1]))
+               for g0, g1 in runs]
+    run_of = None if K == G else torch.tensor(
+        [k for k, (g0, g1) in enumerate(runs) for _ in range(g0, g1)], device=dev)  # [G]
     # The step plan, on the host: learning rate and activity of every member at every step.
     lr_plan = np.zeros((S, G), dtype=np.float32)
     for g, (m, k) in enumerate(zip(members, per_epoch, strict=True)):
@@ -229,19 +242,31 @@ def train_members(
         # late-epoch gradients underflow, and denormal arithmetic is ~100x slower on x86
         torch.set_flush_denormal(True)
     hist_dev = torch.zeros(S, G, device=dev)  # [S, G] loss of every step, read once at the end
+    # shared inputs: every step's gather lands in one buffer (index_select with out=)
+    x_buf = inputs.new_empty(K * width, inputs.shape[-1]) if shared else None
     head.train()
     for c0 in range(0, S, chunk_steps):
         n = min(chunk_steps, S - c0)
         taken = [st.take(n) for st in streams]
-        idx_c = torch.stack([t[0] for t in taken], 1)  # [n, G, Bmax]
-        w_c = torch.stack([t[1] for t in taken], 1)  # [n, G, Bmax]
+        idx_c = torch.stack([t[0] for t in taken], 1)  # [n, K, Bmax]
+        w_c = torch.stack([t[1] for t in taken], 1)  # [n, K, Bmax]
+        if run_of is not None:
+            w_c = w_c[:, run_of]  # [n, G, Bmax]
         lr_c = torch.from_numpy(lr_plan[c0 : c0 + n]).to(dev)  # [n, G]
         act_c = torch.from_numpy(active_plan[c0 : c0 + n]).to(dev)  # [n, G]
         for j in range(n):
-            idx, w = idx_c[j], w_c[j]  # [G, Bmax]
-            x = inputs[idx] if shared else inputs[member_idx, idx]  # [G, Bmax, D]
-            y = labels[idx]  # [G, Bmax] (or [G, Bmax, C])
-            logits = head(x)  # [G, Bmax, C]
+            idx, w = idx_c[j], w_c[j]  # [K, Bmax], [G, Bmax]
+            if shared:
+                x = torch.index_select(inputs, 0, idx.view(-1), out=x_buf).view(K, width, -1)
+            else:
+                x = inputs[member_idx, idx]  # [G, Bmax, D]
+            y = labels[idx] if run_of is None else labels[idx][run_of]  # [G, Bmax] (or [.., C])
+            if forward_shared:
+                logits = torch.cat([head.forward_shared(x[k], slice(g0, g1))
+                                    for k, (g0, g1) in enumerate(runs)]) if K > 1 else (
+                    head.forward_shared(x[0]))
+            else:
+                logits = head(x)  # [G, Bmax, C]
             per_row = _member_losses(logits, y, knobs, prior, loss_groups, G)  # [G, Bmax]
             loss = (per_row * w).sum(1)  # [G]: each member's mean over its real rows
             grads = torch.autograd.grad(loss.sum(), params)
@@ -263,8 +288,25 @@ def train_members(
         for g in range(G)
     ]
     seconds = time.perf_counter() - t0
-    log.info("trained %d member(s) of '%s' for %d steps in %.2f s", G, head.name, S, seconds)
+    log.info("trained %d member(s) of '%s' on %d batch stream(s) for %d steps in %.2f s",
+             G, head.name, K, S, seconds)
     return TrainResult(epoch_loss=epoch_loss, steps=totals, seconds=seconds)
+
+
+def stream_key(m: MemberSpec) -> tuple:
+    """Members with equal keys (and the same row pool) draw the same batches (:class:`_Stream`)."""
+    return (m.seed, m.stream, m.sampler, m.batch_size)
+
+
+def _runs(members: list[MemberSpec], pools: list[torch.Tensor]) -> list[tuple[int, int]]:
+    """Maximal runs ``[(g0, g1)]`` of adjacent members that draw the same batches."""
+    starts = [0]
+    for g in range(1, len(members)):
+        a, b = pools[g - 1], pools[g]
+        same_pool = a is b or (a.shape == b.shape and bool(torch.equal(a, b)))
+        if stream_key(members[g]) != stream_key(members[g - 1]) or not same_pool:
+            starts.append(g)
+    return list(zip(starts, starts[1:] + [len(members)], strict=True))
 
 
 def _member_losses(

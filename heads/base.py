@@ -192,6 +192,17 @@ class Head(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, in_dim] -> [G, B, C]
         raise NotImplementedError
 
+    def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
+        """Optional: logits of ``members`` on ONE batch, ``[B, in_dim] -> [g, B, C]``.
+
+        The same logits as :meth:`forward` on ``x`` expanded to every member, for heads whose
+        logits are a map of the input that stacks over members (``linear``, ``cosine``): one
+        ``[B, D] @ [D, g·C]`` product instead of a ``[g, B, D]`` copy of the batch. Used by
+        :func:`featcache.training.train_members` with ``share_batches=True`` (a grid's members
+        that draw the same batches). Heads that do not override it never get that path.
+        """
+        raise NotImplementedError
+
     # -- shared helpers --------------------------------------------------------------------
     @property
     def num_members(self) -> int:

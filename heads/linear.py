@@ -31,6 +31,12 @@ class LinearHead(Head):
         self.check_input(x)
         return self.linear(x)
 
+    def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
+        w, b = self.weight[members], self.bias[members]  # [g, C, D], [g, C]
+        g, C, D = w.shape
+        logits = x @ w.reshape(g * C, D).T  # [B, g·C]: one product for every member
+        return logits.view(-1, g, C).transpose(0, 1) + b[:, None, :]
+
 
 @register_head("cosine")
 class CosineHead(Head):
@@ -63,3 +69,9 @@ class CosineHead(Head):
         f = F.normalize(x, dim=-1)
         w = F.normalize(self.weight, dim=-1)
         return torch.bmm(f, w.transpose(1, 2)) * self.sigma[:, None, None]
+
+    def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
+        g, C, D = self.weight[members].shape
+        f = F.normalize(x, dim=-1)  # [B, D]
+        w = F.normalize(self.weight[members], dim=-1).reshape(g * C, D)
+        return (f @ w.T).view(-1, g, C).transpose(0, 1) * self.sigma[members, None, None]

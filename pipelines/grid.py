@@ -18,8 +18,9 @@ Read top to bottom:
    random stream, sampler and batch size — e.g. configurations that differ only in lr or
    weight decay) share one gather of the cached rows, ``x`` ``[B, D]``, and heads whose
    logits are a linear map of the input (``linear``, ``cosine``) compute every member in one
-   matrix product ``[B, D] @ [D, G·C]`` (:data:`SHARED_FORWARDS`). Other heads (adapters,
-   ensemblers) use :func:`featcache.training.train_members` unchanged. TFA-LT: stage-I adapters
+   matrix product ``[B, D] @ [D, G·C]`` (:meth:`heads.base.Head.forward_shared`); both come
+   from :func:`featcache.training.train_members` with ``share_batches=True``. Other heads
+   (adapters, ensemblers) get one gather per member there. TFA-LT: stage-I adapters
    that are the same for several configurations (a grid over stage-II knobs) are trained once.
    Every member keeps its own random streams, so each configuration gets the result it gets
    when trained alone with ``train-head`` and the same seed (up to float rounding of the
@@ -58,18 +59,9 @@ import torch
 from featcache.errors import FeatcacheError, did_you_mean
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.runs import RunWriter, write_json
-from featcache.training import (
-    TrainResult,
-    _member_losses,
-    _sgd_step,
-    _Stream,
-    class_counts,
-    lr_at_epoch,
-    predict_logits,
-    train_members,
-)
-from heads import HEADS, LOSSES, SAMPLERS, ClassPrior, Head, HeadContext, MemberSpec, build_head
-from heads.losses import LOSS_KNOBS, posthoc_adjust
+from featcache.training import predict_logits, stream_key, train_members
+from heads import HEADS, ClassPrior, Head, HeadContext, MemberSpec, build_head
+from heads.losses import posthoc_adjust
 from pipelines import tfa_lt, train_head
 from pipelines.train_head import CachedData, SeedSetup, checkpoint_for, load_data, seed_setups
 
@@ -249,132 +241,6 @@ class GridConfig:
 # 2-3. Training: groups, shared batches, one matmul for all members
 
 
-def _shared_linear(head: Head, x: torch.Tensor) -> torch.Tensor:  # [B, D] -> [G, B, C]
-    G, C, D = head.weight.shape
-    logits = x @ head.weight.reshape(G * C, D).T  # [B, G·C]: one product for every member
-    return logits.view(-1, G, C).transpose(0, 1) + head.bias[:, None, :]
-
-
-def _shared_cosine(head: Head, x: torch.Tensor) -> torch.Tensor:  # [B, D] -> [G, B, C]
-    G, C, D = head.weight.shape
-    f = torch.nn.functional.normalize(x, dim=-1)  # [B, D]
-    w = torch.nn.functional.normalize(head.weight, dim=-1).reshape(G * C, D)
-    return (f @ w.T).view(-1, G, C).transpose(0, 1) * head.sigma[:, None, None]
-
-
-SharedForward = Callable[[Head, torch.Tensor], torch.Tensor]
-SHARED_FORWARDS: dict[str, SharedForward] = {"linear": _shared_linear, "cosine": _shared_cosine}
-"""Heads whose members can all read ONE batch ``[B, D]``: the same logits as ``head.forward``
-on ``x.expand(G, B, D)``, computed as one matrix product. A head missing here trains with
-:func:`featcache.training.train_members` (a gather per member)."""
-
-
-def _stream_key(m: MemberSpec, pool_id: int) -> tuple:
-    """Members with equal keys draw the same batches (see :class:`featcache.training._Stream`)."""
-    return (m.seed, m.stream, m.sampler, m.batch_size, pool_id)
-
-
-def train_shared(
-    head: Head,
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    pools: list[torch.Tensor],
-    pool_ids: list[int],
-    forward: SharedForward,
-    *,
-    chunk_steps: int = 512,
-) -> TrainResult:
-    """:func:`~featcache.training.train_members` for members that share batches.
-
-    Members must be ordered so that those with the same batch stream (same seed, stream,
-    sampler, batch size and pool ``pool_ids[g]``) are contiguous. Each step gathers one batch
-    per stream, ``[K, Bmax, D]`` for K streams (not one per member), and ``forward`` maps each
-    stream's batch to its members' logits. Losses, per-member knobs, the SGD step, the
-    cosine schedule and members sitting out after their last epoch are the trainer's own
-    (same functions), so a member's result equals training it alone.
-    """
-    t0 = time.perf_counter()
-    members, G, C = head.members, head.num_members, head.num_classes
-    dev = inputs.device
-    keys = [_stream_key(m, p) for m, p in zip(members, pool_ids, strict=True)]
-    starts = [g for g in range(G) if g == 0 or keys[g] != keys[g - 1]]
-    if len(set(keys)) != len(starts):
-        raise ValueError("members of one batch stream must be contiguous")
-    bounds = list(zip(starts, starts[1:] + [G], strict=True))  # [(g0, g1)] per stream
-    for m in members:
-        LOSSES.get(m.loss), SAMPLERS.get(m.sampler)
-    params = [p for p in head.parameters() if p.requires_grad]
-    head.check_input(inputs[None])
-    samplers = [SAMPLERS.get(m.sampler)(labels[p], C) for m, p in zip(members, pools, strict=True)]
-    per_epoch = [-(-s.epoch_length // m.batch_size) for s, m in zip(samplers, members, strict=True)]
-    totals = [k * m.epochs for k, m in zip(per_epoch, members, strict=True)]
-    S = max(totals)
-    width = max(m.batch_size for m in members)
-    streams = [_Stream(samplers[g0], pools[g0], members[g0], width, max(totals[g0:g1]))
-               for g0, g1 in bounds]
-    lr_plan = np.zeros((S, G), dtype=np.float32)
-    for g, (m, k) in enumerate(zip(members, per_epoch, strict=True)):
-        lrs = np.array([lr_at_epoch(m, e) for e in range(m.epochs)], dtype=np.float32)
-        lr_plan[: totals[g], g] = np.repeat(lrs, k)
-    active_plan = np.arange(S)[:, None] < np.array(totals)[None, :]  # [S, G]
-    all_active = active_plan.all(1)
-
-    def member_view(values: list[float], like: torch.Tensor) -> torch.Tensor:  # [G] -> [G,1,..]
-        return torch.tensor(values, device=dev).view(G, *([1] * (like.dim() - 1)))
-
-    wd = [member_view([m.weight_decay for m in members], p) for p in params]
-    mom = [member_view([m.momentum for m in members], p) for p in params]
-    bufs = [torch.zeros_like(p) for p in params]
-    knobs = {k: torch.tensor([getattr(m, k) for m in members], device=dev) for k in LOSS_KNOBS}
-    prior = ClassPrior.from_counts(torch.stack([class_counts(labels[p], C) for p in pools]))
-    by_loss: dict[str, list[int]] = {}
-    for g, m in enumerate(members):
-        by_loss.setdefault(m.loss, []).append(g)
-    loss_groups = [(LOSSES.get(n), None if len(gs) == G else torch.tensor(gs, device=dev), gs)
-                   for n, gs in by_loss.items()]
-    repeats = torch.tensor([g1 - g0 for g0, g1 in bounds], device=dev)  # [K] members per stream
-    step_losses: list[torch.Tensor] = []
-    head.train()
-    for c0 in range(0, S, chunk_steps):
-        n = min(chunk_steps, S - c0)
-        taken = [st.take(n) for st in streams]
-        idx_c = torch.stack([t[0] for t in taken], 1)  # [n, K, Bmax]
-        w_c = torch.stack([t[1] for t in taken], 1)  # [n, K, Bmax]
-        lr_c = torch.from_numpy(lr_plan[c0 : c0 + n]).to(dev)  # [n, G]
-        act_c = torch.from_numpy(active_plan[c0 : c0 + n]).to(dev)  # [n, G]
-        for j in range(n):
-            x = inputs[idx_c[j]]  # [K, Bmax, D]: one gather per stream, not per member
-            logits = torch.cat([forward(_Slice(head, g0, g1), x[k]) for k, (g0, g1) in
-                                enumerate(bounds)]) if len(bounds) > 1 else forward(head, x[0])
-            y = labels[idx_c[j]].repeat_interleave(repeats, 0)  # [G, Bmax]
-            w = w_c[j].repeat_interleave(repeats, 0)  # [G, Bmax]
-            per_row = _member_losses(logits, y, knobs, prior, loss_groups, G)  # [G, Bmax]
-            loss = (per_row * w).sum(1)  # [G]
-            grads = torch.autograd.grad(loss.sum(), params)
-            with torch.no_grad():
-                _sgd_step(params, grads, bufs, wd, mom, lr_c[j],
-                          None if all_active[c0 + j] else act_c[j])
-            step_losses.append(loss.detach())
-    head.eval()
-    hist = torch.stack(step_losses).cpu().numpy() if step_losses else np.zeros((0, G))
-    epoch_loss = [hist[: totals[g], g].reshape(members[g].epochs, per_epoch[g]).mean(1).tolist()
-                  if totals[g] else [] for g in range(G)]
-    seconds = time.perf_counter() - t0
-    log.info("trained %d member(s) of '%s' on %d batch stream(s) for %d steps in %.2f s",
-             G, head.name, len(bounds), S, seconds)
-    return TrainResult(epoch_loss=epoch_loss, steps=totals, seconds=seconds)
-
-
-class _Slice:
-    """Members ``g0:g1`` of a head as views (parameters keep their autograd history)."""
-
-    def __init__(self, head: Head, g0: int, g1: int) -> None:
-        self._head, self._g0, self._g1 = head, g0, g1
-
-    def __getattr__(self, name: str) -> torch.Tensor:
-        return getattr(self._head, name)[self._g0 : self._g1]
-
-
 @dataclass
 class Trained:
     """One group's trained members: ``logits(x)`` gives ``[G, n, C]`` for rows ``x`` ``[n, D]``;
@@ -400,7 +266,7 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
     # members: one per (configuration, seed), ordered by batch stream (contiguous streams)
     entries = [(i, j, c.member(s.seed, tau=c.tau or data.tau))
                for i, c in cfgs for j, s in enumerate(setups)]
-    entries.sort(key=lambda e: _stream_key(e[2], e[1]))
+    entries.sort(key=lambda e: (*stream_key(e[2]), e[1]))
     members = [m for _, _, m in entries]
     ctx = HeadContext(
         in_dim=int(data.feats.shape[-1]), num_classes=data.num_classes,
@@ -409,21 +275,18 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
     )
     head = build_head(head_name, ctx, members, device=data.device)
     pools = [setups[j].pool for _, j, _ in entries]
-    forward = SHARED_FORWARDS.get(head_name)
-    if forward is not None and head.trainable:
-        result = train_shared(head, data.feats, data.labels, pools, [j for _, j, _ in entries],
-                              forward)
-    else:
-        result = train_members(head, data.feats, data.labels, pools)
+    result = train_members(head, data.feats, data.labels, pools, share_batches=True)
+    shares = type(head).forward_shared is not Head.forward_shared
     G = len(members)
     chunk = _rows_per_chunk(G, max(head.in_dim, head.out_dim()))
 
     @torch.no_grad()
     def logits(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [G, n, C]
-        if forward is None:
+        if not shares:
             return predict_logits(head, x, batch=chunk)
         head.eval()  # the shared product: no [G, n, D] copy of the rows
-        return torch.cat([forward(head, x[r : r + 16384]) for r in range(0, x.shape[0], 16384)], 1)
+        return torch.cat([head.forward_shared(x[r : r + 16384])
+                          for r in range(0, x.shape[0], 16384)], 1)
 
     def model(g: int) -> dict:
         return {"kind": "head", "head": head.member(g).checkpoint()}
