@@ -60,3 +60,27 @@ def test_summarize_mean_and_std() -> None:
     s = summarize([{"acc": 0.5}, {"acc": 0.7}])
     assert s["acc"] == pytest.approx(0.6) and s["acc_std"] == pytest.approx(0.1)
     assert math.isnan(s["auc"])
+
+
+def test_auc_and_macro_f1_equal_sklearn() -> None:
+    from sklearn.metrics import f1_score, roc_auc_score
+
+    from featcache.metrics import _ovr_auc, softmax
+
+    rng = np.random.default_rng(0)
+    for C, n in ((2, 50), (7, 300), (5, 40)):
+        labels = rng.integers(0, C, n)
+        labels[:C] = np.arange(C)
+        scores = np.round(rng.normal(size=(n, C)), 1)  # rounded: ties in the scores
+        scores[labels == 0, 1] += 0.5
+        probs = softmax(scores)
+        classes = [1] if C == 2 else range(C)
+        expected = np.mean([roc_auc_score(labels == c, probs[:, c]) for c in classes])
+        assert abs(_ovr_auc(labels, probs) - expected) < 1e-12
+        pred = scores.argmax(1)
+        got = compute_metrics(labels, scores, num_classes=C)["macro_f1"]
+        assert abs(got - f1_score(labels, pred, average="macro", zero_division=0)) < 1e-12
+        pred[:] = 0  # a class never predicted, and one predicted but absent from the labels
+        few = labels[labels != C - 1]
+        got = compute_metrics(few, np.eye(C)[pred[: few.size] + 1], num_classes=C)["macro_f1"]
+        assert abs(got - f1_score(few, pred[: few.size] + 1, average="macro", zero_division=0)) < 1e-12
