@@ -49,8 +49,21 @@ LOSSES: Registry[LossFn] = Registry("loss")
 MULTI_LABEL_LOSSES = ("bce",)
 
 
+def log_softmax(logits: torch.Tensor) -> torch.Tensor:  # [G, B, C] -> [G, B, C] (a view)
+    """``logits.log_softmax(-1)`` computed with the classes as the OUTER dimension.
+
+    On the CPU, log-softmax over a short innermost dimension (C = 7 classes) runs one row at a
+    time: ~0.5 ms for a grid's [64, 128, 7] step, as long as the matrix product itself. Over
+    the outer dimension of a ``[C, G·B]`` copy it is vectorised across rows (~12x faster),
+    forward and backward; the values are the same up to float rounding.
+    """
+    if logits.shape[-1] > 64:  # wide rows: the innermost kernel is the fast one
+        return logits.log_softmax(-1)
+    return logits.movedim(-1, 0).contiguous().log_softmax(0).movedim(0, -1)
+
+
 def _ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:  # [G,B,C],[G,B] -> [G,B]
-    logp = logits.log_softmax(-1)
+    logp = log_softmax(logits)
     return -logp.gather(-1, labels[..., None]).squeeze(-1)
 
 
@@ -63,7 +76,7 @@ def cross_entropy(logits, labels, knobs, prior):  # noqa: ANN001, ANN201
 @LOSSES.register("focal")
 def focal(logits, labels, knobs, prior):  # noqa: ANN001, ANN201
     """Focal loss −(1 − p_y)^γ log p_y with per-member γ (``knobs['gamma']`` [G])."""
-    logp = logits.log_softmax(-1).gather(-1, labels[..., None]).squeeze(-1)  # [G, B]
+    logp = log_softmax(logits).gather(-1, labels[..., None]).squeeze(-1)  # [G, B]
     gamma = knobs["gamma"][:, None]
     return -((1 - logp.exp()).clamp_min(0) ** gamma) * logp
 
