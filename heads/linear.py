@@ -32,7 +32,7 @@ class LinearHead(Head):
         return self.linear(x)
 
     def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
-        w, b = self.weight[members], self.bias[members]  # [g, C, D], [g, C]
+        w, b = _rows(self.weight, members), _rows(self.bias, members)  # [g, C, D], [g, C]
         g, C, D = w.shape
         logits = x @ w.reshape(g * C, D).T  # [B, g·C]: one product for every member
         # [g, B, C] made contiguous: log_softmax over a strided last dim is ~10x slower on CPU
@@ -72,8 +72,15 @@ class CosineHead(Head):
         return torch.bmm(f, w.transpose(1, 2)) * self.sigma[:, None, None]
 
     def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
-        g, C, D = self.weight[members].shape
+        w = _rows(self.weight, members)
+        g, C, D = w.shape
         f = F.normalize(x, dim=-1)  # [B, D]
-        w = F.normalize(self.weight[members], dim=-1).reshape(g * C, D)
+        w = F.normalize(w, dim=-1).reshape(g * C, D)
         logits = (f @ w.T).view(-1, g, C).transpose(0, 1) * self.sigma[members, None, None]
         return logits.contiguous()  # see LinearHead.forward_shared
+
+
+def _rows(p: torch.Tensor, members: slice) -> torch.Tensor:
+    """``p[members]``, or ``p`` itself for every member (slicing a parameter costs a zero-filled
+    full-size gradient in backward)."""
+    return p if members == slice(None) else p[members]
