@@ -5,7 +5,9 @@ sampler stream, gathers ``x = inputs[idx]`` ``[G, B, D]`` and runs the batched h
 (``torch.bmm`` over the member dimension). The loss is the sum over members of each member's
 masked mean loss, so one backward gives every member exactly its own gradient. SGD with
 momentum, weight decay and a cosine schedule is applied to the stacked parameters with
-per-member ``[G]`` learning rates, weight decays and momenta.
+per-member ``[G]`` learning rates, weight decays and momenta. With ``share_batches=True`` (a
+grid), adjacent members that draw the same batches read one gather ``[B, D]`` and a head with
+``forward_shared`` (linear, cosine) computes them all in one ``[B, D] @ [D, G·C]`` product.
 
 Why this shape:
 
