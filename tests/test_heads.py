@@ -177,6 +177,26 @@ def test_joint_training_equals_training_each_member_alone() -> None:
             torch.testing.assert_close(p[0], getattr(joint, name)[g], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", ["linear", "cosine"])
+def test_shared_batches_equal_one_gather_per_member(name: str) -> None:
+    # members 0-2 draw the same batches (one stream, one product), 3 its own (other seed,
+    # other loss), 4 the first stream again after it (not adjacent: its own run)
+    x, labels = _data()
+    pool = torch.arange(labels.numel())
+    members = [
+        MemberSpec(seed=0, epochs=3, batch_size=64, lr=lr, weight_decay=wd, sigma=5.0)
+        for lr, wd in ((0.1, 5e-4), (0.03, 0.0), (0.3, 1e-3))
+    ] + [MemberSpec(seed=1, epochs=2, batch_size=64, loss="focal", sampler="wrs", sigma=5.0),
+         MemberSpec(seed=0, epochs=2, batch_size=64, sigma=5.0)]
+    heads = [build_head(name, HeadContext(D, C), members) for _ in range(2)]
+    losses = [train_members(h, x, labels, [pool] * len(members), share_batches=share).epoch_loss
+              for h, share in zip(heads, (True, False), strict=True)]
+    for a, b in zip(heads[0].parameters(), heads[1].parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(*losses, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+
+
 def test_same_seed_twice_gives_the_same_head() -> None:
     x, labels = _data()
     spec = MemberSpec(seed=3, sampler="wrs", epochs=2, batch_size=64)
