@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from featcache.training import head_features, predict_logits, train_members
 from heads import LOSSES, HeadContext, MemberSpec, build_head
 from pipelines.train_head import (
     RunResult,
+    RunSettings,
     _check_common,
     checkpoint_for,
     combine_branches,
@@ -46,7 +47,7 @@ ENSEMBLES = ("logit", "feature", "mean")
 
 
 @dataclass(frozen=True)
-class TfaLtConfig:
+class TfaLtConfig(RunSettings):
     """Every setting of a TFA-LT run; stage II knobs carry the ``ensemble_`` prefix."""
 
     cache: str
@@ -68,17 +69,6 @@ class TfaLtConfig:
     la_tau: float = 1.0
     cb_beta: float = 0.9999
     tau: float | None = None
-    text_source: str = "auto"
-    template: str = "auto"
-    view: str = "standard"
-    feature: str = "embed"
-    tte: bool = False
-    posthoc_tau: float = 0.0
-    val_fraction: float = 0.0
-    test_per_class: int | None = None
-    device: str = "auto"
-    out: str | None = None
-    method: str = ""
 
     def __post_init__(self) -> None:
         if self.ensemble not in ENSEMBLES:
@@ -109,11 +99,6 @@ class TfaLtConfig:
         return MemberSpec(seed=seed, stream=f"tfa-lt/ensemble-{self.ensemble}",
                           sampler="instance", loss=self.ensemble_loss, lr=self.ensemble_lr,
                           epochs=self.ensemble_epochs, **self._shared(tau))
-
-    @classmethod
-    def knobs(cls) -> list[str]:
-        """Every setting's name (the CLI's long options with underscores)."""
-        return [f.name for f in fields(cls)]
 
 
 def run(cfg: TfaLtConfig) -> RunResult:

@@ -73,8 +73,33 @@ def _check_common(cfg: object) -> None:
         raise FeatcacheError("--tte evaluates on the five cached crops; it needs --view standard.")
 
 
+@dataclass(frozen=True, kw_only=True)
+class RunSettings:
+    """Settings every run on cached features shares: which features and text, how the split
+    is drawn and scored, where it runs and where it goes. (Keyword-only, so subclasses can
+    start with required fields such as ``cache``.)"""
+
+    text_source: str = "auto"
+    template: str = "auto"
+    view: str = "standard"
+    feature: str = "embed"
+    tte: bool = False
+    posthoc_tau: float = 0.0
+    val_fraction: float = 0.0
+    test_per_class: int | None = None
+    device: str = "auto"
+    out: str | None = None
+    method: str = ""
+
+    @classmethod
+    def knobs(cls) -> list[str]:
+        """Every setting's name (the CLI's long options with underscores), the method's own first."""
+        shared = [f.name for f in fields(RunSettings)]
+        return [f.name for f in fields(cls) if f.name not in shared] + shared
+
+
 @dataclass(frozen=True)
-class TrainHeadConfig:
+class TrainHeadConfig(RunSettings):
     """Every setting of a single-head run. Optimiser defaults are TFA-LT's (DESIGN.md §1)."""
 
     cache: str
@@ -95,17 +120,6 @@ class TrainHeadConfig:
     la_tau: float = 1.0
     cb_beta: float = 0.9999
     init: str = "random"
-    text_source: str = "auto"
-    template: str = "auto"
-    view: str = "standard"
-    feature: str = "embed"
-    tte: bool = False
-    posthoc_tau: float = 0.0
-    val_fraction: float = 0.0
-    test_per_class: int | None = None
-    device: str = "auto"
-    out: str | None = None
-    method: str = ""
 
     def __post_init__(self) -> None:
         HEADS.get(self.head), LOSSES.get(self.loss), SAMPLERS.get(self.sampler)
@@ -125,11 +139,6 @@ class TrainHeadConfig:
             gamma=self.gamma, la_tau=self.la_tau, cb_beta=self.cb_beta, tau=tau,
             sigma=self.sigma, init=self.init,
         )
-
-    @classmethod
-    def knobs(cls) -> list[str]:
-        """Every setting's name (the CLI's long options with underscores)."""
-        return [f.name for f in fields(cls)]
 
 
 # --------------------------------------------------------------------------------------
