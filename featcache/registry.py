@@ -28,13 +28,19 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name`` (lowercase, hyphenated, as users type it)."""
+        """Decorator registering ``obj`` under ``name`` (lowercase, hyphenated, as users type it).
+
+        A registered class that declares a ``name`` attribute gets it set to ``name``, so an
+        instance knows the key it was registered under.
+        """
         if name != name.lower() or "_" in name or " " in name:
             raise ValueError(f"{self.kind} names are lowercase and hyphenated, got {name!r}")
 
         def decorator(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
+            if isinstance(obj, type) and hasattr(obj, "name"):
+                obj.name = name
             self._items[name] = obj
             return obj
 

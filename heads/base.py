@@ -288,15 +288,7 @@ class _BatchedLinear(torch.autograd.Function):
 HEADS: Registry[type[Head]] = Registry("head")
 
 
-def register_head(name: str):  # noqa: ANN201 - a decorator factory
-    """Register a :class:`Head` subclass under ``name`` and set its ``name`` attribute."""
-    decorate = HEADS.register(name)
-
-    def wrap(cls: type[Head]) -> type[Head]:
-        cls.name = name
-        return decorate(cls)
-
-    return wrap
+register_head = HEADS.register  # sets the class's ``name`` (see Registry.register)
 
 
 def build_head(

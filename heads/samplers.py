@@ -51,15 +51,7 @@ class Sampler:
 SAMPLERS: Registry[type[Sampler]] = Registry("sampler")
 
 
-def register_sampler(name: str):  # noqa: ANN201 - a decorator factory
-    """Register a :class:`Sampler` subclass under ``name``."""
-    decorate = SAMPLERS.register(name)
-
-    def wrap(cls: type[Sampler]) -> type[Sampler]:
-        cls.name = name
-        return decorate(cls)
-
-    return wrap
+register_sampler = SAMPLERS.register  # sets the class's ``name`` (see Registry.register)
 
 
 @register_sampler("instance")
