@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
 import shutil
 from collections.abc import Iterator
@@ -38,8 +37,6 @@ import torch
 
 from featcache.datasets.base import Descriptor
 from featcache.errors import CacheError
-
-log = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 STR = h5py.string_dtype("utf-8")
@@ -235,6 +232,16 @@ def check_complete(path: str | Path) -> Path:
             "the end. Re-run the extraction that made it."
         )
     return path
+
+
+def complete_fingerprint(path: str | Path) -> str | None:
+    """The fingerprint of the complete cache at ``path``; None if it is missing, incomplete or unreadable."""
+    try:
+        check_complete(path)
+    except CacheError:
+        return None
+    with h5py.File(path, "r") as f:
+        return str(f.attrs["fingerprint"])
 
 
 def _strings(ds: h5py.Dataset) -> list[str]:

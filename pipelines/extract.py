@@ -30,7 +30,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from featcache import models
-from featcache.cache import CacheHeader, ShardStore, check_complete, fingerprint_of, write_cache
+from featcache.cache import (
+    CacheHeader,
+    ShardStore,
+    complete_fingerprint,
+    fingerprint_of,
+    write_cache,
+)
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.device import autocast, resolve_device, resolve_precision, synchronize
@@ -228,14 +234,7 @@ def describe(cfg: ExtractConfig, manifest: Manifest, backbone: models.Backbone, 
 def _prepare_target(out: Path, fingerprint: str, overwrite: bool, store: ShardStore, rank: int) -> bool:
     """Check an existing cache / partial extraction; returns True when the cache is already done."""
     if out.exists():
-        try:
-            check_complete(out)
-            import h5py
-
-            with h5py.File(out, "r") as f:
-                existing = str(f.attrs["fingerprint"])
-        except CacheError:
-            existing = None
+        existing = complete_fingerprint(out)
         if existing == fingerprint and not overwrite:
             return True
         if not overwrite:
@@ -281,7 +280,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     if rank == 0 and not store.exists():
         store.start(fingerprint, len(manifest), cfg.chunk_size)
     barrier()
-    _wait_for(store.dir / "state.json")
+    _wait_for(store.dir / "state.json")  # several nodes: a shared file system may lag the barrier
 
     done_before = store.done()
     mine = [k for k in range(store.num_chunks()) if k % world == rank and k not in done_before]

@@ -135,7 +135,9 @@ def run(cfg: ImportConfig) -> Path:
             text = reordered
         text = (text / np.linalg.norm(text, axis=-1, keepdims=True))[None]  # [1, C, D]
 
-    settings = {"imported_from": str(path.resolve()), "sha256": _sha256(path), "dataset": desc.name}
+    from featcache.models import file_sha256  # lazily: it imports open_clip
+
+    settings = {"imported_from": str(path.resolve()), "sha256": file_sha256(path), "dataset": desc.name}
     meta = {**settings, "model": "imported", "weights_id": "imported", "preprocessing": {"views": views}}
     header = CacheHeader(
         descriptor=desc, ids=ids, labels=labels, splits=splits, sources=ids, meta=meta,
@@ -149,9 +151,3 @@ def run(cfg: ImportConfig) -> Path:
     blocks = {name: {"embed": feats[:, j], "cls": feats[:, j]} for j, name in enumerate(views)}
     write_cache(out, header, iter([(np.arange(n), blocks)]))
     return out
-
-
-def _sha256(path: Path) -> str:
-    from featcache.models import file_sha256
-
-    return file_sha256(path)
