@@ -720,6 +720,30 @@ def metrics_json(metrics: pl.DataFrame, summary: pl.DataFrame) -> dict:
     return _json_safe(doc)
 
 
+def _style_column(axes, j: int, dataset: str, xlabel: str, ticks: list, base: int) -> None:  # noqa: ANN001
+    """Titles, log x axis with ticks at the values used, grid: column ``j`` (ACC row, AUC row)."""
+    for i, m in enumerate(("ACC", "AUC")):
+        ax = axes[i][j]
+        ax.set_title(f"{dataset} {m}")
+        ax.set_xlabel(xlabel)
+        ax.set_xscale("log", base=base)
+        ax.set_xticks(ticks, [str(v) for v in ticks])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+
+
+def _save(fig, axes, path: Path, title: str) -> Path:  # noqa: ANN001
+    """Legend, title, write the PNG, free the figure."""
+    import matplotlib.pyplot as plt
+
+    axes[0][0].legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def plot_size_resize(summary: pl.DataFrame, path: Path) -> Path:
     """ACC and AUC against image size, one line per backbone × method × resize, per data set."""
     import matplotlib
@@ -738,20 +762,8 @@ def plot_size_resize(summary: pl.DataFrame, path: Path) -> Path:
                 axes[i][j].errorbar(line["size"].to_list(), line[m].to_list(), yerr=line[f"{m}_std"].to_list(),
                                     marker="o", capsize=3, linestyle="-" if key[2] == "scale" else "--",
                                     label=" · ".join(map(str, key)))
-        for i, m in enumerate(("ACC", "AUC")):
-            axes[i][j].set_title(f"{d} {m}")
-            axes[i][j].set_xlabel("image size (px)")
-            axes[i][j].set_xscale("log", base=2)
-            sizes = sorted(part["size"].unique().to_list())
-            axes[i][j].set_xticks(sizes, [str(v) for v in sizes])
-            axes[i][j].minorticks_off()
-            axes[i][j].grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Image size × resize strategy (solid: scale, dashed: pad)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _style_column(axes, j, d, "image size (px)", sorted(part["size"].unique().to_list()), base=2)
+    return _save(fig, axes, path, "Image size × resize strategy (solid: scale, dashed: pad)")
 
 
 def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
@@ -773,20 +785,8 @@ def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
                                     marker="o", capsize=3, label=" · ".join(map(str, key)))
                 if len(full):
                     axes[i][j].axhline(full[m][0], linestyle=":", linewidth=1, color=axes[i][j].lines[-1].get_color())
-        for i, m in enumerate(("ACC", "AUC")):
-            axes[i][j].set_title(f"{d} {m}")
-            axes[i][j].set_xlabel("training images per class")
-            axes[i][j].set_xscale("log")
-            ns = sorted(part["per_class"].drop_nulls().unique().to_list())
-            axes[i][j].set_xticks(ns, [str(v) for v in ns])
-            axes[i][j].minorticks_off()
-            axes[i][j].grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.suptitle("Data efficiency (dotted: full training split)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+        _style_column(axes, j, d, "training images per class", sorted(part["per_class"].drop_nulls().unique().to_list()), base=10)
+    return _save(fig, axes, path, "Data efficiency (dotted: full training split)")
 
 
 def write_outputs(out: Path, cfg: BenchConfig, metrics: pl.DataFrame, summary: pl.DataFrame,
