@@ -153,20 +153,51 @@ class Preprocessing:
             return out
         if min(h, w) == size and (not crop or h == w):
             return x
-        # shorter side to `size`, then centre crop (what open_clip's "shortest" mode does)
-        scale = size / min(h, w)
-        nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+        # shorter side to `size`, then centre crop: open_clip's "shortest" mode, with
+        # torchvision's geometry (the longer side truncated, the crop offset rounded)
+        nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
         if self.resize == "pad":  # larger than the canvas: scale down to fit, then pad
             scale = size / max(h, w)
-            nh, nw = round(h * scale), round(w * scale)
+            nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         y = F.interpolate(x.float(), size=(nh, nw), mode=self.interpolation, antialias=True)
         y = y.round_().clamp_(0, 255).to(torch.uint8)
         if self.resize == "pad":
             return self.resize_arrays(y, size)
         if not crop:
             return y
-        top, left = (nh - size) // 2, (nw - size) // 2
+        top, left = int(round((nh - size) / 2.0)), int(round((nw - size) / 2.0))
         return y[..., top : top + size, left : left + size]
+
+    def views_of_images(self, images: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decoded uint8 [3, H_i, W_i] images of any sizes -> (standard [B, 3, S, S], TTE
+        crops [B, 5, 3, S, S] or None), on the images' device.
+
+        Images of one size are resized together (a data set's images usually share a few
+        sizes), so a batch costs a handful of kernels rather than one per image.
+        """
+        s = self.size
+        device = images[0].device
+        std = torch.empty((len(images), 3, s, s), dtype=torch.uint8, device=device)
+        tte = torch.empty((len(images), 5, 3, s, s), dtype=torch.uint8, device=device) if self.tte else None
+        by_shape: dict[tuple[int, ...], list[int]] = {}
+        for k, im in enumerate(images):
+            by_shape.setdefault(tuple(im.shape), []).append(k)
+        for rows in by_shape.values():
+            index = torch.tensor(rows, device=device)
+            std[index], crops = self.views_of_batch(torch.stack([images[k] for k in rows]))
+            if tte is not None:
+                tte[index] = crops
+        return std, tte
+
+    def views_of_batch(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """uint8 [B, 3, H, W] -> (standard [B, 3, S, S], TTE crops [B, 5, 3, S, S] or None).
+
+        TTE: the shorter side to S + e (aspect kept), then the five crops of the whole image.
+        """
+        std = self.resize_arrays(x, self.size)
+        if not self.tte:
+            return std, None
+        return std, five_crops(self.resize_arrays(x, self.size + self.tte_expand, crop=False), self.size)
 
     def normalize(self, x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """uint8 [..., 3, H, W] -> normalised float tensor of ``dtype`` (same device)."""
