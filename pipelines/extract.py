@@ -6,8 +6,11 @@
 2. resolve every setting that changes the features into ``meta`` and hash it (fingerprint);
 3. refuse an existing cache or unfinished extraction with another fingerprint (unless
    ``overwrite``), or resume one with the same fingerprint;
-4. encode this rank's pending chunks (workers decode to uint8, the device normalises,
-   crops and encodes) and save each finished chunk as a shard;
+4. encode this rank's pending chunks and save each finished chunk as a shard. Images reach
+   the device as uint8: decoded and resized by PIL in worker processes (``decoder="pil"``,
+   exactly open_clip's preprocessing), or read as bytes by the workers and decoded, resized
+   and cropped on the device (``decoder="device"``: nvJPEG on a GPU), or streamed from
+   pre-decoded arrays; the device normalises, cuts the TTE crops and encodes;
 5. on rank 0, once every chunk is there, encode the text prompts and assemble the cache.
 
 Under ``torchrun`` each rank takes every WORLD_SIZE-th chunk; the chunking does not depend on
@@ -39,6 +42,13 @@ from featcache.cache import (
 )
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
+from featcache.decode import (
+    FileBytes,
+    JpegDecoder,
+    collate_file_bytes,
+    decode_on_device,
+    jpeg_decoder,
+)
 from featcache.device import autocast, resolve_device, resolve_precision, synchronize
 from featcache.distributed import barrier, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
@@ -47,7 +57,8 @@ from featcache.prompts import render_templates
 
 log = logging.getLogger(__name__)
 
-VERSIONED = ("featcache", "torch", "torchvision", "open_clip_torch", "timm", "numpy", "pillow")
+VERSIONED = ("featcache", "torch", "torchvision", "torchcodec", "open_clip_torch", "timm", "numpy", "pillow")
+DECODERS = ("pil", "device")
 
 
 @dataclass(frozen=True)
@@ -62,10 +73,11 @@ class ExtractConfig:
     tte: bool = False  # (fp) also store the five TTE crops
     resize: str = "scale"  # (fp) scale | pad
     precision: str = "auto"  # (fp) fp32 | bf16 | fp16 | auto (bf16 on GPU, fp32 on CPU)
+    decoder: str = "pil"  # (fp, image files only) pil | device (torchvision.io; nvJPEG on a GPU)
     out: str | None = None
     device: str = "auto"
     batch_size: int = 256
-    workers: int | None = None  # decoding processes; None = min(8, CPUs)
+    workers: int | None = None  # decoding processes; None = default_workers()
     chunk_size: int = 4096  # rows per resumable shard (fp: it fixes the batching)
     skip_bad: bool = False
     overwrite: bool = False
@@ -79,6 +91,8 @@ class ExtractConfig:
             raise FeatcacheError(f"--chunk-size must be at least 1, got {self.chunk_size}.")
         if self.workers is not None and self.workers < 0:
             raise FeatcacheError(f"--workers must be 0 or more, got {self.workers}.")
+        if self.decoder not in DECODERS:
+            raise FeatcacheError(f"Unknown --decoder '{self.decoder}'. Choose from: {', '.join(DECODERS)}.")
 
 
 @dataclass
@@ -92,10 +106,16 @@ class ExtractResult:
     resumed_chunks: int
     skipped: list[tuple[str, str]]
     already_complete: bool = False
+    input_seconds: float = 0.0  # of ``seconds``, spent getting the next batch ready (rank 0)
 
     @property
     def images_per_second(self) -> float:
         return self.num_encoded / self.seconds if self.seconds > 0 else float("nan")
+
+    @property
+    def input_fraction(self) -> float:
+        """Share of the time the encoder waited for input: near 1 = input-bound, near 0 = compute-bound."""
+        return self.input_seconds / self.seconds if self.seconds > 0 else float("nan")
 
 
 def default_out(cfg: ExtractConfig) -> Path:
@@ -109,6 +129,15 @@ def default_out(cfg: ExtractConfig) -> Path:
     if cfg.resize != "scale":
         parts.append(cfg.resize)
     return Path("caches") / ("-".join(parts) + ".h5")
+
+
+def default_workers() -> int:
+    """Decoding processes per rank: this node's usable CPUs shared among its ranks, 1 to 16."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(16, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def library_versions() -> dict[str, str]:
@@ -172,6 +201,26 @@ def _batches_from_files(
         yield rows, std, (tte if prep.tte else None), errs
 
 
+def _batches_decoded_on_device(
+    manifest: Manifest, prep: Preprocessing, batches: list[list[int]], workers: int, device: torch.device,
+    decode: JpegDecoder,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
+    """Workers read file bytes; the device decodes, resizes and cuts the TTE crops."""
+    loader = DataLoader(
+        FileBytes(manifest),
+        batch_sampler=batches,
+        num_workers=workers,
+        collate_fn=collate_file_bytes,
+        pin_memory=device.type == "cuda",
+        prefetch_factor=4 if workers else None,
+    )
+    for rows, payloads, is_jpeg, errs in loader:
+        sources = [manifest.sources[r] for r in rows.tolist()]
+        images = decode_on_device(decode, payloads, is_jpeg, sources, errs, device)
+        std, tte = prep.views_of_images(images)
+        yield rows, std, tte, errs
+
+
 def _batches_from_arrays(
     manifest: Manifest, prep: Preprocessing, batches: list[list[int]], device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
@@ -198,27 +247,36 @@ def _batches_from_arrays(
         if pinned:
             copied[slot] = torch.cuda.Event()
             copied[slot].record()
-        std = prep.resize_arrays(x, prep.size)
-        tte = None
-        if prep.tte:  # shorter side to S + e, then the five crops, all on the device
-            tte = five_crops(prep.resize_arrays(x, prep.size + prep.tte_expand, crop=False), prep.size)
+        std, tte = prep.views_of_batch(x)  # resized and cropped on the device
         yield torch.tensor(rows), std, tte, [""] * len(rows)
 
 
 # --------------------------------------------------------------------------------------
 
 
-def describe(cfg: ExtractConfig, manifest: Manifest, backbone: models.Backbone, prep: Preprocessing, precision: str) -> tuple[dict, str, str]:
-    """(meta, fingerprint, model_fingerprint) of an extraction."""
+def describe(
+    cfg: ExtractConfig, manifest: Manifest, backbone: models.Backbone, prep: Preprocessing, precision: str, decoder: str | None
+) -> tuple[dict, str, str]:
+    """(meta, fingerprint, model_fingerprint) of an extraction.
+
+    The model fingerprint covers what makes two caches' standard features comparable (model,
+    weights, the standard view's preprocessing, precision), so a head trained on one cache can
+    predict on another; the fingerprint covers every setting of this cache. ``decoder`` says
+    how files were decoded and resized: ``pil`` (open_clip's own transform) or
+    ``device:<library>``; ``None`` for pre-decoded arrays.
+    """
+    preprocessing = prep.to_dict()
     model_settings = {
         "model": backbone.name,
         "pretrained": backbone.pretrained if backbone.weights_id != backbone.pretrained else backbone.weights_id,
         "weights_id": backbone.weights_id,
-        "preprocessing": prep.to_dict(),
+        "preprocessing": {k: v for k, v in preprocessing.items() if k not in ("tte", "tte_expand", "views")},
         "precision": precision,
     }
     meta = {
         **model_settings,
+        "preprocessing": preprocessing,
+        "decoder": decoder,
         "dataset": cfg.dataset,
         "dataset_options": cfg.dataset_options,
         "root": str(Path(cfg.root).resolve()) if cfg.root else None,
@@ -269,7 +327,9 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
     backbone = models.load_backbone(cfg.model, cfg.pretrained, device=device)
     prep = Preprocessing.from_open_clip(backbone.preprocess, resize=cfg.resize, tte=cfg.tte)
-    meta, fingerprint, model_fp = describe(cfg, manifest, backbone, prep, precision)
+    jpeg = jpeg_decoder(device) if cfg.decoder == "device" and manifest.arrays is None else None
+    decoder = None if manifest.arrays is not None else "pil" if jpeg is None else f"device:{jpeg[0]}"
+    meta, fingerprint, model_fp = describe(cfg, manifest, backbone, prep, precision, decoder)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     store = ShardStore(out)
 
@@ -285,20 +345,20 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     done_before = store.done()
     mine = [k for k in range(store.num_chunks()) if k % world == rank and k not in done_before]
     t0 = time.perf_counter()
-    encoded = _encode_chunks(cfg, manifest, backbone, prep, store, mine, device, dtype)
+    encoded, input_seconds = _encode_chunks(cfg, manifest, backbone, prep, store, mine, device, dtype, jpeg)
     synchronize(device)
     seconds = time.perf_counter() - t0
     barrier()
 
     skipped: list[tuple[int, str]] = []
     if rank == 0:
-        _wait_for_chunks(store)
+        _wait_for_chunks(store, timeout=300.0 if world > 1 else 0.0)
         skipped = _assemble(out, cfg, manifest, backbone, prep, store, meta, fingerprint, model_fp, device)
         store.remove()
     barrier()  # every rank returns only once the cache is complete
     return ExtractResult(
         out, len(manifest), encoded, seconds, len(done_before),
-        [(manifest.sources[r], why) for r, why in skipped],
+        [(manifest.sources[r], why) for r, why in skipped], input_seconds=input_seconds,
     )
 
 
@@ -311,10 +371,12 @@ def _encode_chunks(
     chunks: list[int],
     device: torch.device,
     dtype: torch.dtype,
-) -> int:
-    """Encode ``chunks`` and save each as a shard; returns the number of images encoded."""
+    jpeg: tuple[str, JpegDecoder] | None = None,
+) -> tuple[int, float]:
+    """Encode ``chunks`` and save each as a shard; returns (images encoded, seconds spent
+    waiting for input)."""
     if not chunks:
-        return 0
+        return 0, 0.0
     visual = backbone.visual
     if dtype != torch.float32 and device.type == "cuda":
         visual = visual.to(dtype)  # frozen inference: half weights beat autocast (DESIGN §6)
@@ -326,11 +388,14 @@ def _encode_chunks(
             batches.append(rows[i : i + cfg.batch_size])
             owner.append(k)
     n_total = sum(len(b) for b in batches)
+    workers = cfg.workers if cfg.workers is not None else default_workers()
     if manifest.arrays is not None:
         stream = _batches_from_arrays(manifest, prep, batches, device)
+    elif jpeg is not None:
+        stream = _batches_decoded_on_device(manifest, prep, batches, workers, device, jpeg[1])
     else:
-        workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
         stream = _batches_from_files(manifest, prep, batches, workers, device.type == "cuda")
+    waited = [0.0]
 
     pending: dict[int, list] = {}
     remaining = {k: sum(1 for o in owner if o == k) for k in chunks}
@@ -351,7 +416,7 @@ def _encode_chunks(
 
     previous = None
     with torch.inference_mode():
-        for b, (rows, std, tte, errs) in enumerate(stream):
+        for b, (rows, std, tte, errs) in enumerate(_timed(stream, waited)):
             bad = [(int(r), e) for r, e in zip(rows.tolist(), errs, strict=True) if e]
             if bad and not cfg.skip_bad:
                 raise DataError(
@@ -377,7 +442,20 @@ def _encode_chunks(
         if previous is not None:
             finish(*previous)
     bar.close()
-    return n_total
+    return n_total, waited[0]
+
+
+def _timed(stream: Iterator, waited: list[float]) -> Iterator:
+    """Yield from ``stream``, adding the seconds spent waiting for each item to ``waited[0]``."""
+    it = iter(stream)
+    while True:
+        t = time.perf_counter()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        waited[0] += time.perf_counter() - t
+        yield item
 
 
 def _assemble(
@@ -438,10 +516,14 @@ def _wait_for(path: Path, timeout: float = 600.0) -> None:
         time.sleep(0.05)
 
 
-def _wait_for_chunks(store: ShardStore) -> None:
-    missing = set(range(store.num_chunks())) - store.done()
-    if missing:
-        raise CacheError(
-            f"Extraction into {store.dir} is missing chunks {sorted(missing)[:10]} after all ranks "
-            "finished; run the same command again to complete them."
-        )
+def _wait_for_chunks(store: ShardStore, timeout: float = 300.0) -> None:
+    """Wait until every chunk's shard is visible (other nodes' shards can lag on a shared
+    file system); a chunk still missing after ``timeout`` seconds is an error."""
+    t = time.monotonic()
+    while missing := set(range(store.num_chunks())) - store.done():
+        if time.monotonic() - t > timeout:
+            raise CacheError(
+                f"Extraction into {store.dir} is missing chunks {sorted(missing)[:10]} after all ranks "
+                "finished; run the same command again to complete them."
+            )
+        time.sleep(0.2)

@@ -132,6 +132,106 @@ def test_arrays_and_pil_paths_agree(tmp_path: Path) -> None:
     assert diff.mean() < 0.6 and np.percentile(diff, 99) <= 2
 
 
+def _smooth(h: int, w: int, seed: int) -> np.ndarray:
+    """A photo-like image: gradients plus a little noise (resampling differences stay small)."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 255 / w, y * 255 / h, (x + y) * 127 / (h + w) + rng.integers(0, 40, (h, w))], -1)
+    return img.astype(np.uint8)
+
+
+def _jpeg_folder(root: Path) -> Path:
+    """JPEGs of several sizes (up- and downscaled, odd offsets), a grey and a CMYK JPEG, a PNG."""
+    sizes = {"a": [(45, 60), (150, 200), (37, 50)], "b": [(300, 200), (33, 33), (45, 60)]}
+    for c, shapes in sizes.items():
+        (root / c).mkdir(parents=True)
+        for i, (h, w) in enumerate(shapes):
+            Image.fromarray(_smooth(h, w, seed=i)).save(root / c / f"{c}{i}.jpg", quality=90)
+    Image.fromarray(_smooth(40, 52, 7)).convert("L").save(root / "a" / "grey.jpg")
+    Image.fromarray(_smooth(40, 52, 8)).convert("CMYK").save(root / "b" / "cmyk.jpg")
+    Image.fromarray(_smooth(41, 30, 9)).save(root / "b" / "b9.png")
+    return root
+
+
+@pytest.mark.parametrize("library", ["torchcodec", "torchvision"])
+def test_device_decoder_matches_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, library: str) -> None:
+    """--decoder device (JPEGs decoded, resized and cropped on the device) gives the PIL
+    path's pixels within one level, so the same features; TTE crops included."""
+    import pipelines.extract
+    from featcache.decode import jpeg_decoder
+
+    name, decode = jpeg_decoder(torch.device("cpu"), prefer=library)
+    if name != library:
+        pytest.skip(f"{library} is not installed")
+    monkeypatch.setattr(pipelines.extract, "jpeg_decoder", lambda device: (name, decode))
+    root = _jpeg_folder(tmp_path / "imgs")
+    backbone = load_backbone("tiny-clip")
+    prep = Preprocessing.from_open_clip(backbone.preprocess, tte=True)
+    standard, big = prep.pil_transforms()
+    for path in sorted(root.rglob("*.jpg")):
+        pil = Image.open(path).convert("RGB")
+        ref_std = pil_to_uint8(standard(pil))
+        ref_tte = five_crops(pil_to_uint8(big(pil))[None], prep.size)[0]
+        data = torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8)
+        std, tte = prep.views_of_images([decode(data, torch.device("cpu"))])
+        assert (std[0].int() - ref_std.int()).abs().max() <= 1, path.name
+        assert (tte[0].int() - ref_tte.int()).abs().max() <= 1, path.name
+
+    caches = {}
+    for decoder in ("pil", "device"):
+        caches[decoder] = open_cache(_extract(tmp_path, f"{decoder}.h5", dataset="folder", root=str(root),
+                                              tte=True, decoder=decoder, batch_size=4))
+    a, b = caches["pil"], caches["device"]
+    assert a.ids == b.ids and a.fingerprint != b.fingerprint
+    assert a.meta["decoder"] == "pil" and b.meta["decoder"] == f"device:{library}"
+    assert a.model_fingerprint == b.model_fingerprint  # a head trained on one predicts on the other
+    for view in a.views:
+        cos = torch.nn.functional.cosine_similarity(a.features(view), b.features(view))
+        assert cos.min() > 0.999, view
+
+
+def test_device_decoder_names_bad_files(tmp_path: Path) -> None:
+    root = _jpeg_folder(tmp_path / "imgs")
+    good = (root / "a" / "a1.jpg").read_bytes()
+    (root / "a" / "a1.jpg").write_bytes(good[: len(good) // 2])  # truncated JPEG
+    (root / "b" / "b0.jpg").write_bytes(b"")  # empty
+    with pytest.raises(DataError, match="a1.jpg"):
+        _extract(tmp_path, dataset="folder", root=str(root), decoder="device")
+    cache = open_cache(_extract(tmp_path, dataset="folder", root=str(root), decoder="device", skip_bad=True))
+    assert sorted(Path(s["source"]).name for s in cache.skipped) == ["a1.jpg", "b0.jpg"]
+    assert len(cache) == 7
+    with pytest.raises(FeatcacheError, match="Unknown --decoder 'nvjpeg'"):
+        ExtractConfig(dataset="folder", decoder="nvjpeg")
+
+
+def test_jpeg_decoder_falls_back_and_says_when_none_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    import featcache.decode as decode_mod
+
+    def broken() -> None:
+        raise ImportError("no module named torchcodec")
+
+    def no_device_decoder():  # noqa: ANN202
+        def decode(data: torch.Tensor, device: torch.device) -> torch.Tensor:
+            raise RuntimeError("decode_jpeg: this build has no decoder for this device")
+        return decode
+
+    candidates = dict(decode_mod._CANDIDATES)
+    monkeypatch.setitem(decode_mod._CANDIDATES, "torchcodec", no_device_decoder)
+    name, decode = decode_mod.jpeg_decoder(torch.device("cpu"))
+    assert name == "torchvision"  # a candidate that fails the probe is passed over
+    monkeypatch.setitem(decode_mod._CANDIDATES, "torchvision", broken)
+    with pytest.raises(FeatcacheError, match=r"no JPEG decoder that runs on cpu .*torchcodec: decode_jpeg.*torchvision: no module"):
+        decode_mod.jpeg_decoder(torch.device("cpu"))
+    assert set(candidates) == {"torchcodec", "torchvision"}
+
+
+def test_arrays_cache_records_no_decoder_and_tte_keeps_model_fingerprint(tmp_path: Path) -> None:
+    plain = open_cache(_extract(tmp_path, "plain.h5", decoder="device"))
+    tte = open_cache(_extract(tmp_path, "tte.h5", tte=True))
+    assert plain.meta["decoder"] is None  # arrays are neither decoded nor resized by PIL
+    assert plain.model_fingerprint == tte.model_fingerprint and plain.fingerprint != tte.fingerprint
+
+
 def _cli_extract_args(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     return [
         "extract", "--dataset", "synthetic-lt", "--option", "max_per_class=1500", "--option", "imbalance=10",
@@ -331,3 +431,43 @@ def test_two_process_torchrun_equals_one_process(tmp_path: Path) -> None:
     assert a.ids == b.ids and a.fingerprint == b.fingerprint
     torch.testing.assert_close(a.features(), b.features())
     torch.testing.assert_close(a.features(kind="cls"), b.features(kind="cls"))
+
+
+@pytest.mark.slow
+def test_two_node_torchrun_equals_one_process(tmp_path: Path) -> None:
+    """Multi-node: two torchrun launches (node ranks 0 and 1, one process each, a static
+    rendezvous on localhost) share a folder as nodes share a file system; one cache results,
+    and a second launch of the same pair finds it complete."""
+    import socket
+
+    one = _extract(tmp_path, "one.h5", chunk_size=40, batch_size=20, tte=True)
+    two = tmp_path / "two.h5"
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+
+    def launch() -> list[subprocess.CompletedProcess]:
+        procs = [
+            subprocess.Popen(
+                [str(torchrun), "--nnodes=2", f"--node_rank={node}", "--nproc_per_node=1",
+                 "--master_addr=127.0.0.1", f"--master_port={port}", "-m", "featcache", "extract",
+                 "--dataset", "synthetic-lt", "--tte", "--workers", "0", "--chunk-size", "40",
+                 "--batch-size", "20", "--out", str(two)],
+                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )
+            for node in (0, 1)
+        ]
+        outputs = [p.communicate(timeout=300) for p in procs]
+        return [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
+
+    for rc, _, err in launch():
+        assert rc == 0, err[-3000:]
+    a, b = open_cache(one), open_cache(two)
+    assert a.ids == b.ids and a.fingerprint == b.fingerprint and b.views == a.views
+    for view in a.views:
+        torch.testing.assert_close(a.features(view), b.features(view))
+    results = launch()
+    assert all(rc == 0 for rc, _, _ in results)
+    assert "already complete" in results[0][1]

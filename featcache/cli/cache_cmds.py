@@ -53,13 +53,14 @@ def datasets_cmd() -> None:
 @click.option("--out", type=click.Path(), default=None, help="Cache file [default: caches/<dataset>-<model>-<weights>.h5].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
+@click.option("--decoder", type=click.Choice(("pil", "device")), default="pil", show_default=True, help="Image files: pil = decode and resize with PIL in the workers (exactly open_clip's preprocessing); device = workers only read the bytes, torchvision decodes JPEGs on the --device (nvJPEG on a GPU) and resizes and crops there (pixels within a level or two of PIL's).")
 @click.option("--batch-size", type=int, default=256, show_default=True)
-@click.option("--workers", type=int, default=None, help="Decoding processes [default: min(8, CPUs)].")
+@click.option("--workers", type=int, default=None, help="Decoding processes per rank [default: this node's CPUs / its ranks, at most 16].")
 @click.option("--chunk-size", type=int, default=4096, show_default=True, help="Images per resumable shard.")
 @click.option("--skip-bad", is_flag=True, help="Record unreadable images in the cache and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other arguments.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image encoder.")
-def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pretrained, tte, resize, out, device, precision, batch_size, workers, chunk_size, skip_bad, overwrite, compile_) -> None:  # noqa: ANN001
+def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pretrained, tte, resize, out, device, precision, decoder, batch_size, workers, chunk_size, skip_bad, overwrite, compile_) -> None:  # noqa: ANN001
     """Run a frozen open_clip image encoder over a data set once and write the HDF5 cache.
 
     Resumable: if interrupted, run the same command again. Works under
@@ -74,7 +75,7 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
             opts[key] = value
     cfg = ExtractConfig(
         dataset=dataset, root=root, dataset_options=opts, model=model, pretrained=pretrained,
-        tte=tte, resize=resize, out=out, device=device, precision=precision, batch_size=batch_size,
+        tte=tte, resize=resize, out=out, device=device, precision=precision, decoder=decoder, batch_size=batch_size,
         workers=workers, chunk_size=chunk_size, skip_bad=skip_bad, overwrite=overwrite, compile=compile_,
     )
     if model == "tiny-clip" and dataset != "synthetic-lt":
@@ -93,8 +94,14 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
     resumed = f", resumed after {result.resumed_chunks} finished chunk(s)" if result.resumed_chunks else ""
     click.echo(
         f"Encoded {result.num_encoded} of {result.num_images} images in {result.seconds:.1f} s "
-        f"({result.images_per_second:,.0f} img/s{resumed})."
+        f"({result.images_per_second:,.0f} img/s{resumed}; {result.input_fraction:.0%} of it waiting "
+        "for input)."
     )
+    if result.num_encoded and result.input_fraction > 0.5:
+        click.echo(
+            "Extraction was input-bound: more --workers (if CPUs are idle) or --decoder device "
+            "(JPEGs on a GPU) may help.", err=True,
+        )
     if result.skipped:
         click.echo(f"Skipped {len(result.skipped)} unreadable image(s) (listed by `featcache info`).", err=True)
     click.echo(f"Wrote cache {result.out}")

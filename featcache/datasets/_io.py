@@ -14,20 +14,25 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from featcache.datasets.base import open_rgb
+from featcache.datasets.base import open_rgb, read_image_bytes
 from featcache.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
 
 
 class PathLoader:
-    """``loader(i)`` opens ``paths[i]`` fully as RGB (errors name the file, see ``open_rgb``)."""
+    """``loader(i)`` opens ``paths[i]`` fully as RGB (errors name the file, see ``open_rgb``);
+    ``loader.read_bytes(i)`` returns its bytes undecoded."""
 
     def __init__(self, paths: list[Path]) -> None:
         self.paths = paths
 
     def __call__(self, i: int) -> Image.Image:
         return open_rgb(self.paths[i])
+
+    def read_bytes(self, i: int) -> bytes:
+        """The undecoded bytes of ``paths[i]`` (for decoding on the device)."""
+        return read_image_bytes(self.paths[i])
 
 
 class ArrayLoader:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -170,6 +171,17 @@ class Manifest:
         """Image ``i`` as an RGB PIL image; unreadable files raise ``DataError`` naming the file."""
         return self.loader(i)
 
+    @property
+    def has_files(self) -> bool:
+        """True when every image is a file whose bytes ``read_bytes`` returns (not pre-decoded)."""
+        return self.arrays is None and callable(getattr(self.loader, "read_bytes", None))
+
+    def read_bytes(self, i: int) -> bytes:
+        """The encoded bytes of image file ``i``; missing, unreadable or empty files raise ``DataError``."""
+        if not self.has_files:
+            raise FeatcacheError(f"Data set {self.descriptor.name} has no image files to read bytes from.")
+        return self.loader.read_bytes(i)
+
     def check_classes_nonempty(self) -> None:
         """Refuse a data set in which a class has no images (it cannot be learned or scored)."""
         if self.labels.ndim != 1:
@@ -228,19 +240,31 @@ def _check_options(name: str, adapter: Adapter, options: dict) -> None:
 
 def open_rgb(path: str | Path) -> Image.Image:
     """Open an image file fully (so truncation is caught here) as RGB; errors name the file."""
-    path = Path(path)
+    return decode_rgb(read_image_bytes(path), path)
+
+
+def decode_rgb(data: bytes, path: str | Path) -> Image.Image:
+    """Decode an image file's bytes fully with PIL as RGB; errors name ``path``."""
     try:
-        if path.stat().st_size == 0:
-            raise DataError(f"Image file {path} is empty (0 bytes).")
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             im.load()
             return im.convert("RGB")
-    except FileNotFoundError:
-        raise DataError(f"Image file {path} does not exist.") from None
-    except DataError:
-        raise
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"Image file {path} could not be read: {e}") from None
+
+
+def read_image_bytes(path: str | Path) -> bytes:
+    """The bytes of an image file, undecoded; missing, unreadable or empty files raise ``DataError``."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"Image file {path} does not exist.") from None
+    except OSError as e:
+        raise DataError(f"Image file {path} could not be read: {e}") from None
+    if not data:
+        raise DataError(f"Image file {path} is empty (0 bytes).")
+    return data
 
 
 def class_counts(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -264,6 +288,8 @@ __all__ = [
     "build_manifest",
     "class_counts",
     "data_dir",
+    "decode_rgb",
     "load_descriptor",
     "open_rgb",
+    "read_image_bytes",
 ]
