@@ -206,6 +206,22 @@ class Preprocessing:
         return ((x.float() / 255.0 - mean) / std).to(dtype)
 
 
+def as_rgb(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [B, C, H, W] with C = 1 (grey) or 3 -> [B, 3, H, W]; grey is broadcast (a view)."""
+    return x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+
+
+def array_batch(arrays: np.ndarray, rows: np.ndarray | list[int], device: torch.device | None = None) -> torch.Tensor:
+    """Rows of pre-decoded [N, H, W, C] uint8 arrays -> uint8 [B, 3, H, W] on ``device``.
+
+    Grey rows travel as one channel and are broadcast to three only there.
+    """
+    x = torch.from_numpy(np.ascontiguousarray(arrays[rows]))
+    if device is not None:
+        x = x.to(device, non_blocking=True)
+    return as_rgb(x.permute(0, 3, 1, 2))
+
+
 def _pad(im: Image.Image, size: int) -> Image.Image:
     """Centre ``im`` on a black size×size canvas (scaling it down first if it is larger)."""
     w, h = im.size

@@ -60,7 +60,7 @@ from featcache.datasets.medmnist import SIZES, SUBSETS, find_npz, medmnist_descr
 from featcache.device import autocast, resolve_device
 from featcache.errors import DataError, FeatcacheError, did_you_mean, unknown
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
-from featcache.preprocess import RESIZE_MODES, Preprocessing
+from featcache.preprocess import RESIZE_MODES, Preprocessing, array_batch
 from pipelines import extract
 
 log = logging.getLogger(__name__)
@@ -443,7 +443,7 @@ def finetune_once(
     """Fine-tune one backbone end to end on rows ``pool``; return scores ``[n, C]`` per eval split.
 
     AdamW with two groups: the head (``finetune_head_lr``, decayed like the probe) and the
-    encoder (``encoder_lr``, constant). Images are ``arrays`` ``[N, H, W, 3]`` uint8 brought to
+    encoder (``encoder_lr``, constant). Images are ``arrays`` ``[N, H, W, C]`` uint8 brought to
     the model's size by ``resize`` exactly as extraction does.
     """
     torch.manual_seed(seed)
@@ -472,7 +472,7 @@ def finetune_once(
     y_all = y_all.float() if multi else y_all.long()
 
     def encode(rows: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(arrays[rows])).to(device).permute(0, 3, 1, 2)
+        x = array_batch(arrays, rows, device)
         x = prep.normalize(prep.resize_arrays(x, prep.size), torch.float32)  # [b, 3, S, S]
         with autocast(device, dtype):
             feats = models.image_features(visual, x)[kind]

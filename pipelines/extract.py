@@ -52,7 +52,7 @@ from featcache.decode import (
 from featcache.device import autocast, resolve_device, resolve_precision, synchronize
 from featcache.distributed import barrier, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
-from featcache.preprocess import TTE_VIEWS, Preprocessing, five_crops, pil_to_uint8
+from featcache.preprocess import TTE_VIEWS, Preprocessing, as_rgb, five_crops, pil_to_uint8
 from featcache.prompts import render_templates
 
 log = logging.getLogger(__name__)
@@ -224,7 +224,8 @@ def _batches_decoded_on_device(
 def _batches_from_arrays(
     manifest: Manifest, prep: Preprocessing, batches: list[list[int]], device: torch.device
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
-    """Pre-decoded [N, H, W, 3] uint8 arrays: no PIL, no workers; resized and cropped on the device.
+    """Pre-decoded [N, H, W, C] uint8 arrays: no PIL, no workers; resized and cropped on the device
+    (grey arrays travel as one channel and are broadcast to three there).
 
     On a GPU each batch is staged in one of two pinned host buffers and copied with
     ``non_blocking=True``, so the copy of batch b+1 overlaps the encoding of batch b; a buffer
@@ -243,7 +244,7 @@ def _batches_from_arrays(
             if copied[slot] is not None:
                 copied[slot].synchronize()
             host = pinned[slot][: len(rows)].copy_(host)
-        x = host.to(device, non_blocking=True).permute(0, 3, 1, 2)  # [B, 3, H, W] uint8
+        x = as_rgb(host.to(device, non_blocking=True).permute(0, 3, 1, 2))  # [B, 3, H, W] uint8
         if pinned:
             copied[slot] = torch.cuda.Event()
             copied[slot].record()

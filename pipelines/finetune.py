@@ -53,7 +53,7 @@ from featcache.errors import FeatcacheError
 from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
 from featcache.metrics import compute_metrics, summarize
 from featcache.peft import MethodConfig, apply_method, count_parameters, make_config
-from featcache.preprocess import Preprocessing, five_crops, pil_to_uint8
+from featcache.preprocess import Preprocessing, array_batch, five_crops, pil_to_uint8
 from featcache.prompts import LIFT
 from featcache.runs import RunWriter, write_json
 from featcache.splits import PROTOCOLS, Split, make_split, resolve_protocol
@@ -277,7 +277,7 @@ class TrainImages(Dataset):
         labels = self.labels[ks]
         arrays = self.manifest.arrays
         if arrays is not None:
-            x = torch.from_numpy(np.ascontiguousarray(arrays[rows])).permute(0, 3, 1, 2)  # [B, 3, H, W]
+            x = array_batch(arrays, rows)  # [B, 3, H, W]
             hw = torch.tensor([x.shape[-2], x.shape[-1]]).expand(len(rows), 2).contiguous()
             return x.contiguous(), hw, labels
         c = self.canvas
@@ -320,7 +320,7 @@ class EvalImages(Dataset):
     def __getitems__(self, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows = self.rows[ks]
         if self.manifest.arrays is not None:
-            x = torch.from_numpy(np.ascontiguousarray(self.manifest.arrays[rows])).permute(0, 3, 1, 2)
+            x = array_batch(self.manifest.arrays, rows)
             return torch.as_tensor(ks), x.contiguous(), None
         std, crops = [], []
         for row in rows:

@@ -38,6 +38,7 @@ from featcache.datasets.base import data_dir
 from featcache.datasets.cifar import cifar_lt_counts
 from featcache.datasets.medmnist import SUBSETS
 from featcache.errors import DataError, FeatcacheError
+from featcache.preprocess import array_batch
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -238,14 +239,15 @@ def test_medmnist_variants(tmp_path: Path, subset: str, kwargs: dict) -> None:
     m = build_manifest("medmnist", tmp_path, subset=subset)
     n = sum(len(arrays[f"{s}_images"]) for s in ("train", "val", "test"))
     assert m.descriptor.name == f"medmnist-{subset}" and len(m) == n
-    assert m.arrays.shape == (n, 28, 28, 3) and m.arrays.dtype == np.uint8
+    channels = 1 if arrays["test_images"][0].ndim == 2 else 3  # grey sets stay one channel
+    assert m.arrays.shape == (n, 28, 28, channels) and m.arrays.dtype == np.uint8
     assert m.ids[:2] == ["train-0", "train-1"] and m.sources[0] == f"{path.name}#train/0"
     assert m.splits.count("val") == len(arrays["val_images"])
     first_test = m.splits.index("test")
     assert m.sources[first_test] == f"{path.name}#test/0"
     raw = arrays["test_images"][0]
     expected = raw if raw.ndim == 3 else np.repeat(raw[..., None], 3, axis=2)
-    assert np.array_equal(m.arrays[first_test], expected)
+    assert np.array_equal(array_batch(m.arrays, [first_test])[0].permute(1, 2, 0).numpy(), expected)
     assert np.array_equal(np.asarray(m.load(first_test)), expected) and m.load(0).mode == "RGB"
     labels = np.concatenate([arrays[f"{s}_labels"] for s in ("train", "val", "test")])
     if kwargs.get("multi_label"):
@@ -484,7 +486,7 @@ def test_shared_ham10000() -> None:
 def test_shared_medmnist() -> None:
     m = build_manifest("medmnist", SHARED / "medmnist", subset="pneumoniamnist")
     assert [m.splits.count(s) for s in ("train", "val", "test")] == [4708, 524, 624]
-    assert m.arrays.shape == (5856, 28, 28, 3)
+    assert m.arrays.shape == (5856, 28, 28, 1)
     assert np.bincount(m.labels[np.array(m.splits) == "train"]).tolist() == [1214, 3494]
     b = build_manifest("medmnist", SHARED / "medmnist", subset="breastmnist")  # flat (N,) labels
     assert [b.splits.count(s) for s in ("train", "val", "test")] == [546, 78, 156]

@@ -15,10 +15,12 @@ import open_clip
 import pytest
 import torch
 from click.testing import CliRunner
+from fixtures_data import write_medmnist
 from PIL import Image
 
 from featcache.cache import CacheHeader, ShardStore, open_cache, write_cache
 from featcache.cli import main
+from featcache.datasets import build_manifest
 from featcache.datasets.base import Descriptor
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.models import image_features, load_backbone
@@ -202,6 +204,23 @@ def test_device_decoder_names_bad_files(tmp_path: Path) -> None:
     assert len(cache) == 7
     with pytest.raises(FeatcacheError, match="Unknown --decoder 'nvjpeg'"):
         ExtractConfig(dataset="folder", decoder="nvjpeg")
+
+
+def test_grey_arrays_stay_one_channel_and_extract_as_rgb(tmp_path: Path) -> None:
+    """A grey MedMNIST set is held as [N, H, W, 1] and gives the features of the same images
+    stored as three equal channels (broadcast on the device, bit for bit)."""
+    _, arrays = write_medmnist(tmp_path / "grey", "pneumoniamnist")
+    rgb = {k: (np.repeat(v[..., None], 3, axis=3) if k.endswith("images") else v) for k, v in arrays.items()}
+    (tmp_path / "rgb").mkdir()
+    np.savez(tmp_path / "rgb" / "pneumoniamnist.npz", **rgb)
+    assert build_manifest("medmnist", tmp_path / "grey", subset="pneumoniamnist").arrays.shape[-1] == 1
+    caches = [
+        open_cache(_extract(tmp_path, f"{name}.h5", dataset="medmnist", root=str(tmp_path / name),
+                            dataset_options={"subset": "pneumoniamnist"}, tte=True))
+        for name in ("grey", "rgb")
+    ]
+    for view in caches[0].views:
+        assert torch.equal(caches[0].features(view), caches[1].features(view))
 
 
 def test_jpeg_decoder_falls_back_and_says_when_none_runs(monkeypatch: pytest.MonkeyPatch) -> None:

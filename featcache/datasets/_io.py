@@ -36,13 +36,15 @@ class PathLoader:
 
 
 class ArrayLoader:
-    """``loader(i)`` wraps row ``i`` of a ``[N, H, W, 3]`` uint8 array as an RGB PIL image."""
+    """``loader(i)`` wraps row ``i`` of a ``[N, H, W, C]`` uint8 array (C = 1 grey or 3) as an
+    RGB PIL image."""
 
     def __init__(self, arrays: np.ndarray) -> None:
         self.arrays = arrays
 
     def __call__(self, i: int) -> Image.Image:
-        return Image.fromarray(np.ascontiguousarray(self.arrays[i]))
+        image = np.ascontiguousarray(self.arrays[i])
+        return Image.fromarray(image[..., 0] if image.shape[-1] == 1 else image).convert("RGB")
 
 
 def require_file(path: Path, what: str) -> Path:

@@ -133,7 +133,8 @@ class Manifest:
 
     ``sources`` says where each image comes from (a file path, or ``file.npz#train/12``);
     ``load(i)`` returns image ``i`` as an RGB PIL image. Pre-decoded data sets (MedMNIST,
-    synthetic) also set ``arrays`` ([N, H, W, 3] uint8) so extraction can skip PIL.
+    synthetic) also set ``arrays`` ([N, H, W, C] uint8, C = 1 grey or 3 RGB) so extraction
+    can skip PIL; :func:`featcache.preprocess.array_batch` turns rows of them into RGB batches.
     ``labels`` is ``[N]`` int64, or ``[N, C]`` {0,1} for multi-label sets.
     """
 

@@ -5,9 +5,10 @@ uint8) and ``{train,val,test}_labels`` (``[N, 1]`` or ``[N]`` class indices, or 
 0/1 for the multi-label ChestMNIST). Sizes 28 (``<subset>.npz``) and 64/128/224
 (``<subset>_<size>.npz``). The official splits are kept as source splits.
 
-The whole file is decoded once into ``Manifest.arrays`` (``[N, H, W, 3]`` uint8, grey
-repeated to three channels, contiguous) so extraction never touches PIL; note that this
-triples the memory of grey sets (TissueMNIST at 224 is ~35 GB as RGB).
+The whole file is decoded once into ``Manifest.arrays`` (``[N, H, W, C]`` uint8, contiguous;
+C = 1 for the grey sets, 3 for RGB) so extraction never touches PIL. Grey images stay one
+channel in memory (TissueMNIST at 224: ~12 GB, not ~35 GB) and are broadcast to three on
+the device, batch by batch.
 """
 
 from __future__ import annotations
@@ -103,14 +104,12 @@ def _labels(raw: np.ndarray, descriptor: Descriptor, where: str) -> np.ndarray:
 
 
 def _images(raw: np.ndarray, where: str) -> np.ndarray:
-    """Validate one split's images and bring them to ``[N, H, W, 3]`` uint8."""
+    """Validate one split's images and bring them to ``[N, H, W, C]`` uint8 (C = 1 grey, 3 RGB)."""
     if raw.dtype != np.uint8:
         raise DataError(f"{where}: images are {raw.dtype}; expected uint8.")
-    if raw.ndim == 4 and raw.shape[3] == 1:
-        raw = raw[..., 0]
     if raw.ndim == 3:
-        return np.repeat(raw[..., None], 3, axis=3)
-    if raw.ndim == 4 and raw.shape[3] == 3:
+        return raw[..., None]
+    if raw.ndim == 4 and raw.shape[3] in (1, 3):
         return raw
     raise DataError(f"{where}: images have shape {raw.shape}; expected [N, H, W] or [N, H, W, 3].")
 
@@ -165,7 +164,7 @@ def medmnist(root: Path | None, *, subset: str, size: int | None = None) -> Mani
     shapes = {x.shape[1:] for x in images}
     if len(shapes) > 1:
         raise DataError(f"MedMNIST file {path}: splits have different image shapes {sorted(shapes)}.")
-    arrays = np.concatenate(images) if len(images) > 1 else images[0]  # [N, H, W, 3] uint8
+    arrays = np.concatenate(images) if len(images) > 1 else images[0]  # [N, H, W, C] uint8
     return Manifest(
         descriptor=descriptor,
         ids=ids,
