@@ -31,3 +31,12 @@ def barrier() -> None:
     """Wait for every rank (a no-op in a single process)."""
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         torch.distributed.barrier()
+
+
+def default_workers() -> int:
+    """Decoding processes per rank: this node's usable CPUs shared among its ranks, 1 to 16."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    return max(1, min(16, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))

@@ -50,7 +50,7 @@ from featcache.decode import (
     jpeg_decoder,
 )
 from featcache.device import autocast, resolve_device, resolve_precision, synchronize
-from featcache.distributed import barrier, dist_info, init_distributed
+from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.preprocess import TTE_VIEWS, Preprocessing, as_rgb, five_crops, pil_to_uint8
 from featcache.prompts import render_templates
@@ -129,15 +129,6 @@ def default_out(cfg: ExtractConfig) -> Path:
     if cfg.resize != "scale":
         parts.append(cfg.resize)
     return Path("caches") / ("-".join(parts) + ".h5")
-
-
-def default_workers() -> int:
-    """Decoding processes per rank: this node's usable CPUs shared among its ranks, 1 to 16."""
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
-    return max(1, min(16, cpus // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def library_versions() -> dict[str, str]:

@@ -48,7 +48,7 @@ from featcache import models
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.device import autocast, resolve_device, resolve_precision
-from featcache.distributed import barrier, dist_info, init_distributed
+from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import FeatcacheError
 from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
 from featcache.metrics import compute_metrics, summarize
@@ -604,7 +604,7 @@ def train_seed(
     local_batch = cfg.batch_size // world
     data = TrainImages(manifest, split.train, canvas)
     sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
-    workers = 0 if manifest.arrays is not None else (cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1))
+    workers = 0 if manifest.arrays is not None else (cfg.workers if cfg.workers is not None else default_workers())
     loader = DataLoader(data, batch_size=local_batch, sampler=sampler, num_workers=workers,
                         collate_fn=_passthrough, pin_memory=device.type == "cuda",
                         persistent_workers=workers > 0, prefetch_factor=4 if workers else None)
@@ -730,7 +730,7 @@ def _run(cfg: FinetuneConfig, device: torch.device, precision: str, dtype: torch
     out_dir = Path(cfg.out) if cfg.out else default_out(cfg)
     if rank == 0 and not cfg.resume and (out_dir / "metrics.json").exists():
         raise FeatcacheError(f"{out_dir} already holds a finished run; choose another --out (nothing was overwritten).")
-    workers = cfg.workers if cfg.workers is not None else min(8, os.cpu_count() or 1)
+    workers = cfg.workers if cfg.workers is not None else default_workers()
     eval_batch = cfg.eval_batch_size or cfg.batch_size
 
     per_seed, outcomes = [], []

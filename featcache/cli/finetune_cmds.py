@@ -37,7 +37,7 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its checkpoints.")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
-@click.option("--workers", type=int, default=None, help="Decoding processes for image files [default: min(8, CPUs)].")
+@click.option("--workers", type=int, default=None, help="Decoding processes for image files per rank [default: this node's CPUs / its ranks, at most 16].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, tte, out, resume, device, precision, workers, no_progress) -> None:  # noqa: ANN001
     """Fine-tune the image encoder lightly (LIFT) and evaluate; writes a run directory.
