@@ -243,6 +243,24 @@ def _batches_from_arrays(
         yield torch.tensor(rows), std, tte, [""] * len(rows)
 
 
+def image_batches(
+    manifest: Manifest,
+    prep: Preprocessing,
+    batches: list[list[int]],
+    workers: int,
+    device: torch.device,
+    jpeg_decode: JpegDecoder | None = None,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
+    """The input side of extraction: ``(rows, standard uint8 [B,3,S,S], TTE crops
+    [B,5,3,S,S] | None, error texts)`` per batch of ``batches``, from arrays, from PIL
+    workers, or (``jpeg_decode`` given) decoded on the device."""
+    if manifest.arrays is not None:
+        return _batches_from_arrays(manifest, prep, batches, device)
+    if jpeg_decode is not None:
+        return _batches_decoded_on_device(manifest, prep, batches, workers, device, jpeg_decode)
+    return _batches_from_files(manifest, prep, batches, workers, device.type == "cuda")
+
+
 # --------------------------------------------------------------------------------------
 
 
@@ -381,12 +399,7 @@ def _encode_chunks(
             owner.append(k)
     n_total = sum(len(b) for b in batches)
     workers = cfg.workers if cfg.workers is not None else default_workers()
-    if manifest.arrays is not None:
-        stream = _batches_from_arrays(manifest, prep, batches, device)
-    elif jpeg is not None:
-        stream = _batches_decoded_on_device(manifest, prep, batches, workers, device, jpeg[1])
-    else:
-        stream = _batches_from_files(manifest, prep, batches, workers, device.type == "cuda")
+    stream = image_batches(manifest, prep, batches, workers, device, jpeg[1] if jpeg else None)
     waited = [0.0]
 
     pending: dict[int, list] = {}
