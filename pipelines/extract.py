@@ -23,7 +23,9 @@ import importlib.metadata
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -415,12 +417,11 @@ def _encode_chunks(
         pending.setdefault(k, []).append(block)
         remaining[k] -= 1
         if remaining[k] == 0:
-            parts = pending.pop(k)
-            store.save(k, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+            writer.submit(k, pending.pop(k))
         bar.update(len(rows))
 
     previous = None
-    with torch.inference_mode():
+    with _ShardWriter(store) as writer, torch.inference_mode():
         for b, (rows, std, tte, errs) in enumerate(_timed(stream, waited)):
             bad = [(int(r), e) for r, e in zip(rows.tolist(), errs, strict=True) if e]
             if bad and not cfg.skip_bad:
@@ -448,6 +449,38 @@ def _encode_chunks(
             finish(*previous)
     bar.close()
     return n_total, waited[0]
+
+
+class _ShardWriter:
+    """Saves finished chunks from one background thread, so the device is not left idle while
+    a shard (up to ~130 MB with TTE) is written; at most ``depth`` chunks wait in its queue.
+
+    Leaving the ``with`` block — normally or by an error — waits for every queued chunk, so
+    the chunks finished before an error are on disk for the resume; a failed write re-raises.
+    """
+
+    def __init__(self, store: ShardStore, depth: int = 2) -> None:
+        self.store, self.depth = store, depth
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="featcache-shards")
+        self.queued: deque[Future] = deque()
+
+    def submit(self, k: int, parts: list[dict[str, np.ndarray]]) -> None:
+        while len(self.queued) >= self.depth:
+            self.queued.popleft().result()
+        self.queued.append(self.pool.submit(self._save, k, parts))
+
+    def _save(self, k: int, parts: list[dict[str, np.ndarray]]) -> None:
+        self.store.save(k, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+
+    def __enter__(self) -> _ShardWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            while self.queued:
+                self.queued.popleft().result()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def _timed(stream: Iterator, waited: list[float]) -> Iterator:

@@ -330,6 +330,18 @@ def test_bad_images_stop_extraction_or_are_recorded(tmp_path: Path) -> None:
     assert res.exit_code == 0 and "2 skipped image(s)" in res.output and "b_2.png" in res.output
 
 
+def test_chunks_finished_before_a_bad_image_are_kept(tmp_path: Path) -> None:
+    """Shards are written in the background; an error still leaves every finished chunk on disk."""
+    root = _folder(tmp_path / "imgs", {"a": 3, "b": 3})
+    good = (root / "b" / "b_0.png").read_bytes()
+    (root / "b" / "b_2.png").write_bytes(good[: len(good) // 2])  # the last row: chunk 2
+    with pytest.raises(DataError, match="b_2.png"):
+        _extract(tmp_path, dataset="folder", root=str(root), chunk_size=2, batch_size=1)
+    assert ShardStore(tmp_path / "c.h5").done() == {0, 1}
+    cache = open_cache(_extract(tmp_path, dataset="folder", root=str(root), chunk_size=2, batch_size=1, skip_bad=True))
+    assert len(cache) == 5
+
+
 def test_cli_errors_are_clean(tmp_path: Path) -> None:
     res = CliRunner().invoke(main, ["extract", "--dataset", "folder", "--root", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "does not exist" in res.output
