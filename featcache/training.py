@@ -21,6 +21,12 @@ Why this shape:
   rate, its batch's valid rows) is computed on the host in advance from sizes alone, so the
   loop never waits for the device (no ``.item()``), which keeps a GPU fed.
 
+Mixed precision (``precision="bf16"``, or ``"fp16"`` on a GPU): the head's weight products
+(the adapter's ``[B, D] × [D, D]``, linear/cosine classifiers, the grid's shared product) run
+in that dtype through :meth:`~heads.base.Head.matmul_precision`; the parameters stay fp32
+master weights, their gradients and the optimiser state are fp32, and logits, softmax and
+losses are fp32. ``"fp32"`` (the default) runs the exact fp32 arithmetic, unchanged.
+
 SGD follows ``torch.optim.SGD`` (dampening 0, no Nesterov): d = g + wd·p; buf = m·buf + d
 (buf = d at the first step); p = p − lr·buf. The cosine schedule is per epoch, as
 ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch: lr_e = lr·(1 + cos(π e / E)) / 2.
@@ -36,6 +42,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from featcache.device import resolve_precision
 from featcache.errors import FeatcacheError
 from heads.base import Head, MemberSpec
 from heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
@@ -161,6 +168,7 @@ def train_members(
     *,
     share_batches: bool = False,
     chunk_steps: int = 512,
+    precision: str = "fp32",
 ) -> TrainResult:
     """Train every member of ``head`` in place, jointly; return per-epoch losses.
 
@@ -175,9 +183,14 @@ def train_members(
     them in one matrix product. Every member still gets exactly its own batches, so the result
     equals training it alone up to float rounding of the batched product. Needs ``[N, D]``
     inputs; otherwise (or for heads without ``forward_shared``) it has no effect.
+
+    ``precision``: ``fp32`` (default), ``bf16``, or ``fp16`` (GPU only): the dtype of the
+    head's weight products while training (mixed precision, fp32 master weights; see the
+    module docstring). Evaluation afterwards runs in fp32.
     """
     t0 = time.perf_counter()
     members = head.members
+    dtype = resolve_precision(precision, inputs.device)
     G, C = len(members), head.num_classes
     if len(pools) != G:
         raise ValueError(f"{G} members but {len(pools)} row pools")
@@ -247,38 +260,39 @@ def train_members(
     # shared inputs: every step's gather lands in one buffer (index_select with out=)
     x_buf = inputs.new_empty(K * width, inputs.shape[-1]) if shared else None
     head.train()
-    for c0 in range(0, S, chunk_steps):
-        n = min(chunk_steps, S - c0)
-        taken = [st.take(n) for st in streams]
-        idx_c = torch.stack([t[0] for t in taken], 1)  # [n, K, Bmax]
-        w_c = torch.stack([t[1] for t in taken], 1)  # [n, K, Bmax]
-        if run_of is not None:
-            w_c = w_c[:, run_of]  # [n, G, Bmax]
-        lr_c = torch.from_numpy(lr_plan[c0 : c0 + n]).to(dev)  # [n, G]
-        act_c = torch.from_numpy(active_plan[c0 : c0 + n]).to(dev)  # [n, G]
-        for j in range(n):
-            idx, w = idx_c[j], w_c[j]  # [K, Bmax], [G, Bmax]
-            if shared:
-                x = torch.index_select(inputs, 0, idx.view(-1), out=x_buf).view(K, width, -1)
-            else:
-                x = inputs[member_idx, idx]  # [G, Bmax, D]
-            y = labels[idx] if run_of is None else labels[idx][run_of]  # [G, Bmax] (or [.., C])
-            if forward_shared:
-                logits = torch.cat([head.forward_shared(x[k], slice(g0, g1))
-                                    for k, (g0, g1) in enumerate(runs)]) if K > 1 else (
-                    head.forward_shared(x[0]))
-            else:
-                logits = head(x)  # [G, Bmax, C]
-            per_row = _member_losses(logits, y, knobs, prior, loss_groups, G)  # [G, Bmax]
-            loss = (per_row * w).sum(1)  # [G]: each member's mean over its real rows
-            grads = torch.autograd.grad(loss.sum(), params)
-            lr = lr_c[j]
-            with torch.no_grad():
-                if all_active[c0 + j]:
-                    _sgd_step(params, grads, bufs, wd, mom, lr, None)
+    with head.matmul_precision(dtype):  # fp32: the head is left exactly as it is
+        for c0 in range(0, S, chunk_steps):
+            n = min(chunk_steps, S - c0)
+            taken = [st.take(n) for st in streams]
+            idx_c = torch.stack([t[0] for t in taken], 1)  # [n, K, Bmax]
+            w_c = torch.stack([t[1] for t in taken], 1)  # [n, K, Bmax]
+            if run_of is not None:
+                w_c = w_c[:, run_of]  # [n, G, Bmax]
+            lr_c = torch.from_numpy(lr_plan[c0 : c0 + n]).to(dev)  # [n, G]
+            act_c = torch.from_numpy(active_plan[c0 : c0 + n]).to(dev)  # [n, G]
+            for j in range(n):
+                idx, w = idx_c[j], w_c[j]  # [K, Bmax], [G, Bmax]
+                if shared:
+                    x = torch.index_select(inputs, 0, idx.view(-1), out=x_buf).view(K, width, -1)
                 else:
-                    _sgd_step(params, grads, bufs, wd, mom, lr, act_c[j], scratches)
-            hist_dev[c0 + j] = loss.detach()
+                    x = inputs[member_idx, idx]  # [G, Bmax, D]
+                y = labels[idx] if run_of is None else labels[idx][run_of]  # [G, Bmax] (or [.., C])
+                if forward_shared:
+                    logits = torch.cat([head.forward_shared(x[k], slice(g0, g1))
+                                        for k, (g0, g1) in enumerate(runs)]) if K > 1 else (
+                        head.forward_shared(x[0]))
+                else:
+                    logits = head(x)  # [G, Bmax, C]
+                per_row = _member_losses(logits.float(), y, knobs, prior, loss_groups, G)  # [G, Bmax]
+                loss = (per_row * w).sum(1)  # [G]: each member's mean over its real rows
+                grads = torch.autograd.grad(loss.sum(), params)
+                lr = lr_c[j]
+                with torch.no_grad():
+                    if all_active[c0 + j]:
+                        _sgd_step(params, grads, bufs, wd, mom, lr, None)
+                    else:
+                        _sgd_step(params, grads, bufs, wd, mom, lr, act_c[j], scratches)
+                hist_dev[c0 + j] = loss.detach()
     head.eval()
     if dev.type == "cpu":
         torch.set_flush_denormal(False)
@@ -290,8 +304,8 @@ def train_members(
         for g in range(G)
     ]
     seconds = time.perf_counter() - t0
-    log.info("trained %d member(s) of '%s' on %d batch stream(s) for %d steps in %.2f s",
-             G, head.name, K, S, seconds)
+    log.info("trained %d member(s) of '%s' on %d batch stream(s) for %d steps in %.2f s (%s)",
+             G, head.name, K, S, seconds, precision)
     return TrainResult(epoch_loss=epoch_loss, steps=totals, seconds=seconds)
 
 

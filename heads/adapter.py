@@ -47,12 +47,10 @@ class AdapterHead(Head):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
         if torch.is_grad_enabled() and self.weight.requires_grad and not x.requires_grad:
             self.check_input(x)
-            bufs = self.__dict__.setdefault("_grad_buffers", {})
-            buf = bufs.get("weight")
-            if buf is None or buf.shape != self.weight.shape or buf.device != self.weight.device:
-                buf = bufs["weight"] = torch.empty_like(self.weight)
+            dtype = self.matmul_dtype
+            low = self.scratch("weight", self.weight, dtype) if dtype != torch.float32 else None
             return _AdapterCosine.apply(x, self.weight, self.bias, self.gate, self.prototypes,
-                                        self.tau, buf)
+                                        self.tau, self.scratch("weight", self.weight), low)
         return cosine_logits(self.features(x), self.prototypes, 1.0 / self.tau)
 
 
@@ -63,27 +61,41 @@ class _AdapterCosine(torch.autograd.Function):
     over ``[G, B, D]``: f = lerp(A x + a, x, g), logits = (f / |f|) · (t / τ). Backward (x needs
     no gradient): dn = dz (t/τ); df = (dn − n ⟨dn, n⟩) / |f|; dλ = σ'(λ) Σ df ⊙ (x − A x − a);
     d(Ax + a) = (1 − g) df; dA = d(Ax + a)ᵀ x (into a buffer kept across steps).
+
+    Mixed precision (``low_weight`` given, a reused bf16/fp16 buffer of A's shape): the two
+    ``[B, D] × [D, D]`` products, A x and d(Ax + a)ᵀ x, take their operands in that dtype
+    (A is copied into ``low_weight`` once per step); everything else, the residual, the
+    normalisation, the logits against the prototypes and dA itself, stays fp32.
     """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, gate, protos, tau, grad_buffer):  # noqa: ANN001, ANN205
+    def forward(ctx, x, weight, bias, gate, protos, tau, grad_buffer, low_weight):  # noqa: ANN001, ANN205
         g = torch.sigmoid(gate)[:, None, None]  # [G, 1, 1]
-        ax = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # [G, B, D]
+        if low_weight is None:
+            x_low = x
+            ax = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # [G, B, D]
+        else:
+            x_low = x.to(low_weight.dtype)
+            ax = torch.bmm(x_low, low_weight.copy_(weight).transpose(1, 2))  # [G, B, D] half
+            ax = torch.add(ax, bias[:, None, :])  # fp32 from here on
         f = torch.lerp(ax, x, g)
         norm = torch.linalg.vector_norm(f, dim=-1, keepdim=True).clamp_min_(1e-12)  # [G, B, 1]
         n = f.div_(norm)  # f is ours: normalised in place
         t = protos / tau[:, None, None]  # [G, C, D], the scaled prototypes
-        ctx.save_for_backward(x, n, norm, ax, g, t)
+        ctx.save_for_backward(x, x_low, n, norm, ax, g, t)
         ctx.grad_buffer = grad_buffer
         return torch.bmm(n, t.transpose(1, 2))  # [G, B, C]
 
     @staticmethod
     def backward(ctx, dz):  # noqa: ANN001, ANN205
-        x, n, norm, ax, g, t = ctx.saved_tensors
+        x, x_low, n, norm, ax, g, t = ctx.saved_tensors
         dn = torch.bmm(dz.contiguous(), t)  # [G, B, D]
         dot = (dn * n).sum(-1, keepdim=True)  # [G, B, 1]
         df = dn.sub_(n * dot).div_(norm)  # [G, B, D]
         dgate = (df * (x - ax)).sum((1, 2)) * (g * (1 - g)).view(-1)  # [G]
         dax = df.mul_(1 - g)
-        dw = torch.bmm(dax.transpose(1, 2), x, out=ctx.grad_buffer)  # [G, D, D]
-        return None, dw, dax.sum(1), dgate, None, None, None
+        if x_low.dtype == torch.float32:
+            dw = torch.bmm(dax.transpose(1, 2), x, out=ctx.grad_buffer)  # [G, D, D]
+        else:  # half product, fp32 gradient (the master weights' optimiser reads it)
+            dw = ctx.grad_buffer.copy_(torch.bmm(dax.to(x_low.dtype).transpose(1, 2), x_low))
+        return None, dw, dax.sum(1), dgate, None, None, None, None

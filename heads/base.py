@@ -16,13 +16,20 @@ A new head is one small class plus one decorator::
 Each member draws its initial values from its own ``torch.Generator``, seeded from
 ``(seed, stream)`` of its :class:`MemberSpec`, so a member trained jointly with others gets
 exactly the parameters it gets when trained alone.
+
+Mixed precision (``--precision bf16|fp16``): inside :meth:`Head.matmul_precision` the products
+of features with the head's weight matrices (:meth:`Head.linear`, the adapter's ``A``, the
+linear/cosine classifiers) take both operands in that dtype and return fp32; weights,
+gradients, optimiser state, the logit products with fixed prototypes and the losses stay
+fp32. Outside it (the default, and evaluation) everything is fp32.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from typing import ClassVar
 
@@ -179,6 +186,7 @@ class Head(nn.Module):
         sigma = torch.tensor([m.sigma for m in self.members], dtype=dtype or torch.float32)
         self.register_buffer("tau", tau.to(device))
         self.register_buffer("sigma", sigma.to(device))
+        self.matmul_dtype = torch.float32  # see matmul_precision
         values = [self.init_params(g, m.generator("init")) for g, m in enumerate(self.members)]
         for key in values[0]:
             stacked = torch.stack([v[key] for v in values]).to(device=device, dtype=dtype)
@@ -217,22 +225,48 @@ class Head(nn.Module):
         """The head's internal feature (an adapter's adapted feature); logits by default."""
         return self.forward(x)
 
+    @contextlib.contextmanager
+    def matmul_precision(self, dtype: torch.dtype) -> Iterator[None]:
+        """Inside the block, weight products run in ``dtype`` (bf16/fp16) and return fp32.
+
+        The trainer wraps its loop in this for ``--precision bf16|fp16``; parameters stay
+        fp32 (the master weights) and receive fp32 gradients. fp32 leaves every head exactly
+        as it is without the block.
+        """
+        before, self.matmul_dtype = self.matmul_dtype, dtype
+        try:
+            yield
+        finally:
+            self.matmul_dtype = before
+
+    def scratch(self, key: str, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """A buffer shaped like ``like`` (in ``dtype``), kept across training steps.
+
+        For outputs written every step (weight gradients, a weight's low-precision copy): on
+        the CPU, fresh multi-MB buffers cost page faults that were as slow as the matmul itself.
+        """
+        dtype = dtype or like.dtype
+        bufs = self.__dict__.setdefault("_grad_buffers", {})
+        buf = bufs.get((key, dtype))
+        if buf is None or buf.shape != like.shape or buf.device != like.device:
+            buf = bufs[(key, dtype)] = torch.empty_like(like, dtype=dtype)
+        return buf
+
     def linear(self, x: torch.Tensor, weight: str = "weight", bias: str = "bias") -> torch.Tensor:
-        """``x W^T + b`` per member: x [G, B, I], W [G, O, I], b [G, O] -> [G, B, O].
+        """``x W^T + b`` per member: x [G, B, I], W [G, O, I], b [G, O] -> [G, B, O] (fp32).
 
         While training, the weight gradient is written into a buffer kept across steps
-        (:class:`_BatchedLinear`), so the large ``[G, O, I]`` gradient is not a fresh
-        allocation every step (on the CPU, fresh multi-MB buffers cost page faults that
-        were as slow as the matmul itself).
+        (:class:`_BatchedLinear`, :meth:`scratch`), so the large ``[G, O, I]`` gradient is not
+        a fresh allocation every step. Under :meth:`matmul_precision` the product runs in
+        that dtype.
         """
         w, b = getattr(self, weight), getattr(self, bias)
+        dtype = self.matmul_dtype
         if not (torch.is_grad_enabled() and w.requires_grad):
+            if dtype != torch.float32:
+                return torch.add(torch.bmm(x.to(dtype), w.to(dtype).transpose(1, 2)), b[:, None, :])
             return torch.baddbmm(b[:, None, :], x, w.transpose(1, 2))
-        bufs = self.__dict__.setdefault("_grad_buffers", {})
-        buf = bufs.get(weight)
-        if buf is None or buf.shape != w.shape or buf.device != w.device or buf.dtype != w.dtype:
-            buf = bufs[weight] = torch.empty_like(w)
-        return _BatchedLinear.apply(x, w, b, buf)
+        return _BatchedLinear.apply(x, w, b, self.scratch(weight, w), dtype)
 
     def check_input(self, x: torch.Tensor) -> None:
         """Refuse features whose width is not the head's input width, naming both."""
@@ -268,21 +302,37 @@ class Head(nn.Module):
 
 
 class _BatchedLinear(torch.autograd.Function):
-    """``baddbmm(b, x, W^T)`` whose backward writes dL/dW into a reused buffer."""
+    """``baddbmm(b, x, W^T)`` whose backward writes dL/dW into a reused fp32 buffer.
+
+    With a half ``dtype`` both products (forward and dL/dW) take their operands in that dtype;
+    the output and every gradient are fp32 (the bias is added in fp32).
+    """
 
     @staticmethod
-    def forward(ctx, x, weight, bias, grad_buffer):  # noqa: ANN001, ANN205
+    def forward(ctx, x, weight, bias, grad_buffer, dtype):  # noqa: ANN001, ANN205
+        if dtype != torch.float32:
+            x, weight = x.to(dtype), weight.to(dtype)
+            out = torch.add(torch.bmm(x, weight.transpose(1, 2)), bias[:, None, :])  # fp32
+        else:
+            out = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # [G, B, O]
         ctx.save_for_backward(x, weight)
         ctx.grad_buffer = grad_buffer
-        return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # [G, B, O]
+        return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001, ANN205
         x, weight = ctx.saved_tensors
         grad_out = grad_out.contiguous()  # [G, B, O]
+        grad_x = None
+        if x.dtype != torch.float32:  # mixed precision: half products, fp32 gradients
+            low = grad_out.to(x.dtype)
+            grad_w = ctx.grad_buffer.copy_(torch.bmm(low.transpose(1, 2), x))  # [G, O, I]
+            if ctx.needs_input_grad[0]:
+                grad_x = torch.bmm(low, weight).float()
+            return grad_x, grad_w, grad_out.sum(1), None, None
         grad_w = torch.bmm(grad_out.transpose(1, 2), x, out=ctx.grad_buffer)  # [G, O, I]
         grad_x = torch.bmm(grad_out, weight) if ctx.needs_input_grad[0] else None
-        return grad_x, grad_w, grad_out.sum(1), None
+        return grad_x, grad_w, grad_out.sum(1), None, None
 
 
 HEADS: Registry[type[Head]] = Registry("head")
@@ -318,6 +368,14 @@ def load_head(ckpt: dict, *, device: torch.device | str | None = None) -> Head:
 def uniform_(shape: tuple[int, ...], bound: float, gen: torch.Generator) -> torch.Tensor:
     """``U(-bound, bound)`` drawn from ``gen`` (nn.Linear's default init with bound 1/sqrt(fan_in))."""
     return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+
+
+def product(op, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:  # noqa: ANN001
+    """``op(a, b)`` (``torch.mm`` or ``torch.bmm``); for a half ``dtype`` both operands are cast
+    to it and the result back to fp32 (autograd carries fp32 gradients through the casts)."""
+    if dtype == torch.float32:
+        return op(a, b)
+    return op(a.to(dtype), b.to(dtype)).float()
 
 
 def cosine_logits(feats: torch.Tensor, protos: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from featcache.errors import FeatcacheError
-from heads.base import Head, register_head, uniform_
+from heads.base import Head, product, register_head, uniform_
 
 
 @register_head("linear")
@@ -34,7 +34,8 @@ class LinearHead(Head):
     def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
         w, b = _rows(self.weight, members), _rows(self.bias, members)  # [g, C, D], [g, C]
         g, C, D = w.shape
-        logits = x @ w.reshape(g * C, D).T  # [B, g·C]: one product for every member
+        # [B, g·C]: one product for every member
+        logits = product(torch.mm, x, w.reshape(g * C, D).T, self.matmul_dtype)
         # [g, B, C] made contiguous: log_softmax over a strided last dim is ~10x slower on CPU
         return (logits.view(-1, g, C).transpose(0, 1) + b[:, None, :]).contiguous()
 
@@ -69,14 +70,15 @@ class CosineHead(Head):
         self.check_input(x)
         f = F.normalize(x, dim=-1)
         w = F.normalize(self.weight, dim=-1)
-        return torch.bmm(f, w.transpose(1, 2)) * self.sigma[:, None, None]
+        return product(torch.bmm, f, w.transpose(1, 2), self.matmul_dtype) * self.sigma[:, None, None]
 
     def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
         w = _rows(self.weight, members)
         g, C, D = w.shape
         f = F.normalize(x, dim=-1)  # [B, D]
         w = F.normalize(w, dim=-1).reshape(g * C, D)
-        logits = (f @ w.T).view(-1, g, C).transpose(0, 1) * self.sigma[members, None, None]
+        logits = product(torch.mm, f, w.T, self.matmul_dtype)  # [B, g·C]
+        logits = logits.view(-1, g, C).transpose(0, 1) * self.sigma[members, None, None]
         return logits.contiguous()  # see LinearHead.forward_shared
 
 

@@ -237,3 +237,70 @@ def test_posthoc_adjustment_subtracts_the_scaled_log_prior() -> None:
     adjusted = posthoc_adjust(logits, log_prior, 1.0)
     torch.testing.assert_close(adjusted, -log_prior.expand(4, C))
     assert adjusted.argmax(-1).eq(C - 1).all()  # the rarest class wins a tie
+
+
+def _grads(head, x: torch.Tensor, labels: torch.Tensor, shared: bool = False) -> list[torch.Tensor]:  # noqa: ANN001
+    logits = head.forward_shared(x) if shared else head(x)
+    assert logits.dtype == torch.float32  # losses always see fp32 logits
+    loss = F.cross_entropy(logits.reshape(-1, C), labels.reshape(-1))
+    grads = torch.autograd.grad(loss, [p for p in head.parameters() if p.requires_grad])
+    return [g.clone() for g in grads]  # weight gradients land in a buffer reused by each step
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])  # fp16 runs on the CPU here
+@pytest.mark.parametrize("name", [n for n in HEADS.names() if HEADS.get(n).trainable])
+def test_half_precision_products_give_fp32_gradients_close_to_fp32(name: str, dtype) -> None:  # noqa: ANN001
+    ctx = _head_ctx(name)
+    head = build_head(name, ctx, [MemberSpec(seed=0, tau=0.1), MemberSpec(seed=1, tau=0.1)])
+    gen = torch.Generator().manual_seed(8)
+    x = torch.randn(G, 64, ctx.in_dim, generator=gen)
+    labels = torch.randint(0, C, (G, 64), generator=gen)
+    paths = [False] + ([True] if name in ("linear", "cosine") else [])
+    for shared in paths:
+        xs = x[0] if shared else x
+        ref = _grads(head, xs, labels, shared)
+        with head.matmul_precision(dtype):
+            low = _grads(head, xs, labels, shared)
+        assert head.matmul_dtype == torch.float32  # restored after the block
+        tol = 0.02 if dtype == torch.bfloat16 else 0.004
+        for a, b in zip(ref, low, strict=True):
+            assert b.dtype == torch.float32 and a.shape == b.shape
+            err = ((a - b).norm() / a.norm().clamp_min(1e-12)).item()
+            assert err < tol, (shared, err)
+        # the half path really ran: some gradient differs from fp32
+        assert any(not torch.equal(a, b) for a, b in zip(ref, low, strict=True))
+
+
+@pytest.mark.parametrize("name", ["adapter", "linear", "cosine"])
+def test_bf16_training_reaches_fp32_accuracy(name: str) -> None:
+    x, labels = _data(4)
+    gen = torch.Generator().manual_seed(9)
+    x = torch.cat([x, x]) + 0.8 * torch.randn(2 * x.shape[0], D, generator=gen)  # harder
+    labels = torch.cat([labels, labels])
+    n = labels.numel()
+    perm = torch.randperm(n, generator=gen)
+    train, test = perm[: n // 2], perm[n // 2 :]
+    ctx = HeadContext(D, C, prototypes=F.normalize(torch.randn(C, D, generator=gen), dim=-1))
+    spec = MemberSpec(seed=2, sampler="wrs", epochs=15, batch_size=64, tau=0.1, sigma=10.0, lr=0.05)
+    acc, heads = {}, {}
+    for precision in ("fp32", "bf16"):
+        head = build_head(name, ctx, [spec])
+        train_members(head, x, labels, [train], precision=precision)
+        pred = predict_logits(head, x[test])[0].argmax(-1)
+        acc[precision] = (pred == labels[test]).float().mean().item()
+        heads[precision] = head
+    assert acc["fp32"] > 0.5, acc  # the task is learnable, far above chance (0.2)
+    assert abs(acc["bf16"] - acc["fp32"]) <= 0.03, acc
+    w32, w16 = heads["fp32"].weight, heads["bf16"].weight
+    assert w16.dtype == torch.float32  # fp32 master weights
+    rel = ((w16 - w32).norm() / w32.norm()).item()
+    assert 0 < rel < 0.05, rel  # bf16 really ran, and stayed close to the fp32 weights
+
+
+def test_unknown_or_unsupported_precision_is_refused() -> None:
+    x, labels = _data()
+    head = build_head("linear", HeadContext(D, C), [MemberSpec(epochs=1)])
+    with pytest.raises(FeatcacheError, match=r"Unknown precision 'bf61'\. Choose from: fp32, bf16, fp16"):
+        train_members(head, x, labels, [torch.arange(labels.numel())], precision="bf61")
+    with pytest.raises(FeatcacheError, match="fp16 needs a GPU; use fp32 or bf16 on the CPU"):
+        train_members(head, x, labels, [torch.arange(labels.numel())], precision="fp16")
