@@ -10,10 +10,12 @@ Read top to bottom:
 2. **Group**: configurations that differ only in per-member knobs (the fields of
    :class:`~heads.base.MemberSpec`: lr, weight decay, momentum, epochs, batch size, schedule,
    loss and its knobs, sampler, tau, sigma, init) are members of ONE batched head; knobs that
-   change what the head is or what it reads (``head``, ``view``, ``feature``, ``tte``,
-   ``text_source``, ``template``) make separate groups. Members with other epochs or batch
-   sizes stay in the group: the trainer pads batches to the widest and members that finish
-   earlier sit out (their parameters and momentum are left untouched).
+   change what the head is, what it reads or how it computes (``head``, ``view``, ``feature``,
+   ``tte``, ``text_source``, ``template``, ``precision``) make separate groups, each trained
+   in its own precision (so ``--param precision=fp32,bf16`` compares the two side by side).
+   Members with other epochs or batch sizes stay in the group: the trainer pads batches to
+   the widest and members that finish earlier sit out (their parameters and momentum are
+   left untouched).
 3. **Train** (dinov2 linear-eval style): members that draw the same batches (same seed,
    random stream, sampler and batch size — e.g. configurations that differ only in lr or
    weight decay) share one gather of the cached rows, ``x`` ``[B, D]``, and heads whose
@@ -275,7 +277,8 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
     )
     head = build_head(head_name, ctx, members, device=data.device)
     pools = [setups[j].pool for _, j, _ in entries]
-    result = train_members(head, data.feats, data.labels, pools, share_batches=True)
+    result = train_members(head, data.feats, data.labels, pools, share_batches=True,
+                           precision=cfgs[0][1].precision)  # one precision per group
     shares = type(head).forward_shared is not Head.forward_shared
     G = len(members)
     chunk = _rows_per_chunk(G, max(head.in_dim, head.out_dim()))
@@ -314,7 +317,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
     ctx = HeadContext(D, C, prototypes=torch.stack([setups[j].prototypes for _, j in specs]))
     branches = build_head("adapter" if base.adapters else "zeroshot", ctx,
                           [m for m, _ in specs], device=data.device)
-    stage1 = train_members(branches, data.feats, data.labels, [setups[j].pool for _, j in specs])
+    stage1 = train_members(branches, data.feats, data.labels, [setups[j].pool for _, j in specs],
+                           precision=base.precision)  # one precision per group
     log.info("grid stage I: %d adapter(s) for %d configuration-seed(s) in %.2f s",
              len(specs), len(pairs), stage1.seconds)
     wi = torch.tensor([p[2] for p in pairs], device=data.device)
@@ -337,7 +341,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
         ens_members = [cfg_of[i].stage2(setups[j].seed, tau=cfg_of[i].tau or data.tau)
                        for i, j, _, _ in pairs]
         ensembler = build_head(f"ensemble-{base.ensemble}", ens_ctx, ens_members, device=data.device)
-        stage2 = train_members(ensembler, inputs, data.labels, [setups[p[1]].pool for p in pairs])
+        stage2 = train_members(ensembler, inputs, data.labels, [setups[p[1]].pool for p in pairs],
+                               precision=base.precision)
         del inputs
         seconds += stage2.seconds
         losses = [loss[-1] if loss else math.nan for loss in stage2.epoch_loss]

@@ -42,6 +42,7 @@ class ReproduceConfig:
     feature: str = "embed"
     tte: bool = False
     device: str = "auto"
+    precision: str = "fp32"
     out: str | None = None
 
     def __post_init__(self) -> None:
@@ -52,7 +53,8 @@ class ReproduceConfig:
         """Settings every row shares."""
         return dict(cache=self.cache, seeds=self.seeds, batch_size=self.batch_size, lr=self.lr,
                     protocol=self.protocol, tau=self.tau, text_source=self.text_source,
-                    feature=self.feature, tte=self.tte, device=self.device)
+                    feature=self.feature, tte=self.tte, device=self.device,
+                    precision=self.precision)
 
     def head(self, method: str, head: str, loss: str, out: Path) -> train_head.TrainHeadConfig:
         """The config of a single-head row."""

@@ -10,7 +10,8 @@ linear ensembler is trained with focal loss (γ = 2) on the original long-tailed
 ``ensemble-logit`` on [l_w ; l_r] or ``ensemble-feature`` on [f_w ; f_r].
 
 Defaults: SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.1 cosine, 200 epochs
-stage I and 100 stage II, seeds 0, 1, 2. Ablations (Table 2): ``ensemble="mean"`` (adapters
+stage I and 100 stage II, seeds 0, 1, 2, fp32 (``precision="bf16"`` runs both stages' weight
+products in bf16, with fp32 master weights; stage II's inputs are the adapters' fp32 outputs). Ablations (Table 2): ``ensemble="mean"`` (adapters
 only: the mean of the two adapters' logits, no stage II) and ``adapters=False`` (ensembler
 only: both branches are the frozen features, i.e. zero-shot).
 """
@@ -115,7 +116,7 @@ def run(cfg: TfaLtConfig) -> RunResult:
     ctx = HeadContext(D, C, prototypes=protos.repeat_interleave(2, 0))
     branches = build_head(branch_name, ctx, members, device=data.device)
     pools = [s.pool for s in setups for _ in range(2)]
-    stage1 = train_members(branches, data.feats, data.labels, pools)
+    stage1 = train_members(branches, data.feats, data.labels, pools, precision=cfg.precision)
     log.info("stage I: %.2f s", stage1.seconds)
 
     # Stage II: the frozen branches' outputs on every row, once; one ensembler per seed.
@@ -128,7 +129,8 @@ def run(cfg: TfaLtConfig) -> RunResult:
         ens_ctx = HeadContext(int(inputs.shape[-1]), C, prototypes=protos)
         ens_members = [cfg.stage2(s.seed, tau=data.tau) for s in setups]
         ensembler = build_head(f"ensemble-{cfg.ensemble}", ens_ctx, ens_members, device=data.device)
-        stage2 = train_members(ensembler, inputs, data.labels, [s.pool for s in setups])
+        stage2 = train_members(ensembler, inputs, data.labels, [s.pool for s in setups],
+                               precision=cfg.precision)
         stage2_seconds = stage2.seconds
         log.info("stage II: %.2f s", stage2.seconds)
 

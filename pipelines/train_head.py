@@ -23,7 +23,7 @@ import polars as pl
 import torch
 
 from featcache.cache import FeatureCache, open_cache
-from featcache.device import resolve_device
+from featcache.device import PRECISIONS, resolve_device, resolve_precision
 from featcache.errors import FeatcacheError
 from featcache.metrics import compute_metrics
 from featcache.runs import RunWriter, write_json
@@ -71,13 +71,23 @@ def _check_common(cfg: object) -> None:
         raise FeatcacheError(f"--schedule must be one of {', '.join(SCHEDULES)}.")
     if cfg.tte and cfg.view != "standard":
         raise FeatcacheError("--tte evaluates on the five cached crops; it needs --view standard.")
+    if cfg.precision not in PRECISIONS:
+        from featcache.errors import unknown
+
+        raise unknown("precision", cfg.precision, PRECISIONS)
+    if cfg.device == "cpu":
+        resolve_precision(cfg.precision, torch.device("cpu"))  # refuses fp16 on the CPU, now
 
 
 @dataclass(frozen=True, kw_only=True)
 class RunSettings:
     """Settings every run on cached features shares: which features and text, how the split
-    is drawn and scored, where it runs and where it goes. (Keyword-only, so subclasses can
-    start with required fields such as ``cache``.)"""
+    is drawn and scored, where and in which precision it trains, and where it goes.
+    (Keyword-only, so subclasses can start with required fields such as ``cache``.)
+
+    ``precision``: ``fp32`` (default), ``bf16``, or ``fp16`` (GPU only) for the heads' weight
+    products while training; mixed precision with fp32 master weights, optimiser state and
+    losses (:func:`featcache.training.train_members`). Evaluation runs in fp32."""
 
     text_source: str = "auto"
     template: str = "auto"
@@ -88,6 +98,7 @@ class RunSettings:
     val_fraction: float = 0.0
     test_per_class: int | None = None
     device: str = "auto"
+    precision: str = "fp32"
     out: str | None = None
     method: str = ""
 
@@ -350,7 +361,8 @@ def run(cfg: TrainHeadConfig) -> RunResult:
         class_means=torch.stack([s.class_means for s in setups]),
     )
     head = build_head(cfg.head, ctx, members, device=data.device)
-    result = train_members(head, data.feats, data.labels, [s.pool for s in setups])
+    result = train_members(head, data.feats, data.labels, [s.pool for s in setups],
+                           precision=cfg.precision)
     out_dir = Path(cfg.out) if cfg.out else default_out(cfg, cfg.head)
     config = resolved_config(cfg, data, setups, "train-head")
     writer = RunWriter(out_dir, config, data.cache.class_names, method=cfg.method or cfg.head)

@@ -98,6 +98,28 @@ def test_tfa_lt_grid_equals_each_configuration_alone(lt_cache, tmp_path) -> None
         torch.testing.assert_close(joint[name], alone[name], rtol=1e-4, atol=1e-5)
 
 
+def test_precision_is_a_fixed_setting_or_a_grid_axis(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    # gridded: fp32 and bf16 train as separate groups, each equal to its TFA-LT run alone
+    base = tfa_lt.TfaLtConfig(cache=str(lt_cache), ensemble="logit", epochs=2, ensemble_epochs=2,
+                              device="cpu", seeds=(0,), val_fraction=0.2)
+    spec = grid.make_grid(base, ["precision=fp32,bf16"], out=str(tmp_path / "grid"))
+    res = grid.run(spec)
+    assert res.table["precision"].to_list() == ["fp32", "bf16"]
+    for i in (0, 1):
+        metrics = _alone(spec.configs[i], tmp_path / f"alone-{i}")
+        row = res.table.filter(pl.col("config") == i)
+        for k in ("acc", "balanced_acc", "auc"):
+            assert row[f"test_{k}"][0] == pytest.approx(metrics[k], abs=1e-9), (i, k)
+    # fixed: the CLI's --precision reaches every configuration and config.json
+    out = tmp_path / "cli"
+    r = CliRunner().invoke(main, ["grid", "--cache", str(lt_cache), "--head", "linear",
+                                  "--precision", "bf16", "--param", "lr=0.05,0.5", "--seeds", "0",
+                                  "--epochs", "2", "--device", "cpu", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+    assert pl.read_parquet(out / "metrics.parquet")["precision"].to_list() == ["bf16", "bf16"]
+
+
 def test_selection_reads_validation_never_test(official_cache, tmp_path, monkeypatch) -> None:  # noqa: ANN001
     """Scrambling the test labels changes every test figure but not the selection."""
     spec = grid.make_grid(_base(official_cache, epochs=4), ["lr=0.01,0.1,1.0", "loss=ce,la"],

@@ -17,6 +17,7 @@ from featcache.cli import main
 from featcache.errors import CacheError, FeatcacheError
 from featcache.metrics import METRIC_KEYS
 from pipelines import tfa_lt, train_head
+from pipelines.reproduce import ReproduceConfig
 
 FAST = dict(epochs=4, device="cpu", seeds=(0,))
 
@@ -159,3 +160,39 @@ def test_bad_input_gets_clear_errors(lt_cache, tmp_path) -> None:  # noqa: ANN00
     plain = make_feature_cache(tmp_path / "plain.h5", num_classes=3, dim=8)
     with pytest.raises(CacheError, match="Extract with --tte"):
         train_head.run(train_head.TrainHeadConfig(cache=str(plain), tte=True, out=str(tmp_path / "x"), **FAST))
+
+
+def test_bf16_reaches_fp32_accuracy_and_is_recorded(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    common = dict(cache=str(lt_cache), ensemble="logit", epochs=10, ensemble_epochs=5,
+                  device="cpu", seeds=(0, 1))
+    res = {p: tfa_lt.run(tfa_lt.TfaLtConfig(precision=p, out=str(tmp_path / p), **common))
+           for p in ("fp32", "bf16")}
+    m32, m16 = res["fp32"].metrics, res["bf16"].metrics
+    assert m32["acc"] > 0.4, m32["acc"]  # well above chance (1/6)
+    for key in ("acc", "balanced_acc"):  # 120 test rows per seed: 0.05 is 6 rows
+        assert abs(m16[key] - m32[key]) <= 0.05, (key, m16[key], m32[key])
+    config = json.loads((tmp_path / "bf16" / "config.json").read_text())
+    assert config["precision"] == "bf16"
+    w = {p: torch.load(tmp_path / p / "checkpoints/seed-0.pt", weights_only=False)["model"]
+         ["branches"]["state"]["weight"] for p in res}
+    assert w["bf16"].dtype == torch.float32  # fp32 master weights are what is saved
+    rel = ((w["bf16"] - w["fp32"]).norm() / w["fp32"].norm()).item()
+    assert 0 < rel < 0.05, rel
+
+
+def test_precision_options_are_checked(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    with pytest.raises(FeatcacheError, match=r"Unknown precision 'bf61'\. Did you mean 'bf16'\? "
+                                             r"Choose from: bf16, fp16, fp32\."):
+        tfa_lt.TfaLtConfig(cache=str(lt_cache), precision="bf61")
+    with pytest.raises(FeatcacheError, match="fp16 needs a GPU"):
+        train_head.TrainHeadConfig(cache=str(lt_cache), device="cpu", precision="fp16")
+    res = CliRunner().invoke(main, ["train-head", "--cache", str(lt_cache), "--precision", "fp61"])
+    assert res.exit_code == 2 and "'fp61' is not one of 'fp32', 'bf16', 'fp16'" in res.output
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(main, ["train-head", "--cache", str(lt_cache), "--head", "adapter",
+                                    "--epochs", "1", "--seeds", "0", "--device", "cpu",
+                                    "--precision", "bf16", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
+    repro = ReproduceConfig(cache=str(lt_cache), precision="bf16")
+    assert repro.tfa("logit", out).precision == repro.head("CE", "adapter", "ce", out).precision == "bf16"

@@ -13,8 +13,11 @@ import click
 
 from featcache.cli import main
 from featcache.cli.common import console, parse_seeds
-from featcache.device import DEVICES
+from featcache.device import DEVICES, PRECISIONS
 from featcache.errors import FeatcacheError
+
+_PRECISION_HELP = ("Training precision of the heads' weight products: bf16 (or fp16, GPU only) "
+                   "is mixed precision with fp32 master weights and losses; evaluation is fp32.")
 
 
 def _show(out_dir: Path, metrics: dict, title: str) -> None:
@@ -61,6 +64,8 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--val-fraction", type=float, default=0.0, show_default=True, help="Training fraction held out for validation.")
 @click.option("--test-per-class", type=int, default=None, help="tfa-lt test images per class (default: the descriptor's).")
 @click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help=_PRECISION_HELP)
 @click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>).")
 @click.option("--method", default="", help="Name shown in tables.")
 def train_head_cmd(**opts: object) -> None:
@@ -121,6 +126,8 @@ def reproduce_group() -> None:
 @click.option("--feature", type=click.Choice(["embed", "cls"]), default="embed", show_default=True)
 @click.option("--tte", is_flag=True, help="Average logits over the five cached crops.")
 @click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
+              help=_PRECISION_HELP)
 @click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt).")
 def reproduce_tfa_lt_cmd(**opts: object) -> None:
     """TFA-LT's Table 1 (frozen-feature rows) and Table 2 (ablation), 3 seeds."""
