@@ -10,13 +10,19 @@ the anchor (plus the 7 × 60 test rows of the tfa-lt protocol). One seed.
 The straightforward loop is ``../shared/anchors/head_anchor.py`` when it exists (run as a
 subprocess, same Python, same device), else the same loop re-implemented below.
 
-    python benchmarks/bench_heads.py [--device cpu|cuda] [--json out.json] [--skip-anchor]
+    python benchmarks/bench_heads.py [--device cpu|cuda] [--precision fp32|bf16|fp16|fp32,bf16]
+        [--json out.json] [--skip-anchor]
+
+``--precision`` is featcache's training precision (the anchor is always the plain fp32 loop);
+a comma-separated list times each in turn, beside one anchor run. The machine's load average
+is recorded before and after each timing (on a shared machine it explains the spread).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import re
 import resource
@@ -44,7 +50,8 @@ def make_cache(path: Path) -> Path:
                               test_per_class=TEST_PER_CLASS, noise=1.0, name="bench-isic")
 
 
-def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int) -> dict:
+def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int,
+                  precision: str = "fp32") -> dict:
     """Time featcache's TFA-LT pipeline (one seed, logit ensembler) end to end and training only."""
     from featcache.device import resolve_device
     from pipelines.tfa_lt import TfaLtConfig, run
@@ -53,20 +60,25 @@ def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int) -
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         torch.cuda.synchronize(dev)
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
         result = run(TfaLtConfig(cache=str(cache), seeds=(0,), epochs=epochs,
-                                 ensemble_epochs=ensemble_epochs, device=device, out=out))
+                                 ensemble_epochs=ensemble_epochs, device=device, out=out,
+                                 precision=precision))
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         wall = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
-    return {"wall_s": wall, "train_s": result.metrics["train_seconds"], "peak_gpu_mib": peak,
-            "acc": result.metrics["acc"]}
+    m = result.metrics
+    return {"precision": precision, "wall_s": wall, "train_s": m["train_seconds"],
+            "peak_gpu_mib": peak, "acc": m["acc"], "balanced_acc": m["balanced_acc"],
+            "macro_f1": m["macro_f1"], "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def run_anchor(device: str, epochs: int, ensemble_epochs: int) -> dict:
     """Time the straightforward loop: the anchor file when present, else the same loop here."""
+    load_before = os.getloadavg()
     if ANCHOR.exists() and (epochs, ensemble_epochs) == (200, 100):
         t0 = time.perf_counter()
         proc = subprocess.run([sys.executable, str(ANCHOR), device], capture_output=True, text=True, check=True)
@@ -74,8 +86,10 @@ def run_anchor(device: str, epochs: int, ensemble_epochs: int) -> dict:
         m = re.search(r"([\d.]+) s", proc.stdout)
         peak = re.search(r"peak (\d+) MiB", proc.stdout)
         return {"source": str(ANCHOR), "train_s": float(m.group(1)) if m else wall, "wall_s": wall,
-                "peak_gpu_mib": float(peak.group(1)) if peak else None, "stdout": proc.stdout.strip()}
-    return {"source": "re-implemented loop", **_anchor_loop(device, epochs, ensemble_epochs)}
+                "peak_gpu_mib": float(peak.group(1)) if peak else None, "stdout": proc.stdout.strip(),
+                "load_before": load_before, "load_after": os.getloadavg()}
+    return {"source": "re-implemented loop", **_anchor_loop(device, epochs, ensemble_epochs),
+            "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def _anchor_loop(dev: str, epochs: int, ensemble_epochs: int) -> dict:
@@ -139,15 +153,21 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--epochs", type=int, default=200, help="stage I epochs (protocol: 200)")
     ap.add_argument("--ensemble-epochs", type=int, default=100, help="stage II epochs (protocol: 100)")
+    ap.add_argument("--precision", default="fp32",
+                    help="featcache's training precision: fp32|bf16|fp16, or a comma-separated list")
     ap.add_argument("--skip-anchor", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
+    precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
+    runs = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = make_cache(Path(tmp) / "bench.h5")
-        rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        ours = run_featcache(cache, args.device, args.epochs, args.ensemble_epochs)
-        ours["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        ours["rss_before_mib"] = rss0 / 1024
+        for precision in precisions:
+            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            ours = run_featcache(cache, args.device, args.epochs, args.ensemble_epochs, precision)
+            ours["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            ours["rss_before_mib"] = rss0 / 1024
+            runs.append(ours)
     anchor = None if args.skip_anchor else run_anchor(args.device, args.epochs, args.ensemble_epochs)
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -155,23 +175,37 @@ def main() -> None:
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "protocol": {"rows": N_TRAIN, "dim": DIM, "classes": CLASSES, "epochs": args.epochs,
                      "ensemble_epochs": args.ensemble_epochs, "batch_size": 128},
-        "featcache": ours,
+        "featcache": runs[0] if len(runs) == 1 else runs,
         "straightforward": anchor,
     }
     if anchor:
-        report["speedup_train"] = anchor["train_s"] / ours["train_s"]
-        report["speedup_wall"] = anchor["train_s"] / ours["wall_s"]
+        for ours in runs:
+            ours["speedup_train"] = anchor["train_s"] / ours["train_s"]
+            ours["speedup_wall"] = anchor["train_s"] / ours["wall_s"]
+        if len(runs) == 1:
+            report["speedup_train"] = runs[0]["speedup_train"]
+            report["speedup_wall"] = runs[0]["speedup_wall"]
     print(f"TFA-LT protocol ({args.epochs}+{args.epochs}+{args.ensemble_epochs} epochs, {N_TRAIN}x{DIM}, "
           f"{CLASSES} classes, batch 128) on {args.device}, {torch.get_num_threads()} threads")
-    peak = f", peak GPU {ours['peak_gpu_mib']:.0f} MiB" if ours["peak_gpu_mib"] is not None else ""
-    print(f"  featcache:       train {ours['train_s']:.1f} s, end to end {ours['wall_s']:.1f} s "
-          f"(load, split, train, evaluate, write run){peak}; peak RSS {ours['peak_rss_mib']:.0f} MiB")
+    for ours in runs:
+        peak = f", peak GPU {ours['peak_gpu_mib']:.0f} MiB" if ours["peak_gpu_mib"] is not None else ""
+        print(f"  featcache {ours['precision']}:  train {ours['train_s']:.1f} s, end to end "
+              f"{ours['wall_s']:.1f} s (load, split, train, evaluate, write run){peak}; peak RSS "
+              f"{ours['peak_rss_mib']:.0f} MiB; test acc {100 * ours['acc']:.2f} %, balanced "
+              f"{100 * ours['balanced_acc']:.2f} %; load {_load(ours)}")
     if anchor:
-        print(f"  straightforward: {anchor['train_s']:.1f} s  [{anchor['source']}]")
-        print(f"  speed-up: {report['speedup_train']:.2f}x (training), {report['speedup_wall']:.2f}x (end to end)")
+        print(f"  straightforward (fp32): {anchor['train_s']:.1f} s  [{anchor['source']}]; load {_load(anchor)}")
+        for ours in runs:
+            print(f"  speed-up {ours['precision']}: {ours['speedup_train']:.2f}x (training), "
+                  f"{ours['speedup_wall']:.2f}x (end to end)")
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=lambda o: float(o) if isinstance(o, np.floating) else str(o)))
         print(f"Wrote {args.json}")
+
+
+def _load(fig: dict) -> str:
+    """``"1.02 -> 2.10"``: 1-minute load average before and after a timing."""
+    return f"{fig['load_before'][0]:.2f} -> {fig['load_after'][0]:.2f}"
 
 
 if __name__ == "__main__":
