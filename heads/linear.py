@@ -35,7 +35,7 @@ class LinearHead(Head):
         w, b = _rows(self.weight, members), _rows(self.bias, members)  # [g, C, D], [g, C]
         g, C, D = w.shape
         # [B, g·C]: one product for every member
-        logits = product(torch.mm, x, w.reshape(g * C, D).T, self.matmul_dtype)
+        logits = product(torch.mm, x, w.reshape(g * C, D).T, self.product_dtype(w.numel()))
         # [g, B, C] made contiguous: log_softmax over a strided last dim is ~10x slower on CPU
         return (logits.view(-1, g, C).transpose(0, 1) + b[:, None, :]).contiguous()
 
@@ -70,14 +70,15 @@ class CosineHead(Head):
         self.check_input(x)
         f = F.normalize(x, dim=-1)
         w = F.normalize(self.weight, dim=-1)
-        return product(torch.bmm, f, w.transpose(1, 2), self.matmul_dtype) * self.sigma[:, None, None]
+        dtype = self.product_dtype(w[0].numel())
+        return product(torch.bmm, f, w.transpose(1, 2), dtype) * self.sigma[:, None, None]
 
     def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
         w = _rows(self.weight, members)
         g, C, D = w.shape
         f = F.normalize(x, dim=-1)  # [B, D]
         w = F.normalize(w, dim=-1).reshape(g * C, D)
-        logits = product(torch.mm, f, w.T, self.matmul_dtype)  # [B, g·C]
+        logits = product(torch.mm, f, w.T, self.product_dtype(w.numel()))  # [B, g·C]
         logits = logits.view(-1, g, C).transpose(0, 1) * self.sigma[members, None, None]
         return logits.contiguous()  # see LinearHead.forward_shared
 

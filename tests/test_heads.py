@@ -249,7 +249,8 @@ def _grads(head, x: torch.Tensor, labels: torch.Tensor, shared: bool = False) ->
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])  # fp16 runs on the CPU here
 @pytest.mark.parametrize("name", [n for n in HEADS.names() if HEADS.get(n).trainable])
-def test_half_precision_products_give_fp32_gradients_close_to_fp32(name: str, dtype) -> None:  # noqa: ANN001
+def test_half_precision_products_give_fp32_gradients_close_to_fp32(name: str, dtype, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr("heads.base.HALF_MIN_WEIGHT", 0)  # these test heads are tiny
     ctx = _head_ctx(name)
     head = build_head(name, ctx, [MemberSpec(seed=0, tau=0.1), MemberSpec(seed=1, tau=0.1)])
     gen = torch.Generator().manual_seed(8)
@@ -272,7 +273,8 @@ def test_half_precision_products_give_fp32_gradients_close_to_fp32(name: str, dt
 
 
 @pytest.mark.parametrize("name", ["adapter", "linear", "cosine"])
-def test_bf16_training_reaches_fp32_accuracy(name: str) -> None:
+def test_bf16_training_reaches_fp32_accuracy(name: str, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr("heads.base.HALF_MIN_WEIGHT", 0)  # these test heads are tiny
     x, labels = _data(4)
     gen = torch.Generator().manual_seed(9)
     x = torch.cat([x, x]) + 0.8 * torch.randn(2 * x.shape[0], D, generator=gen)  # harder
@@ -304,3 +306,13 @@ def test_unknown_or_unsupported_precision_is_refused() -> None:
         train_members(head, x, labels, [torch.arange(labels.numel())], precision="bf61")
     with pytest.raises(FeatcacheError, match="fp16 needs a GPU; use fp32 or bf16 on the CPU"):
         train_members(head, x, labels, [torch.arange(labels.numel())], precision="fp16")
+
+
+def test_small_weights_keep_fp32_products_under_bf16() -> None:
+    # a 5 x 12 classifier is under HALF_MIN_WEIGHT: bf16 leaves it exactly fp32
+    x, labels = _data()
+    spec = MemberSpec(seed=1, epochs=2, batch_size=64)
+    heads = [build_head("linear", HeadContext(D, C), [spec]) for _ in range(2)]
+    for head, precision in zip(heads, ("fp32", "bf16"), strict=True):
+        train_members(head, x, labels, [torch.arange(labels.numel())], precision=precision)
+    assert torch.equal(heads[0].weight, heads[1].weight)
