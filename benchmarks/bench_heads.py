@@ -11,7 +11,7 @@ The straightforward loop is ``../shared/anchors/head_anchor.py`` when it exists 
 subprocess, same Python, same device), else the same loop re-implemented below.
 
     python benchmarks/bench_heads.py [--device cpu|cuda] [--precision fp32|bf16|fp16|fp32,bf16]
-        [--json out.json] [--skip-anchor]
+        [--rounds N] [--json out.json] [--skip-anchor]
 
 ``--precision`` is featcache's training precision (the anchor is always the plain fp32 loop);
 a comma-separated list times each in turn, beside one anchor run. The machine's load average
@@ -155,49 +155,58 @@ def main() -> None:
     ap.add_argument("--ensemble-epochs", type=int, default=100, help="stage II epochs (protocol: 100)")
     ap.add_argument("--precision", default="fp32",
                     help="featcache's training precision: fp32|bf16|fp16, or a comma-separated list")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="repeat everything this many times, interleaved (each round: every "
+                         "precision, then the anchor); ratios are taken within a round")
     ap.add_argument("--skip-anchor", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
-    runs = []
+    print(f"TFA-LT protocol ({args.epochs}+{args.epochs}+{args.ensemble_epochs} epochs, {N_TRAIN}x{DIM}, "
+          f"{CLASSES} classes, batch 128) on {args.device}, {torch.get_num_threads()} threads", flush=True)
+    rounds = []
     with tempfile.TemporaryDirectory() as tmp:
         cache = make_cache(Path(tmp) / "bench.h5")
-        for precision in precisions:
-            rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-            ours = run_featcache(cache, args.device, args.epochs, args.ensemble_epochs, precision)
-            ours["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            ours["rss_before_mib"] = rss0 / 1024
-            runs.append(ours)
-    anchor = None if args.skip_anchor else run_anchor(args.device, args.epochs, args.ensemble_epochs)
+        for r in range(args.rounds):
+            runs = []
+            for precision in precisions:
+                rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                ours = run_featcache(cache, args.device, args.epochs, args.ensemble_epochs, precision)
+                ours["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                ours["rss_before_mib"] = rss0 / 1024
+                runs.append(ours)
+                peak = f", peak GPU {ours['peak_gpu_mib']:.0f} MiB" if ours["peak_gpu_mib"] is not None else ""
+                print(f"  [{r + 1}] featcache {precision}: train {ours['train_s']:.1f} s, end to end "
+                      f"{ours['wall_s']:.1f} s (load, split, train, evaluate, write run){peak}; peak "
+                      f"RSS {ours['peak_rss_mib']:.0f} MiB; test acc {100 * ours['acc']:.2f} %, "
+                      f"balanced {100 * ours['balanced_acc']:.2f} %; load {_load(ours)}", flush=True)
+            anchor = None if args.skip_anchor else run_anchor(args.device, args.epochs, args.ensemble_epochs)
+            if anchor:
+                print(f"  [{r + 1}] straightforward (fp32): {anchor['train_s']:.1f} s  "
+                      f"[{anchor['source']}]; load {_load(anchor)}", flush=True)
+                for ours in runs:
+                    ours["speedup_train"] = anchor["train_s"] / ours["train_s"]
+                    ours["speedup_wall"] = anchor["train_s"] / ours["wall_s"]
+                    print(f"  [{r + 1}] speed-up {ours['precision']}: {ours['speedup_train']:.2f}x "
+                          f"(training), {ours['speedup_wall']:.2f}x (end to end)", flush=True)
+            rounds.append({"featcache": runs, "straightforward": anchor})
     report = {
         "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "protocol": {"rows": N_TRAIN, "dim": DIM, "classes": CLASSES, "epochs": args.epochs,
                      "ensemble_epochs": args.ensemble_epochs, "batch_size": 128},
-        "featcache": runs[0] if len(runs) == 1 else runs,
-        "straightforward": anchor,
+        "rounds": rounds,
     }
-    if anchor:
-        for ours in runs:
-            ours["speedup_train"] = anchor["train_s"] / ours["train_s"]
-            ours["speedup_wall"] = anchor["train_s"] / ours["wall_s"]
-        if len(runs) == 1:
-            report["speedup_train"] = runs[0]["speedup_train"]
-            report["speedup_wall"] = runs[0]["speedup_wall"]
-    print(f"TFA-LT protocol ({args.epochs}+{args.epochs}+{args.ensemble_epochs} epochs, {N_TRAIN}x{DIM}, "
-          f"{CLASSES} classes, batch 128) on {args.device}, {torch.get_num_threads()} threads")
-    for ours in runs:
-        peak = f", peak GPU {ours['peak_gpu_mib']:.0f} MiB" if ours["peak_gpu_mib"] is not None else ""
-        print(f"  featcache {ours['precision']}:  train {ours['train_s']:.1f} s, end to end "
-              f"{ours['wall_s']:.1f} s (load, split, train, evaluate, write run){peak}; peak RSS "
-              f"{ours['peak_rss_mib']:.0f} MiB; test acc {100 * ours['acc']:.2f} %, balanced "
-              f"{100 * ours['balanced_acc']:.2f} %; load {_load(ours)}")
-    if anchor:
-        print(f"  straightforward (fp32): {anchor['train_s']:.1f} s  [{anchor['source']}]; load {_load(anchor)}")
-        for ours in runs:
-            print(f"  speed-up {ours['precision']}: {ours['speedup_train']:.2f}x (training), "
-                  f"{ours['speedup_wall']:.2f}x (end to end)")
+    if not args.skip_anchor:
+        summary = {}
+        for i, precision in enumerate(precisions):
+            ratios = sorted(rd["featcache"][i]["speedup_train"] for rd in rounds)
+            summary[precision] = {"speedup_train": ratios, "median": float(np.median(ratios))}
+            if len(rounds) > 1:
+                print(f"  speed-up {precision} over {len(rounds)} rounds: "
+                      f"{', '.join(f'{x:.2f}x' for x in ratios)} (median {np.median(ratios):.2f}x)")
+        report["summary"] = summary
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, default=lambda o: float(o) if isinstance(o, np.floating) else str(o)))
         print(f"Wrote {args.json}")
