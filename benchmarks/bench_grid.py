@@ -9,7 +9,7 @@ configuration is also timed through ``train-head`` (:func:`pipelines.train_head.
 user runs for one setting. Goal: grid ≤ 4 × one configuration.
 
     .venv/bin/python benchmarks/bench_grid.py [--epochs 200] [--seeds 0] [--head linear]
-        [--device cpu] [--threads N] [--repeat 1] [--json bench_grid.json]
+        [--device cpu] [--precision fp32|bf16] [--threads N] [--repeat 1] [--json bench_grid.json]
 
 Prints the figures and writes them as JSON (with the machine, torch version, load average).
 """
@@ -54,6 +54,7 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--head", default="linear")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--precision", default="fp32", help="training precision: fp32|bf16|fp16")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default torch's)")
     ap.add_argument("--repeat", type=int, default=1, help="repeat each timing, keep the fastest")
     ap.add_argument("--json", default="bench_grid.json")
@@ -65,7 +66,8 @@ def main() -> None:
         tmp = Path(tmp)
         cache = isic_sized_cache(tmp / "isic-sized.h5")
         base = train_head.TrainHeadConfig(cache=str(cache), head=args.head, epochs=args.epochs,
-                                          seeds=seeds, device=args.device, val_fraction=0.2)
+                                          seeds=seeds, device=args.device, val_fraction=0.2,
+                                          precision=args.precision)
         one = grid.make_grid(base, [f"lr={LRS[0]}", f"weight_decay={WDS[0]}"], out=str(tmp / "one"))
         many = grid.make_grid(base, ["lr=" + ",".join(map(str, LRS)),
                                      "weight_decay=" + ",".join(map(str, WDS))],
@@ -90,6 +92,7 @@ def main() -> None:
         "benchmark": "grid of 64 configurations vs one configuration",
         "head": args.head, "rows": 8400, "dim": 512, "classes": 7, "epochs": args.epochs,
         "batch_size": 128, "seeds": list(seeds), "val_fraction": 0.2, "device": args.device,
+        "precision": args.precision,
         "grid": {"lr": list(LRS), "weight_decay": list(WDS)},
         "one_config_train_head_s": round(t_alone, 3),
         "one_config_grid_s": round(t_one, 3),

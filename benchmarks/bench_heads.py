@@ -40,18 +40,23 @@ ANCHOR = ROOT.parent / "shared" / "anchors" / "head_anchor.py"
 N_TRAIN, DIM, CLASSES, TEST_PER_CLASS = 8400, 512, 7, 60
 
 
-def make_cache(path: Path) -> Path:
-    """An ISIC-sized random cache (uniform labels) written with featcache's own writer."""
+def make_cache(path: Path, noise: float = 1.0) -> Path:
+    """An ISIC-sized random cache (uniform labels) written with featcache's own writer.
+
+    Features are unit class means plus ``noise`` × N(0, 1) per dimension: at the default 1.0
+    (the timing setting) classes barely separate in 512-d; ~0.06 gives a learnable task on
+    which test accuracies (fp32 vs bf16) mean something.
+    """
     sys.path.insert(0, str(ROOT / "tests"))
     from fixtures_cache import make_feature_cache
 
     per_class = N_TRAIN // CLASSES + TEST_PER_CLASS
     return make_feature_cache(path, num_classes=CLASSES, counts=[per_class] * CLASSES, dim=DIM,
-                              test_per_class=TEST_PER_CLASS, noise=1.0, name="bench-isic")
+                              test_per_class=TEST_PER_CLASS, noise=noise, name="bench-isic")
 
 
 def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int,
-                  precision: str = "fp32") -> dict:
+                  precision: str = "fp32", seeds: tuple[int, ...] = (0,)) -> dict:
     """Time featcache's TFA-LT pipeline (one seed, logit ensembler) end to end and training only."""
     from featcache.device import resolve_device
     from pipelines.tfa_lt import TfaLtConfig, run
@@ -63,7 +68,7 @@ def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int,
     load_before = os.getloadavg()
     with tempfile.TemporaryDirectory() as out:
         t0 = time.perf_counter()
-        result = run(TfaLtConfig(cache=str(cache), seeds=(0,), epochs=epochs,
+        result = run(TfaLtConfig(cache=str(cache), seeds=seeds, epochs=epochs,
                                  ensemble_epochs=ensemble_epochs, device=device, out=out,
                                  precision=precision))
         if dev.type == "cuda":
@@ -73,7 +78,9 @@ def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int,
     m = result.metrics
     return {"precision": precision, "wall_s": wall, "train_s": m["train_seconds"],
             "peak_gpu_mib": peak, "acc": m["acc"], "balanced_acc": m["balanced_acc"],
-            "macro_f1": m["macro_f1"], "load_before": load_before, "load_after": os.getloadavg()}
+            "macro_f1": m["macro_f1"], "acc_std": m["acc_std"],
+            "per_seed_acc": [r["acc"] for r in m["per_seed"]],
+            "load_before": load_before, "load_after": os.getloadavg()}
 
 
 def run_anchor(device: str, epochs: int, ensemble_epochs: int) -> dict:
@@ -158,6 +165,9 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat everything this many times, interleaved (each round: every "
                          "precision, then the anchor); ratios are taken within a round")
+    ap.add_argument("--seeds", default="0", help="featcache seeds (one batched run; the anchor has one)")
+    ap.add_argument("--noise", type=float, default=1.0,
+                    help="feature noise of the random cache (1.0: the timing setting; ~0.06: learnable)")
     ap.add_argument("--skip-anchor", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -166,19 +176,22 @@ def main() -> None:
           f"{CLASSES} classes, batch 128) on {args.device}, {torch.get_num_threads()} threads", flush=True)
     rounds = []
     with tempfile.TemporaryDirectory() as tmp:
-        cache = make_cache(Path(tmp) / "bench.h5")
+        cache = make_cache(Path(tmp) / "bench.h5", args.noise)
+        seeds = tuple(int(x) for x in args.seeds.split(","))
         for r in range(args.rounds):
             runs = []
             for precision in precisions:
                 rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-                ours = run_featcache(cache, args.device, args.epochs, args.ensemble_epochs, precision)
+                ours = run_featcache(cache, args.device, args.epochs, args.ensemble_epochs, precision,
+                                     seeds)
                 ours["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 ours["rss_before_mib"] = rss0 / 1024
                 runs.append(ours)
                 peak = f", peak GPU {ours['peak_gpu_mib']:.0f} MiB" if ours["peak_gpu_mib"] is not None else ""
                 print(f"  [{r + 1}] featcache {precision}: train {ours['train_s']:.1f} s, end to end "
                       f"{ours['wall_s']:.1f} s (load, split, train, evaluate, write run){peak}; peak "
-                      f"RSS {ours['peak_rss_mib']:.0f} MiB; test acc {100 * ours['acc']:.2f} %, "
+                      f"RSS {ours['peak_rss_mib']:.0f} MiB; test acc {100 * ours['acc']:.2f} ± "
+                      f"{100 * ours['acc_std']:.2f} %, "
                       f"balanced {100 * ours['balanced_acc']:.2f} %; load {_load(ours)}", flush=True)
             anchor = None if args.skip_anchor else run_anchor(args.device, args.epochs, args.ensemble_epochs)
             if anchor:
@@ -195,7 +208,8 @@ def main() -> None:
                     "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None},
         "protocol": {"rows": N_TRAIN, "dim": DIM, "classes": CLASSES, "epochs": args.epochs,
-                     "ensemble_epochs": args.ensemble_epochs, "batch_size": 128},
+                     "ensemble_epochs": args.ensemble_epochs, "batch_size": 128,
+                     "seeds": args.seeds, "noise": args.noise},
         "rounds": rounds,
     }
     if not args.skip_anchor:
