@@ -21,8 +21,9 @@ Why this shape:
   rate, its batch's valid rows) is computed on the host in advance from sizes alone, so the
   loop never waits for the device (no ``.item()``), which keeps a GPU fed.
 
-Mixed precision (``precision="bf16"``, or ``"fp16"`` on a GPU): the head's weight products
-(the adapter's ``[B, D] × [D, D]``, linear/cosine classifiers, the grid's shared product) run
+Mixed precision (``precision="bf16"``, or ``"fp16"`` on a GPU): the head's large weight
+products (the adapter's ``[B, D] × [D, D]`` and its weight gradient, the feature ensembler, a
+grid's shared classifier product; not a 7-class probe, see ``heads.base.HALF_MIN_WEIGHT``) run
 in that dtype through :meth:`~heads.base.Head.matmul_precision`; the parameters stay fp32
 master weights, their gradients and the optimiser state are fp32, and logits, softmax and
 losses are fp32. ``"fp32"`` (the default) runs the exact fp32 arithmetic, unchanged.
