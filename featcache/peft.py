@@ -418,6 +418,15 @@ def _positive_int_or_none(cls_name: str, field: str, value: object, hint: str) -
         raise FeatcacheError(f"{cls_name}.{field} must be a positive integer or None ({hint}), got {value!r}.")
 
 
+def _distinct_choices(cls_name: str, field: str, value: object, choices: tuple[str, ...], hint: str = "") -> tuple[str, ...]:
+    """``value`` (one name or a sequence) as a tuple of distinct, known, at least one ``choices``."""
+    names = tuple(value) if not isinstance(value, str) else (value,)
+    bad = [n for n in names if n not in choices]
+    if bad or not names or len(set(names)) != len(names):
+        raise FeatcacheError(f"{cls_name}.{field} must be distinct entries of {choices}, got {value!r}.{hint}")
+    return names
+
+
 def _wrap_blocks(visual: VisionTransformer) -> list[PeftBlock]:
     """Replace every block of ``visual`` by a :class:`PeftBlock` adopting its modules."""
     blocks = visual.transformer.resblocks
@@ -499,13 +508,8 @@ class AdapterConfig(MethodConfig):
 
     def __post_init__(self) -> None:
         _positive_int_or_none(type(self).__name__, "bottleneck", self.bottleneck, "None = LIFT's default")
-        positions = tuple(self.positions) if not isinstance(self.positions, str) else (self.positions,)
-        bad = [p for p in positions if p not in ADAPTER_POSITIONS]
-        if bad or not positions or len(set(positions)) != len(positions):
-            raise FeatcacheError(
-                f"AdapterConfig.positions must be distinct entries of {ADAPTER_POSITIONS}, got "
-                f"{self.positions!r}. Use ('mlp',) for LIFT, ('attn', 'mlp') for Houlsby."
-            )
+        hint = " Use ('mlp',) for LIFT, ('attn', 'mlp') for Houlsby."
+        positions = _distinct_choices("AdapterConfig", "positions", self.positions, ADAPTER_POSITIONS, hint)
         object.__setattr__(self, "positions", positions)
 
     def resolve(self, dims: VitDims, num_classes: int) -> AdapterConfig:
@@ -557,12 +561,7 @@ class LoRAConfig(MethodConfig):
         _positive_int_or_none(type(self).__name__, "rank", self.rank, "None = LIFT's default")
         if not (isinstance(self.alpha, (int, float)) and math.isfinite(self.alpha) and self.alpha > 0):
             raise FeatcacheError(f"LoRAConfig.alpha must be a positive number, got {self.alpha!r}.")
-        targets = tuple(self.targets) if not isinstance(self.targets, str) else (self.targets,)
-        bad = [t for t in targets if t not in LORA_TARGETS]
-        if bad or not targets or len(set(targets)) != len(targets):
-            raise FeatcacheError(
-                f"LoRAConfig.targets must be distinct entries of {LORA_TARGETS}, got {self.targets!r}."
-            )
+        targets = _distinct_choices("LoRAConfig", "targets", self.targets, LORA_TARGETS)
         object.__setattr__(self, "targets", targets)
 
     def resolve(self, dims: VitDims, num_classes: int) -> LoRAConfig:
