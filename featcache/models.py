@@ -7,6 +7,24 @@ offline demo and the tests. Real models need weights: an open_clip pretrained ta
 error says which model and tag, where it looked, and how to pass a local file; a real model
 never silently falls back to random weights (``--pretrained random`` asks for them openly,
 e.g. for speed benchmarks).
+
+What open_clip only warns about (or leaves unsaid) is applied here or refused, never ignored
+(the audit is the README's "Backbones" section and ``tests/test_models.py``):
+
+- QuickGELU. A tag whose pretrained config says ``quick_gelu`` (``openai``, ``dfn2b``,
+  ``dfn5b``, ``metaclip_*``, ``laion400m_*`` of ViT-B-32, RN50/RN101 ``yfcc15m``/``cc12m``)
+  builds the towers with QuickGELU (open_clip's ``force_quick_gelu``); open_clip itself builds
+  nn.GELU and warns "QuickGELU mismatch". A local file carries no such record: the file of
+  OpenAI's own download (its SHA-256 is part of open_clip's URL for the tag) is recognised and
+  built like the tag; for any other file the model name decides (``ViT-B-16-quickgelu``), and a
+  warning names the tags of that model trained with QuickGELU.
+- Preprocessing (mean, std, interpolation, resize_mode) comes from the tag's pretrained config
+  (open_clip applies it). For a local file open_clip silently uses its OpenAI defaults; here a
+  recognised file gets its tag's settings, a file for a model whose every tag agrees on
+  other settings (SigLIP, CLIPA, MobileCLIP, PE, ...) gets those, and where the tags disagree
+  a warning names the ones that differ from what is used.
+- Weights that fail to load (an ``hf-hub:`` repo without weights) are an error, not the
+  random model open_clip would build after a logged warning.
 """
 
 from __future__ import annotations
@@ -15,12 +33,15 @@ import contextlib
 import hashlib
 import logging
 import os
+import re
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import open_clip
 import torch
+from open_clip.transform import PreprocessCfg
 from torch import nn
 
 from featcache.errors import FeatcacheError, did_you_mean
@@ -51,6 +72,8 @@ def default_pretrained(model_name: str) -> str:
 
     if timm_backbones.is_timm(model_name):
         return timm_backbones.default_pretrained(model_name)
+    if model_name.startswith("hf-hub:"):
+        return model_name  # the hub repo brings config and weights together
     if model_name in TINY_MODELS:
         return RANDOM
     tags = open_clip.list_pretrained_tags_by_model(model_name)
@@ -81,7 +104,8 @@ class Backbone:
     ``None`` (:attr:`has_text` False) and :attr:`logit_scale` is ``None``.
     ``preprocess`` is open_clip's own preprocessing config (size, mean, std, interpolation,
     resize_mode); ``weights_id`` is the pretrained tag, ``sha256:<hash>`` for a file, the hub
-    id, or ``random``.
+    id, or ``random``. ``quick_gelu`` says whether the towers were built with open_clip's
+    QuickGELU (read from the built modules; always False for timm backbones).
     """
 
     model: nn.Module
@@ -90,6 +114,7 @@ class Backbone:
     weights_id: str
     tokenizer: object
     preprocess: dict = field(default_factory=dict)
+    quick_gelu: bool = False
 
     @property
     def image_size(self) -> int:
@@ -158,6 +183,111 @@ def _weights_error(model_name: str, pretrained: str, err: Exception) -> Featcach
     )
 
 
+PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
+_URL_SHA256 = re.compile(r"/([0-9a-f]{64})/[^/]+$")
+
+
+def tag_quick_gelu(model_name: str, tag: str) -> bool | None:
+    """What open_clip's pretrained config of ``model_name``/``tag`` says about QuickGELU
+    (``None`` when it does not say; every explicit entry in open_clip 3.x is ``True``)."""
+    return open_clip.get_pretrained_cfg(model_name, tag).get("quick_gelu")
+
+
+def config_quick_gelu(model_name: str) -> bool:
+    """Whether ``model_name``'s architecture config builds QuickGELU (``-quickgelu`` names do)."""
+    return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+
+
+def quick_gelu_tags(model_name: str) -> list[str]:
+    """The tags of ``model_name`` whose weights were trained with QuickGELU."""
+    return [t for t in open_clip.list_pretrained_tags_by_model(model_name) if tag_quick_gelu(model_name, t)]
+
+
+def _quickgelu_name(model_name: str) -> str:
+    variant = f"{model_name}-quickgelu"
+    return variant if variant in open_clip.list_models() else f"a config of {model_name} with \"quick_gelu\": true"
+
+
+def _tag_preprocess(model_name: str, tag: str) -> dict:
+    cfg = open_clip.get_pretrained_cfg(model_name, tag)
+    return {k: (tuple(cfg[k]) if isinstance(cfg[k], (list, tuple)) else cfg[k]) for k in PREPROCESS_KEYS}
+
+
+def tag_of_file(model_name: str, sha256: str) -> str | None:
+    """The tag of ``model_name`` whose download is this very file, else ``None``.
+
+    OpenAI's checkpoints are published at URLs that carry their SHA-256 (open_clip checks the
+    download against it, ``open_clip/pretrained.py: download_pretrained_from_url``), so the
+    original ``ViT-B-16.pt`` is recognised by its hash. Converted copies (the Hugging Face
+    ``open_clip_pytorch_model.bin``) and other tags' files carry no such record.
+    """
+    for tag in open_clip.list_pretrained_tags_by_model(model_name):
+        match = _URL_SHA256.search(open_clip.get_pretrained_cfg(model_name, tag).get("url") or "")
+        if match and match.group(1) == sha256:
+            return tag
+    return None
+
+
+def _tag_quick_gelu_force(model_name: str, tag: str) -> bool:
+    """``force_quick_gelu`` for loading ``tag``: True where the tag says QuickGELU and the config
+    does not. A tag saying ``quick_gelu: False`` for a QuickGELU config is refused (none does
+    in open_clip 3.x). A tag that says nothing keeps its config (``roberta-ViT-B-32``'s config
+    has QuickGELU, its ``laion2b_s12b_b32k`` entry just predates the key; open_clip warns)."""
+    said, built = tag_quick_gelu(model_name, tag), config_quick_gelu(model_name)
+    if said is False and built:
+        raise FeatcacheError(
+            f"open_clip's tag '{tag}' of model '{model_name}' says quick_gelu=False but the "
+            f"model config builds QuickGELU; use the model name without '-quickgelu'."
+        )
+    if said and not built:
+        log.info("%s/%s was trained with QuickGELU: building the towers with QuickGELU "
+                 "(open_clip's force_quick_gelu).", model_name, tag)
+        return True
+    return False
+
+
+def _file_settings(model_name: str, path: Path, sha256: str) -> tuple[bool, dict | None, bool]:
+    """(force_quick_gelu, force_preprocess_cfg, trusted) for a local checkpoint file.
+
+    ``trusted``: the file is OpenAI's published checkpoint (hash match), so its TorchScript
+    archive may be read with ``weights_only=False``.
+    """
+    tag = tag_of_file(model_name, sha256)
+    if tag is not None:
+        log.info("%s is open_clip's '%s' checkpoint of %s (its SHA-256 matches the download URL): "
+                 "building it as that tag.", path, tag, model_name)
+        return _tag_quick_gelu_force(model_name, tag), _tag_preprocess(model_name, tag), True
+    tags = open_clip.list_pretrained_tags_by_model(model_name)
+    quick = quick_gelu_tags(model_name)
+    if quick and not config_quick_gelu(model_name):
+        every = "every open_clip tag of this model was" if len(quick) == len(tags) else \
+            f"its tags {', '.join(quick)} were"
+        log.warning(
+            "Building %s from the file %s with nn.GELU, but %s trained with QuickGELU. If the file "
+            "holds such weights (e.g. OpenAI's), pass --model %s --pretrained %s instead; features "
+            "of the wrong activation are silently wrong.", model_name, path, every,
+            _quickgelu_name(model_name), path,
+        )
+    if not tags:
+        return False, None, False
+    settings = {t: _tag_preprocess(model_name, t) for t in tags}
+    distinct = set(map(lambda d: tuple(d.items()), settings.values()))
+    if len(distinct) == 1:
+        preprocess = next(iter(settings.values()))
+        log.info("%s from a file: preprocessing %s, the setting every open_clip tag of this model "
+                 "shares.", model_name, preprocess)
+        return False, preprocess, False
+    default = {k: getattr(PreprocessCfg(), k) for k in PREPROCESS_KEYS}  # what open_clip uses for a file
+    differ = [t for t, d in settings.items() if d != default]
+    log.warning(
+        "Building %s from the file %s with open_clip's default preprocessing %s; its tags %s use "
+        "other settings (%s). If the file holds one of those, its features are preprocessed "
+        "wrongly.", model_name, path, default, ", ".join(differ),
+        "; ".join(f"{t}: {settings[t]}" for t in differ),
+    )
+    return False, None, False
+
+
 def load_backbone(
     model_name: str,
     pretrained: str | None = None,
@@ -169,13 +299,21 @@ def load_backbone(
     ``pretrained``: a tag open_clip knows for this model, a checkpoint file, ``hf-hub:ID``
     (also accepted as the model name), ``random``, or ``None`` for :func:`default_pretrained`.
     ``timm:NAME[.TAG]`` names load through :func:`featcache.timm_backbones.load_timm_backbone`.
+    Every featcache pipeline builds its backbone here (extraction, fine-tuning, the MedMNIST
+    benchmark); the module docstring lists what is applied beyond open_clip's defaults.
     """
     from featcache import timm_backbones
 
     if timm_backbones.is_timm(model_name):
         return timm_backbones.load_timm_backbone(model_name, pretrained, device=device)
     if model_name.startswith("hf-hub:"):
-        pretrained, model_name = model_name, model_name
+        if pretrained not in (None, model_name):
+            raise FeatcacheError(
+                f"Model '{model_name}' brings its own weights from the hub; --pretrained "
+                f"'{pretrained}' cannot apply to it. Drop --pretrained (or pass --model NAME "
+                f"--pretrained {pretrained} for an open_clip architecture)."
+            )
+        pretrained = model_name
     known = open_clip.list_models()
     if not model_name.startswith("hf-hub:") and model_name not in known:
         raise FeatcacheError(
@@ -186,14 +324,18 @@ def load_backbone(
         pretrained = default_pretrained(model_name)
 
     create_name, create_pretrained, weights_id = model_name, None, RANDOM
+    force_quick_gelu, force_preprocess, trusted, tag = False, None, False, None
     if pretrained == RANDOM:
         if model_name not in TINY_MODELS:
             log.warning("Model %s uses RANDOM weights (asked for with --pretrained random).", model_name)
     elif pretrained.startswith("hf-hub:"):
+        if model_name not in (pretrained, TINY_MODELS[0]):
+            log.warning("--model %s is not used: %s brings its own architecture config.", model_name, pretrained)
         create_name, weights_id = pretrained, pretrained
     elif Path(pretrained).expanduser().exists():
         path = Path(pretrained).expanduser().resolve()
         create_pretrained, weights_id = str(path), f"sha256:{file_sha256(path)}"
+        force_quick_gelu, force_preprocess, trusted = _file_settings(model_name, path, weights_id[7:])
     elif any(sep in pretrained for sep in ("/", "\\")) or Path(pretrained).suffix:
         raise FeatcacheError(
             f"Weights file {pretrained} for model '{model_name}' does not exist. Pass an existing "
@@ -207,15 +349,30 @@ def load_backbone(
                 f"{did_you_mean(pretrained, tags)} Known tags: {', '.join(tags) or 'none'}; "
                 "or pass a checkpoint file, or 'random'."
             )
-        create_pretrained, weights_id = pretrained, pretrained
+        create_pretrained, weights_id, tag = pretrained, pretrained, pretrained
+        force_quick_gelu = _tag_quick_gelu_force(model_name, tag)
 
     try:
         # Random weights are seeded, so "random" names one fixed model: a resumed or repeated
         # extraction with random weights gives the same features.
-        with torch.random.fork_rng(devices=[]), _quiet_open_clip():
+        with torch.random.fork_rng(devices=[]), _quiet_open_clip(), warnings.catch_warnings():
+            # After force_quick_gelu, open_clip's "QuickGELU mismatch" warning is left only for
+            # a tag that does not say (roberta-ViT-B-32, see _tag_quick_gelu_force); any other
+            # is an error, never a warning nobody reads.
+            benign = tag is not None and tag_quick_gelu(model_name, tag) is None
+            warnings.filterwarnings("ignore" if benign else "error", message="QuickGELU mismatch")
             torch.manual_seed(0)
             model = open_clip.create_model(
-                create_name, pretrained=create_pretrained, device=device, cache_dir=cache_dir
+                create_name, pretrained=create_pretrained, device=device, cache_dir=cache_dir,
+                force_quick_gelu=force_quick_gelu, force_preprocess_cfg=force_preprocess,
+                # real weights or an error: open_clip would otherwise log a warning (silenced
+                # above) and hand back random weights, e.g. for an hf-hub repo without weights
+                require_pretrained=pretrained != RANDOM,
+                # "random" means random: no Hugging Face text weights fetched for random towers
+                pretrained_text=False,
+                # a TorchScript archive (OpenAI's .pt) cannot be read weights-only; allowed only
+                # for the file whose hash open_clip's own download URL names
+                weights_only=not trusted,
             )
     except FeatcacheError:
         raise
@@ -227,11 +384,12 @@ def load_backbone(
     tokenizer = open_clip.get_tokenizer(create_name)
     return Backbone(
         model=model,
-        name=model_name,
+        name=create_name if create_name.startswith("hf-hub:") else model_name,
         pretrained=pretrained,
         weights_id=weights_id,
         tokenizer=tokenizer,
         preprocess=dict(open_clip.get_model_preprocess_cfg(model)),
+        quick_gelu=any(isinstance(m, open_clip.transformer.QuickGELU) for m in model.modules()),
     )
 
 

@@ -272,7 +272,7 @@ def describe(
     """(meta, fingerprint, model_fingerprint) of an extraction.
 
     The model fingerprint covers what makes two caches' standard features comparable (model,
-    weights, the standard view's preprocessing, precision), so a head trained on one cache can
+    weights, QuickGELU where built with it, the standard view's preprocessing, precision), so a head trained on one cache can
     predict on another; the fingerprint covers every setting of this cache. ``decoder`` says
     how files were decoded and resized: ``pil`` (open_clip's own transform) or
     ``device:<library>``; ``None`` for pre-decoded arrays.
@@ -285,8 +285,11 @@ def describe(
         "preprocessing": {k: v for k, v in preprocessing.items() if k not in ("tte", "tte_expand", "views")},
         "precision": precision,
     }
+    if backbone.quick_gelu:  # only when set: caches built with nn.GELU (all before QuickGELU
+        model_settings["quick_gelu"] = True  # was applied) keep their fingerprints
     meta = {
         **model_settings,
+        "quick_gelu": backbone.quick_gelu,  # towers built with open_clip's QuickGELU
         "preprocessing": preprocessing,
         "decoder": decoder,
         "dataset": cfg.dataset,
@@ -297,7 +300,8 @@ def describe(
         "chunk_size": cfg.chunk_size,
         "versions": library_versions(),
     }
-    fp_settings = {k: v for k, v in meta.items() if k != "root"}
+    # quick_gelu False is left out, as in model_settings: GELU caches keep their fingerprints
+    fp_settings = {k: v for k, v in meta.items() if k != "root" and (k != "quick_gelu" or v)}
     return meta, fingerprint_of(fp_settings), fingerprint_of(model_settings)
 
 
