@@ -12,7 +12,7 @@ What open_clip only warns about (or leaves unsaid) is applied here or refused, n
 (the audit is the README's "Backbones" section and ``tests/test_models.py``):
 
 - QuickGELU. A tag whose pretrained config says ``quick_gelu`` (``openai``, ``dfn2b``,
-  ``dfn5b``, ``metaclip_*``, ``laion400m_*`` of ViT-B-32, RN50/RN101 ``yfcc15m``/``cc12m``)
+  ``dfn5b``, ``metaclip_400m``/``_fullcc``, ViT-B-32 ``laion400m_*``, RN50/RN101 ``yfcc15m``)
   builds the towers with QuickGELU (open_clip's ``force_quick_gelu``); open_clip itself builds
   nn.GELU and warns "QuickGELU mismatch". A local file carries no such record: the file of
   OpenAI's own download (its SHA-256 is part of open_clip's URL for the tag) is recognised and

@@ -362,3 +362,14 @@ def test_every_open_clip_warning_is_audited() -> None:
     unaudited = [msg for msg in found if not any(msg.startswith(key) or key in msg for key in AUDITED)]
     assert unaudited == [], "open_clip warns about something featcache has not audited"
     assert all(any(key in msg for msg in found) for key in AUDITED)  # the table has no stale rows
+
+
+def test_help_says_what_a_local_openai_checkpoint_needs() -> None:
+    from click.testing import CliRunner
+
+    from featcache.cli import main
+
+    for args in (["extract", "--help"], ["finetune", "--help"], ["bench", "medmnist", "--help"]):
+        res = CliRunner().invoke(main, args, terminal_width=400)
+        assert res.exit_code == 0, res.output
+        assert "ViT-B-16-quickgelu" in res.output, args

@@ -22,7 +22,7 @@ def bench() -> None:
 @bench.command("medmnist")
 @click.option("--root", type=click.Path(), required=True, help="Folder of the MedMNIST npz files (<subset>.npz, <subset>_<size>.npz).")
 @click.option("--datasets", required=True, help="Comma list of 2D MedMNIST sets, e.g. retinamnist,pneumoniamnist.")
-@click.option("--backbones", default="tiny-clip", show_default=True, help="Comma list: MODEL[:WEIGHTS] (open_clip, e.g. ViT-B-16:openai) or timm:NAME[.TAG][:WEIGHTS] (e.g. timm:resnet18:random); WEIGHTS a tag, a FILE or 'random'.")
+@click.option("--backbones", default="tiny-clip", show_default=True, help="Comma list: MODEL[:WEIGHTS] (open_clip, e.g. ViT-B-16:openai) or timm:NAME[.TAG][:WEIGHTS] (e.g. timm:resnet18:random); WEIGHTS a tag, a FILE or 'random' (a local OpenAI checkpoint FILE needs the -quickgelu model: ViT-B-16-quickgelu:FILE).")
 @click.option("--sizes", default="28", show_default=True, help="Comma list of image sizes (28,64,128,224).")
 @click.option("--resize", "resize_modes", default="scale", show_default=True, help="Comma list of scale,pad: scale to the model's input, or zero-pad (black) in pixel space.")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds.")
