@@ -376,6 +376,14 @@ def load_backbone(
             )
     except FeatcacheError:
         raise
+    except UserWarning as e:  # turned into an error above
+        if "QuickGELU mismatch" not in str(e):
+            raise
+        raise FeatcacheError(
+            f"Model '{model_name}' with weights '{pretrained}': {e} featcache does not build a model "
+            "whose activation differs from the one its weights were trained with; use the model "
+            "name whose config matches (with or without '-quickgelu')."
+        ) from e
     except Exception as e:  # open_clip / HF hub raise many kinds; all mean "no weights"
         if pretrained == RANDOM:
             raise

@@ -160,6 +160,16 @@ def test_tag_that_says_nothing_keeps_its_config_and_open_clip_warning_is_not_rai
     assert activations(backbone.model) == {QuickGELU}
 
 
+def test_a_quick_gelu_mismatch_left_over_is_an_error(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The safety net: should a case slip past force_quick_gelu (a future open_clip), open_clip's
+    "QuickGELU mismatch" warning becomes featcache's error instead of a wrong model."""
+    register_tags(monkeypatch, {QUICK_TAG: _pcfg(hf_hub=f"{HUB_REPO}/", quick_gelu=True)})
+    lay(hub, HUB_REPO, {"open_clip_pytorch_model.bin": as_bytes(tiny_weights())})
+    monkeypatch.setattr(models, "_tag_quick_gelu_force", lambda model_name, tag: False)
+    with pytest.raises(FeatcacheError, match="QuickGELU mismatch.*does not build a model"):
+        load_backbone(TINY, QUICK_TAG)
+
+
 def test_extraction_records_quick_gelu_in_meta_and_fingerprints(hub: Path, monkeypatch: pytest.MonkeyPatch,
                                                                  tmp_path: Path) -> None:
     register_tags(monkeypatch, {QUICK_TAG: _pcfg(hf_hub=f"{HUB_REPO}/", quick_gelu=True)})
