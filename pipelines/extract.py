@@ -125,7 +125,10 @@ def default_out(cfg: ExtractConfig) -> Path:
     parts = [cfg.dataset, *(str(v) for v in cfg.dataset_options.values() if v is not None)]
     weights = cfg.pretrained or models.default_pretrained(cfg.model)
     weights = Path(weights).stem if os.sep in weights else weights.replace(":", "-").replace("/", "-")
-    parts += [cfg.model.replace("timm:", "timm-", 1), weights]
+    model = cfg.model.replace("timm:", "timm-", 1).replace("hf-hub:", "hf-hub-", 1).replace("/", "-")
+    if model.startswith("hf-hub-"):  # the hub id is the model and its weights at once
+        weights = None
+    parts += [p for p in (model, weights) if p]
     if cfg.tte:
         parts.append("tte")
     if cfg.resize != "scale":

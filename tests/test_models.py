@@ -327,6 +327,13 @@ def test_hf_hub_repo_brings_its_activation_and_preprocessing(hub: Path) -> None:
     assert models.default_pretrained(f"hf-hub:{HUB_REPO}") == f"hf-hub:{HUB_REPO}"
 
 
+def test_hf_hub_cache_gets_a_flat_default_file_name() -> None:
+    from pipelines.extract import default_out
+
+    out = default_out(ExtractConfig(dataset="synthetic-lt", model=f"hf-hub:{HUB_REPO}"))
+    assert out == Path("caches") / "synthetic-lt-hf-hub-featcache-test-tiny-clip-qg.h5"
+
+
 def test_hf_hub_repo_without_weights_is_an_error_not_a_random_model(hub: Path) -> None:
     """open_clip logs "Could not find/download default weights" and builds random weights."""
     lay(hub, HUB_REPO, {"open_clip_config.json": _hub_config(False)})
