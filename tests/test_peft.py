@@ -408,6 +408,18 @@ def test_cosine_classifier_is_scaled_cosine():
         head(torch.randn(2, 8))
 
 
+def test_cosine_classifier_stays_fp32_under_bf16_autocast():
+    # σ = 25 logits in bf16 keep ~8 bits: the head (and so the loss) must see fp32 logits
+    head = CosineClassifier(16, 1000)
+    feats = torch.randn(4, 16).to(torch.bfloat16)  # a bf16 backbone's output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(feats)
+    assert logits.dtype == torch.float32
+    want = 25.0 * F.normalize(feats.float(), dim=-1) @ F.normalize(head.weight, dim=-1).t()
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+    assert logits[0].unique().numel() > 900  # bf16 logits would hold only a few hundred values
+
+
 def test_semantic_init_from_text(backbone, visual):
     prompts = [f"a photo of a {c}." for c in ("nevus", "melanoma", "keratosis")]
     text = text_features(backbone, prompts, torch.device("cpu"))  # [C, E]
