@@ -14,6 +14,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from PIL import Image
+from torchvision import transforms as T
 
 from featcache.cli import main
 from featcache.datasets import build_manifest
@@ -131,7 +132,8 @@ def test_tte_evaluation_averages_the_logits_of_five_crops(tmp_path: Path) -> Non
     rows = np.arange(len(manifest))
     standard, tte = evaluate_logits(model, manifest, rows, prep, batch_size=3, workers=0,
                                     device=torch.device("cpu"), dtype=torch.float32)
-    _, pil_tte = prep.pil_transforms()
+    # LIFT's TTE transform (trainer.py:119-120): torchvision's Resize(S + 24), bilinear, then FiveCrop
+    pil_tte = T.Resize(prep.size + 24, interpolation=T.InterpolationMode.BILINEAR)
     expected, per_crop = [], []
     with torch.no_grad():
         for i in rows:
@@ -153,8 +155,8 @@ def test_device_crops_stay_inside_each_image(tmp_path: Path) -> None:
         (root / name).mkdir(parents=True)
         Image.new("RGB", (w, h), colours[name]).save(root / name / "0.png")
     manifest = build_manifest("folder", root)
-    data = TrainImages(manifest, np.arange(2), canvas=40)
-    images, hw, labels = data.__getitems__([0, 1])
+    data = TrainImages(manifest, np.arange(2), 16, canvas=40)
+    images, hw, labels = data.__getitems__([(0, 0), (1, 0)])
     assert images.shape == (2, 3, 40, 40) and hw.tolist() == [[40, 17], [6, 40]]  # shrunk, aspect kept
     gen = torch.Generator().manual_seed(0)
     for _ in range(5):
