@@ -5,6 +5,9 @@
 1. ``--method classifier --cache C.h5``: nothing in the backbone trains, so the cached ``cls``
    features are all it needs — hand over to the heads pipeline (:mod:`pipelines.train_head`,
    a cosine head σ = 25 with text init on the pre-projection features, logit-adjusted loss).
+   These features are *not augmented* (one fixed view per image), so the run is labelled
+   ``classifier-cached``; LIFT's augmented classifier baseline is ``--method classifier``
+   without ``--cache``.
 2. Otherwise, for every seed: build the manifest's split (:func:`featcache.splits.make_split`;
    protocol ``lift`` — official splits, groups by training count — when the data set has a
    test split); load the backbone, inject the method (:mod:`featcache.peft`), put LIFT's
@@ -30,6 +33,7 @@ DistributedSampler; NCCL on GPUs, gloo on the CPU); rank 0 evaluates and writes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -834,8 +838,23 @@ def default_out(cfg: FinetuneConfig) -> Path:
     return Path("runs") / f"{name}-{cfg.model}-{cfg.method}"
 
 
+CACHED_CLASSIFIER = "classifier-cached"
+CACHED_FEATURES_NOTE = (
+    "un-augmented cached features: the cache's fixed 'standard' view (or its five TTE crops with --tte), "
+    "extracted with open_clip's own preprocessing; LIFT's classifier baseline instead augments every "
+    "image every epoch (RandomResizedCrop + flip) -- run --method classifier without --cache for that"
+)
+
+
 def run_from_cache(cfg: FinetuneConfig) -> RunResult:
-    """``--method classifier --cache``: LIFT's head on the cached ``cls`` features, by the heads pipeline."""
+    """``--method classifier --cache``: LIFT's head on the cached ``cls`` features, by the heads pipeline.
+
+    What trains is LIFT's head (cosine σ = 25, text init, logit-adjusted loss) on *un-augmented*
+    features: every epoch sees the same cached view of each image, where LIFT's classifier
+    baseline sees a fresh random crop. The run is labelled ``classifier-cached`` and its
+    ``config.json`` says so (``features``); ``--method classifier`` without ``--cache`` is the
+    augmented path (the frozen tower runs on fresh crops every step, without autograd).
+    """
     from featcache.cache import open_cache
     from pipelines import train_head
 
@@ -850,9 +869,16 @@ def run_from_cache(cfg: FinetuneConfig) -> RunResult:
         sigma=cfg.sigma, gamma=cfg.gamma, la_tau=cfg.la_tau, cb_beta=cfg.cb_beta,
         init="text" if cfg.init == "text" else "random", text_source="prompts",
         template=cfg.template, feature="cls", tte=cfg.tte, test_per_class=cfg.test_per_class,
-        device=cfg.device, out=str(cfg.out or default_out(cfg)), method="classifier",
+        device=cfg.device, out=str(cfg.out or default_out(cfg)), method=CACHED_CLASSIFIER,
     )
     result = train_head.run(head_cfg)
+    # name it for what it is in config.json: LIFT's classifier baseline sees a fresh
+    # RandomResizedCrop + flip of every image each epoch; the cache holds one fixed view
+    extra = {"features": CACHED_FEATURES_NOTE,
+             "cache_preprocessing": dict(cache.meta.get("preprocessing") or {})}
+    config_path = result.out_dir / "config.json"
+    write_json(config_path, {**json.loads(config_path.read_text()), **extra})
+    result.config.update(extra)
     return result
 
 

@@ -15,7 +15,7 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--option", "options", multiple=True, help="Data set option KEY=VALUE (repeatable), e.g. imbalance=100.")
 @click.option("--method", default="adaptformer", show_default=True, help="adaptformer | bitfit | vpt-shallow | vpt-deep | adapter | lora | full | classifier.")
 @click.option("--method-option", "method_options", multiple=True, help="Method option KEY=VALUE (repeatable), e.g. bottleneck=16.")
-@click.option("--cache", default=None, type=click.Path(), help="With --method classifier: train the head on this cache's features.")
+@click.option("--cache", default=None, type=click.Path(), help="With --method classifier: train the head on this cache's un-augmented features (one fixed view per image; run label 'classifier-cached'). LIFT's classifier baseline augments every epoch: omit --cache and pass --dataset/--root for that.")
 @click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name (LIFT: ViT-B-16).")
 @click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default].")
 @click.option("--protocol", default=None, help="lift | official | tfa-lt [default: lift when the data set has a test split].")
@@ -44,7 +44,9 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     """Fine-tune the image encoder lightly (LIFT) and evaluate; writes a run directory.
 
     Runs under `torchrun --nproc_per_node=N -m featcache finetune ...` (DistributedDataParallel).
-    `--method classifier --cache C.h5` trains LIFT's head on cached features instead.
+    `--method classifier --cache C.h5` trains LIFT's head on cached, un-augmented features
+    instead (labelled classifier-cached); without --cache, `--method classifier` augments every
+    epoch as LIFT's classifier baseline does.
     """
     from featcache.distributed import dist_info
     from featcache.runs import rich_table, runs_frame
