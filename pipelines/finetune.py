@@ -14,17 +14,22 @@
    cosine classifier with semantic-aware init on the pre-projection feature
    (:class:`featcache.lift.CosineClassifier`).
 3. Train: SGD (lr 0.01, momentum 0.9, wd 5e-4), cosine schedule per epoch, logit-adjusted
-   loss τ = 1 (the heads' ``LOSSES``). Workers decode images to uint8 (files) or slice the
-   pre-decoded arrays; RandomResizedCrop + flip happen on the device on whole batches
-   (:func:`random_resized_crop`). bf16 autocast on a GPU with the frozen weights stored in
-   bf16; a frozen backbone runs without autograd; attention is PyTorch's fused SDPA.
+   loss τ = 1 (the heads' ``LOSSES``), computed with the head on fp32 logits. Image files:
+   workers decode the full image and apply LIFT's RandomResizedCrop(S) + flip (bilinear,
+   :class:`TrainImages`); pre-decoded arrays (and files under ``--train-canvas``) are cropped on
+   the device on whole batches (:func:`random_resized_crop`). bf16 autocast on a GPU with the
+   frozen weights stored in bf16; a frozen backbone runs without autograd; attention is
+   PyTorch's fused SDPA.
 4. After every epoch rank 0 writes ``checkpoints/seed-S.pt``: only the parameters that train
    (plus their momentum while the run is unfinished) and the config; ``resume`` continues
-   from it. Data order and augmentation draw from generators seeded by (seed, epoch), so a
-   resumed run ends with the same weights as an uninterrupted one (on the CPU).
-5. Evaluate on the test rows without and (``tte``) with test-time ensembling — five crops of
-   the (S + 24)-resized image, logits averaged (:func:`featcache.lift.tte_logits`) — and
-   write the run directory with the shared :class:`featcache.runs.RunWriter`.
+   from it. Data order and augmentation draw from generators seeded by (seed, epoch) (and
+   the image row, for crops made in the workers), so a resumed run ends with the same
+   weights as an uninterrupted one (on the CPU).
+5. Evaluate on the test rows with LIFT's test transforms (:func:`lift_eval_transforms`):
+   ``Resize(S·8//7) + CenterCrop(S)`` and (``tte``) test-time ensembling — five crops of the
+   (S + 24)-resized image, bilinear, logits averaged (:func:`featcache.lift.tte_logits`) — and
+   write the run directory with the shared :class:`featcache.runs.RunWriter`; ``config.json``
+   records each image-handling choice (``preprocessing``).
 
 Under ``torchrun`` every rank trains on its share of each batch (DistributedDataParallel,
 DistributedSampler; NCCL on GPUs, gloo on the CPU); rank 0 evaluates and writes.

@@ -66,6 +66,10 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tmp_path: Path) -> N
     config = json.loads((out / "config.json").read_text())
     assert config["method"] == "adaptformer" and config["protocol"] == "lift"
     assert config["method_resolved"]["bottleneck"] == 1  # 2^max(0, floor(log2(6 / 4)))
+    # each image-handling choice is recorded (LIFT's test transforms at S = 32: 32 * 8 // 7 = 36)
+    assert config["preprocessing"]["eval"].startswith("Resize(36, bilinear) + CenterCrop(32)")
+    assert config["preprocessing"]["eval_tte"].startswith("Resize(56, bilinear) + FiveCrop(32)")
+    assert config["preprocessing"]["train_canvas"] is None and config["epochs"] == 3
     assert config["trainable_params"] == metrics["trainable_params"] > 0
     table = pl.read_parquet(out / "metrics.parquet")
     assert table.height == 1 and table["method"][0] == "adaptformer"
