@@ -204,6 +204,14 @@ def test_classifier_method_trains_from_the_cache_with_the_heads_pipeline(tmp_pat
     assert "un-augmented" in help_text and "classifier-cached" in help_text
 
 
+def test_classifier_without_cache_is_the_augmented_baseline(tmp_path: Path) -> None:
+    # LIFT's classifier baseline: the frozen tower sees fresh RandomResizedCrop + flip every epoch
+    result = finetune.run(_cfg(tmp_path, method="classifier", epochs=1))
+    config = json.loads((result.out_dir / "config.json").read_text())
+    assert config["method"] == "classifier" and "RandomResizedCrop" in config["preprocessing"]["train"]
+    assert result.metrics["backbone_trainable_params"] == 0
+
+
 # ------------------------------------------------------------------ faithful to LIFT's code
 
 
