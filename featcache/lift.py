@@ -96,13 +96,22 @@ class CosineClassifier(nn.Module):
         return self
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
-        """Features ``[B, W]`` -> logits ``[B, C]``."""
+        """Features ``[B, W]`` (any float dtype) -> fp32 logits ``[B, C]``, also under autocast.
+
+        The head runs in fp32 with autocast switched off: ``sigma * cos`` in bf16 has ~8 bits
+        of mantissa, so on 1000 classes a row holds only a few hundred distinct logits and the
+        argmax drifts from fp32's. LIFT computes the head inside its fp16 autocast
+        (shijxcs/LIFT trainer.py:453-455, ``F.linear`` in models/classifiers.py:41); keeping it
+        in fp32 is a deliberate difference (README, LIFT section). Costs one ``[B, W] x [W, C]``
+        fp32 product per step.
+        """
         if feats.shape[-1] != self.in_dim:
             raise FeatcacheError(
                 f"CosineClassifier expects features of width {self.in_dim}, got {feats.shape[-1]}."
             )
-        weight = F.normalize(self.weight, dim=-1).to(feats.dtype)  # [C, W]
-        return F.linear(F.normalize(feats, dim=-1), weight) * self.scale  # [B, C]
+        with torch.autocast(feats.device.type, enabled=False):
+            weight = F.normalize(self.weight.float(), dim=-1)  # [C, W]
+            return F.linear(F.normalize(feats.float(), dim=-1), weight) * self.scale  # [B, C] fp32
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={self.scale}"

@@ -28,9 +28,15 @@ Block-level methods replace each ``ResidualAttentionBlock`` by a :class:`PeftBlo
 subclass that adopts the block's own submodules, so parameter names (and checkpoints) stay
 those of open_clip and the new ones are added beside them (``...resblocks.3.adaptformer.*``).
 Attention still runs through ``nn.MultiheadAttention`` (fused ``scaled_dot_product_attention``),
-or, for LoRA, through ``F.scaled_dot_product_attention`` directly. New modules take the
-device and dtype of the block they join, so a bf16 model gets bf16 adapters. Every
-zero-initialised method (adaptformer, adapter, lora) starts exactly as the frozen model.
+or, for LoRA, through ``F.scaled_dot_product_attention`` directly while training. New
+modules take the device and dtype of the block they join, so a bf16 model gets bf16
+adapters. Every zero-initialised method (adaptformer, adapter, lora) starts bit for bit as
+the frozen model (``torch.equal``, tested in train and eval mode): their branches add exact
+zeros, and LoRA without autograd runs the frozen ``nn.MultiheadAttention`` itself on the
+merged weights ``W + (alpha/r) B A`` (= ``W`` at init), so it takes the same kernel (PyTorch's
+fused inference fast path in eval mode) as the frozen model. One context is not bit-exact:
+eval mode *with* autograd enabled, where the frozen module takes the fast path and LoRA's
+differentiable path cannot (differences ~1e-7 relative, float rounding only).
 """
 
 from __future__ import annotations
@@ -257,6 +263,10 @@ class LowRankDelta(nn.Module):
         """``x`` [..., in] -> delta [..., out]."""
         return F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scaling
 
+    def delta_weight(self) -> torch.Tensor:
+        """The merged delta ``(alpha / r) * B A`` ``[out, in]`` (exact zeros while ``B = 0``)."""
+        return (self.lora_b @ self.lora_a) * self.scaling
+
 
 class PeftBlock(ResidualAttentionBlock):
     """An open_clip ``ResidualAttentionBlock`` with optional PEFT modules.
@@ -284,7 +294,17 @@ class PeftBlock(ResidualAttentionBlock):
         self.lora: nn.ModuleDict | None = None
 
     def _lora_attention(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
-        """Self-attention with LoRA deltas, through ``F.scaled_dot_product_attention``."""
+        """Self-attention with LoRA deltas.
+
+        Without autograd (evaluation): the frozen ``nn.MultiheadAttention`` on the merged
+        weights ``W + (alpha/r) B A`` (:func:`torch.func.functional_call`), so the module picks
+        the same kernel as the frozen model and an untrained LoRA (``B = 0``) gives its output
+        bit for bit. With autograd (training): the low-rank form ``W x + (alpha/r) B A x``
+        through ``F.scaled_dot_product_attention`` — no ``[d, d]`` weight gradient is formed —
+        which is what ``nn.MultiheadAttention``'s own (non-fast) path computes, op for op.
+        """
+        if not torch.is_grad_enabled():
+            return self._merged_attention(x, attn_mask)
         attn, lora = self.attn, self.lora
         batch, tokens, width = x.shape  # [B, T, d]
         heads = attn.num_heads
@@ -305,6 +325,20 @@ class PeftBlock(ResidualAttentionBlock):
         out = out.transpose(1, 2).reshape(batch, tokens, width)  # [B, T, d]
         y = attn.out_proj(out)
         return y + lora["out"](out) if "out" in lora else y
+
+    def _merged_attention(self, x: torch.Tensor, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        """``self.attn`` run with LoRA's deltas merged into its projection weights."""
+        attn, lora = self.attn, self.lora
+        d = attn.embed_dim
+        weight = attn.in_proj_weight  # [3d, d]: q, k, v stacked
+        parts = [weight[k * d : (k + 1) * d] for k in range(3)]
+        parts = [p + lora[t].delta_weight().to(p.dtype) if t in lora else p for p, t in zip(parts, "qkv", strict=True)]
+        params = {"in_proj_weight": torch.cat(parts)}
+        if "out" in lora:
+            w_out = attn.out_proj.weight
+            params["out_proj.weight"] = w_out + lora["out"].delta_weight().to(w_out.dtype)
+        out = torch.func.functional_call(attn, params, (x, x, x), {"need_weights": False, "attn_mask": attn_mask})
+        return out[0]  # [B, T, d]
 
     def forward(
         self,

@@ -147,7 +147,12 @@ def make_split(
     if val.size == 0 and val_fraction > 0:
         train, val = carve_validation(labels, train, val_fraction, seed)
     train_counts = _counts(labels, train, C)
-    if protocol == "lift" or not descriptor.groups:
+    if protocol == "lift" and descriptor.protocol == "lift" and descriptor.groups:
+        # a LIFT data set's own groups (CIFAR-100-LT: from the IR100 counts at every ratio, as
+        # LIFT's trainer.py:158-164; the others: from their training lists, i.e. train_counts)
+        groups = {g: [descriptor.class_ids.index(cid) for cid in descriptor.groups.get(g, ())]
+                  for g in ("many", "medium", "few")}
+    elif protocol == "lift" or not descriptor.groups:
         groups = groups_from_counts(train_counts)
     else:
         groups = {

@@ -5,23 +5,31 @@
 1. ``--method classifier --cache C.h5``: nothing in the backbone trains, so the cached ``cls``
    features are all it needs — hand over to the heads pipeline (:mod:`pipelines.train_head`,
    a cosine head σ = 25 with text init on the pre-projection features, logit-adjusted loss).
+   These features are *not augmented* (one fixed view per image), so the run is labelled
+   ``classifier-cached``; LIFT's augmented classifier baseline is ``--method classifier``
+   without ``--cache``.
 2. Otherwise, for every seed: build the manifest's split (:func:`featcache.splits.make_split`;
    protocol ``lift`` — official splits, groups by training count — when the data set has a
    test split); load the backbone, inject the method (:mod:`featcache.peft`), put LIFT's
    cosine classifier with semantic-aware init on the pre-projection feature
    (:class:`featcache.lift.CosineClassifier`).
 3. Train: SGD (lr 0.01, momentum 0.9, wd 5e-4), cosine schedule per epoch, logit-adjusted
-   loss τ = 1 (the heads' ``LOSSES``). Workers decode images to uint8 (files) or slice the
-   pre-decoded arrays; RandomResizedCrop + flip happen on the device on whole batches
-   (:func:`random_resized_crop`). bf16 autocast on a GPU with the frozen weights stored in
-   bf16; a frozen backbone runs without autograd; attention is PyTorch's fused SDPA.
+   loss τ = 1 (the heads' ``LOSSES``), computed with the head on fp32 logits. Image files:
+   workers decode the full image and apply LIFT's RandomResizedCrop(S) + flip (bilinear,
+   :class:`TrainImages`); pre-decoded arrays (and files under ``--train-canvas``) are cropped on
+   the device on whole batches (:func:`random_resized_crop`). bf16 autocast on a GPU with the
+   frozen weights stored in bf16; a frozen backbone runs without autograd; attention is
+   PyTorch's fused SDPA.
 4. After every epoch rank 0 writes ``checkpoints/seed-S.pt``: only the parameters that train
    (plus their momentum while the run is unfinished) and the config; ``resume`` continues
-   from it. Data order and augmentation draw from generators seeded by (seed, epoch), so a
-   resumed run ends with the same weights as an uninterrupted one (on the CPU).
-5. Evaluate on the test rows without and (``tte``) with test-time ensembling — five crops of
-   the (S + 24)-resized image, logits averaged (:func:`featcache.lift.tte_logits`) — and
-   write the run directory with the shared :class:`featcache.runs.RunWriter`.
+   from it. Data order and augmentation draw from generators seeded by (seed, epoch) (and
+   the image row, for crops made in the workers), so a resumed run ends with the same
+   weights as an uninterrupted one (on the CPU).
+5. Evaluate on the test rows with LIFT's test transforms (:func:`lift_eval_transforms`):
+   ``Resize(S·8//7) + CenterCrop(S)`` and (``tte``) test-time ensembling — five crops of the
+   (S + 24)-resized image, bilinear, logits averaged (:func:`featcache.lift.tte_logits`) — and
+   write the run directory with the shared :class:`featcache.runs.RunWriter`; ``config.json``
+   records each image-handling choice (``preprocessing``).
 
 Under ``torchrun`` every rank trains on its share of each batch (DistributedDataParallel,
 DistributedSampler; NCCL on GPUs, gloo on the CPU); rank 0 evaluates and writes.
@@ -29,6 +37,8 @@ DistributedSampler; NCCL on GPUs, gloo on the CPU); rank 0 evaluates and writes.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import os
@@ -42,18 +52,21 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.ops import roi_align
+from torchvision.transforms import functional as TF
+from torchvision.transforms import transforms as T
 from tqdm.auto import tqdm
 
 from featcache import models
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
+from featcache.datasets.lt_lists import has_placeholder_names
 from featcache.device import autocast, resolve_device, resolve_precision
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import FeatcacheError
 from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
 from featcache.metrics import compute_metrics, summarize
 from featcache.peft import MethodConfig, apply_method, count_parameters, make_config
-from featcache.preprocess import Preprocessing, array_batch, five_crops, pil_to_uint8
+from featcache.preprocess import TTE_EXPAND, Preprocessing, array_batch, five_crops, pil_to_uint8
 from featcache.prompts import LIFT
 from featcache.runs import RunWriter, write_json
 from featcache.splits import PROTOCOLS, Split, make_split, resolve_protocol
@@ -67,6 +80,7 @@ SCHEDULES = ("cosine", "constant")
 # Settings that may change between an interrupted run and its resumption (they do not change
 # what is trained); every other setting must match the checkpoint's.
 RUNTIME_KNOBS = ("out", "resume", "device", "workers", "progress", "eval_batch_size")
+LIFT_EPOCHS = 10  # shijxcs/LIFT configs/model/clip_vit_b16.yaml:13 (num_epochs: 10)
 RRC_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop defaults, as LIFT uses them
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
 
@@ -76,9 +90,12 @@ class FinetuneConfig:
     """Every setting of a LIFT run; defaults are LIFT's (DESIGN.md §2).
 
     ``batch_size`` is the global batch: under torchrun each of N processes takes
-    ``batch_size / N`` images per step. ``train_canvas`` is the square (pixels) that file
-    images are shrunk into (longer side, aspect kept, edge padding) before the device crops
-    them; ``None`` = 1.5 x the model's input size. ``method_options`` go to
+    ``batch_size / N`` images per step. ``train_canvas`` ``None`` (default) is LIFT's
+    training transform: RandomResizedCrop + flip of the full decoded image, in the workers;
+    a number N is a speed option (not LIFT): file images are shrunk so the longer side fits N
+    pixels (aspect kept, edge padding) and the device crops them. ``epochs`` ``None`` takes
+    the data set's LIFT recipe (descriptor ``finetune_epochs``: 20 for iNat2018), else 10.
+    ``method_options`` go to
     :func:`featcache.peft.make_config` (e.g. ``{"bottleneck": 16}``).
     """
 
@@ -93,7 +110,7 @@ class FinetuneConfig:
     protocol: str | None = None  # None: lift when the data set has a test split
     test_per_class: int | None = None
     seeds: tuple[int, ...] = (0,)
-    epochs: int = 10
+    epochs: int | None = None  # None: the data set's LIFT recipe (descriptor.finetune_epochs), else 10
     batch_size: int = 128
     lr: float = 0.01
     momentum: float = 0.9
@@ -140,7 +157,7 @@ class FinetuneConfig:
         if self.loss in MULTI_LABEL_LOSSES:
             raise FeatcacheError(f"--loss {self.loss} is for multi-label data; LIFT fine-tuning is single-label.")
         checks = (
-            ("epochs", self.epochs >= 1, "an integer >= 1"),
+            ("epochs", self.epochs is None or self.epochs >= 1, "None or an integer >= 1"),
             ("batch_size", self.batch_size >= 1, "an integer >= 1"),
             ("lr", math.isfinite(self.lr) and self.lr >= 0, "a finite number >= 0"),
             ("momentum", 0 <= self.momentum < 1, "0 <= momentum < 1"),
@@ -217,7 +234,7 @@ def build_model(
     dims_width = int(visual.transformer.width)
     head = CosineClassifier(dims_width, num_classes, scale=sigma, device=device)
     if init == "text":
-        prompts = [template.format(name) for name in class_names]
+        prompts = lift_prompts(template, class_names)
         text = models.text_features(backbone, prompts, device)  # [C, E]
         head.init_from_text(text.to(device), backbone.projection().to(device))
     if frozen_dtype is not None and frozen_dtype != torch.float32:
@@ -226,6 +243,27 @@ def build_model(
                 p.data = p.data.to(frozen_dtype)
     model = LiftModel(visual, head).to(device)
     return model, resolved
+
+
+def lift_prompts(template: str, class_names: list[str]) -> list[str]:
+    """LIFT's prompts: ``template`` with each name, underscores as spaces.
+
+    shijxcs/LIFT trainer.py:306: ``template.format(c.replace("_", " "))`` for every data set
+    (165 of Places-LT's 365 names carry underscores: ``airplane_cabin``).
+    """
+    return [template.format(name.replace("_", " ")) for name in class_names]
+
+
+def check_class_names(class_names: list[str], init: str, where: str) -> None:
+    """Refuse LIFT's text initialisation on placeholder names (``class 0 .. class C-1``)."""
+    if init == "text" and has_placeholder_names(class_names):
+        raise FeatcacheError(
+            f"{where} has no class names (they are 'class 0' .. 'class {len(class_names) - 1}': no "
+            "classnames.txt was found), so the text-initialised head (--init text, LIFT's default) "
+            "would encode meaningless prompts. Put LIFT's classnames.txt (github.com/shijxcs/LIFT, "
+            "datasets/ImageNet_LT/ or datasets/Places_LT/) next to the list files or pass "
+            "--option classnames=FILE; or train with --init random."
+        )
 
 
 def trainable_state(model: LiftModel) -> dict[str, torch.Tensor]:
@@ -251,28 +289,128 @@ def load_trainable_state(model: LiftModel, state: dict[str, torch.Tensor], where
 # Data: uint8 batches from workers (files) or from the arrays, augmented on the device
 
 
-class TrainImages(Dataset):
-    """Training rows as uint8 ``[B, 3, H, W]`` batches plus each image's valid size ``[B, 2]``.
+def lift_eval_transforms(size: int, tte: bool, expand: int = TTE_EXPAND) -> tuple[Callable, Callable | None]:
+    """LIFT's test transforms (PIL -> PIL), bilinear as torchvision's default.
 
-    Files: each worker decodes an image and shrinks it (never enlarges) so its longer side
-    fits ``canvas``, keeping the aspect ratio, into the top-left corner of a
-    ``canvas x canvas`` square (edge pixels replicated into the rest); the device later crops
-    only inside the valid ``(h, w)``.
-    Arrays: slices of the pre-decoded ``[N, H, W, 3]`` array (no PIL), valid size ``(H, W)``.
-    ``__getitems__`` returns a whole batch, so DataLoader workers fetch batches, not items.
+    - standard: ``Resize(S * 8 // 7) + CenterCrop(S)`` (shijxcs/LIFT trainer.py:142-144);
+      for S = 224 the shorter side goes to 256. open_clip's own eval transform (which the
+      cache's ``standard`` view keeps) is ``Resize(S) + CenterCrop(S)``, bicubic.
+    - TTE: ``Resize(S + expand)`` (shorter side, aspect kept), then ``FiveCrop(S)`` is cut by
+      :func:`five_crops` (trainer.py:117-123, ``expand`` = 24 in configs/model/clip_vit_b16.yaml:24).
+    """
+    bilinear = TF.InterpolationMode.BILINEAR
+    standard = T.Compose([T.Resize(size * 8 // 7, interpolation=bilinear), T.CenterCrop(size)])
+    return standard, (T.Resize(size + expand, interpolation=bilinear) if tte else None)
+
+
+def lift_preprocessing(prep: Preprocessing, *, tte: bool, canvas: int | None, augment: bool) -> dict:
+    """What ``config.json`` records about fine-tuning's image handling (each choice and its source)."""
+    S = prep.size
+    train = (f"shrink into a {canvas}x{canvas} canvas (longer side), then RandomResizedCrop({S}) + flip "
+             "on the device (--train-canvas; not LIFT)" if canvas else
+             f"RandomResizedCrop({S}, scale={RRC_SCALE}, bilinear) + horizontal flip of the full image "
+             "(LIFT trainer.py:102-104)")
+    if not augment:
+        train = f"no augmentation: Resize({S}) + CenterCrop({S}), bilinear (LIFT's transform_plain, trainer.py:109-111)"
+    return {
+        "size": S, "mean": list(prep.mean), "std": list(prep.std),
+        "train": train,
+        "train_canvas": canvas,
+        "eval": f"Resize({S * 8 // 7}, bilinear) + CenterCrop({S}) (LIFT trainer.py:142-144)",
+        "eval_tte": (f"Resize({S + prep.tte_expand}, bilinear) + FiveCrop({S}), logits averaged "
+                     "(LIFT trainer.py:117-123, 571-573)") if tte else None,
+        "interpolation": "bilinear",
+        "arrays": "pre-decoded arrays: training crops on the device (roi_align, bilinear); evaluation "
+                  "through the same PIL transforms as files",
+    }
+
+
+def rrc_box(height: int, width: int, rng: np.random.Generator,
+            scale: tuple[float, float] = RRC_SCALE, ratio: tuple[float, float] = RRC_RATIO) -> tuple[int, int, int, int]:
+    """``(top, left, h, w)`` of a RandomResizedCrop box on a ``height x width`` image.
+
+    torchvision's ``RandomResizedCrop.get_params`` step for step (ten tries of area
+    ``U(scale)`` x image area and log-uniform aspect, the first that fits, else the centre
+    clamped to ``ratio``), drawing from ``rng`` instead of torch's global generator.
+    """
+    area = height * width
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    for _ in range(10):
+        target = area * rng.uniform(scale[0], scale[1])
+        aspect = math.exp(rng.uniform(log_lo, log_hi))
+        w = int(round(math.sqrt(target * aspect)))
+        h = int(round(math.sqrt(target / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
+    in_ratio = width / height
+    if in_ratio < min(ratio):
+        w, h = width, int(round(width / min(ratio)))
+    elif in_ratio > max(ratio):
+        h, w = height, int(round(height * max(ratio)))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
+
+
+def _augment_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
+    """The generator of one image's augmentation in one epoch (independent of workers and ranks)."""
+    return np.random.default_rng([seed, epoch, row, 0x11F7])
+
+
+class _EpochTagged(torch.utils.data.Sampler):
+    """Yields ``(index, epoch)`` from a (distributed) sampler, so workers know the epoch."""
+
+    def __init__(self, sampler: DistributedSampler) -> None:
+        self.sampler, self.epoch = sampler, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):  # noqa: ANN204
+        return ((int(k), self.epoch) for k in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+
+class TrainImages(Dataset):
+    """Training rows as uint8 batches ``[B, 3, H, W]``, each image's valid size ``[B, 2]``, labels.
+
+    Items are ``(k, epoch)`` pairs (:class:`_EpochTagged`); ``__getitems__`` returns a whole
+    batch, so DataLoader workers fetch batches, not items.
+
+    - Files, ``canvas=None`` (default, LIFT): the worker decodes the full image and applies
+      LIFT's training transform, ``RandomResizedCrop(S)`` + ``RandomHorizontalFlip()``
+      (shijxcs/LIFT trainer.py:102-104): the box is drawn on the full image (:func:`rrc_box`,
+      from a generator seeded by (seed, epoch, row)) and cut and resized to ``S x S`` by
+      torchvision's ``resized_crop`` (bilinear). With ``augment=False``: ``Resize(S) +
+      CenterCrop(S)`` (LIFT's ``transform_plain``). The batch is final (``crops_on_device``
+      is False).
+    - Files with ``canvas`` (``--train-canvas N``, a speed option, not LIFT): each image is
+      shrunk (never enlarged) so its longer side fits ``canvas``, into the top-left corner of a
+      ``canvas x canvas`` square (edge pixels replicated into the rest); the device then crops
+      inside the valid ``(h, w)`` (:func:`random_resized_crop`).
+    - Arrays: slices of the pre-decoded ``[N, H, W, 3]`` array (the full image), cropped on
+      the device.
     """
 
-    def __init__(self, manifest: Manifest, rows: np.ndarray, canvas: int) -> None:
-        self.manifest, self.rows, self.canvas = manifest, np.asarray(rows, dtype=np.int64), canvas
+    def __init__(self, manifest: Manifest, rows: np.ndarray, size: int, *, canvas: int | None = None,
+                 augment: bool = True, seed: int = 0) -> None:
+        self.manifest, self.rows = manifest, np.asarray(rows, dtype=np.int64)
+        self.size, self.canvas, self.augment, self.seed = size, canvas, augment, seed
         self.labels = torch.as_tensor(manifest.labels[self.rows], dtype=torch.long)
+        self.crops_on_device = manifest.arrays is not None or canvas is not None
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.__getitems__([k])
+    def __getitem__(self, item: tuple[int, int] | int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.__getitems__([item])
 
-    def __getitems__(self, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def __getitems__(self, items: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pairs = [it if isinstance(it, tuple) else (int(it), 0) for it in items]
+        ks = [k for k, _ in pairs]
         rows = self.rows[ks]
         labels = self.labels[ks]
         arrays = self.manifest.arrays
@@ -280,6 +418,8 @@ class TrainImages(Dataset):
             x = array_batch(arrays, rows)  # [B, 3, H, W]
             hw = torch.tensor([x.shape[-2], x.shape[-1]]).expand(len(rows), 2).contiguous()
             return x.contiguous(), hw, labels
+        if self.canvas is None:
+            return self._lift_crops(rows, [e for _, e in pairs]), torch.full((len(rows), 2), self.size), labels
         c = self.canvas
         out = torch.zeros(len(rows), 3, c, c, dtype=torch.uint8)
         hw = torch.zeros(len(rows), 2, dtype=torch.long)
@@ -298,18 +438,34 @@ class TrainImages(Dataset):
             hw[b, 0], hw[b, 1] = h, w
         return out, hw, labels
 
+    def _lift_crops(self, rows: np.ndarray, epochs: list[int]) -> torch.Tensor:
+        """LIFT's training transform on the full decoded images -> uint8 ``[B, 3, S, S]``."""
+        S, bilinear = self.size, TF.InterpolationMode.BILINEAR
+        out = torch.empty(len(rows), 3, S, S, dtype=torch.uint8)
+        for b, (row, epoch) in enumerate(zip(rows, epochs, strict=True)):
+            im = self.manifest.load(int(row))  # DataError names the file
+            if self.augment:
+                rng = _augment_rng(self.seed, epoch, int(row))
+                top, left, h, w = rrc_box(im.size[1], im.size[0], rng)
+                im = TF.resized_crop(im, top, left, h, w, [S, S], interpolation=bilinear)
+                if rng.random() < 0.5:
+                    im = TF.hflip(im)
+            else:
+                im = TF.center_crop(TF.resize(im, S, interpolation=bilinear), [S, S])
+            out[b] = pil_to_uint8(im)
+        return out
+
 
 class EvalImages(Dataset):
-    """Test rows for evaluation: ``(rows [B], standard uint8 [B,3,S,S] | raw arrays, TTE crops | None)``.
+    """Test rows for evaluation: ``(rows [B], standard uint8 [B,3,S,S], TTE crops [B,5,3,S,S] | None)``.
 
-    Files go through open_clip's own eval transform (and, with TTE, a resize of the shorter side
-    to S + 24 and the five crops) in the worker. Arrays are returned raw and resized on the
-    device (:meth:`Preprocessing.resize_arrays`), as extraction does.
+    Every image (file or pre-decoded array, as LIFT's data sets hand PIL images to their
+    transforms) goes through LIFT's test transforms (:func:`lift_eval_transforms`) in the worker.
     """
 
     def __init__(self, manifest: Manifest, rows: np.ndarray, prep: Preprocessing) -> None:
         self.manifest, self.rows, self.prep = manifest, np.asarray(rows, dtype=np.int64), prep
-        self.standard, self.tte = prep.pil_transforms() if manifest.arrays is None else (None, None)
+        self.standard, self.tte = lift_eval_transforms(prep.size, prep.tte, prep.tte_expand)
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -319,9 +475,6 @@ class EvalImages(Dataset):
 
     def __getitems__(self, ks: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         rows = self.rows[ks]
-        if self.manifest.arrays is not None:
-            x = array_batch(self.manifest.arrays, rows)
-            return torch.as_tensor(ks), x.contiguous(), None
         std, crops = [], []
         for row in rows:
             im = self.manifest.load(int(row))
@@ -521,15 +674,16 @@ def evaluate_logits(
     dtype: torch.dtype,
     progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """Logits of ``rows``: standard view ``[n, C]`` and, when ``prep.tte``, the TTE mean ``[n, C]``.
+    """Logits of ``rows``: LIFT's plain view ``[n, C]`` and, when ``prep.tte``, the TTE mean ``[n, C]``.
 
-    TTE (LIFT): each image resized so its shorter side is S + 24, the five S x S crops (centre
-    and corners) through the model in one call, their logits averaged (:func:`tte_logits`).
+    Plain: ``Resize(S * 8 // 7) + CenterCrop(S)``, bilinear (:func:`lift_eval_transforms`).
+    TTE (LIFT): each image resized bilinearly so its shorter side is S + 24, the five S x S
+    crops (centre and corners) through the model in one call, their logits averaged
+    (:func:`tte_logits`). ``prep`` gives the size and the normalisation.
     """
     model.eval()
     data = EvalImages(manifest, rows, prep)
-    uses_workers = manifest.arrays is None and workers > 0
-    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers if uses_workers else 0,
+    loader = DataLoader(data, batch_size=batch_size, shuffle=False, num_workers=workers,
                         collate_fn=_passthrough, pin_memory=device.type == "cuda")
     n, C = len(rows), model.head.num_classes
     standard = torch.zeros(n, C)
@@ -540,15 +694,9 @@ def evaluate_logits(
             return model(prep.normalize(x_uint8, torch.float32)).float()
 
     for ks, std, crops in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
-        std = std.to(device, non_blocking=True)
-        if manifest.arrays is not None:  # raw arrays: resize on the device
-            raw = std
-            std = prep.resize_arrays(raw, prep.size)
-            if prep.tte:
-                crops = prep.resize_arrays(raw, prep.size + prep.tte_expand, crop=False)  # [B, 3, S+e, >=S+e]
-        standard[ks] = logits_of(std).cpu()
+        standard[ks] = logits_of(std.to(device, non_blocking=True)).cpu()
         if tte is not None:
-            tte[ks] = tte_logits(logits_of, crops.to(device), prep.size, prep.tte_expand).cpu()
+            tte[ks] = tte_logits(logits_of, crops.to(device)).cpu()  # [B, 5, 3, S, S] -> [B, C]
     return standard.numpy(), (tte.numpy() if tte is not None else None)
 
 
@@ -598,12 +746,12 @@ def train_seed(
 
     size = backbone.image_size
     prep = Preprocessing.from_open_clip(backbone.preprocess)
-    canvas = cfg.train_canvas or round(1.5 * size)
     if cfg.batch_size % world:
         raise FeatcacheError(f"--batch-size {cfg.batch_size} must be divisible by the {world} processes.")
     local_batch = cfg.batch_size // world
-    data = TrainImages(manifest, split.train, canvas)
-    sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=False)
+    data = TrainImages(manifest, split.train, size, canvas=cfg.train_canvas, augment=cfg.augment, seed=seed)
+    sampler = _EpochTagged(DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=seed,
+                                              drop_last=False))
     workers = 0 if manifest.arrays is not None else (cfg.workers if cfg.workers is not None else default_workers())
     loader = DataLoader(data, batch_size=local_batch, sampler=sampler, num_workers=workers,
                         collate_fn=_passthrough, pin_memory=device.type == "cuda",
@@ -627,7 +775,9 @@ def train_seed(
         for images, hw, labels in bar:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)
-            if cfg.augment:
+            if not data.crops_on_device:
+                x = images  # [B, 3, S, S] uint8, LIFT's transform already applied by the worker
+            elif cfg.augment:
                 x = random_resized_crop(images, hw, size, gen)  # [B, 3, S, S] float 0-255
             else:
                 x = centre_crop(images, hw, size)
@@ -679,18 +829,43 @@ def default_protocol(cfg_protocol: str | None, source_splits: np.ndarray, descri
     return resolve_protocol(None, np.asarray(source_splits, dtype=object), descriptor)
 
 
+def resolve_epochs(cfg: FinetuneConfig, descriptor: object) -> FinetuneConfig:
+    """``cfg`` with ``epochs`` filled from the data set's descriptor when not given (iNat2018: 20)."""
+    if cfg.epochs is not None:
+        return cfg
+    epochs = getattr(descriptor, "finetune_epochs", None) or LIFT_EPOCHS
+    return dataclasses.replace(cfg, epochs=int(epochs))
+
+
 def default_out(cfg: FinetuneConfig) -> Path:
     """``runs/<dataset>-<model>-<method>`` when ``--out`` is not given."""
     name = cfg.dataset or Path(cfg.cache or "cache").stem
     return Path("runs") / f"{name}-{cfg.model}-{cfg.method}"
 
 
+CACHED_CLASSIFIER = "classifier-cached"
+CACHED_FEATURES_NOTE = (
+    "un-augmented cached features: the cache's fixed 'standard' view (or its five TTE crops with --tte), "
+    "extracted with open_clip's own preprocessing; LIFT's classifier baseline instead augments every "
+    "image every epoch (RandomResizedCrop + flip) -- run --method classifier without --cache for that"
+)
+
+
 def run_from_cache(cfg: FinetuneConfig) -> RunResult:
-    """``--method classifier --cache``: LIFT's head on the cached ``cls`` features, by the heads pipeline."""
+    """``--method classifier --cache``: LIFT's head on the cached ``cls`` features, by the heads pipeline.
+
+    What trains is LIFT's head (cosine σ = 25, text init, logit-adjusted loss) on *un-augmented*
+    features: every epoch sees the same cached view of each image, where LIFT's classifier
+    baseline sees a fresh random crop. The run is labelled ``classifier-cached`` and its
+    ``config.json`` says so (``features``); ``--method classifier`` without ``--cache`` is the
+    augmented path (the frozen tower runs on fresh crops every step, without autograd).
+    """
     from featcache.cache import open_cache
     from pipelines import train_head
 
     cache = open_cache(cfg.cache)
+    check_class_names(list(cache.descriptor.class_names), cfg.init, f"Cache {cfg.cache}")
+    cfg = resolve_epochs(cfg, cache.descriptor)
     protocol = default_protocol(cfg.protocol, cache.splits, cache.descriptor)
     head_cfg = train_head.TrainHeadConfig(
         cache=cfg.cache, head="cosine", loss=cfg.loss, sampler="instance", protocol=protocol,
@@ -699,9 +874,16 @@ def run_from_cache(cfg: FinetuneConfig) -> RunResult:
         sigma=cfg.sigma, gamma=cfg.gamma, la_tau=cfg.la_tau, cb_beta=cfg.cb_beta,
         init="text" if cfg.init == "text" else "random", text_source="prompts",
         template=cfg.template, feature="cls", tte=cfg.tte, test_per_class=cfg.test_per_class,
-        device=cfg.device, out=str(cfg.out or default_out(cfg)), method="classifier",
+        device=cfg.device, out=str(cfg.out or default_out(cfg)), method=CACHED_CLASSIFIER,
     )
     result = train_head.run(head_cfg)
+    # name it for what it is in config.json: LIFT's classifier baseline sees a fresh
+    # RandomResizedCrop + flip of every image each epoch; the cache holds one fixed view
+    extra = {"features": CACHED_FEATURES_NOTE,
+             "cache_preprocessing": dict(cache.meta.get("preprocessing") or {})}
+    config_path = result.out_dir / "config.json"
+    write_json(config_path, {**json.loads(config_path.read_text()), **extra})
+    result.config.update(extra)
     return result
 
 
@@ -726,6 +908,8 @@ def _run(cfg: FinetuneConfig, device: torch.device, precision: str, dtype: torch
     if manifest.labels.ndim != 1:
         raise FeatcacheError(f"LIFT fine-tuning needs single-label data; {cfg.dataset} is multi-label.")
     desc = manifest.descriptor
+    cfg = resolve_epochs(cfg, desc)
+    check_class_names(list(desc.class_names), cfg.init, f"Data set {cfg.dataset} at {cfg.root}")
     protocol = default_protocol(cfg.protocol, np.asarray(manifest.splits, dtype=object), desc)
     out_dir = Path(cfg.out) if cfg.out else default_out(cfg)
     if rank == 0 and not cfg.resume and (out_dir / "metrics.json").exists():
@@ -766,8 +950,8 @@ def _run(cfg: FinetuneConfig, device: torch.device, precision: str, dtype: torch
     config = {**asdict(cfg), "pipeline": "finetune", "protocol": protocol, "device": str(device),
               "precision": precision, "world_size": world, "out": str(out_dir),
               "method_resolved": {"name": outcomes[-1].method.name, **asdict(outcomes[-1].method)},
-              "preprocessing": Preprocessing.from_open_clip(outcomes[-1].preprocess, tte=cfg.tte).to_dict(),
-              "train_canvas": cfg.train_canvas or round(1.5 * Preprocessing.from_open_clip(outcomes[-1].preprocess).size),
+              "preprocessing": lift_preprocessing(Preprocessing.from_open_clip(outcomes[-1].preprocess, tte=cfg.tte),
+                                                  tte=cfg.tte, canvas=cfg.train_canvas, augment=cfg.augment),
               "num_classes": desc.num_classes, "torch_version": torch.__version__, **counts}
     if rank != 0:
         return RunResult(out_dir, {}, config)

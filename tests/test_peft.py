@@ -184,15 +184,36 @@ def test_marks_exactly_the_intended_parameters(visual, name):
 
 @pytest.mark.parametrize("name", METHODS.names())
 def test_starts_as_the_frozen_model(visual, images, name):
+    # bit for bit (torch.equal), in eval mode without autograd (evaluation: PyTorch's fused
+    # attention fast path) and in train mode with autograd (training); LoRA used to differ
+    # by ~6e-7 in eval mode because its own attention could not take the fast path
+    frozen = copy.deepcopy(visual)
+    _prepare(visual, name)
+    for train in (False, True):
+        frozen.train(train)
+        visual.train(train)
+        with torch.set_grad_enabled(train):
+            want, out = frozen(images), visual(images)  # [B, E]
+        assert out.shape == want.shape
+        if name in VPT_METHODS:
+            assert not torch.allclose(out, want, atol=1e-3), "prompts must change the output"
+        else:
+            assert torch.equal(out, want), f"{name} (train={train}): max diff {(out - want).abs().max():.3g}"
+
+
+def test_lora_merged_evaluation_equals_its_training_path(visual, images):
+    # trained LoRA: the no-autograd path (merged weights through nn.MultiheadAttention) and
+    # the autograd path (low-rank deltas) compute the same function
+    inject(visual, LoRAConfig(rank=3, alpha=2.0, targets=("q", "k", "v", "out")), NUM_CLASSES)
     with torch.no_grad():
-        frozen = visual(images)  # [B, E]
-        _prepare(visual, name)
-        out = visual(images)
-    assert out.shape == frozen.shape
-    if name in VPT_METHODS:
-        assert not torch.allclose(out, frozen, atol=1e-3), "prompts must change the output"
-    else:
-        torch.testing.assert_close(out, frozen, rtol=1e-5, atol=1e-5)
+        for block in visual.transformer.resblocks:
+            _randomise(block.lora)
+    for train in (False, True):
+        visual.train(train)
+        with torch.no_grad():
+            merged = visual(images)
+        low_rank = visual(images).detach()
+        torch.testing.assert_close(merged, low_rank, rtol=1e-5, atol=1e-5)
 
 
 # every method but `classifier` (which trains nothing in the backbone: its own test above)
@@ -385,6 +406,18 @@ def test_cosine_classifier_is_scaled_cosine():
     torch.testing.assert_close(head(feats), expected, rtol=1e-5, atol=1e-5)
     with pytest.raises(FeatcacheError, match="width 16"):
         head(torch.randn(2, 8))
+
+
+def test_cosine_classifier_stays_fp32_under_bf16_autocast():
+    # σ = 25 logits in bf16 keep ~8 bits: the head (and so the loss) must see fp32 logits
+    head = CosineClassifier(16, 1000)
+    feats = torch.randn(4, 16).to(torch.bfloat16)  # a bf16 backbone's output
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = head(feats)
+    assert logits.dtype == torch.float32
+    want = 25.0 * F.normalize(feats.float(), dim=-1) @ F.normalize(head.weight, dim=-1).t()
+    torch.testing.assert_close(logits, want, rtol=1e-5, atol=1e-5)
+    assert logits[0].unique().numel() > 900  # bf16 logits would hold only a few hundred values
 
 
 def test_semantic_init_from_text(backbone, visual):

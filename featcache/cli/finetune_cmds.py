@@ -15,13 +15,13 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--option", "options", multiple=True, help="Data set option KEY=VALUE (repeatable), e.g. imbalance=100.")
 @click.option("--method", default="adaptformer", show_default=True, help="adaptformer | bitfit | vpt-shallow | vpt-deep | adapter | lora | full | classifier.")
 @click.option("--method-option", "method_options", multiple=True, help="Method option KEY=VALUE (repeatable), e.g. bottleneck=16.")
-@click.option("--cache", default=None, type=click.Path(), help="With --method classifier: train the head on this cache's features.")
+@click.option("--cache", default=None, type=click.Path(), help="With --method classifier: train the head on this cache's un-augmented features (one fixed view per image; run label 'classifier-cached'). LIFT's classifier baseline augments every epoch: omit --cache and pass --dataset/--root for that.")
 @click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name (LIFT: ViT-B-16 --pretrained openai; with a local OpenAI checkpoint FILE: ViT-B-16-quickgelu --pretrained FILE).")
 @click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default]. Tags trained with QuickGELU (e.g. openai, dfn2b, metaclip_fullcc) are built with it. A local OpenAI checkpoint needs the -quickgelu model name: --model ViT-B-16-quickgelu --pretrained FILE (OpenAI's original ViT-B-16.pt is recognised by its SHA-256 and needs nothing extra).")
 @click.option("--protocol", default=None, help="lift | official | tfa-lt [default: lift when the data set has a test split].")
 @click.option("--test-per-class", type=int, default=None, help="Test images per class for --protocol tfa-lt.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run each.")
-@click.option("--epochs", type=int, default=10, show_default=True)
+@click.option("--epochs", type=int, default=None, help="Training epochs [default: the data set's LIFT recipe: 20 for inat2018, else 10].")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch (split over torchrun processes).")
 @click.option("--lr", type=float, default=0.01, show_default=True)
 @click.option("--momentum", type=float, default=0.9, show_default=True)
@@ -32,6 +32,7 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--sigma", type=float, default=25.0, show_default=True, help="Scale of the cosine classifier.")
 @click.option("--init", type=click.Choice(["text", "random"]), default="text", show_default=True, help="Head init: semantic-aware (text) or random.")
 @click.option("--no-augment", is_flag=True, help="Train on centre crops (no RandomResizedCrop + flip).")
+@click.option("--train-canvas", type=int, default=None, help="Speed option, not LIFT: shrink image files so the longer side fits N pixels, then crop on the device [default: off; LIFT's RandomResizedCrop of the full image in the workers].")
 @click.option("--tte", is_flag=True, help="Also evaluate with test-time ensembling (five crops, logits averaged).")
 @click.option("--out", type=click.Path(), default=None, help="Run directory [default: runs/<dataset>-<model>-<method>].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its checkpoints.")
@@ -39,11 +40,13 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
 @click.option("--workers", type=int, default=None, help="Decoding processes for image files per rank [default: this node's CPUs / its ranks, at most 16].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, tte, out, resume, device, precision, workers, no_progress) -> None:  # noqa: ANN001
+def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, train_canvas, tte, out, resume, device, precision, workers, no_progress) -> None:  # noqa: ANN001
     """Fine-tune the image encoder lightly (LIFT) and evaluate; writes a run directory.
 
     Runs under `torchrun --nproc_per_node=N -m featcache finetune ...` (DistributedDataParallel).
-    `--method classifier --cache C.h5` trains LIFT's head on cached features instead.
+    `--method classifier --cache C.h5` trains LIFT's head on cached, un-augmented features
+    instead (labelled classifier-cached); without --cache, `--method classifier` augments every
+    epoch as LIFT's classifier baseline does.
     """
     from featcache.distributed import dist_info
     from featcache.runs import rich_table, runs_frame
@@ -55,7 +58,7 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
         pretrained=pretrained, protocol=protocol, test_per_class=test_per_class, seeds=parse_seeds(seeds),
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, loss=loss, la_tau=la_tau, sigma=sigma, init=init, augment=not no_augment,
-        tte=tte, out=out, resume=resume, device=device, precision=precision, workers=workers,
+        train_canvas=train_canvas, tte=tte, out=out, resume=resume, device=device, precision=precision, workers=workers,
         progress=not no_progress,
     )
     result = run(cfg)

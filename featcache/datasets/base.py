@@ -44,7 +44,8 @@ class Descriptor:
     readable names used in prompts (``melanoma``), ``data_type`` the image type in TFA-LT's
     prompt ("The category of this {data_type} image is {class_name}."). ``groups`` maps
     ``many|medium|few`` to class ids (TFA-LT's fixed groups); ``test_per_class`` is the size of
-    the class-balanced test set of the ``tfa-lt`` protocol.
+    the class-balanced test set of the ``tfa-lt`` protocol. ``finetune_epochs`` is the data
+    set's epoch count in LIFT's recipe (``featcache finetune``'s default; ``None`` = LIFT's 10).
     """
 
     name: str
@@ -56,6 +57,7 @@ class Descriptor:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     multi_label: bool = False
     source: str = ""
+    finetune_epochs: int | None = None
 
     def __post_init__(self) -> None:
         if len(self.class_ids) != len(self.class_names):
@@ -98,6 +100,7 @@ class Descriptor:
             "groups": {k: list(v) for k, v in self.groups.items()},
             "multi_label": self.multi_label,
             "source": self.source,
+            "finetune_epochs": self.finetune_epochs,
         }
 
     @classmethod
@@ -112,6 +115,7 @@ class Descriptor:
             groups={k: tuple(v) for k, v in (d.get("groups") or {}).items()},
             multi_label=bool(d.get("multi_label", False)),
             source=d.get("source", ""),
+            finetune_epochs=d.get("finetune_epochs"),
         )
 
 

@@ -6,7 +6,10 @@ NumPy's global generator once (``np.random.seed(seed)``), then for each class in
 shuffles that class's indices and keeps the first ``n_c``; a ``RandomState(seed)`` used the
 same way gives the identical subset. The test set is the full, balanced 10,000 images.
 LIFT's class groups (many > 100, medium 20-100, few < 20 training images) are computed from
-the resulting counts.
+the IR100 counts for every imbalance ratio, as LIFT's code does (shijxcs/LIFT trainer.py:158-164:
+``split_cls_num_list = datasets.CIFAR100_IR100(root, train=True).cls_num_list`` for
+CIFAR100, CIFAR100_IR10 and CIFAR100_IR50), so IR50 and IR10 report the same many / medium /
+few classes as IR100 (with their own counts IR10 would have no few class at all).
 """
 
 from __future__ import annotations
@@ -91,7 +94,7 @@ def cifar100_lt(root: Path | None, *, imbalance: int = 100, seed: int = 0) -> Ma
         data_type=shipped.data_type if shipped else "photo",
         protocol="lift",
         test_per_class=100,
-        groups=lift_groups(np.bincount(train_y[train_idx], minlength=100), class_ids),
+        groups=lift_groups(np.array(cifar_lt_counts(100)), class_ids),  # IR100's counts, as LIFT
         source=shipped.source if shipped else "CIFAR-100-LT",
     )
     arrays = np.concatenate([train_x[train_idx], test_x])  # [N, 32, 32, 3] uint8

@@ -4,12 +4,17 @@ Each list file line is ``relative/path.jpg label`` (label = class index); paths 
 to the image root. Files: ``ImageNet_LT_{train,val,test}.txt`` / ``Places_LT_{train,val,test}.txt``
 (train required, val and test read when present). Class names come from an optional
 ``classnames.txt`` in LIFT's format (one line per class in label order, ``<folder> <name ...>``,
-or just ``<name>``), else ``class N``. LIFT's class groups (many > 100, medium 20-100, few < 20
-training images) are computed from the training list.
+or just ``<name>``); underscores become spaces (``airplane_cabin`` -> ``airplane cabin``), as
+LIFT does when it builds its prompts (shijxcs/LIFT trainer.py:306,
+``template.format(c.replace("_", " "))``). Without the file the names are placeholders
+``class N`` and a warning says so: they are no use in a prompt, so ``featcache finetune
+--init text`` refuses them (:func:`has_placeholder_names`). LIFT's class groups (many > 100, medium 20-100,
+few < 20 training images) are computed from the training list.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -27,6 +32,14 @@ from featcache.datasets.base import DATASETS, Descriptor, Manifest, require_root
 from featcache.errors import DataError
 
 LIST_SPLITS = ("train", "val", "test")
+PLACEHOLDER_NAME = "class {}"  # the names of a list data set without classnames.txt
+
+log = logging.getLogger(__name__)
+
+
+def has_placeholder_names(class_names: tuple[str, ...] | list[str]) -> bool:
+    """True when the names are exactly ``class 0 .. class C-1`` (no classnames.txt was found)."""
+    return list(class_names) == [PLACEHOLDER_NAME.format(c) for c in range(len(class_names))]
 
 
 def read_list_file(path: Path) -> list[tuple[int, str, int]]:
@@ -58,7 +71,7 @@ def read_classnames(path: Path) -> list[str]:
         for line in f:
             parts = line.split()
             if parts:
-                names.append(" ".join(parts[1:]) if len(parts) > 1 else readable(parts[0]))
+                names.append(readable(" ".join(parts[1:]) if len(parts) > 1 else parts[0]))
     return names
 
 
@@ -94,6 +107,13 @@ def lt_list_manifest(
         classnames = lists / "classnames.txt"
     names = read_classnames(require_file(classnames, "class name file")) if classnames else None
     num_classes = len(names) if names else max(labels) + 1
+    if names is None:
+        log.warning(
+            "%s: no classnames.txt in %s and no classnames option, so the %d classes are named "
+            "'class 0' .. 'class %d'. Prompts built from them mean nothing: put LIFT's classnames.txt "
+            "(github.com/shijxcs/LIFT, datasets/%s/classnames.txt) there or pass --option classnames=FILE.",
+            name, lists, num_classes, num_classes - 1, prefix,
+        )
     label_arr = np.array(labels, dtype=np.int64)
     bad = np.flatnonzero(label_arr >= num_classes)
     if len(bad):
@@ -117,7 +137,7 @@ def lt_list_manifest(
     descriptor = Descriptor(
         name=name,
         class_ids=class_ids,
-        class_names=tuple(names) if names else tuple(f"class {c}" for c in range(num_classes)),
+        class_names=tuple(names) if names else tuple(PLACEHOLDER_NAME.format(c) for c in range(num_classes)),
         data_type=data_type,
         protocol="lift",
         groups=lift_groups(train_counts, class_ids),
@@ -152,7 +172,8 @@ def imagenet_lt(
     """ImageNet-LT: ImageNet_LT_{train,val,test}.txt ('relative/path.JPEG label' lines) + the images under root.
 
     ``lists`` is the folder holding the list files (default: root); ``classnames`` a
-    ``classnames.txt`` (default: ``<lists>/classnames.txt`` if present, else ``class N``);
+    ``classnames.txt`` (default: ``<lists>/classnames.txt`` if present, else ``class N`` with a
+    warning; ``finetune --init text`` then refuses to train);
     ``check_files`` checks that every listed image exists (one ``stat`` per image).
     """
     root = require_root(root, "imagenet-lt")
