@@ -98,7 +98,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "else ../shared/anchors]")
     ap.add_argument("--only", default=",".join(STEPS), help="comma-separated steps to run [all]")
     ap.add_argument("--total-budget", type=float, default=None,
-                    help=f"seconds for the whole suite [GPU: {GPU_TOTAL_BUDGET_S}; tiny: 600]")
+                    help=f"seconds for the whole suite [GPU: {GPU_TOTAL_BUDGET_S}; tiny: 900]")
     ap.add_argument("--python", default=sys.executable, help="interpreter for the steps")
     ap.add_argument("--dry-run", action="store_true", help="write the plan and summary, run nothing")
     args = ap.parse_args(argv)
@@ -108,7 +108,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.site is None:
         args.site = "/tmp/featcache-gpu-site"
     if args.total_budget is None:
-        args.total_budget = 600.0 if args.tiny else float(GPU_TOTAL_BUDGET_S)
+        args.total_budget = 900.0 if args.tiny else float(GPU_TOTAL_BUDGET_S)
     return args
 
 
@@ -143,19 +143,19 @@ def plan(args: argparse.Namespace) -> list[Step]:
         ex += ["--jpeg-root", str(jpeg_root), "--decoders", "pil,device"]
     if anchors is not None and not tiny:
         ex += ["--anchor", "--anchor-path", str(anchors / "gpu_anchor.py")]
-    steps.append(Step("extract", ex, 90 if tiny else 190, js("extract")))
+    steps.append(Step("extract", ex, 180 if tiny else 190, js("extract")))
 
     hd = [py, str(BENCH / "bench_heads.py"), "--device", dev, "--json", js("heads"),
-          "--precision", "fp32,bf16,fp32+graphs,bf16+graphs"]
+          "--precision", "fp32,bf16+graphs" if tiny else "fp32,bf16,fp32+graphs,bf16+graphs"]
     if tiny:
-        hd += ["--epochs", "2", "--ensemble-epochs", "1"]
+        hd += ["--epochs", "1", "--ensemble-epochs", "1"]
     elif anchors is not None:
         hd += ["--anchor-path", str(anchors / "head_anchor.py")]
-    steps.append(Step("heads", hd, 90 if tiny else 150, js("heads")))
+    steps.append(Step("heads", hd, 120 if tiny else 150, js("heads")))
 
     gr = [py, str(BENCH / "bench_grid.py"), "--device", dev, "--json", js("grid"),
           "--epochs", "1" if tiny else "200"]
-    steps.append(Step("grid", gr, 90 if tiny else 55, js("grid")))
+    steps.append(Step("grid", gr, 120 if tiny else 55, js("grid")))
 
     ft = [py, str(BENCH / "bench_finetune.py"), "--device", dev, "--json", js("finetune")]
     if tiny:
@@ -164,7 +164,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
     else:
         ft += ["--model", "ViT-B-16", "--pretrained", "random", "--precision", "bf16",
                "--batch-size", "128", "--steps", "20", "--warmup", "3"]
-    steps.append(Step("finetune", ft, 90 if tiny else 45, js("finetune")))
+    steps.append(Step("finetune", ft, 120 if tiny else 45, js("finetune")))
     only = set(args.only.split(","))
     return [s for s in steps if s.name in only]
 
