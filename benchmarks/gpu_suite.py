@@ -143,7 +143,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         ex += ["--jpeg-root", str(jpeg_root), "--decoders", "pil,device"]
     if anchors is not None and not tiny:
         ex += ["--anchor", "--anchor-path", str(anchors / "gpu_anchor.py")]
-    steps.append(Step("extract", ex, 180 if tiny else 190, js("extract")))
+    steps.append(Step("extract", ex, 180 if tiny else 210, js("extract")))
 
     hd = [py, str(BENCH / "bench_heads.py"), "--device", dev, "--json", js("heads"),
           "--precision", "fp32,bf16+graphs" if tiny else "fp32,bf16,fp32+graphs,bf16+graphs"]
@@ -151,11 +151,11 @@ def plan(args: argparse.Namespace) -> list[Step]:
         hd += ["--epochs", "1", "--ensemble-epochs", "1"]
     elif anchors is not None:
         hd += ["--anchor-path", str(anchors / "head_anchor.py")]
-    steps.append(Step("heads", hd, 120 if tiny else 150, js("heads")))
+    steps.append(Step("heads", hd, 120 if tiny else 135, js("heads")))
 
     gr = [py, str(BENCH / "bench_grid.py"), "--device", dev, "--json", js("grid"),
           "--epochs", "1" if tiny else "200"]
-    steps.append(Step("grid", gr, 120 if tiny else 55, js("grid")))
+    steps.append(Step("grid", gr, 120 if tiny else 50, js("grid")))
 
     ft = [py, str(BENCH / "bench_finetune.py"), "--device", dev, "--json", js("finetune")]
     if tiny:
