@@ -241,24 +241,32 @@ def install_carried(carry: Path, site: Path) -> None:
     (site / ".installed").write_text(f"{len(wheels)} wheels, {len(packed)} packed\n")
 
 
-def ham_subset(src: Path, dst: Path, n: int) -> int:
-    """Copy every k-th HAM10000 image (about ``n``, so the class mix stays the data set's) and
-    the matching rows of ``HAM10000_metadata.csv`` into ``dst``; return the images copied.
+def ham_subset(src: Path, dst: Path, n: int, min_per_class: int = 2) -> int:
+    """Copy about ``n`` HAM10000 images, evenly spaced within each class (``dx``) so the class
+    mix stays the data set's and every class keeps at least ``min_per_class``, with the
+    matching rows of ``HAM10000_metadata.csv``, into ``dst``; return the images copied.
 
     The whole folder is 55 MB and the device tool carries 64 MiB with the wheels, so the GPU
     run reads a subset (build_wheels.sh); the tiny rehearsal reads a small one.
     """
     lines = (src / "HAM10000_metadata.csv").read_text().splitlines()
     header, rows = lines[0], [r for r in lines[1:] if r.strip()]
-    col = header.split(",").index("image_id")
-    step = max(1, len(rows) // max(1, n))
-    keep = rows[::step][:n]
+    cols = header.split(",")
+    col, dx = cols.index("image_id"), cols.index("dx")
+    by_class: dict[str, list[int]] = {}
+    for i, row in enumerate(rows):
+        by_class.setdefault(row.split(",")[dx], []).append(i)
+    keep: list[int] = []
+    for members in by_class.values():
+        k = min(len(members), max(min_per_class, round(n * len(members) / len(rows))))
+        keep += [members[(j * len(members)) // k] for j in range(k)]
+    kept = [rows[i] for i in sorted(keep)]
     (dst / "images").mkdir(parents=True, exist_ok=True)
-    for row in keep:
+    for row in kept:
         name = row.split(",")[col] + ".jpg"
         shutil.copyfile(src / "images" / name, dst / "images" / name)
-    (dst / "HAM10000_metadata.csv").write_text("\n".join([header, *keep]) + "\n")
-    return len(keep)
+    (dst / "HAM10000_metadata.csv").write_text("\n".join([header, *kept]) + "\n")
+    return len(kept)
 
 
 # ---------------------------------------------------------------- the §6 goals

@@ -100,19 +100,24 @@ def test_dry_run_writes_an_unmeasured_summary(tmp_path: Path) -> None:
     assert sorted(p.name for p in out.iterdir()) == ["suite.log", "summary.json", "summary.md"]
 
 
-def test_ham_subset_keeps_matching_rows(tmp_path: Path) -> None:
+def test_ham_subset_keeps_every_class_and_matching_rows(tmp_path: Path) -> None:
     src = tmp_path / "src"
     (src / "images").mkdir(parents=True)
     rows = []
-    for i in range(20):
+    # sorted by class, as HAM10000_metadata.csv is grouped: a prefix would lose the last ones
+    for i, dx in enumerate(["nv"] * 40 + ["mel"] * 12 + ["df"] * 3):
         (src / "images" / f"ISIC_{i:07d}.jpg").write_bytes(b"x" * i)
-        rows.append(f"HAM_{i},ISIC_{i:07d},{'nv' if i % 2 else 'mel'},histo")
+        rows.append(f"HAM_{i},ISIC_{i:07d},{dx},histo")
     (src / "HAM10000_metadata.csv").write_text("lesion_id,image_id,dx,dx_type\n" + "\n".join(rows) + "\n")
-    assert gpu_suite.ham_subset(src, tmp_path / "dst", 5) == 5
+    assert gpu_suite.ham_subset(src, tmp_path / "dst", 11) == 8 + 2 + 2
     kept = (tmp_path / "dst" / "HAM10000_metadata.csv").read_text().splitlines()
-    assert kept[0] == "lesion_id,image_id,dx,dx_type" and len(kept) == 6
+    assert kept[0] == "lesion_id,image_id,dx,dx_type" and len(kept) == 13
+    assert [r.split(",")[2] for r in kept[1:]].count("df") == 2
     ids = sorted(p.stem for p in (tmp_path / "dst" / "images").iterdir())
     assert ids == sorted(r.split(",")[1] for r in kept[1:])
+    for r in kept[1:]:  # the images are the same files
+        i = int(r.split(",")[1][5:])
+        assert (tmp_path / "dst" / "images" / f"ISIC_{i:07d}.jpg").read_bytes() == b"x" * i
 
 
 @pytest.mark.slow
