@@ -24,7 +24,7 @@ import gpu_suite  # noqa: E402
 def test_rehearsal_arguments_and_plan(tmp_path: Path) -> None:
     args = gpu_suite.parse_args([str(tmp_path / "o"), "--device", "cpu", "--tiny",
                                  "--jpeg-root", "J", "--anchors", "A"])
-    assert (args.device, args.tiny, args.total_budget) == ("cpu", True, 900.0)
+    assert (args.device, args.tiny, args.total_budget) == ("cpu", True, 1200.0)
     steps = gpu_suite.plan(args)
     assert [s.name for s in steps] == list(gpu_suite.STEPS)
     by = {s.name: s for s in steps}
