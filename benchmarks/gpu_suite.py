@@ -20,6 +20,8 @@ and the next one runs):
 4. ``grid``     — ``bench_grid.py``: the 64-configuration grid against one configuration.
 5. ``finetune`` — ``bench_finetune.py``: the LIFT training step for adaptformer, classifier
    and full (img/s, peak memory), bf16 on the GPU.
+6. ``graphs``   — ``pytest tests/test_gpu_suite.py -k cuda_graphs``: on a GPU, training with
+   ``cuda_graphs=True`` (captured and replayed) equals eager training.
 
 Writes, in OUT: ``<step>.json`` (each benchmark's own JSON), ``suite.log`` (every step's
 output, in order), ``summary.json`` (each step's status, seconds and error; each goal's
@@ -49,7 +51,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
-STEPS = ("install", "extract", "heads", "grid", "finetune")
+STEPS = ("install", "extract", "heads", "grid", "finetune", "graphs")
 # total budget of the whole GPU run: issue 15 asks for under 8 minutes
 GPU_TOTAL_BUDGET_S = 470
 TINY_JPEGS = 96  # JPEGs the rehearsal reads
@@ -143,7 +145,7 @@ def plan(args: argparse.Namespace) -> list[Step]:
         ex += ["--jpeg-root", str(jpeg_root), "--decoders", "pil,device"]
     if anchors is not None and not tiny:
         ex += ["--anchor", "--anchor-path", str(anchors / "gpu_anchor.py")]
-    steps.append(Step("extract", ex, 180 if tiny else 210, js("extract")))
+    steps.append(Step("extract", ex, 180 if tiny else 195, js("extract")))
 
     hd = [py, str(BENCH / "bench_heads.py"), "--device", dev, "--json", js("heads"),
           "--precision", "fp32,bf16+graphs" if tiny else "fp32,bf16,fp32+graphs,bf16+graphs"]
@@ -164,7 +166,12 @@ def plan(args: argparse.Namespace) -> list[Step]:
     else:
         ft += ["--model", "ViT-B-16", "--pretrained", "random", "--precision", "bf16",
                "--batch-size", "128", "--steps", "20", "--warmup", "3"]
-    steps.append(Step("finetune", ft, 120 if tiny else 45, js("finetune")))
+    steps.append(Step("finetune", ft, 120 if tiny else 40, js("finetune")))
+    # the CUDA-graph replay against eager training (tests/test_gpu_suite.py; on the CPU only
+    # the fallback test runs, the GPU one is skipped)
+    steps.append(Step("graphs", [py, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                                 str(ROOT / "tests" / "test_gpu_suite.py"), "-k", "cuda_graphs"],
+                      120 if tiny else 20))
     only = set(args.only.split(","))
     return [s for s in steps if s.name in only]
 
