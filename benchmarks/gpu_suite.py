@@ -442,6 +442,9 @@ def _run(args: argparse.Namespace, out: Path) -> int:
     carry_wheels = Path(args.carry) / "wheels"
     site = Path(args.site)
     records: list[StepRecord] = []
+    # the steps use the install site when this run installed it, or when the install step is
+    # not in the plan (--only) and an earlier run on this machine left a complete one
+    site_ok = "install" not in {s.name for s in steps} and (site / ".installed").exists()
     argv = args.argv
     deadline = time.perf_counter() + args.total_budget
     with open(out / "suite.log", "a") as log:
@@ -455,14 +458,17 @@ def _run(args: argparse.Namespace, out: Path) -> int:
             if step.name == "install" and not carry_wheels.exists():
                 records.append(StepRecord(step.name, "skipped", error=f"no {carry_wheels}: "
                                           "using the packages already importable", command=step.argv))
+                site_ok = False
                 continue
             if left < 5:
                 records.append(StepRecord(step.name, "skipped", error=f"the suite's total budget of "
                                           f"{args.total_budget:.0f} s was spent", command=step.argv))
                 continue
-            use_site = site if step.name != "install" and (site / ".installed").exists() else None
+            use_site = site if step.name != "install" and site_ok else None
             rec = run_step(step, step_env(use_site), log, min(step.budget_s, left))
             records.append(rec)
+            if step.name == "install":
+                site_ok = rec.status == "ok"
             print(f"{step.name:9s} {rec.status:8s} {rec.seconds:7.1f} s"
                   + (f"  {rec.error.splitlines()[0]}" if rec.error else ""), flush=True)
     rows = write_summary(out, records, args)

@@ -188,3 +188,24 @@ def test_cuda_graphs_replay_matches_eager_on_the_gpu(caplog) -> None:  # noqa: A
     assert "CUDA graphs: 2 captured" in caplog.text, caplog.text
     for a, b in zip(heads[0].parameters(), heads[1].parameters(), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- LIFT's frozen tower
+
+
+@pytest.mark.parametrize(("method", "tower_tracked"), [("classifier", False), ("adaptformer", True)])
+def test_classifier_only_runs_the_frozen_tower_without_autograd(method: str, tower_tracked: bool) -> None:
+    """The LIFT step's classifier-only path (what bench_finetune times) keeps no autograd
+    graph through the frozen tower; a method that trains inside the tower does."""
+    from featcache.models import load_backbone
+    from featcache.peft import make_config
+    from pipelines.finetune import build_model
+
+    torch.manual_seed(0)
+    backbone = load_backbone("tiny-clip", "random")
+    model, _ = build_model(backbone, make_config(method), ["a", "b", "c"], init="random",
+                           device=torch.device("cpu"))
+    images = torch.randn(2, 3, backbone.image_size, backbone.image_size)
+    feats = model.features(images)
+    assert (feats.grad_fn is not None) == tower_tracked
+    assert model(images).requires_grad  # the head trains either way
