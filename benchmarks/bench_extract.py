@@ -155,9 +155,9 @@ def input_only(root: str, model_name: str, pretrained: str, tte: bool, decoder: 
     return n / (time.perf_counter() - t)
 
 
-def run_anchor(n: int) -> dict[str, float]:
+def run_anchor(n: int, anchor: Path = ANCHOR) -> dict[str, float]:
     """../shared/anchors/gpu_anchor.py in a subprocess (GPU only): its lines as {name: img/s}."""
-    proc = subprocess.run([sys.executable, str(ANCHOR), str(n)], capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run([sys.executable, str(anchor), str(n)], capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
         print(f"anchor failed: {proc.stderr[-2000:]}", flush=True)
         return {}
@@ -185,6 +185,7 @@ def main() -> None:
     ap.add_argument("--decoders", default="pil,device", help="JPEG decoders to compare (pil, device)")
     ap.add_argument("--skip-plain", action="store_true")
     ap.add_argument("--anchor", action="store_true", help="also run ../shared/anchors/gpu_anchor.py (GPU)")
+    ap.add_argument("--anchor-path", default=str(ANCHOR), help="gpu_anchor.py [%(default)s]")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
@@ -208,9 +209,12 @@ def main() -> None:
 
     print(f"model {args.model} ({pretrained}), device {device}, precision {precision}, batch {args.batch_size}, "
           f"workers {workers}, CPUs {os.cpu_count()}")
-    if args.anchor and gpu and ANCHOR.exists():
-        results["anchor"] = run_anchor(args.images)
-        print(f"anchor ({ANCHOR.name}): {results['anchor']}", flush=True)
+    anchor = Path(args.anchor_path)
+    if args.anchor and gpu and anchor.exists():
+        results["anchor"] = run_anchor(args.images, anchor)
+        print(f"anchor ({anchor}): {results['anchor']}", flush=True)
+    elif args.anchor:
+        print(f"anchor not run: {'no GPU' if not gpu else f'no {anchor}'}", flush=True)
     if not args.skip_plain:
         phase("plain DataLoader+PIL fp32", lambda: plain_loop(args.model, pretrained, args.images, args.batch_size, workers, device))
     phase(f"model-only {precision}", lambda: model_only(args.model, pretrained, args.images, args.batch_size, device, precision))

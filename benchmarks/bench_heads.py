@@ -14,7 +14,10 @@ subprocess, same Python, same device), else the same loop re-implemented below.
         [--rounds N] [--json out.json] [--skip-anchor]
 
 ``--precision`` is featcache's training precision (the anchor is always the plain fp32 loop);
-a comma-separated list times each in turn, beside one anchor run. The machine's load average
+a comma-separated list times each in turn, beside one anchor run. A ``+graphs`` suffix
+(``bf16+graphs``) runs that precision with ``train_members(..., cuda_graphs=True)`` (CUDA
+graphs on a GPU; on the CPU the same steps run eagerly): the pipeline has no setting for it
+yet, so the benchmark passes it through ``pipelines.tfa_lt.train_members``. The machine's load average
 is recorded before and after each timing (on a shared machine it explains the spread).
 """
 
@@ -58,10 +61,17 @@ def make_cache(path: Path, noise: float = 1.0) -> Path:
 def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int,
                   precision: str = "fp32", seeds: tuple[int, ...] = (0,)) -> dict:
     """Time featcache's TFA-LT pipeline (one seed, logit ensembler) end to end and training only."""
+    import functools
+
+    import pipelines.tfa_lt as tfa_lt_module
     from featcache.device import resolve_device
+    from featcache.training import train_members
     from pipelines.tfa_lt import TfaLtConfig, run
 
     dev = resolve_device(device)
+    label = precision
+    precision, graphs = (precision.removesuffix("+graphs"), precision.endswith("+graphs"))
+    tfa_lt_module.train_members = functools.partial(train_members, cuda_graphs=graphs)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
         torch.cuda.synchronize(dev)
@@ -74,25 +84,26 @@ def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int,
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         wall = time.perf_counter() - t0
+    tfa_lt_module.train_members = train_members
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if dev.type == "cuda" else None
     m = result.metrics
-    return {"precision": precision, "wall_s": wall, "train_s": m["train_seconds"],
+    return {"precision": label, "cuda_graphs": graphs, "wall_s": wall, "train_s": m["train_seconds"],
             "peak_gpu_mib": peak, "acc": m["acc"], "balanced_acc": m["balanced_acc"],
             "macro_f1": m["macro_f1"], "acc_std": m["acc_std"],
             "per_seed_acc": [r["acc"] for r in m["per_seed"]],
             "load_before": load_before, "load_after": os.getloadavg()}
 
 
-def run_anchor(device: str, epochs: int, ensemble_epochs: int) -> dict:
+def run_anchor(device: str, epochs: int, ensemble_epochs: int, anchor: Path = ANCHOR) -> dict:
     """Time the straightforward loop: the anchor file when present, else the same loop here."""
     load_before = os.getloadavg()
-    if ANCHOR.exists() and (epochs, ensemble_epochs) == (200, 100):
+    if anchor.exists() and (epochs, ensemble_epochs) == (200, 100):
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, str(ANCHOR), device], capture_output=True, text=True, check=True)
+        proc = subprocess.run([sys.executable, str(anchor), device], capture_output=True, text=True, check=True)
         wall = time.perf_counter() - t0
         m = re.search(r"([\d.]+) s", proc.stdout)
         peak = re.search(r"peak (\d+) MiB", proc.stdout)
-        return {"source": str(ANCHOR), "train_s": float(m.group(1)) if m else wall, "wall_s": wall,
+        return {"source": str(anchor), "train_s": float(m.group(1)) if m else wall, "wall_s": wall,
                 "peak_gpu_mib": float(peak.group(1)) if peak else None, "stdout": proc.stdout.strip(),
                 "load_before": load_before, "load_after": os.getloadavg()}
     return {"source": "re-implemented loop", **_anchor_loop(device, epochs, ensemble_epochs),
@@ -161,7 +172,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=200, help="stage I epochs (protocol: 200)")
     ap.add_argument("--ensemble-epochs", type=int, default=100, help="stage II epochs (protocol: 100)")
     ap.add_argument("--precision", default="fp32",
-                    help="featcache's training precision: fp32|bf16|fp16, or a comma-separated list")
+                    help="featcache's training precision: fp32|bf16|fp16, each optionally +graphs "
+                         "(CUDA graphs), or a comma-separated list")
     ap.add_argument("--rounds", type=int, default=1,
                     help="repeat everything this many times, interleaved (each round: every "
                          "precision, then the anchor); ratios are taken within a round")
@@ -169,6 +181,7 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=1.0,
                     help="feature noise of the random cache (1.0: the timing setting; ~0.06: learnable)")
     ap.add_argument("--skip-anchor", action="store_true")
+    ap.add_argument("--anchor-path", default=str(ANCHOR), help="head_anchor.py [%(default)s]")
     ap.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = ap.parse_args()
     precisions = [p.strip() for p in args.precision.split(",") if p.strip()]
@@ -193,7 +206,8 @@ def main() -> None:
                       f"RSS {ours['peak_rss_mib']:.0f} MiB; test acc {100 * ours['acc']:.2f} ± "
                       f"{100 * ours['acc_std']:.2f} %, "
                       f"balanced {100 * ours['balanced_acc']:.2f} %; load {_load(ours)}", flush=True)
-            anchor = None if args.skip_anchor else run_anchor(args.device, args.epochs, args.ensemble_epochs)
+            anchor = None if args.skip_anchor else run_anchor(args.device, args.epochs, args.ensemble_epochs,
+                                                               Path(args.anchor_path))
             if anchor:
                 print(f"  [{r + 1}] straightforward (fp32): {anchor['train_s']:.1f} s  "
                       f"[{anchor['source']}]; load {_load(anchor)}", flush=True)

@@ -170,6 +170,7 @@ def train_members(
     share_batches: bool = False,
     chunk_steps: int = 512,
     precision: str = "fp32",
+    cuda_graphs: bool = False,
 ) -> TrainResult:
     """Train every member of ``head`` in place, jointly; return per-epoch losses.
 
@@ -188,6 +189,15 @@ def train_members(
     ``precision``: ``fp32`` (default), ``bf16``, or ``fp16`` (GPU only): the dtype of the
     head's weight products while training (mixed precision, fp32 master weights; see the
     module docstring). Evaluation afterwards runs in fp32.
+
+    ``cuda_graphs=True``: on a CUDA device each step (gather, forward, loss, backward, SGD,
+    loss record) is captured once as a CUDA graph, after a few eager warm-up steps, one
+    graph for steps where every member is active and one for steps where some sit out, and
+    then replayed with the step's batch, weights, learning rates and activity copied into
+    static buffers: one launch per step instead of dozens (TFA-LT's steps are launch-bound,
+    DESIGN.md §6). Where the device is not CUDA, or a capture fails, the steps run eagerly
+    through the same static buffers, with a logged note; the results equal the default
+    path's exactly (tests/test_gpu_suite.py checks it on the CPU).
     """
     t0 = time.perf_counter()
     members = head.members
@@ -260,6 +270,35 @@ def train_members(
     hist_dev = torch.zeros(S, G, device=dev)  # [S, G] loss of every step, read once at the end
     # shared inputs: every step's gather lands in one buffer (index_select with out=)
     x_buf = inputs.new_empty(K * width, inputs.shape[-1]) if shared else None
+
+    def step(idx: torch.Tensor, w: torch.Tensor, lr: torch.Tensor, act: torch.Tensor,
+             all_act: bool, pos: int | torch.Tensor) -> None:
+        """One optimiser step of every member: idx [K, Bmax], w [G, Bmax], lr [G], act [G]."""
+        if shared:
+            x = torch.index_select(inputs, 0, idx.view(-1), out=x_buf).view(K, width, -1)
+        else:
+            x = inputs[member_idx, idx]  # [G, Bmax, D]
+        y = labels[idx] if run_of is None else labels[idx][run_of]  # [G, Bmax] (or [.., C])
+        if forward_shared:
+            logits = torch.cat([head.forward_shared(x[k], slice(g0, g1))
+                                for k, (g0, g1) in enumerate(runs)]) if K > 1 else (
+                head.forward_shared(x[0]))
+        else:
+            logits = head(x)  # [G, Bmax, C]
+        per_row = _member_losses(logits.float(), y, knobs, prior, loss_groups, G)  # [G, Bmax]
+        loss = (per_row * w).sum(1)  # [G]: each member's mean over its real rows
+        grads = torch.autograd.grad(loss.sum(), params)
+        with torch.no_grad():
+            if all_act:
+                _sgd_step(params, grads, bufs, wd, mom, lr, None)
+            else:
+                _sgd_step(params, grads, bufs, wd, mom, lr, act, scratches)
+            if isinstance(pos, int):
+                hist_dev[pos] = loss.detach()
+            else:  # a device-side step index: the same write, replayable in a CUDA graph
+                hist_dev.index_copy_(0, pos, loss.detach()[None])
+
+    graphs = _StepGraphs(step, dev, K, G, width) if cuda_graphs else None
     head.train()
     with head.matmul_precision(dtype):  # fp32: the head is left exactly as it is
         for c0 in range(0, S, chunk_steps):
@@ -272,28 +311,10 @@ def train_members(
             lr_c = torch.from_numpy(lr_plan[c0 : c0 + n]).to(dev)  # [n, G]
             act_c = torch.from_numpy(active_plan[c0 : c0 + n]).to(dev)  # [n, G]
             for j in range(n):
-                idx, w = idx_c[j], w_c[j]  # [K, Bmax], [G, Bmax]
-                if shared:
-                    x = torch.index_select(inputs, 0, idx.view(-1), out=x_buf).view(K, width, -1)
+                if graphs is None:
+                    step(idx_c[j], w_c[j], lr_c[j], act_c[j], bool(all_active[c0 + j]), c0 + j)
                 else:
-                    x = inputs[member_idx, idx]  # [G, Bmax, D]
-                y = labels[idx] if run_of is None else labels[idx][run_of]  # [G, Bmax] (or [.., C])
-                if forward_shared:
-                    logits = torch.cat([head.forward_shared(x[k], slice(g0, g1))
-                                        for k, (g0, g1) in enumerate(runs)]) if K > 1 else (
-                        head.forward_shared(x[0]))
-                else:
-                    logits = head(x)  # [G, Bmax, C]
-                per_row = _member_losses(logits.float(), y, knobs, prior, loss_groups, G)  # [G, Bmax]
-                loss = (per_row * w).sum(1)  # [G]: each member's mean over its real rows
-                grads = torch.autograd.grad(loss.sum(), params)
-                lr = lr_c[j]
-                with torch.no_grad():
-                    if all_active[c0 + j]:
-                        _sgd_step(params, grads, bufs, wd, mom, lr, None)
-                    else:
-                        _sgd_step(params, grads, bufs, wd, mom, lr, act_c[j], scratches)
-                hist_dev[c0 + j] = loss.detach()
+                    graphs.run(idx_c[j], w_c[j], lr_c[j], act_c[j], bool(all_active[c0 + j]), c0 + j)
     head.eval()
     if dev.type == "cpu":
         torch.set_flush_denormal(False)
@@ -305,9 +326,86 @@ def train_members(
         for g in range(G)
     ]
     seconds = time.perf_counter() - t0
-    log.info("trained %d member(s) of '%s' on %d batch stream(s) for %d steps in %.2f s (%s)",
-             G, head.name, K, S, seconds, precision)
+    log.info("trained %d member(s) of '%s' on %d batch stream(s) for %d steps in %.2f s (%s%s)",
+             G, head.name, K, S, seconds, precision,
+             "" if graphs is None else f", {graphs.describe()}")
     return TrainResult(epoch_loss=epoch_loss, steps=totals, seconds=seconds)
+
+
+class _StepGraphs:
+    """Runs ``step`` through static buffers, replaying one CUDA graph per ``all_act`` value.
+
+    Follows PyTorch's whole-network capture recipe (torch.cuda.graphs docs, "Whole-network
+    capture": warm up on a side stream, capture with ``torch.cuda.graph``, then copy new
+    inputs into the captured tensors and ``replay()``). Nothing in a step reads back to the
+    host, so the loop only enqueues: five small copies and one replay per step.
+    """
+
+    WARMUP = 3  # eager steps of each kind before its capture (autograd allocates on the first)
+
+    def __init__(self, step, dev: torch.device, K: int, G: int, width: int) -> None:  # noqa: ANN001
+        self.step, self.dev = step, dev
+        self.idx = torch.zeros(K, width, dtype=torch.long, device=dev)
+        self.w = torch.zeros(G, width, device=dev)
+        self.lr = torch.zeros(G, device=dev)
+        self.act = torch.zeros(G, dtype=torch.bool, device=dev)
+        self.pos = torch.zeros(1, dtype=torch.long, device=dev)
+        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}
+        self.seen = {True: 0, False: 0}
+        self.replays = 0
+        self.capture = dev.type == "cuda"
+        if not self.capture:
+            log.info("cuda_graphs: the device is %s, not CUDA; the steps run eagerly "
+                     "(same static buffers, same results)", dev)
+
+    def run(self, idx: torch.Tensor, w: torch.Tensor, lr: torch.Tensor, act: torch.Tensor,
+            all_act: bool, pos: int) -> None:
+        self.idx.copy_(idx)
+        self.w.copy_(w)
+        self.lr.copy_(lr)
+        self.act.copy_(act)
+        self.pos.fill_(pos)
+        graph = self.graphs.get(all_act)
+        if graph is not None:
+            graph.replay()
+            self.replays += 1
+            return
+        if self.capture and self.seen[all_act] >= self.WARMUP:
+            graph = self._capture(all_act)
+            if graph is not None:
+                graph.replay()
+                self.replays += 1
+                return
+        self.seen[all_act] += 1
+        if self.capture:  # warm-up on a side stream, as the capture recipe asks
+            side = torch.cuda.Stream(self.dev)
+            side.wait_stream(torch.cuda.current_stream(self.dev))
+            with torch.cuda.stream(side):
+                self._eager(all_act)
+            torch.cuda.current_stream(self.dev).wait_stream(side)
+        else:
+            self._eager(all_act)
+
+    def _eager(self, all_act: bool) -> None:
+        self.step(self.idx, self.w, self.lr, self.act, all_act, self.pos)
+
+    def _capture(self, all_act: bool) -> torch.cuda.CUDAGraph | None:
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):
+                self._eager(all_act)
+        except Exception as e:  # an op that cannot be captured: stay eager from here on
+            log.warning("cuda_graphs: capture failed (%s: %s); the steps run eagerly",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            self.capture = False
+            return None
+        self.graphs[all_act] = graph
+        return graph
+
+    def describe(self) -> str:
+        if not self.graphs:
+            return "cuda_graphs requested, steps run eagerly"
+        return f"CUDA graphs: {len(self.graphs)} captured, {self.replays} replays"
 
 
 def stream_key(m: MemberSpec) -> tuple:
