@@ -8,7 +8,10 @@ device with no host synchronisation (class sizes are read once, at construction)
 - ``wrs``: weighted random sampling with class-balanced probabilities 1/n_c, N draws with
   replacement (TFA-LT stage I, DESIGN.md §1).
 - ``rus``: random under-sampling: every class cut to the smallest class, a fresh draw each
-  epoch, shuffled (TFA-LT stage I).
+  epoch, shuffled (``fresh``).
+- ``rus-fixed``: random under-sampling drawn ONCE (at the first epoch, from the member's own
+  generator) and then reshuffled every epoch: one re-balanced training set, as the TFA-LT
+  paper "generates" it (TFA-LT stage I's default, see ``pipelines.tfa_lt``).
 - ``sqrt``: square-root sampling, class probabilities ∝ sqrt(n_c), N draws with replacement.
 """
 
@@ -118,3 +121,21 @@ class UnderSampler(Sampler):
         key = self.class_key + torch.rand(self.labels.shape[0], generator=gen, device=dev, dtype=torch.float64)
         chosen = torch.argsort(key)[self.take]
         return chosen[torch.randperm(chosen.numel(), generator=gen, device=dev)]
+
+
+@register_sampler("rus-fixed")
+class FixedUnderSampler(UnderSampler):
+    """Random under-sampling drawn once: the first :meth:`draw` picks ``min_c n_c`` rows of each
+    class (the same draw ``rus`` makes in its first epoch); every epoch then visits exactly those
+    rows, reshuffled. The subset is a function of the member's generator, so a run is repeatable."""
+
+    def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
+        super().__init__(labels, num_classes)
+        self.subset: torch.Tensor | None = None  # [m·C'] local rows, drawn at the first epoch
+
+    def draw(self, gen: torch.Generator) -> torch.Tensor:
+        if self.subset is None:
+            self.subset = super().draw(gen)
+            return self.subset
+        perm = torch.randperm(self.subset.numel(), generator=gen, device=self.labels.device)
+        return self.subset[perm]

@@ -226,6 +226,12 @@ class GridConfig:
             except FeatcacheError as e:
                 shown = ", ".join(f"{k}={v}" for k, v in changes.items())
                 raise FeatcacheError(f"Grid configuration ({shown}) is invalid: {e}") from None
+        for cfg in configs:
+            if getattr(cfg, "head", None) == "logreg":
+                raise FeatcacheError(
+                    "--head logreg chooses its own C on a validation split carved from the "
+                    "training rows (CLIP's protocol) and trains by L-BFGS, not in a grid; run "
+                    "it with train-head --head logreg.")
         object.__setattr__(self, "configs", tuple(configs))
 
     @property
