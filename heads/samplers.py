@@ -9,8 +9,8 @@ device with no host synchronisation (class sizes are read once, at construction)
   replacement (TFA-LT stage I, DESIGN.md §1).
 - ``rus``: random under-sampling: every class cut to the smallest class, a fresh draw each
   epoch, shuffled (``fresh``).
-- ``rus-fixed``: random under-sampling drawn ONCE (at the first epoch, from the member's own
-  generator) and then reshuffled every epoch: one re-balanced training set, as the TFA-LT
+- ``rus-fixed``: random under-sampling drawn ONCE (from the member's stream seed) and then
+  reshuffled every epoch: one re-balanced training set, as the TFA-LT
   paper "generates" it (TFA-LT stage I's default, see ``pipelines.tfa_lt``).
 - ``sqrt``: square-root sampling, class probabilities ∝ sqrt(n_c), N draws with replacement.
 """
@@ -125,17 +125,20 @@ class UnderSampler(Sampler):
 
 @register_sampler("rus-fixed")
 class FixedUnderSampler(UnderSampler):
-    """Random under-sampling drawn once: the first :meth:`draw` picks ``min_c n_c`` rows of each
-    class (the same draw ``rus`` makes in its first epoch); every epoch then visits exactly those
-    rows, reshuffled. The subset is a function of the member's generator, so a run is repeatable."""
+    """Random under-sampling drawn once: ``min_c n_c`` rows of each class, chosen by a generator
+    seeded with ``gen.initial_seed()`` (the member's stream seed, the same every epoch); each
+    :meth:`draw` then returns exactly those rows, shuffled by ``gen``. So, like every sampler,
+    a draw is a function of the generator's state alone, and a run is repeatable."""
 
     def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
         super().__init__(labels, num_classes)
-        self.subset: torch.Tensor | None = None  # [m·C'] local rows, drawn at the first epoch
+        self._subsets: dict[int, torch.Tensor] = {}  # stream seed -> [m·C'] local rows
 
     def draw(self, gen: torch.Generator) -> torch.Tensor:
-        if self.subset is None:
-            self.subset = super().draw(gen)
-            return self.subset
-        perm = torch.randperm(self.subset.numel(), generator=gen, device=self.labels.device)
-        return self.subset[perm]
+        seed = gen.initial_seed()
+        subset = self._subsets.get(seed)
+        if subset is None:
+            once = torch.Generator(device=self.labels.device).manual_seed(seed)
+            subset = self._subsets[seed] = super().draw(once)
+        perm = torch.randperm(subset.numel(), generator=gen, device=self.labels.device)
+        return subset[perm]
