@@ -262,3 +262,20 @@ def test_rus_fixed_or_fresh(lt_cache) -> None:  # noqa: ANN001
     assert fresh.stage1(0, "wrs", tau=0.01) == cfg.stage1(0, "wrs", tau=0.01)
     with pytest.raises(FeatcacheError, match="Unknown rus 'fixd'"):
         tfa_lt.TfaLtConfig(cache=str(lt_cache), rus="fixd")
+
+
+@pytest.mark.slow
+def test_reproduce_without_text_names_the_zero_shot_row_honestly(tmp_path) -> None:  # noqa: ANN001
+    from pipelines.reproduce import NO_TEXT, run
+
+    cache = make_feature_cache(tmp_path / "notext.h5", num_classes=4, counts=[80, 40, 30, 25],
+                               dim=8, with_text=False, test_per_class=5)
+    out, frame = run(ReproduceConfig(cache=str(cache), seeds=(0,), epochs=1, ensemble_epochs=1,
+                                     baseline_epochs=1, device="cpu", out=str(tmp_path / "r")))
+    assert "CLIP zero-shot" not in frame["method"].to_list()
+    assert frame.filter(pl.col("table") == "Table 2")["method"][0] == NO_TEXT
+    md = (out / "tables.md").read_text()
+    assert "CLIP zero-shot" not in md and "nearest-class-mean classifier" in md
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_features"] is False and config["notes"]
+    assert config["rows"][NO_TEXT]["settings"]["prototypes"] == "class-mean"
