@@ -310,7 +310,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
     one ensembler per (configuration, seed), each stage one batched run."""
     base = cfgs[0][1]
     D, C = int(data.feats.shape[-1]), data.num_classes
-    # Stage I: distinct (adapter spec, seed) pairs; a grid over stage-II knobs trains them once.
+    # Stage I: distinct (adapter spec, seed) pairs; a grid over stage-II knobs trains them once
+    # (TfaLtConfig.stage1 leaves out loss knobs its CE does not read, e.g. stage II's focal γ).
     unique: dict[tuple[MemberSpec, int], int] = {}
     pairs: list[tuple[int, int, int, int]] = []  # (config, seed index, wrs member, rus member)
     for i, c in cfgs:
