@@ -80,7 +80,8 @@ def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int,
         t0 = time.perf_counter()
         result = run(TfaLtConfig(cache=str(cache), seeds=seeds, epochs=epochs,
                                  ensemble_epochs=ensemble_epochs, device=device, out=out,
-                                 precision=precision))
+                                 precision=precision,
+                                 rus="fresh"))  # the anchor below draws RUS fresh each epoch
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
         wall = time.perf_counter() - t0

@@ -1,11 +1,11 @@
 """Pluggable heads, losses and samplers for cached features (each a registry).
 
-``HEADS`` (zeroshot, linear, cosine, adapter, ensemble-logit, ensemble-feature), ``LOSSES``
-(ce, focal, la, bs, cb, bce) and ``SAMPLERS`` (instance, wrs, rus, sqrt). Heads are batched
+``HEADS`` (zeroshot, linear, cosine, logreg, adapter, ensemble-logit, ensemble-feature), ``LOSSES``
+(ce, focal, la, bs, cb, bce) and ``SAMPLERS`` (instance, wrs, rus, rus-fixed, sqrt). Heads are batched
 over members (see :mod:`heads.base`); :mod:`featcache.training` trains them.
 """
 
-from heads import adapter, ensemble, linear, zeroshot  # noqa: F401  (registers the heads)
+from heads import adapter, ensemble, linear, logreg, zeroshot  # noqa: F401  (registers the heads)
 from heads.base import HEADS, Head, HeadContext, MemberSpec, build_head, load_head, register_head
 from heads.losses import LOSSES, ClassPrior, posthoc_adjust
 from heads.samplers import SAMPLERS, Sampler, register_sampler

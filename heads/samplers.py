@@ -8,7 +8,10 @@ device with no host synchronisation (class sizes are read once, at construction)
 - ``wrs``: weighted random sampling with class-balanced probabilities 1/n_c, N draws with
   replacement (TFA-LT stage I, DESIGN.md §1).
 - ``rus``: random under-sampling: every class cut to the smallest class, a fresh draw each
-  epoch, shuffled (TFA-LT stage I).
+  epoch, shuffled (``fresh``).
+- ``rus-fixed``: random under-sampling drawn ONCE (from the member's stream seed) and then
+  reshuffled every epoch: one re-balanced training set, as the TFA-LT
+  paper "generates" it (TFA-LT stage I's default, see ``pipelines.tfa_lt``).
 - ``sqrt``: square-root sampling, class probabilities ∝ sqrt(n_c), N draws with replacement.
 """
 
@@ -118,3 +121,24 @@ class UnderSampler(Sampler):
         key = self.class_key + torch.rand(self.labels.shape[0], generator=gen, device=dev, dtype=torch.float64)
         chosen = torch.argsort(key)[self.take]
         return chosen[torch.randperm(chosen.numel(), generator=gen, device=dev)]
+
+
+@register_sampler("rus-fixed")
+class FixedUnderSampler(UnderSampler):
+    """Random under-sampling drawn once: ``min_c n_c`` rows of each class, chosen by a generator
+    seeded with ``gen.initial_seed()`` (the member's stream seed, the same every epoch); each
+    :meth:`draw` then returns exactly those rows, shuffled by ``gen``. So, like every sampler,
+    a draw is a function of the generator's state alone, and a run is repeatable."""
+
+    def __init__(self, labels: torch.Tensor, num_classes: int) -> None:
+        super().__init__(labels, num_classes)
+        self._subsets: dict[int, torch.Tensor] = {}  # stream seed -> [m·C'] local rows
+
+    def draw(self, gen: torch.Generator) -> torch.Tensor:
+        seed = gen.initial_seed()
+        subset = self._subsets.get(seed)
+        if subset is None:
+            once = torch.Generator(device=self.labels.device).manual_seed(seed)
+            subset = self._subsets[seed] = super().draw(once)
+        perm = torch.randperm(subset.numel(), generator=gen, device=self.labels.device)
+        return subset[perm]

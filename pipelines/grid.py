@@ -226,6 +226,12 @@ class GridConfig:
             except FeatcacheError as e:
                 shown = ", ".join(f"{k}={v}" for k, v in changes.items())
                 raise FeatcacheError(f"Grid configuration ({shown}) is invalid: {e}") from None
+        for cfg in configs:
+            if getattr(cfg, "head", None) == "logreg":
+                raise FeatcacheError(
+                    "--head logreg chooses its own C on a validation split carved from the "
+                    "training rows (CLIP's protocol) and trains by L-BFGS, not in a grid; run "
+                    "it with train-head --head logreg.")
         object.__setattr__(self, "configs", tuple(configs))
 
     @property
@@ -304,7 +310,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
     one ensembler per (configuration, seed), each stage one batched run."""
     base = cfgs[0][1]
     D, C = int(data.feats.shape[-1]), data.num_classes
-    # Stage I: distinct (adapter spec, seed) pairs; a grid over stage-II knobs trains them once.
+    # Stage I: distinct (adapter spec, seed) pairs; a grid over stage-II knobs trains them once
+    # (TfaLtConfig.stage1 leaves out loss knobs its CE does not read, e.g. stage II's focal γ).
     unique: dict[tuple[MemberSpec, int], int] = {}
     pairs: list[tuple[int, int, int, int]] = []  # (config, seed index, wrs member, rus member)
     for i, c in cfgs:

@@ -2,7 +2,10 @@
 
 Stage I: two residual adapters (``heads.adapter``) with cosine logits to the text features,
 one trained on a class-balanced weighted-random-sampling stream (WRS), one on a random
-under-sampled set (RUS), both with cross-entropy. They are members of ONE batched head and
+under-sampled set (RUS), both with cross-entropy. ``rus="fixed"`` (default) draws the
+under-sampled set once and trains every epoch on it, as the paper describes RUS: it
+"generates" a re-balanced training set (DESIGN.md §1); ``rus="fresh"`` draws a new subset
+each epoch (sampler ``rus``: more distinct rows seen, not the paper's procedure). They are members of ONE batched head and
 train in one step, together with the adapters of every other seed: G = 2 × seeds.
 
 Stage II: both adapters frozen; their outputs on every training row are computed once, and a
@@ -11,9 +14,11 @@ linear ensembler is trained with focal loss (γ = 2) on the original long-tailed
 
 Defaults: SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.1 cosine, 200 epochs
 stage I and 100 stage II, seeds 0, 1, 2, fp32 (``precision="bf16"`` runs both stages' weight
-products in bf16, with fp32 master weights; stage II's inputs are the adapters' fp32 outputs). Ablations (Table 2): ``ensemble="mean"`` (adapters
-only: the mean of the two adapters' logits, no stage II) and ``adapters=False`` (ensembler
-only: both branches are the frozen features, i.e. zero-shot).
+products in bf16, with fp32 master weights; stage II's inputs are the adapters' fp32 outputs). Ablations: ``adapters=False`` (ensembler
+only: both branches are the frozen features, i.e. zero-shot: Table 2's "ensembler only") and
+``ensemble="mean"`` (the mean of the two balanced adapters' logits, no stage II; NOT the
+paper's "adapter only" row, which is one adapter trained without balancing, see
+:mod:`pipelines.reproduce`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,11 @@ from pipelines.train_head import (
 log = logging.getLogger(__name__)
 
 ENSEMBLES = ("logit", "feature", "mean")
+RUS_MODES = ("fixed", "fresh")
+RUS_SAMPLER = {"fixed": "rus-fixed", "fresh": "rus"}
+# The loss knobs each loss reads (heads.losses); a stage-I spec carries only its own loss's
+# knobs, so a grid over a stage-II knob (focal γ) leaves stage I identical (trained once).
+LOSS_READS = {"focal": ("gamma",), "la": ("la_tau",), "cb": ("cb_beta",)}
 
 
 @dataclass(frozen=True)
@@ -70,8 +80,13 @@ class TfaLtConfig(RunSettings):
     la_tau: float = 1.0
     cb_beta: float = 0.9999
     tau: float | None = None
+    rus: str = "fixed"  # stage I RUS: fixed (the paper's generated set) | fresh (each epoch)
 
     def __post_init__(self) -> None:
+        if self.rus not in RUS_MODES:
+            from featcache.errors import unknown
+
+            raise unknown("rus", self.rus, RUS_MODES)
         if self.ensemble not in ENSEMBLES:
             from featcache.errors import unknown
 
@@ -91,9 +106,19 @@ class TfaLtConfig(RunSettings):
                     la_tau=self.la_tau, cb_beta=self.cb_beta, tau=tau)
 
     def stage1(self, seed: int, sampler: str, *, tau: float) -> MemberSpec:
-        """The adapter trained on the ``sampler`` (wrs|rus) stream for ``seed``."""
-        return MemberSpec(seed=seed, stream=f"tfa-lt/adapter-{sampler}", sampler=sampler,
-                          loss=self.loss, lr=self.lr, epochs=self.epochs, **self._shared(tau))
+        """The adapter trained on the ``sampler`` (wrs|rus) stream for ``seed``.
+
+        ``rus`` becomes the sampler of ``self.rus`` (``rus-fixed`` or ``rus``); the random
+        stream keeps the name ``adapter-rus`` either way. Loss knobs that stage I's loss does
+        not read are left at their defaults (they are stage II's: focal γ with CE in stage I).
+        """
+        shared = self._shared(tau)
+        for knob in ("gamma", "la_tau", "cb_beta"):
+            if knob not in LOSS_READS.get(self.loss, ()):
+                del shared[knob]  # MemberSpec's default: the spec does not depend on it
+        name = RUS_SAMPLER[self.rus] if sampler == "rus" else sampler
+        return MemberSpec(seed=seed, stream=f"tfa-lt/adapter-{sampler}", sampler=name,
+                          loss=self.loss, lr=self.lr, epochs=self.epochs, **shared)
 
     def stage2(self, seed: int, *, tau: float) -> MemberSpec:
         """The ensembler of ``seed`` (the original long-tailed set: instance sampling)."""

@@ -361,8 +361,11 @@ def run(cfg: TrainHeadConfig) -> RunResult:
         class_means=torch.stack([s.class_means for s in setups]),
     )
     head = build_head(cfg.head, ctx, members, device=data.device)
-    result = train_members(head, data.feats, data.labels, [s.pool for s in setups],
-                           precision=cfg.precision)
+    if hasattr(head, "fit"):  # a head with its own solver (logreg: L-BFGS, C chosen on val)
+        result = head.fit(data.feats, data.labels, [s.pool for s in setups])
+    else:
+        result = train_members(head, data.feats, data.labels, [s.pool for s in setups],
+                               precision=cfg.precision)
     out_dir = Path(cfg.out) if cfg.out else default_out(cfg, cfg.head)
     config = resolved_config(cfg, data, setups, "train-head")
     writer = RunWriter(out_dir, config, data.cache.class_names, method=cfg.method or cfg.head)
@@ -371,6 +374,8 @@ def run(cfg: TrainHeadConfig) -> RunResult:
         metrics, labels, scores = evaluate(lambda x, m=member: predict_logits(m, x)[0], data,
                                            setup, cfg.posthoc_tau)
         metrics["train_loss"] = result.epoch_loss[g][-1] if result.epoch_loss[g] else math.nan
+        if hasattr(result, "chosen_c"):
+            metrics["logreg_c"] = result.chosen_c[g]
         model = {"kind": "head", "head": member.checkpoint()}
         writer.add_seed(setup.seed, metrics, labels=labels, scores=scores, rows=setup.split.test,
                         ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),

@@ -244,3 +244,21 @@ def test_cli_end_to_end(lt_cache, tmp_path) -> None:  # noqa: ANN001
     for args, message in bad:
         r = CliRunner().invoke(main, ["grid", "--cache", str(lt_cache), "--device", "cpu", *args])
         assert r.exit_code == 2 and message in r.output, (args, r.output)
+
+
+def test_grid_over_stage_two_knobs_trains_stage_one_once(lt_cache, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """A grid over focal γ (stage II), ensemble_lr and ensemble_epochs has one distinct stage I
+    per seed (WRS + RUS): two adapters per seed are trained, once, whatever the grid size."""
+    calls: list[tuple[str, int]] = []
+    real = grid.train_members
+
+    def counting(head, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        calls.append((head.name, head.num_members))
+        return real(head, *args, **kwargs)
+
+    monkeypatch.setattr(grid, "train_members", counting)
+    base = tfa_lt.TfaLtConfig(cache=str(lt_cache), ensemble="logit", epochs=1, ensemble_epochs=1,
+                              device="cpu", seeds=(0, 1), val_fraction=0.2)
+    spec = grid.make_grid(base, ["gamma=0,1,2", "ensemble_lr=0.01,0.1"], out=str(tmp_path / "g"))
+    grid.run(spec)
+    assert calls == [("adapter", 2 * 2), ("ensemble-logit", 6 * 2)], calls

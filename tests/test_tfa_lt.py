@@ -133,14 +133,26 @@ def test_official_protocol_and_multi_label(tmp_path) -> None:  # noqa: ANN001
 def test_reproduce_and_report(lt_cache, tmp_path) -> None:  # noqa: ANN001
     out = tmp_path / "repro"
     res = CliRunner().invoke(main, ["reproduce", "tfa-lt", "--cache", str(lt_cache), "--seeds", "0",
-                                    "--epochs", "1", "--ensemble-epochs", "1", "--device", "cpu",
-                                    "--out", str(out)])
+                                    "--epochs", "1", "--ensemble-epochs", "1", "--baseline-epochs",
+                                    "1", "--device", "cpu", "--out", str(out)])
     assert res.exit_code == 0, res.output
     md = (out / "tables.md").read_text()
     for row in ("CLIP zero-shot", "CLIP linear probe", "| Focal |", "TFA-LT (feature)",
                 "Adapter only", "Ensembler only (logit)", "Adapter + ensembler (feature)"):
         assert row in md, row
-    assert pl.read_parquet(out / "results.parquet").height == 11
+    results = pl.read_parquet(out / "results.parquet")
+    assert results.height == 12  # Table 1: 6 rows; Table 2: 6 rows, zero-shot first
+    assert results.filter(pl.col("table") == "Table 2")["method"][0] == "CLIP zero-shot"
+    config = json.loads((out / "config.json").read_text())
+    for name, row in config["rows"].items():
+        assert row["mapping"] and row["paper"] and row["run"], name
+    assert config["rows"]["CLIP linear probe"]["settings"]["head"] == "logreg"
+    only = config["rows"]["Adapter only"]["settings"]
+    assert (only["pipeline"], only["head"], only["sampler"], only["epochs"]) == (
+        "train-head", "adapter", "instance", 1)
+    assert config["rows"]["CE"]["settings"]["epochs"] == 1  # --baseline-epochs
+    assert config["rows"]["TFA-LT (logit)"]["settings"]["rus"] == "fixed"
+    assert "| Adapter only | ONE residual adapter" in md
     rows = sorted(p for p in (out / "rows").iterdir())
     rep = CliRunner().invoke(main, ["report", *map(str, rows[:2]), "--out", str(tmp_path / "rep")])
     assert rep.exit_code == 0, rep.output
@@ -197,3 +209,73 @@ def test_precision_options_are_checked(lt_cache, tmp_path) -> None:  # noqa: ANN
     assert json.loads((out / "config.json").read_text())["precision"] == "bf16"
     repro = ReproduceConfig(cache=str(lt_cache), precision="bf16")
     assert repro.tfa("logit", out).precision == repro.head("CE", "adapter", "ce", out).precision == "bf16"
+
+
+def test_reproduce_rows_map_to_the_papers_baselines(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    """Table 1's CE/Focal are the frozen-feature linear classifier (300 epochs), the linear
+    probe is CLIP's logreg, Table 2's adapter-only row is ONE unbalanced adapter, Table 2
+    starts with zero-shot (issue 11)."""
+    from pipelines.reproduce import NO_TEXT, ROWS, TABLE1, TABLE2, ZERO_SHOT, has_text
+
+    cfg = ReproduceConfig(cache=str(lt_cache))
+    plan = cfg.plan(tmp_path)
+    assert cfg.baseline_epochs == 300 and cfg.epochs == 200
+    for name, loss in (("CE", "ce"), ("Focal", "focal")):
+        row = plan[name]
+        assert isinstance(row, train_head.TrainHeadConfig), name
+        assert (row.head, row.loss, row.sampler, row.epochs) == ("linear", loss, "instance", 300)
+    assert plan["CLIP linear probe"].head == "logreg"
+    only = plan["Adapter only"]
+    assert isinstance(only, train_head.TrainHeadConfig)  # not TFA-LT's mean of two adapters
+    assert (only.head, only.loss, only.sampler, only.epochs) == ("adapter", "ce", "instance", 200)
+    assert plan[ZERO_SHOT].head == "zeroshot" and plan[ZERO_SHOT].epochs == 0
+    assert TABLE2[0] == ZERO_SHOT and TABLE1[0] == ZERO_SHOT
+    assert plan["TFA-LT (logit)"].rus == "fixed" and plan["Ensembler only (logit)"].adapters is False
+    assert all(r.mapping and r.paper for r in ROWS)
+    # without text features, the row is not called CLIP zero-shot
+    notext = make_feature_cache(tmp_path / "notext.h5", num_classes=4, counts=[80, 40, 30, 25],
+                                dim=8, with_text=False, test_per_class=5)
+    assert has_text(cfg) and not has_text(ReproduceConfig(cache=str(notext)))
+    assert not has_text(ReproduceConfig(cache=str(lt_cache), text_source="class-mean"))
+    plan = ReproduceConfig(cache=str(notext)).plan(tmp_path, text=False)
+    assert ZERO_SHOT not in plan and plan[NO_TEXT].head == "zeroshot"
+
+
+def test_rus_fixed_or_fresh(lt_cache) -> None:  # noqa: ANN001
+    """``rus=fixed`` (default: the paper's generated set) trains every epoch on one subset;
+    ``fresh`` draws a new one each epoch."""
+    from heads import SAMPLERS
+
+    labels = torch.tensor([0] * 50 + [1] * 20 + [2] * 8)
+    for name, same in (("rus-fixed", True), ("rus", False)):
+        sampler, gen = SAMPLERS.get(name)(labels, 3), torch.Generator().manual_seed(0)
+        epochs = [sampler.draw(gen) for _ in range(3)]
+        for e in epochs:
+            assert torch.bincount(labels[e], minlength=3).tolist() == [8, 8, 8]
+        sets = [sorted(e.tolist()) for e in epochs]
+        assert (sets[0] == sets[1] == sets[2]) is same, name
+        assert epochs[0].tolist() != epochs[1].tolist()  # reshuffled either way
+    cfg = tfa_lt.TfaLtConfig(cache=str(lt_cache))
+    assert cfg.rus == "fixed" and cfg.stage1(0, "rus", tau=0.01).sampler == "rus-fixed"
+    fresh = tfa_lt.TfaLtConfig(cache=str(lt_cache), rus="fresh")
+    assert fresh.stage1(0, "rus", tau=0.01).sampler == "rus"
+    assert fresh.stage1(0, "wrs", tau=0.01) == cfg.stage1(0, "wrs", tau=0.01)
+    with pytest.raises(FeatcacheError, match="Unknown rus 'fixd'"):
+        tfa_lt.TfaLtConfig(cache=str(lt_cache), rus="fixd")
+
+
+@pytest.mark.slow
+def test_reproduce_without_text_names_the_zero_shot_row_honestly(tmp_path) -> None:  # noqa: ANN001
+    from pipelines.reproduce import NO_TEXT, run
+
+    cache = make_feature_cache(tmp_path / "notext.h5", num_classes=4, counts=[80, 40, 30, 25],
+                               dim=8, with_text=False, test_per_class=5)
+    out, frame = run(ReproduceConfig(cache=str(cache), seeds=(0,), epochs=1, ensemble_epochs=1,
+                                     baseline_epochs=1, device="cpu", out=str(tmp_path / "r")))
+    assert "CLIP zero-shot" not in frame["method"].to_list()
+    assert frame.filter(pl.col("table") == "Table 2")["method"][0] == NO_TEXT
+    md = (out / "tables.md").read_text()
+    assert "CLIP zero-shot" not in md and "nearest-class-mean classifier" in md
+    config = json.loads((out / "config.json").read_text())
+    assert config["text_features"] is False and config["notes"]
+    assert config["rows"][NO_TEXT]["settings"]["prototypes"] == "class-mean"

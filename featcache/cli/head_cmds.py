@@ -31,13 +31,15 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 
 @main.command("train-head")
 @click.option("--cache", required=True, help="Feature cache (.h5) to train from.")
-@click.option("--head", default=None, help="Head to train: zeroshot|linear|cosine|adapter|... (default linear).")
+@click.option("--head", default=None, help="Head to train: zeroshot|linear|cosine|logreg|adapter|... (default linear; logreg = CLIP's L-BFGS linear probe).")
 @click.option("--ensemble", type=click.Choice(["logit", "feature", "mean"]), default=None,
               help="Run TFA-LT: two stage-I adapters (WRS, RUS), then this ensembler (mean = adapters only).")
 @click.option("--no-adapters", is_flag=True, help="TFA-LT ablation: ensembler on frozen features.")
 @click.option("--loss", default="ce", show_default=True, help="ce|focal|la|bs|cb|bce (TFA-LT: stage I).")
 @click.option("--ensemble-loss", default="focal", show_default=True, help="TFA-LT stage II loss.")
-@click.option("--sampler", default="instance", show_default=True, help="instance|wrs|rus|sqrt (single head).")
+@click.option("--rus", type=click.Choice(["fixed", "fresh"]), default="fixed", show_default=True,
+              help="TFA-LT stage I RUS: one under-sampled set drawn once (fixed, the paper's) or a fresh draw each epoch.")
+@click.option("--sampler", default="instance", show_default=True, help="instance|wrs|rus|rus-fixed|sqrt (single head).")
 @click.option("--protocol", default=None, help="tfa-lt|official|lift (default: official if the cache has a test split, else the descriptor's).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; mean ± std is reported.")
 @click.option("--epochs", type=int, default=200, show_default=True, help="Epochs (TFA-LT: stage I).")
@@ -77,7 +79,7 @@ def train_head_cmd(**opts: object) -> None:
 
         if no_adapters:
             raise FeatcacheError("--no-adapters is a TFA-LT option; add --ensemble logit|feature.")
-        for key in ("ensemble_epochs", "ensemble_lr", "ensemble_loss"):
+        for key in ("ensemble_epochs", "ensemble_lr", "ensemble_loss", "rus"):
             opts.pop(key)
         opts["head"] = opts["head"] or "linear"
         result = train_head.run(train_head.TrainHeadConfig(**opts))
@@ -116,10 +118,14 @@ def reproduce_group() -> None:
 @reproduce_group.command("tfa-lt")
 @click.option("--cache", required=True, help="Feature cache (.h5), e.g. ISIC 2018 or APTOS 2019.")
 @click.option("--seeds", default="0,1,2", show_default=True)
-@click.option("--epochs", type=int, default=200, show_default=True, help="Stage I and single-head epochs.")
+@click.option("--epochs", type=int, default=200, show_default=True, help="Stage I and adapter-only epochs.")
 @click.option("--ensemble-epochs", type=int, default=100, show_default=True)
+@click.option("--baseline-epochs", type=int, default=300, show_default=True,
+              help="Epochs of the SGD comparison methods (CE, Focal): 300 in the paper.")
 @click.option("--batch-size", type=int, default=128, show_default=True)
 @click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--rus", type=click.Choice(["fixed", "fresh"]), default="fixed", show_default=True,
+              help="Stage I RUS: one under-sampled set drawn once (fixed, the paper's) or a fresh draw each epoch.")
 @click.option("--protocol", default=None, help="Default: official if the cache has a test split, else tfa-lt.")
 @click.option("--tau", type=float, default=None, help="Cosine-logit temperature (default 1/logit_scale).")
 @click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto", show_default=True)
