@@ -117,6 +117,24 @@ def exclusive_temp(target: Path, suffix: str = ".tmp") -> Path:
     return Path(name)
 
 
+def check_out(out: Path) -> None:
+    """Refuse an ``--out`` that cannot be written (a folder, a FIFO, a read-only folder) before
+    any work starts, with a CacheError saying what to do."""
+    if out.is_dir():
+        raise CacheError(f"--out {out} is a folder; give the cache's file name, e.g. {out / 'cache.h5'}.")
+    if out.exists() and not out.is_file():
+        raise CacheError(f"--out {out} exists and is not a regular file; choose another --out.")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CacheError(f"Cannot create the folder {out.parent} for --out {out} ({e.strerror}).") from None
+    if not os.access(out.parent, os.W_OK | os.X_OK):
+        raise CacheError(
+            f"The folder {out.parent} is not writable, so the cache {out.name} cannot be written there. "
+            "Choose another --out or make the folder writable."
+        )
+
+
 class OutputLock:
     """An exclusive lock on one output ``<out>`` — its ``<out>.partial/`` folder and the final
     file — held by one process at a time (``flock`` on ``<out>.lock``, which holds the holder's

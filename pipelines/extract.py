@@ -44,6 +44,7 @@ from featcache.cache import (
     OutputLock,
     ShardStore,
     check_complete,
+    check_out,
     complete_fingerprint,
     fingerprint_of,
     write_cache,
@@ -360,23 +361,6 @@ def _existing_settings(out: Path) -> dict | None:
         return None
 
 
-def _check_out(out: Path) -> None:
-    """Refuse an ``--out`` that cannot be written, before any work starts."""
-    if out.is_dir():
-        raise CacheError(f"--out {out} is a folder; give the cache's file name, e.g. {out / 'cache.h5'}.")
-    if out.exists() and not out.is_file():
-        raise CacheError(f"--out {out} exists and is not a regular file; choose another --out.")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CacheError(f"Cannot create the folder {out.parent} for --out {out} ({e.strerror}).") from None
-    if not os.access(out.parent, os.W_OK | os.X_OK):
-        raise CacheError(
-            f"The folder {out.parent} is not writable, so the cache {out.name} cannot be written there. "
-            "Choose another --out or make the folder writable."
-        )
-
-
 def _prepare_target(
     out: Path, fingerprint: str, overwrite: bool, store: ShardStore, rank: int, settings: dict | None = None
 ) -> bool:
@@ -451,7 +435,7 @@ def _check_unchanged(store: ShardStore, manifest: Manifest, chunks: list[int] | 
 def run(cfg: ExtractConfig) -> ExtractResult:
     """Extract features for ``cfg`` and write (or finish) the cache. Returns what was done."""
     if cfg.out:
-        _check_out(Path(cfg.out))  # before any work: a folder, or an unwritable place, is refused now
+        check_out(Path(cfg.out))  # before any work: a folder, or an unwritable place, is refused now
     device = resolve_device(cfg.device)
     init_distributed(device)
     rank = dist_info()[0]
@@ -465,7 +449,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     meta, fingerprint, model_fp = describe(cfg, manifest, backbone, prep, precision, decoder)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
     if not cfg.out:
-        _check_out(out)
+        check_out(out)
     lock = OutputLock(out).acquire() if rank == 0 else None  # before anything at out is opened
     try:
         return _extract_locked(cfg, out, manifest, backbone, prep, meta, fingerprint, model_fp, device, dtype, jpeg)
