@@ -230,6 +230,11 @@ def _out_is_dir(tmp: Path) -> dict:
     return {"out": str(tmp / "outdir")}
 
 
+def _parent_is_file(tmp: Path) -> dict:
+    (tmp / "afile").write_text("x")
+    return {"out": str(tmp / "afile" / "c.h5")}
+
+
 def _locked(tmp: Path) -> dict:
     out = tmp / "c.h5"
     _HELD.append(OutputLock(out).acquire())
@@ -288,6 +293,8 @@ CASES: list[tuple[str, Callable[[Path], dict], list[str], str]] = [
      ["import-features", "{src}", "--out", "{out}"], "'ids' has 2 entries for 6"),
     # extraction: checked before work starts, damaged state named, resumes refused when unsafe
     ("extract-out-is-dir", _out_is_dir, ["extract", "--dataset", "synthetic-lt", "--workers", "0", "--out", "{out}"], "is a folder"),
+    ("extract-out-parent-is-file", _parent_is_file, ["extract", "--dataset", "synthetic-lt", "--workers", "0", "--out", "{out}"], "Cannot create the folder"),
+    ("import-out-is-dir", lambda tmp: {**_npz(features=_F, labels=_L)(tmp), "out": str(tmp)}, ["import-features", "{src}", "--out", "{out}"], "is a folder"),
     ("extract-locked", _locked, ["extract", "--dataset", "synthetic-lt", "--workers", "0", "--out", "{out}"], "(process {pid} on"),
     ("extract-bad-state", _partial_then(_bad_state), _ext_args("{root}", "{out}"), "state.json of an unfinished extraction is damaged"),
     ("extract-zero-byte-shard", _partial_then(_zero_shard), _ext_args("{root}", "{out}"), "chunk-000000.npz of an unfinished extraction is damaged"),
@@ -435,6 +442,15 @@ def test_out_in_read_only_folder_is_refused_before_work(tmp_path: Path) -> None:
     finally:
         ro.chmod(0o755)
     assert res.exit_code == 2 and "is not writable" in res.output
+
+
+def test_unwritable_folder_is_refused_even_as_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The check itself (root passes os.access everywhere, so the folder's answer is faked)."""
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if Path(p) == tmp_path else real(p, mode, **kw))
+    res = CliRunner().invoke(main, ["extract", "--dataset", "synthetic-lt", "--out", str(tmp_path / "c.h5")])
+    assert res.exit_code == 2 and "is not writable" in res.output and "Traceback" not in res.output
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_lock_names_holder_and_is_released(tmp_path: Path) -> None:
