@@ -11,6 +11,7 @@ are tests below the table.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import io
 import json
@@ -98,6 +99,7 @@ def _trained_run(tmp: Path) -> Path:
     """A train-head run on a good cache (trained once per session, copied into ``tmp``)."""
     if "run" not in _TRAINED:
         base = Path(tempfile.mkdtemp(prefix="featcache-sweep-run-"))
+        atexit.register(shutil.rmtree, base, True)
         cache = _cache(base)
         res = CliRunner().invoke(main, ["train-head", "--cache", str(cache), "--head", "linear", "--epochs", "1",
                                         "--seeds", "0", "--device", "cpu", "--out", str(base / "run")])
