@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from featcache.datasets.base import Manifest, decode_rgb
+from featcache.datasets.base import Manifest, check_image_size, decode_rgb
 from featcache.errors import DataError, FeatcacheError
 from featcache.preprocess import pil_to_uint8
 
@@ -96,6 +96,7 @@ class FileBytes(Dataset):
         try:
             data = self.manifest.read_bytes(i)
             if data.startswith(JPEG_MAGIC):
+                check_image_size(data, self.manifest.sources[i])  # PIL's pixel limit, from the header
                 return i, torch.frombuffer(bytearray(data), dtype=torch.uint8), True, ""
             return i, pil_to_uint8(decode_rgb(data, self.manifest.sources[i])), False, ""
         except DataError as e:

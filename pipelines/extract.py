@@ -4,8 +4,10 @@
 
 1. build the data set's manifest and load the backbone;
 2. resolve every setting that changes the features into ``meta`` and hash it (fingerprint);
-3. refuse an existing cache or unfinished extraction with another fingerprint (unless
-   ``overwrite``), or resume one with the same fingerprint;
+3. take the output's lock (one run per ``--out``), refuse an existing cache or unfinished
+   extraction with another fingerprint (unless ``overwrite``; the refusal names the settings
+   that differ), or resume one with the same fingerprint after checking that the images its
+   finished shards came from are unchanged (size and mtime of each file);
 4. encode this rank's pending chunks and save each finished chunk as a shard. Images reach
    the device as uint8: decoded and resized by PIL in worker processes (``decoder="pil"``,
    exactly open_clip's preprocessing), or read as bytes by the workers and decoded, resized
@@ -20,6 +22,7 @@ the number of ranks, so a run on 2 processes writes the same cache as a run on 1
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import logging
 import os
 import time
@@ -37,7 +40,11 @@ from tqdm.auto import tqdm
 from featcache import models
 from featcache.cache import (
     CacheHeader,
+    CacheWriteError,
+    OutputLock,
     ShardStore,
+    check_complete,
+    check_out,
     complete_fingerprint,
     fingerprint_of,
     write_cache,
@@ -296,51 +303,151 @@ def describe(
         "preprocessing": preprocessing,
         "decoder": decoder,
         "dataset": cfg.dataset,
-        "dataset_options": cfg.dataset_options,
+        "dataset_options": _normalised_options(cfg.dataset_options),
         "root": str(Path(cfg.root).resolve()) if cfg.root else None,
         "manifest_sha256": manifest.fingerprint(),
         "num_images": len(manifest),
         "chunk_size": cfg.chunk_size,
         "versions": library_versions(),
     }
-    # quick_gelu False is left out, as in model_settings: GELU caches keep their fingerprints
-    fp_settings = {k: v for k, v in meta.items() if k != "root" and (k != "quick_gelu" or v)}
-    return meta, fingerprint_of(fp_settings), fingerprint_of(model_settings)
+    return meta, fingerprint_of(fingerprint_settings(meta)), fingerprint_of(model_settings)
 
 
-def _prepare_target(out: Path, fingerprint: str, overwrite: bool, store: ShardStore, rank: int) -> bool:
-    """Check an existing cache / partial extraction; returns True when the cache is already done."""
-    if out.exists():
-        existing = complete_fingerprint(out)
-        if existing == fingerprint and not overwrite:
-            return True
-        if not overwrite:
+def fingerprint_settings(meta: dict) -> dict:
+    """The part of ``meta`` the fingerprint covers: everything but the root folder's spelling
+    (the images themselves enter through the manifest hash) and what the cache adds itself.
+    ``quick_gelu: false`` is left out, as in the model settings: GELU caches keep the
+    fingerprints they had before the activation was recorded."""
+    return {k: v for k, v in meta.items()
+            if k not in ("root", "descriptor", "views") and (k != "quick_gelu" or v)}
+
+
+def _normalised_options(options: dict) -> dict:
+    """Data set options with path values (``csv=labels.csv``) made absolute, so a relative and an
+    absolute spelling of the same file give the same fingerprint."""
+    out = {}
+    for key, value in options.items():
+        if isinstance(value, str) and (os.sep in value or "." in value) and Path(value).expanduser().exists():
+            value = str(Path(value).expanduser().resolve())
+        out[key] = value
+    return out
+
+
+def _differences(old: dict | None, new: dict) -> str:
+    """``" (differs: precision fp32 → bf16, preprocessing.tte)"``: which settings differ."""
+    if not isinstance(old, dict):
+        return ""
+
+    def flat(d: dict, prefix: str = "") -> dict:
+        items = {}
+        for k, v in d.items():
+            if isinstance(v, dict):
+                items.update(flat(v, f"{prefix}{k}."))
+            else:
+                items[f"{prefix}{k}"] = v
+        return items
+
+    a, b = flat(old), flat(new)
+    diff = []
+    for key in sorted(set(a) | set(b)):
+        if json.dumps(a.get(key), default=str) != json.dumps(b.get(key), default=str):
+            hint = " (the images, their labels or their list changed)" if key == "manifest_sha256" else ""
+            if key == "manifest_sha256" or isinstance(a.get(key), (list, dict)) or isinstance(b.get(key), (list, dict)):
+                diff.append(f"{key}{hint}")
+            else:
+                diff.append(f"{key} {a.get(key)!r} → {b.get(key)!r}")
+    return f" (differs: {'; '.join(diff[:6])}{' …' if len(diff) > 6 else ''})" if diff else ""
+
+
+def _existing_settings(out: Path) -> dict | None:
+    """The fingerprinted settings recorded in the cache at ``out`` (None when unreadable)."""
+    import h5py
+
+    try:
+        with h5py.File(out, "r") as f:
+            return fingerprint_settings(json.loads(f.attrs["meta"]))
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def _prepare_target(
+    out: Path, fingerprint: str, overwrite: bool, store: ShardStore, rank: int, settings: dict | None = None
+) -> bool:
+    """Check an existing cache / partial extraction; returns True when the cache is already done.
+
+    With ``overwrite`` an existing cache is kept until the new one is complete: it is replaced
+    by the final rename only (so a failed rerun loses nothing); an unfinished extraction with
+    other arguments, or a damaged one, is discarded.
+    """
+    if out.exists() and not overwrite:
+        try:
+            check_complete(out)
+        except CacheError as e:
             raise CacheError(
-                f"Cache {out} already exists and was made with different arguments "
-                f"(fingerprint {str(existing)[:12]}… ≠ {fingerprint[:12]}…). Pass --overwrite to "
-                "replace it, or --out to write elsewhere."
-            )
-        if rank == 0:
-            out.unlink()
+                f"{out} already exists but is not a usable cache ({e}). Pass --overwrite to replace it, "
+                "or --out to write elsewhere."
+            ) from None
+        if complete_fingerprint(out) == fingerprint:
+            return True
+        existing = _existing_settings(out)
+        raise CacheError(
+            f"Cache {out} already exists and was made with different arguments"
+            f"{_differences(existing, settings or {})}. Pass --overwrite to replace it, or --out to "
+            "write elsewhere."
+        )
     if store.exists():
-        state = store.state()
+        try:
+            state = store.state()
+        except CacheError:
+            if not overwrite:
+                raise
+            state = {"fingerprint": None}
         if state["fingerprint"] != fingerprint:
             if not overwrite:
                 raise CacheError(
                     f"An unfinished extraction into {out} ({store.dir}) was started with different "
-                    "arguments; refusing to mix them. Re-run it with its original arguments to "
-                    "finish it, or pass --overwrite to discard it."
+                    f"arguments{_differences(state.get('settings'), settings or {})}; refusing to mix them. "
+                    "Re-run it with its original arguments to finish it, or pass --overwrite to discard it."
                 )
             if rank == 0:
                 store.remove()
     return False
 
 
+def _check_unchanged(store: ShardStore, manifest: Manifest, chunks: list[int] | set[int]) -> None:
+    """Refuse to use finished shards whose image files changed since they were encoded.
+
+    Each shard records the size and mtime of every image file it was computed from; a file
+    whose size or mtime differs now (or a shard whose rows are not its chunk's) stops the run
+    with a message naming the file and the shard.
+    """
+    for k in sorted(chunks):
+        z = store.load(k, ("rows", "stats"))
+        expected = np.arange(store.chunk_rows(k).start, store.chunk_rows(k).stop)
+        if z["rows"].shape != expected.shape or not np.array_equal(z["rows"], expected):
+            raise store.damaged(k, f"it holds rows other than chunk {k}'s {expected[0]}..{expected[-1]}")
+        if z["stats"].shape != (len(expected), 2):
+            raise store.damaged(k, f"its file stats have shape {z['stats'].shape}")
+        now = manifest.file_stats(expected)
+        changed = np.flatnonzero((now != z["stats"]).any(axis=1))
+        if len(changed):
+            r = int(expected[changed[0]])
+            raise CacheError(
+                f"Image file {manifest.sources[r]} (row {r}) changed since it was encoded into "
+                f"{store.path(k)} (size/mtime {tuple(int(x) for x in z['stats'][changed[0]])} → "
+                f"{tuple(int(x) for x in now[changed[0]])}; {len(changed)} changed file(s) in that "
+                "chunk). Resuming would mix old and new features: pass --overwrite to start over, "
+                "or restore the files."
+            )
+
+
 def run(cfg: ExtractConfig) -> ExtractResult:
     """Extract features for ``cfg`` and write (or finish) the cache. Returns what was done."""
+    if cfg.out:
+        check_out(Path(cfg.out))  # before any work: a folder, or an unwritable place, is refused now
     device = resolve_device(cfg.device)
     init_distributed(device)
-    rank, world = dist_info()
+    rank = dist_info()[0]
     precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
     dtype = resolve_precision(precision, device)
     manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
@@ -350,18 +457,38 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     decoder = None if manifest.arrays is not None else "pil" if jpeg is None else f"device:{jpeg[0]}"
     meta, fingerprint, model_fp = describe(cfg, manifest, backbone, prep, precision, decoder)
     out = Path(cfg.out) if cfg.out else default_out(cfg)
-    store = ShardStore(out)
+    if not cfg.out:
+        check_out(out)
+    lock = OutputLock(out).acquire() if rank == 0 else None  # before anything at out is opened
+    try:
+        return _extract_locked(cfg, out, manifest, backbone, prep, meta, fingerprint, model_fp, device, dtype, jpeg)
+    finally:
+        if lock is not None:
+            lock.release()
 
-    if _prepare_target(out, fingerprint, cfg.overwrite, store, rank):
+
+def _extract_locked(
+    cfg: ExtractConfig, out: Path, manifest: Manifest, backbone: models.Backbone, prep: Preprocessing, meta: dict,
+    fingerprint: str, model_fp: str, device: torch.device, dtype: torch.dtype, jpeg: tuple[str, JpegDecoder] | None,
+) -> ExtractResult:
+    """Steps 3-5 of :func:`run`, holding the output's lock (on rank 0)."""
+    rank, world = dist_info()
+    store = ShardStore(out)
+    settings = fingerprint_settings(meta)
+    if _prepare_target(out, fingerprint, cfg.overwrite, store, rank, settings):
         log.info("cache %s is already complete with the same fingerprint", out)
         return ExtractResult(out, len(manifest), 0, 0.0, 0, [], already_complete=True)
     barrier()
     if rank == 0 and not store.exists():
-        store.start(fingerprint, len(manifest), cfg.chunk_size)
+        store.remove()  # a folder without state.json (killed while starting) holds nothing to keep
+        store.start(fingerprint, len(manifest), cfg.chunk_size, settings)
     barrier()
     _wait_for(store.dir / "state.json")  # several nodes: a shared file system may lag the barrier
 
     done_before = store.done()
+    if rank == 0:
+        _check_unchanged(store, manifest, done_before)
+    barrier()
     mine = [k for k in range(store.num_chunks()) if k % world == rank and k not in done_before]
     t0 = time.perf_counter()
     encoded, input_seconds = _encode_chunks(cfg, manifest, backbone, prep, store, mine, device, dtype, jpeg)
@@ -424,7 +551,9 @@ def _encode_chunks(
         pending.setdefault(k, []).append(block)
         remaining[k] -= 1
         if remaining[k] == 0:
-            writer.submit(k, pending.pop(k))
+            parts = pending.pop(k)
+            parts[0]["stats"] = manifest.file_stats(np.asarray(store.chunk_rows(k)))  # [n, 2] size, mtime
+            writer.submit(k, parts)
         bar.update(len(rows))
 
     previous = None
@@ -477,7 +606,9 @@ class _ShardWriter:
         self.queued.append(self.pool.submit(self._save, k, parts))
 
     def _save(self, k: int, parts: list[dict[str, np.ndarray]]) -> None:
-        self.store.save(k, {key: np.concatenate([p[key] for p in parts]) for key in parts[0]})
+        stats = parts[0].pop("stats")
+        arrays = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+        self.store.save(k, {**arrays, "stats": stats})
 
     def __enter__(self) -> _ShardWriter:
         return self
@@ -539,17 +670,39 @@ def _assemble(
         text_features=text,
     )
     # skipped rows must be known before writing (they are left out of the image arrays)
+    # the images must still be the ones encoded (a change during the run is caught here too)
+    _check_unchanged(store, manifest, range(store.num_chunks()))
     skipped: list[tuple[int, str]] = []
     for k in range(store.num_chunks()):
-        with np.load(store.path(k)) as z:
-            skipped += [(int(r), str(e)) for r, e in zip(z["rows"], z["errors"], strict=True) if e]
+        z = store.load(k, ("rows", "errors"))
+        if z["errors"].shape != z["rows"].shape:
+            raise store.damaged(k, f"{len(z['errors'])} error texts for {len(z['rows'])} rows")
+        skipped += [(int(r), str(e)) for r, e in zip(z["rows"], z["errors"], strict=True) if e]
+
+    widths: dict[str, int] = {}
 
     def blocks() -> Iterator[tuple[np.ndarray, dict]]:
         for k in range(store.num_chunks()):
             z = store.load(k)
-            yield z["rows"], {v: {"embed": z[f"{v}/embed"], "cls": z[f"{v}/cls"]} for v in prep.views}
+            feats = {}
+            for v in prep.views:
+                feats[v] = {}
+                for kind in ("embed", "cls"):
+                    a = z.get(f"{v}/{kind}")
+                    width = widths.setdefault(kind, a.shape[-1] if a is not None and a.ndim == 2 else -1)
+                    if a is None or a.shape != (len(z["rows"]), width) or a.dtype.kind != "f":
+                        got = "nothing" if a is None else f"shape {a.shape} {a.dtype}"
+                        raise store.damaged(k, f"{v}/{kind} holds {got}, expected [{len(z['rows'])}, {width}] floats")
+                    feats[v][kind] = a
+            yield z["rows"], feats
 
-    write_cache(out, header, blocks(), skipped)
+    try:
+        write_cache(out, header, blocks(), skipped)
+    except CacheWriteError as e:
+        raise CacheWriteError(
+            f"{e} The finished chunks are kept in {store.dir}: once the cause is fixed, run the same "
+            "command again to assemble them."
+        ) from None
     return skipped
 
 

@@ -13,6 +13,8 @@ import hashlib
 import inspect
 import io
 import json
+import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
@@ -199,6 +201,23 @@ class Manifest:
                 "every class needs at least one."
             )
 
+    def file_stats(self, rows: np.ndarray | list[int]) -> np.ndarray:
+        """``[n, 2]`` int64 (size in bytes, mtime in ns) of the file each row's image comes from
+        (the ``.npz`` of ``file.npz#train/12``); ``(-1, -1)`` for a file that is missing now.
+        Recorded with each extraction shard, so a resume notices images changed since."""
+        out = np.full((len(rows), 2), -1, dtype=np.int64)
+        seen: dict[str, tuple[int, int]] = {}
+        for j, r in enumerate(rows):
+            name = self.sources[int(r)].split("#", 1)[0]
+            if name not in seen:
+                try:
+                    st = os.stat(name)
+                    seen[name] = (st.st_size, st.st_mtime_ns)
+                except OSError:
+                    seen[name] = (-1, -1)
+            out[j] = seen[name]
+        return out
+
     def fingerprint(self) -> str:
         """SHA-256 over ids, sources, labels, splits and the class list (the manifest hash)."""
         h = hashlib.sha256()
@@ -218,7 +237,8 @@ def build_manifest(name: str, root: str | Path | None, **options: object) -> Man
     adapter = DATASETS.get(name)
     _check_options(name, adapter, options)
     if root is not None:
-        root = Path(root).expanduser()
+        # absolute, so `--root data` and `--root /abs/data` give the same sources (and fingerprint)
+        root = Path(root).expanduser().resolve()
         if not root.exists():
             raise DataError(f"--root {root} does not exist (data set {name}).")
     manifest = adapter(root, **options)
@@ -249,19 +269,58 @@ def open_rgb(path: str | Path) -> Image.Image:
 
 
 def decode_rgb(data: bytes, path: str | Path) -> Image.Image:
-    """Decode an image file's bytes fully with PIL as RGB; errors name ``path``."""
+    """Decode an image file's bytes fully with PIL as RGB; errors name ``path``.
+
+    High-bit-depth images are scaled to 8 bits, not clipped: PIL's ``convert("RGB")`` clips
+    the 16-bit greyscale modes (``I;16*``, and ``I``, which is how PIL opens 16-bit grey PNGs)
+    at 255, so such an image is first mapped from [0, 65535] to [0, 255] (x / 257, rounded).
+    32-bit float images (``F``) are taken as [0, 1] when their values lie there, else as
+    [0, 255]; ``convert`` handles every 8-bit mode (palette, CMYK, LA, ...).
+    """
     try:
         with Image.open(io.BytesIO(data)) as im:
             im.load()
-            return im.convert("RGB")
+            return _to_rgb8(im)
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise DataError(f"Image file {path} could not be read: {e}") from None
 
 
+def _to_rgb8(im: Image.Image) -> Image.Image:
+    if im.mode.startswith("I;16") or im.mode == "I":
+        x = np.asarray(im, dtype=np.float64)
+        x = np.clip(np.rint(x / 257.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(x, "L").convert("RGB")
+    if im.mode == "F":
+        x = np.asarray(im, dtype=np.float64)
+        finite = x[np.isfinite(x)]
+        scale = 255.0 if finite.size and finite.min() >= 0 and finite.max() <= 1 else 1.0
+        x = np.clip(np.rint(np.nan_to_num(x) * scale), 0, 255).astype(np.uint8)
+        return Image.fromarray(x, "L").convert("RGB")
+    return im.convert("RGB")
+
+
+def check_image_size(data: bytes, path: str | Path) -> None:
+    """Refuse an image whose header claims more pixels than PIL's limit (``Image.MAX_IMAGE_PIXELS``,
+    twice which PIL itself refuses to decode), reading only the header: the same limit for
+    every decoder, applied before any of them allocates the image."""
+    try:
+        with Image.open(io.BytesIO(data)):  # the header only; PIL's bomb check runs here
+            pass
+    except Image.DecompressionBombError as e:
+        raise DataError(f"Image file {path} could not be read: {e}") from None
+    except (OSError, SyntaxError, ValueError):
+        return  # not readable by PIL: the decoder itself reports it
+
+
 def read_image_bytes(path: str | Path) -> bytes:
-    """The bytes of an image file, undecoded; missing, unreadable or empty files raise ``DataError``."""
+    """The bytes of an image file, undecoded; missing, unreadable or empty files raise ``DataError``.
+
+    Only regular files are opened (a FIFO or device named as an image would block or never end)."""
     path = Path(path)
     try:
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode):
+            raise DataError(f"Image file {path} is not a regular file (a folder, FIFO or device); expected an image file.")
         data = path.read_bytes()
     except FileNotFoundError:
         raise DataError(f"Image file {path} does not exist.") from None
@@ -291,6 +350,7 @@ __all__ = [
     "Descriptor",
     "Manifest",
     "build_manifest",
+    "check_image_size",
     "class_counts",
     "data_dir",
     "decode_rgb",

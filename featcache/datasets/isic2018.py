@@ -59,6 +59,12 @@ def _official_rows(csv_path: Path, descriptor: Descriptor) -> list[tuple[int, st
                 f"{csv_path}, line {line}: label cells '{cells}' for {image_id} are not numbers; "
                 "expected one-hot 0.0/1.0 values."
             ) from None
+        if not (np.isclose(onehot, 0.0) | np.isclose(onehot, 1.0)).all():  # soft, negative or NaN cells
+            cells = ",".join(row[c] for c in columns)
+            raise DataError(
+                f"{csv_path}, line {line}: label cells '{cells}' for {image_id} are not all 0.0 or 1.0; "
+                "soft or negative labels are not supported (expected one-hot 0.0/1.0 values)."
+            )
         positives = np.flatnonzero(onehot > 0.5)
         if len(positives) != 1 or not np.isclose(onehot.sum(), 1.0):
             what = "no label" if len(positives) == 0 else f"several labels ({', '.join(columns[k] for k in positives)})"
