@@ -330,3 +330,30 @@ def test_shared_medmnist_bench(tmp_path: Path) -> None:
     few = res.summary.filter(pl.col("per_class") == 10)
     assert few["n_train"].to_list() == [20.0, 20.0]
     assert all(0 <= v <= 1 for v in full["auc"].to_list())
+
+
+# --- issue 11: descriptors, checks, recipe, selection ----------------------------------
+
+
+def test_descriptors_carry_official_info_and_files_are_checked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Task, channels and split sizes as medmnist 3.0.2's INFO; a file whose channels or label
+    width disagree is refused, one whose split sizes disagree is loaded with a warning."""
+    from featcache.datasets import build_manifest
+    from featcache.datasets.medmnist import SUBSETS, medmnist_info
+
+    info = {s: medmnist_info(s) for s in SUBSETS}
+    assert info["pneumoniamnist"] == {"task": "binary-class", "n_channels": 1,
+                                      "n_samples": {"train": 4708, "val": 524, "test": 624}}
+    assert info["chestmnist"]["task"] == "multi-label, binary-class"
+    assert info["retinamnist"]["task"] == "ordinal-regression" and info["retinamnist"]["n_channels"] == 3
+    assert info["pathmnist"]["n_samples"] == {"train": 89996, "val": 10004, "test": 7180}
+    write_medmnist(tmp_path / "rgb", "pneumoniamnist", rgb=True)
+    with pytest.raises(DataError, match=r"3 channel\(s\), but official pneumoniamnist has 1"):
+        build_manifest("medmnist", tmp_path / "rgb", subset="pneumoniamnist")
+    write_medmnist(tmp_path / "ml", "pneumoniamnist", num_classes=2, multi_label=True)
+    with pytest.raises(DataError, match=r"labels have shape \(6, 2\); expected \[N\] or \[N, 1\]"):
+        build_manifest("medmnist", tmp_path / "ml", subset="pneumoniamnist")
+    write_medmnist(tmp_path / "ok", "pneumoniamnist")
+    with caplog.at_level("WARNING"):
+        build_manifest("medmnist", tmp_path / "ok", subset="pneumoniamnist")
+    assert "6 rows, but official pneumoniamnist has 4708 in its train split" in caplog.text
