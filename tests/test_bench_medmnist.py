@@ -219,6 +219,7 @@ def test_cli_end_to_end_writes_contract_files_and_reuses_caches(tmp_path: Path) 
         "--backbones", f"tiny-clip,{TIMM_TINY}:random", "--sizes", "28", "--resize", "scale",
         "--seeds", "0,1", "--per-class", "2", "--iterations", "30", "--lrs", "1e-3,1e-2",
         "--out", str(out), "--cache-dir", str(caches), "--device", "cpu", "--no-progress",
+        "--input-size", "model", "--interpolation", "model", "--feature", "embed",
     ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
@@ -274,8 +275,8 @@ def test_finetune_with_frozen_encoder_equals_linear_probe(tmp_path: Path) -> Non
     res = run(BenchConfig(
         datasets=("pneumoniamnist",), root=str(root), backbones=("tiny-clip",), seeds=(0,),
         methods=("linear", "finetune"), iterations=15, lrs=(1e-2,), finetune_head_lr=1e-2,
-        encoder_lr=0.0, batch_size=8, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"),
-        device="cpu", progress=False,
+        encoder_lrs=(0.0,), batch_size=8, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"),
+        device="cpu", progress=False, input_size="model",
     ))
     m = res.metrics.sort("method")
     assert m["method"].to_list() == ["finetune", "linear"]
@@ -321,7 +322,7 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
 def test_shared_medmnist_bench(tmp_path: Path) -> None:
     res = run(BenchConfig(
         datasets=("breastmnist", "pneumoniamnist"), root=str(SHARED / "medmnist"),
-        backbones=("tiny-clip",), seeds=(0,), per_class=(10,), iterations=100,
+        backbones=("tiny-clip",), seeds=(0,), per_class=(10,), iterations=100, input_size="model",
         out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"), device="cpu", progress=False,
     ))
     full = res.summary.filter(pl.col("per_class").is_null()).sort("dataset")
