@@ -22,7 +22,14 @@ from pathlib import Path
 import numpy as np
 
 from featcache.datasets._io import ArrayLoader
-from featcache.datasets.base import DATASETS, Descriptor, Manifest, data_dir, load_descriptor, require_root
+from featcache.datasets.base import (
+    DATASETS,
+    Descriptor,
+    Manifest,
+    data_dir,
+    load_descriptor,
+    require_root,
+)
 from featcache.errors import DataError, unknown
 
 SUBSETS = (
