@@ -834,7 +834,8 @@ def run(cfg: BenchConfig) -> BenchResult:
                 f"{len(train)}/{len(val)}/{len(test)} rows."
             )
         base = {"dataset": subset, "size": size, "resize": resize, "backbone": spec.spec,
-                "model": spec.model, "weights": spec.weights(), "cache": str(path.resolve())}
+                "model": spec.model, "weights": spec.weights(), "cache": str(path.resolve()),
+                "feature": cfg.feature, "feature_dim": cache.cls_dim if cfg.feature == "cls" else cache.embed_dim}
         sets = _training_sets(labels_np, train, cfg.per_class, cfg.seeds, cfg.per_class_draw)
         C = cache.num_classes
         bce = cfg.binary_head == "bce" and C == 2 and not multi
