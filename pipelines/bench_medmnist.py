@@ -9,13 +9,17 @@
    through :mod:`pipelines.extract`) or reuse it when it is already complete;
 3. linear probes from the cache (:func:`train_probes`): every learning rate of the grid and
    every seed is one *member*, and all members of one cache train together in one batched
-   loop (AdamW, head lr decayed ×0.9 every 200 iterations, DESIGN.md §3); the training set
-   is the official train split, or for ``--per-class N`` a fresh seeded draw of N images per
-   class from it; the learning rate is chosen on the official val split (mean over seeds of
-   ``select_metric``), and only then is test reported;
+   loop (AdamW, head lr decayed ×0.9 every 200 iterations; ``--recipe paper``: FMMIC's 15,000
+   iterations at batch 64 and lr 1e-3, see :data:`RECIPES`); the training set is the official
+   train split, or for ``--per-class N`` N images per class from it (a fresh seeded draw, or
+   FMMIC's first N); within each run the checkpoint with the best val ACC among
+   :func:`check_iterations` is kept (FMMIC's rule); across a grid the learning rate is
+   chosen on the official val split (mean over seeds of ``select_metric``), and only then
+   is test reported;
 4. optionally (``--methods linear,finetune``) end-to-end fine-tuning (:func:`finetune_once`):
-   the encoder through featcache.peft's ``full`` method (open_clip ViTs; every parameter for
-   timm models) at a small constant learning rate, the head with the probe's recipe;
+   every parameter of the image encoder at a constant learning rate (FMMIC's 1e-6 for CNNs,
+   1e-7 for ViTs, or an ``--encoder-lrs`` grid), the head with the probe's recipe, the best
+   val-ACC checkpoint tested;
 5. the outputs (DESIGN.md §5): ``config.json``, ``metrics.json``, ``metrics.parquet``/``.csv``
    (one row per configuration, learning rate and seed, with a ``selected`` column),
    ``summary.parquet``/``.csv`` (one row per selected cell, mean ± std over seeds),
@@ -25,7 +29,7 @@
 
 Metrics are MedMNIST's (via :func:`featcache.metrics.compute_metrics`): ACC is argmax accuracy
 for multi-class, accuracy at threshold 0.5 for binary (softmax probability of class 1, which
-equals argmax of the two logits) and multi-label (sigmoid per label, mean over labels); AUC
+equals argmax of the two logits; with ``--binary-head bce`` the sigmoid of FMMIC's one logit) and multi-label (sigmoid per label, mean over labels); AUC
 is the macro one-vs-rest ROC AUC (binary: AUC of class 1; multi-label: mean over labels).
 ChestMNIST trains with BCE. ``many_acc``/``medium_acc``/``few_acc`` are not defined for
 MedMNIST (no class groups) and are NaN (``null`` in JSON).
