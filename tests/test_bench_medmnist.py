@@ -224,6 +224,8 @@ def test_cli_end_to_end_writes_contract_files_and_reuses_caches(tmp_path: Path) 
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert f"to {out}" in res.output and "| backbone | method |" in res.output
+    assert "recipe paper (FMMIC's code): 30 iterations, batch 64" in res.output
+    assert "(overridden: iterations, lrs)" in res.output
     for name in ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "table.md",
                  "table.parquet", "table.csv", "summary.parquet", "size_resize.png", "data_efficiency.png"):
         assert (out / name).is_file(), name
@@ -249,6 +251,7 @@ def test_cli_end_to_end_writes_contract_files_and_reuses_caches(tmp_path: Path) 
     assert {"retinamnist_acc", "chestmnist_auc_std"} <= set(table.columns)
     config = json.loads((out / "config.json").read_text())
     assert config["iterations"] == 30 and len(config["caches"]) == 6
+    assert config["recipe"] == "paper" and config["recipe_overrides"] == ["iterations", "lrs"]
 
     mtimes = {p: p.stat().st_mtime_ns for p in caches.glob("*.h5")}
     assert len(mtimes) == 6
