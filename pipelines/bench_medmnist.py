@@ -226,8 +226,8 @@ class BenchConfig:
             raise FeatcacheError(f"--input-size must be paper, model or a number of pixels, got '{self.input_size}'.")
         need(not isinstance(self.input_size, int) or self.input_size >= 8,
              f"--input-size must be at least 8 pixels, got {self.input_size}.")
-        need(self.interpolation in ("model", "bilinear", "bicubic", "nearest"),
-             f"--interpolation must be bilinear, bicubic, nearest or model, got '{self.interpolation}'.")
+        need(self.interpolation in ("model", "bilinear", "bicubic"),
+             f"--interpolation must be bilinear, bicubic or model, got '{self.interpolation}'.")
         if self.binary_head not in BINARY_HEADS:
             raise unknown("--binary-head", self.binary_head, BINARY_HEADS)
         if self.per_class_draw not in PER_CLASS_DRAWS:

@@ -26,7 +26,7 @@ def bench() -> None:
 @click.option("--sizes", default="28", show_default=True, help="Comma list of MedMNIST image sizes (28,64,128,224).")
 @click.option("--resize", "resize_modes", default="scale", show_default=True, help="Comma list of scale,pad,pad-norm: scale to the input size; zero-pad with black pixels before normalisation (featcache); or pad with the mean colour, zero after normalisation (MedMNIST+).")
 @click.option("--input-size", default="paper", show_default=True, help="Encoder input size: paper (224 px, 518 for DINOv2, as FMMIC), model (the model's own config) or pixels.")
-@click.option("--interpolation", default="bilinear", show_default=True, type=click.Choice(["bilinear", "bicubic", "nearest", "model"]), help="Scaling kernel (FMMIC: bilinear; model: the model's own).")
+@click.option("--interpolation", default="bilinear", show_default=True, type=click.Choice(["bilinear", "bicubic", "model"]), help="Scaling kernel (FMMIC: bilinear; model: the model's own).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma list of seeds.")
 @click.option("--per-class", "per_class", default="", help="Comma list N1,N2,...: data-efficiency study with N training images per class.")
 @click.option("--per-class-draw", default="random", show_default=True, type=click.Choice(["random", "first"]), help="random: a fresh seeded draw per seed; first: the first N rows of each class (FMMIC).")
