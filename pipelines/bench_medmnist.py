@@ -1091,7 +1091,7 @@ def plot_size_resize(summary: pl.DataFrame, path: Path) -> Path:
                                     marker="o", capsize=3, linestyle="-" if key[2] == "scale" else "--",
                                     label=" · ".join(map(str, key)))
         _style_column(axes, j, d, "image size (px)", sorted(part["size"].unique().to_list()), base=2)
-    return _save(fig, axes, path, "Image size × resize strategy (solid: scale, dashed: pad)")
+    return _save(fig, axes, path, "Image size × resize strategy (solid: scale, dashed: pad or pad-norm)")
 
 
 def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
