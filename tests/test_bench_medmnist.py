@@ -351,9 +351,13 @@ def test_descriptors_carry_official_info_and_files_are_checked(tmp_path: Path, c
     assert info["chestmnist"]["task"] == "multi-label, binary-class"
     assert info["retinamnist"]["task"] == "ordinal-regression" and info["retinamnist"]["n_channels"] == 3
     assert info["pathmnist"]["n_samples"] == {"train": 89996, "val": 10004, "test": 7180}
+    write_medmnist(tmp_path / "grey", "bloodmnist", num_classes=8, sizes=(8, 2, 2))
+    with pytest.raises(DataError, match=r"1 channel\(s\), but official bloodmnist has 3"):
+        build_manifest("medmnist", tmp_path / "grey", subset="bloodmnist")
     write_medmnist(tmp_path / "rgb", "pneumoniamnist", rgb=True)
-    with pytest.raises(DataError, match=r"3 channel\(s\), but official pneumoniamnist has 1"):
+    with caplog.at_level("WARNING"):
         build_manifest("medmnist", tmp_path / "rgb", subset="pneumoniamnist")
+    assert "images have 3 channels, but official pneumoniamnist is grey" in caplog.text
     write_medmnist(tmp_path / "ml", "pneumoniamnist", num_classes=2, multi_label=True)
     with pytest.raises(DataError, match=r"labels have shape \(6, 2\); expected \[N\] or \[N, 1\]"):
         build_manifest("medmnist", tmp_path / "ml", subset="pneumoniamnist")

@@ -83,15 +83,22 @@ def medmnist_info(subset: str) -> dict:
 def check_against_info(path: Path, subset: str, split: str, images: np.ndarray) -> None:
     """Compare one split of a file with the official INFO facts of its descriptor.
 
-    A channel count that differs means the file is another data set and is refused (label
-    shapes are refused by :func:`_labels`: ``[N]``/``[N, 1]``, or ``[N, C]`` for ChestMNIST); a split size that differs is allowed (subsets, synthetic
-    test files) but logged as a warning naming the file, the split and both counts, because
-    figures from it are not comparable with the paper's.
+    A grey file for an RGB set (colour lost, or another data set) is refused; an RGB file for a
+    grey set (e.g. grey stored as three equal channels) and a split size that differs
+    (subsets, synthetic test files) are allowed but logged as warnings naming the file, the
+    split and both values, because figures from such a file are not comparable with the
+    paper's. Label shapes are refused by :func:`_labels` (``[N]``/``[N, 1]``, or ``[N, C]``
+    for ChestMNIST).
     """
     info = medmnist_info(subset)
     where = f"{path} [{split}]"
     channels = int(images.shape[3])
-    if channels != info["n_channels"]:
+    if channels == 3 and info["n_channels"] == 1:
+        log.warning(
+            "%s: images have 3 channels, but official %s is grey (1 channel, medmnist INFO); "
+            "they are used as they are.", where, subset,
+        )
+    elif channels != info["n_channels"]:
         raise DataError(
             f"{where}: images have {channels} channel(s), but official {subset} has {info['n_channels']} "
             f"(task {info['task']}); is this the right file for --subset {subset}?"
