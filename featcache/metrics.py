@@ -70,6 +70,9 @@ def compute_metrics(
 ) -> dict:
     """All figures for one evaluation. ``labels`` [N] int (or [N, C] {0,1}), ``scores`` [N, C].
 
+    ``labels`` of shape ``[N, 1]`` with ``C > 1`` score columns are class indices (the layout
+    of MedMNIST's npz files), not one binary label.
+
     Groups: ``groups`` (class indices per many/medium/few) if given, else from
     ``train_counts``, else group figures are NaN.
     """
@@ -80,7 +83,11 @@ def compute_metrics(
         raise ValueError(f"scores must be [N, {C}], got {scores.shape}")
     if labels.shape[0] != scores.shape[0]:
         raise ValueError(f"{labels.shape[0]} labels but {scores.shape[0]} score rows")
+    if labels.ndim == 2 and labels.shape[1] == 1 and C > 1:
+        labels = labels[:, 0]  # [N, 1] class indices (MedMNIST's own label layout), not 1 label
     if labels.ndim == 2:
+        if labels.shape[1] != C:
+            raise ValueError(f"multi-label labels must be [N, {C}] like the scores, got {labels.shape}")
         return _multi_label(labels, scores)
     pred = scores.argmax(1)
     correct = pred == labels

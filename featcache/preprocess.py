@@ -14,7 +14,9 @@ the host only ever moves bytes. Two ways in:
 
 ``resize="pad"`` instead centres a smaller image on a black canvas in pixel space, before
 normalisation (the MedMNIST benchmark's size study); images larger than the canvas are
-scaled down first.
+scaled down first. ``resize="pad-norm"`` pads with the normalisation mean colour instead
+(``round(255 · mean)`` per channel), so the border is zero after normalisation, as
+MedMNIST+ pads (within 0.5/255/std, |x| < 0.008 for CLIP's std, from the uint8 rounding).
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from torchvision.transforms import transforms as T
 from featcache.errors import FeatcacheError
 
 TTE_VIEWS = ("tte_c", "tte_tl", "tte_tr", "tte_bl", "tte_br")
-RESIZE_MODES = ("scale", "pad")
+RESIZE_MODES = ("scale", "pad", "pad-norm")
 TTE_EXPAND = 24
 
 
@@ -73,7 +75,7 @@ class Preprocessing:
     std: tuple[float, ...]
     interpolation: str = "bicubic"
     resize_mode: str = "shortest"  # open_clip's own (for the standard view)
-    resize: str = "scale"  # scale | pad: how images are brought to the model's size
+    resize: str = "scale"  # scale | pad | pad-norm: how images are brought to the model's size
     tte: bool = False
     tte_expand: int = TTE_EXPAND
 
@@ -117,6 +119,11 @@ class Preprocessing:
     # ---- CPU side: PIL image -> uint8 tensors -------------------------------------------
     def pil_transforms(self) -> tuple[Callable, Callable | None]:
         """(standard, tte) PIL -> PIL transforms; standard is open_clip's eval transform."""
+        if self.resize == "pad-norm":
+            raise FeatcacheError(
+                "--resize pad-norm is implemented for pre-decoded arrays (MedMNIST) only; use "
+                "scale or pad for image files."
+            )
         if self.resize == "pad":
             return (lambda im: _pad(im, self.size)), (
                 (lambda im: _pad(im, self.size + self.tte_expand)) if self.tte else None
@@ -146,8 +153,12 @@ class Preprocessing:
         crops are then cut from the whole resized image.
         """
         h, w = x.shape[-2:]
-        if self.resize == "pad" and h <= size and w <= size:
+        pad = self.resize in ("pad", "pad-norm")
+        if pad and h <= size and w <= size:
             out = x.new_zeros((x.shape[0], 3, size, size))
+            if self.resize == "pad-norm":  # the mean colour: zero after normalisation
+                fill = torch.tensor([round(255 * m) for m in self.mean], dtype=x.dtype, device=x.device)
+                out[:] = fill.view(3, 1, 1)
             top, left = (size - h) // 2, (size - w) // 2
             out[..., top : top + h, left : left + w] = x
             return out
@@ -156,12 +167,12 @@ class Preprocessing:
         # shorter side to `size`, then centre crop: open_clip's "shortest" mode, with
         # torchvision's geometry (the longer side truncated, the crop offset rounded)
         nh, nw = (size, int(size * w / h)) if h <= w else (int(size * h / w), size)
-        if self.resize == "pad":  # larger than the canvas: scale down to fit, then pad
+        if pad:  # larger than the canvas: scale down to fit, then pad
             scale = size / max(h, w)
             nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
         y = F.interpolate(x.float(), size=(nh, nw), mode=self.interpolation, antialias=True)
         y = y.round_().clamp_(0, 255).to(torch.uint8)
-        if self.resize == "pad":
+        if pad:
             return self.resize_arrays(y, size)
         if not crop:
             return y

@@ -9,13 +9,17 @@
    through :mod:`pipelines.extract`) or reuse it when it is already complete;
 3. linear probes from the cache (:func:`train_probes`): every learning rate of the grid and
    every seed is one *member*, and all members of one cache train together in one batched
-   loop (AdamW, head lr decayed ×0.9 every 200 iterations, DESIGN.md §3); the training set
-   is the official train split, or for ``--per-class N`` a fresh seeded draw of N images per
-   class from it; the learning rate is chosen on the official val split (mean over seeds of
-   ``select_metric``), and only then is test reported;
+   loop (AdamW, head lr decayed ×0.9 every 200 iterations; ``--recipe paper``: FMMIC's 15,000
+   iterations at batch 64 and lr 1e-3, see :data:`RECIPES`); the training set is the official
+   train split, or for ``--per-class N`` N images per class from it (a fresh seeded draw, or
+   FMMIC's first N); within each run the checkpoint with the best val ACC among
+   :func:`check_iterations` is kept (FMMIC's rule); across a grid the learning rate is
+   chosen on the official val split (mean over seeds of ``select_metric``), and only then
+   is test reported;
 4. optionally (``--methods linear,finetune``) end-to-end fine-tuning (:func:`finetune_once`):
-   the encoder through featcache.peft's ``full`` method (open_clip ViTs; every parameter for
-   timm models) at a small constant learning rate, the head with the probe's recipe;
+   every parameter of the image encoder at a constant learning rate (FMMIC's 1e-6 for CNNs,
+   1e-7 for ViTs, or an ``--encoder-lrs`` grid), the head with the probe's recipe, the best
+   val-ACC checkpoint tested;
 5. the outputs (DESIGN.md §5): ``config.json``, ``metrics.json``, ``metrics.parquet``/``.csv``
    (one row per configuration, learning rate and seed, with a ``selected`` column),
    ``summary.parquet``/``.csv`` (one row per selected cell, mean ± std over seeds),
@@ -25,7 +29,7 @@
 
 Metrics are MedMNIST's (via :func:`featcache.metrics.compute_metrics`): ACC is argmax accuracy
 for multi-class, accuracy at threshold 0.5 for binary (softmax probability of class 1, which
-equals argmax of the two logits) and multi-label (sigmoid per label, mean over labels); AUC
+equals argmax of the two logits; with ``--binary-head bce`` the sigmoid of FMMIC's one logit) and multi-label (sigmoid per label, mean over labels); AUC
 is the macro one-vs-rest ROC AUC (binary: AUC of class 1; multi-label: mean over labels).
 ChestMNIST trains with BCE. ``many_acc``/``medium_acc``/``few_acc`` are not defined for
 MedMNIST (no class groups) and are NaN (``null`` in JSON).
@@ -38,12 +42,16 @@ own figures.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
 import math
+import re
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +77,24 @@ METHODS = ("linear", "finetune")
 FEATURES = ("embed", "cls")
 SELECT_METRICS = ("acc", "auc")
 CELL_KEYS = ("dataset", "size", "resize", "backbone", "method", "per_class")
+BINARY_HEADS = ("softmax", "bce")
+PER_CLASS_DRAWS = ("random", "first")
+
+# The two recipes. "paper" is FMMIC's public code (github.com/FupingWu90/FMMIC, commit
+# 4119c3b, Common_Main.py): --total_Iter_Num 15000 (l. 259), --lr 1e-3 (l. 249), --lr_decay
+# 0.9 every --lr_decay_iters 200 (l. 250-251), BatchSize 64 (l. 291; 32 for DINOv2
+# fine-tuning, l. 288-289), the head's AdamW weight_decay 1e-2 (Common_Trainer.py l. 94-95,
+# 128-129), validation ACC checked about 10 times and the best checkpoint tested
+# (Common_Trainer.py l. 255-270, 299). "fast" is featcache's earlier grid: 1000 iterations,
+# batch 128, head lr {1e-4, 1e-3, 1e-2} picked on val; it is not the paper's recipe.
+RECIPES: dict[str, dict] = {
+    "paper": {"iterations": 15000, "batch_size": 64, "lrs": (1e-3,), "val_checks": 10},
+    "fast": {"iterations": 1000, "batch_size": 128, "lrs": (1e-4, 1e-3, 1e-2), "val_checks": 10},
+}
+# FMMIC's encoder learning rates by family (Common_Main.py l. 32-33, 281-284: LR_List1 = 1e-6
+# for vgg16/resnet18/densenet121/effi_b4/Incept_v3/InceptResnet_v2, LR_List2 = 1e-7 otherwise).
+ENCODER_LR = {"cnn": 1e-6, "vit": 1e-7}
+INPUT_SIZES = ("paper", "model")  # or a number of pixels
 
 
 # --------------------------------------------------------------------------------------
@@ -129,12 +155,20 @@ class BackboneSpec:
 class BenchConfig:
     """Every setting of one benchmark run (CLI flags of ``featcache bench medmnist``).
 
-    The recipe (DESIGN.md §3): AdamW, head lr decayed by ``lr_decay`` every ``decay_every``
-    iterations, 3 seeds, the lr grid ``lrs`` (the paper's 1e-3 in the middle) selected on
-    the official val split. ``batch_size`` and ``weight_decay`` are not given by the design
-    brief; they default to 128 and torch's AdamW default 0.01. Fine-tuning uses
-    ``encoder_lr`` (constant) for the encoder and ``finetune_head_lr`` with the same decay
-    for the head, for ``finetune_iterations`` (default ``iterations``).
+    ``recipe`` (:data:`RECIPES`) fills ``iterations``, ``batch_size``, ``lrs`` and
+    ``val_checks`` when they are ``None``; a value given explicitly overrides it and is listed
+    in ``recipe_overrides``. ``paper`` is FMMIC's code: AdamW, head lr 1e-3 decayed by
+    ``lr_decay`` every ``decay_every`` iterations, 15,000 iterations at batch 64, AdamW weight
+    decay 0.01; within each training run the checkpoint with the best validation ACC among
+    ``val_checks`` checks is tested (FMMIC's rule, :func:`check_iterations`); across the
+    ``lrs`` grid (one lr in ``paper``) the lr with the best mean ``select_metric`` on val wins.
+    Fine-tuning: the head with ``finetune_head_lr`` and the same decay, the encoder at a
+    constant lr from ``encoder_lrs`` (empty: FMMIC's 1e-6 for CNNs, 1e-7 for ViTs, several:
+    the paper's lr study as a grid selected on val), ``finetune_iterations`` (default
+    ``iterations``) at ``finetune_batch_size`` (default ``batch_size``; 32 for DINOv2 under
+    ``paper``). Images reach the encoder at ``input_size`` (``paper``: 224 px, 518 for
+    DINOv2 as FMMIC l. 121-122; ``model``: the model's own; or pixels) with
+    ``interpolation`` (``bilinear`` as FMMIC's torchvision resize, or ``model``).
     """
 
     datasets: tuple[str, ...]
@@ -145,27 +179,65 @@ class BenchConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     per_class: tuple[int, ...] = ()
     methods: tuple[str, ...] = ("linear",)
-    iterations: int = 1000
-    lrs: tuple[float, ...] = (1e-4, 1e-3, 1e-2)
+    recipe: str = "paper"
+    iterations: int | None = None  # None: the recipe's
+    lrs: tuple[float, ...] | None = None  # None: the recipe's
     lr_decay: float = 0.9
     decay_every: int = 200
-    batch_size: int = 128
+    batch_size: int | None = None  # None: the recipe's
+    val_checks: int | None = None  # None: the recipe's; 0 = test the final weights
     weight_decay: float = 0.01
-    feature: str = "embed"
+    feature: str = "cls"
     select_metric: str = "acc"
-    encoder_lr: float = 1e-5
+    encoder_lrs: tuple[float, ...] = ()  # empty: by family (ENCODER_LR)
     finetune_head_lr: float = 1e-3
     finetune_iterations: int | None = None
+    finetune_batch_size: int | None = None
+    input_size: int | str = "paper"
+    interpolation: str = "bilinear"
+    binary_head: str = "softmax"
+    per_class_draw: str = "random"
     out: str = "runs/bench-medmnist"
     cache_dir: str | None = None  # default: caches/ (shared with `featcache extract`)
     device: str = "auto"
     download: bool = False
     progress: bool = True
+    recipe_overrides: tuple[str, ...] = field(default=(), init=False)
 
     def __post_init__(self) -> None:
         def need(cond: bool, msg: str) -> None:
             if not cond:
                 raise FeatcacheError(msg)
+
+        if self.recipe not in RECIPES:
+            raise unknown("--recipe", self.recipe, tuple(RECIPES))
+        preset = RECIPES[self.recipe]
+        overrides = []
+        for key, value in preset.items():
+            given = getattr(self, key)
+            if given is None:
+                object.__setattr__(self, key, value)
+            elif (tuple(given) if key == "lrs" else given) != value:
+                overrides.append(key)
+        object.__setattr__(self, "recipe_overrides", tuple(overrides))
+        if isinstance(self.input_size, str) and self.input_size.isdigit():
+            object.__setattr__(self, "input_size", int(self.input_size))
+        if isinstance(self.input_size, str) and self.input_size not in INPUT_SIZES:
+            raise FeatcacheError(f"--input-size must be paper, model or a number of pixels, got '{self.input_size}'.")
+        need(not isinstance(self.input_size, int) or self.input_size >= 8,
+             f"--input-size must be at least 8 pixels, got {self.input_size}.")
+        need(self.interpolation in ("model", "bilinear", "bicubic"),
+             f"--interpolation must be bilinear, bicubic or model, got '{self.interpolation}'.")
+        if self.binary_head not in BINARY_HEADS:
+            raise unknown("--binary-head", self.binary_head, BINARY_HEADS)
+        if self.per_class_draw not in PER_CLASS_DRAWS:
+            raise unknown("--per-class-draw", self.per_class_draw, PER_CLASS_DRAWS)
+        need(self.val_checks >= 0, f"--val-checks must be >= 0, got {self.val_checks}.")
+        need(all(lr >= 0 and math.isfinite(lr) for lr in self.encoder_lrs),
+             f"--encoder-lrs must be numbers >= 0, got {self.encoder_lrs}.")
+        need(len(set(self.encoder_lrs)) == len(self.encoder_lrs), f"--encoder-lrs has duplicates: {self.encoder_lrs}.")
+        need(self.finetune_batch_size is None or self.finetune_batch_size >= 1,
+             f"--finetune-batch-size must be at least 1, got {self.finetune_batch_size}.")
 
         need(len(self.datasets) > 0, "--datasets is empty; name at least one MedMNIST data set.")
         for name in self.datasets:
@@ -196,7 +268,6 @@ class BenchConfig:
             raise unknown("--feature", self.feature, FEATURES)
         if self.select_metric not in SELECT_METRICS:
             raise unknown("--select-metric", self.select_metric, SELECT_METRICS)
-        need(self.encoder_lr >= 0, f"--encoder-lr must be >= 0, got {self.encoder_lr}.")
         need(self.finetune_iterations is None or self.finetune_iterations >= 1,
              f"--finetune-iterations must be at least 1, got {self.finetune_iterations}.")
 
@@ -205,14 +276,50 @@ class BenchConfig:
         return [BackboneSpec.parse(s) for s in self.backbones]
 
     def to_dict(self) -> dict:
-        """Every setting, resolved (the weights each backbone resolves to included)."""
+        """Every setting, resolved: absolute paths, the weights, input size and interpolation
+        each backbone resolves to, the fine-tuning iterations and batch size."""
         out = asdict(self)
-        out["cache_dir"] = str(self.resolved_cache_dir())
+        out["root"] = str(Path(self.root).expanduser().resolve()) if self.root else None
+        out["out"] = str(Path(self.out).expanduser().resolve())
+        out["cache_dir"] = str(self.resolved_cache_dir().expanduser().resolve())
         out["finetune_iterations"] = self.finetune_iterations or self.iterations
+        out["recipe_description"] = self.describe_recipe()
+        out["encoder_lrs"] = list(self.encoder_lrs) or {f"auto ({k})": v for k, v in ENCODER_LR.items()}
         out["backbones_resolved"] = [
-            {"spec": b.spec, "model": b.model, "pretrained": b.weights()} for b in self.backbone_specs
+            {"spec": b.spec, "model": b.model, "pretrained": b.weights(), "input_size": self.input_for(b)[0] or "model",
+             "interpolation": self.input_for(b)[1] or "model", "finetune_batch_size": self.finetune_batch_for(b)}
+            for b in self.backbone_specs
         ]
         return out
+
+    def describe_recipe(self) -> str:
+        """One line naming the recipe that runs, with any overrides."""
+        name = {"paper": "paper (FMMIC's code)", "fast": "fast (featcache's grid, not the paper's recipe)"}[self.recipe]
+        checks = f"best val ACC of up to {self.val_checks} checks" if self.val_checks else "final weights"
+        text = (f"recipe {name}: {self.iterations} iterations, batch {self.batch_size}, head lr "
+                f"{', '.join(f'{lr:g}' for lr in self.lrs)} x{self.lr_decay:g} every {self.decay_every}, {checks}")
+        if self.recipe_overrides:
+            text += f" (overridden: {', '.join(self.recipe_overrides)})"
+        return text
+
+    def input_for(self, spec: BackboneSpec) -> tuple[int | None, str | None]:
+        """(input size, interpolation) for ``spec``; ``None`` = the model's own."""
+        if self.input_size == "model":
+            size = None
+        elif self.input_size == "paper":
+            size = 518 if "dinov2" in spec.model.lower() else 224  # FMMIC Common_Main.py l. 121-122
+        else:
+            size = int(self.input_size)
+        return size, (None if self.interpolation == "model" else self.interpolation)
+
+    def finetune_batch_for(self, spec: BackboneSpec) -> int:
+        """Fine-tuning batch: ``finetune_batch_size``, else 32 for DINOv2 under ``paper``
+        (FMMIC Common_Main.py l. 288-289), else ``batch_size``."""
+        if self.finetune_batch_size:
+            return self.finetune_batch_size
+        if self.recipe == "paper" and "batch_size" not in self.recipe_overrides and "dinov2" in spec.model.lower():
+            return 32
+        return self.batch_size
 
     def resolved_cache_dir(self) -> Path:
         return Path(self.cache_dir) if self.cache_dir else Path("caches")
@@ -264,15 +371,26 @@ def locate_files(cfg: BenchConfig) -> dict[tuple[str, int], Path]:
     return found
 
 
-def per_class_subset(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """A seeded draw of ``n`` training rows per class (all of a class's rows when it has fewer).
+def per_class_subset(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int, draw: str = "random") -> np.ndarray:
+    """``n`` training rows per class (all of a class's rows when it has fewer).
 
-    Each (seed, n) gets a fresh, independent draw. Multi-label data (``labels`` [N, C]):
-    ``n`` rows are drawn among the positives of each label and ``n`` among the rows with no
-    positive label; the union is returned (rows may serve several labels).
+    ``draw="random"`` (default, DESIGN.md §3): each (seed, n) gets a fresh, independent
+    seeded draw; multi-label data (``labels`` [N, C]): ``n`` rows are drawn among the
+    positives of each label and ``n`` among the rows with no positive label; the union is
+    returned (rows may serve several labels). ``draw="first"`` is FMMIC's (dataset.py l.
+    234-249): the first ``n`` rows of each class in file order, the same for every seed; for
+    multi-label ChestMNIST a seeded random choice of ``n · C`` rows (dataset.py l. 236-239).
     """
+    if draw not in PER_CLASS_DRAWS:
+        raise unknown("per-class draw", draw, PER_CLASS_DRAWS)
     rng = np.random.default_rng([int(seed), int(n), 0x4D4544])
     sel = labels[train_rows]
+    if draw == "first":
+        if sel.ndim == 2:
+            k = min(n * sel.shape[1], len(train_rows))
+            return np.sort(np.random.RandomState(int(seed)).choice(train_rows, size=k, replace=False)).astype(np.int64)
+        firsts = [train_rows[sel == c][:n] for c in range(int(sel.max()) + 1 if sel.size else 0)]
+        return np.sort(np.concatenate(firsts)).astype(np.int64) if firsts else np.zeros(0, np.int64)
     if sel.ndim == 2:
         groups = [sel[:, c] > 0 for c in range(sel.shape[1])] + [sel.sum(1) == 0]
     else:
@@ -325,6 +443,36 @@ def batch_plan(pool: np.ndarray, iterations: int, batch_size: int, seed: int) ->
     return np.concatenate(perms)[:need].reshape(iterations, b)
 
 
+def check_iterations(n_pool: int, batch_size: int, iterations: int, checks: int) -> list[int]:
+    """The iterations after which validation ACC is checked, FMMIC's rule in iterations.
+
+    FMMIC (Common_Trainer.py l. 255-259) checks after epoch ``e`` when ``e % (E // n) == 0``
+    or ``e == E - 1``, with ``E`` = iterations // batches per epoch (its loader drops the
+    last partial batch, Common_Main.py l. 136-143) and ``n = min(10, E)``. An epoch here is
+    ``n_pool // b`` batches (b = min(batch, n_pool)); the final iteration is always checked
+    too (FMMIC stops at E whole epochs; featcache trains all ``iterations``). ``checks = 0``:
+    only the final weights.
+    """
+    if checks <= 0:
+        return [iterations]
+    b = min(batch_size, n_pool)
+    per_epoch = max(1, n_pool // max(b, 1))
+    epochs = iterations // per_epoch
+    if epochs == 0:
+        return [iterations]
+    every = epochs // min(checks, epochs)
+    its = sorted({(e + 1) * per_epoch for e in range(epochs) if e % every == 0} | {epochs * per_epoch, iterations})
+    return its
+
+
+def val_acc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """MedMNIST's ACC (as :func:`featcache.metrics.compute_metrics`): argmax for one label per
+    image, threshold 0.5 on the sigmoid (logit > 0) per label for multi-label."""
+    if labels.ndim == 2:
+        return float(((scores > 0) == (labels > 0)).mean())
+    return float((scores.argmax(1) == labels).mean())
+
+
 def train_probes(
     feats: torch.Tensor,
     labels: torch.Tensor,
@@ -333,6 +481,8 @@ def train_probes(
     seeds: list[int],
     recipe: ProbeRecipe,
     num_classes: int,
+    checkpoint_at: Collection[int] = (),
+    on_checkpoint: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Train G linear heads at once; returns weights ``[G, C, D]`` and biases ``[G, C]``.
 
@@ -342,6 +492,8 @@ def train_probes(
     members that differ only in lr see the same data, and a member trained with others ends
     with the weights it gets alone. Each member's loss is the mean over its batch; the
     summed loss gives every member exactly its own gradient, and AdamW is elementwise.
+    ``on_checkpoint(t, weight, bias)`` is called after iteration ``t`` (1-based) for every
+    ``t`` in ``checkpoint_at`` (the live tensors: copy what you keep).
     """
     dev = feats.device
     G, D, C = len(pools), feats.shape[1], num_classes
@@ -394,6 +546,8 @@ def train_probes(
                     v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
                     denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(recipe.eps)
                     p.sub_(lr_g / (1 - beta1**step) * m / denom)
+            if on_checkpoint is not None and step in checkpoint_at:
+                on_checkpoint(step, weight.detach(), bias.detach())
     return weight.detach(), bias.detach()
 
 
@@ -406,9 +560,29 @@ def probe_scores(weight: torch.Tensor, bias: torch.Tensor, feats: torch.Tensor) 
 
 def medmnist_figures(labels: np.ndarray, scores: np.ndarray) -> dict:
     """MedMNIST ACC/AUC and the other contract figures of one evaluation (no class groups:
-    ``many/medium/few_acc`` are NaN)."""
+    ``many/medium/few_acc`` are NaN).
+
+    ``auc`` averages the classes (labels) that have both positives and negatives in
+    ``labels``; the official evaluator (medmnist 3.0.2 ``evaluator.py`` l. 157-163, ``getAUC``)
+    sums scikit-learn's per-class AUC over every class, so a class absent from the labels
+    makes it NaN. ``auc_official`` is that figure and ``classes_absent`` counts such classes;
+    the table marks cells where they differ.
+    """
     out = compute_metrics(labels, scores, num_classes=scores.shape[1])
-    return {k: out[k] for k in METRIC_KEYS}
+    figs = {k: out[k] for k in METRIC_KEYS}
+    if labels.ndim == 2:
+        absent = int(sum(1 for c in range(labels.shape[1]) if labels[:, c].min() == labels[:, c].max()))
+    else:
+        absent = int(scores.shape[1] - len(np.unique(labels)))
+    figs["classes_absent"] = absent
+    figs["auc_official"] = math.nan if absent else figs["auc"]
+    return figs
+
+
+def binary_scores(logit: np.ndarray) -> np.ndarray:
+    """One BCE logit ``[n, 1]`` -> two columns ``[0, z]``: softmax gives P(class 1) = sigmoid(z),
+    so the MedMNIST figures read it exactly as FMMIC's sigmoid output."""
+    return np.concatenate([np.zeros_like(logit), logit], axis=1)
 
 
 # --------------------------------------------------------------------------------------
@@ -416,16 +590,23 @@ def medmnist_figures(labels: np.ndarray, scores: np.ndarray) -> dict:
 
 
 def _encoder_for_finetuning(spec: BackboneSpec, num_classes: int, device: torch.device) -> models.Backbone:
-    """A fresh backbone with its encoder trainable: featcache.peft's ``full`` method for open_clip
-    ViTs (the transformer blocks), every parameter for timm models (the paper's end-to-end)."""
+    """A fresh backbone with every parameter of its image encoder trainable (end to end, as
+    FMMIC's ``ft``: all parameters but the classifier go to the encoder optimiser,
+    Common_Trainer.py l. 63-72): patch embedding, positional and class embeddings,
+    ln_pre/ln_post and the projection included for open_clip, everything for timm."""
     backbone = models.load_backbone(spec.model, spec.pretrained, device=device)
-    if spec.is_timm:
-        backbone.visual.requires_grad_(True)
-    else:
-        from featcache import peft
-
-        peft.apply_method(backbone.visual, "full", num_classes)
+    backbone.visual.requires_grad_(True)
     return backbone
+
+
+def encoder_family(visual: torch.nn.Module) -> str:
+    """``vit`` when the encoder has attention layers (a module class named ``...Attention``:
+    timm's ``Attention``, torch's ``MultiheadAttention``, Swin's ``WindowAttention``), else
+    ``cnn`` (open_clip's ResNets pool with ``AttentionPool2d``, which does not count)."""
+    for module in visual.modules():
+        if type(module).__name__.endswith("Attention"):
+            return "vit"
+    return "cnn"
 
 
 def finetune_once(
@@ -439,60 +620,92 @@ def finetune_once(
     cfg: BenchConfig,
     device: torch.device,
     num_classes: int,
-) -> dict[str, np.ndarray]:
-    """Fine-tune one backbone end to end on rows ``pool``; return scores ``[n, C]`` per eval split.
+    encoder_lr: float | None = None,
+) -> dict:
+    """Fine-tune one backbone end to end on rows ``pool``; return scores ``[n, C]`` per eval split
+    of the checkpoint with the best val ACC, with ``encoder_lr`` and ``best_iteration``.
 
     AdamW with two groups: the head (``finetune_head_lr``, decayed like the probe) and the
-    encoder (``encoder_lr``, constant). Images are ``arrays`` ``[N, H, W, C]`` uint8 brought to
-    the model's size by ``resize`` exactly as extraction does.
+    encoder (``encoder_lr``, constant; ``None``: :data:`ENCODER_LR` of its family). Images
+    are ``arrays`` ``[N, H, W, C]`` uint8 brought to the input size by ``resize`` exactly as
+    extraction does. Val ACC is checked at :func:`check_iterations` (``eval_rows["val"]``);
+    the best checkpoint (first on ties, FMMIC's ``>``) is restored before scoring.
     """
     torch.manual_seed(seed)
     backbone = _encoder_for_finetuning(spec, num_classes, device)
     prep = Preprocessing.from_open_clip(backbone.preprocess, resize=resize)
+    size, interpolation = cfg.input_for(spec)
+    prep = replace(prep, size=size or prep.size, interpolation=interpolation or prep.interpolation)
     visual = backbone.visual
+    if encoder_lr is None:
+        encoder_lr = ENCODER_LR[encoder_family(visual)]
     kind = 0 if cfg.feature == "embed" else 1
     dim = backbone.embed_dim if kind == 0 else int(backbone.projection().shape[0])
-    weight, bias = linear_init(dim, num_classes, seed)
-    head = torch.nn.Linear(dim, num_classes).to(device)
+    multi = labels.ndim == 2
+    bce = cfg.binary_head == "bce" and num_classes == 2 and not multi
+    outputs = 1 if bce else num_classes
+    weight, bias = linear_init(dim, outputs, seed)
+    head = torch.nn.Linear(dim, outputs).to(device)
     with torch.no_grad():
         head.weight.copy_(weight)
         head.bias.copy_(bias)
     enc_params = [p for p in visual.parameters() if p.requires_grad]
     iterations = cfg.finetune_iterations or cfg.iterations
+    batch = cfg.finetune_batch_for(spec)
     opt = torch.optim.AdamW(
         [{"params": head.parameters(), "lr": cfg.finetune_head_lr},
-         {"params": enc_params, "lr": cfg.encoder_lr}],
+         {"params": enc_params, "lr": encoder_lr}],
         weight_decay=cfg.weight_decay,
     )
     decay = ProbeRecipe(lr_decay=cfg.lr_decay, decay_every=cfg.decay_every)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda t: decay.lr_at(1.0, t), lambda t: 1.0])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    multi = labels.ndim == 2
     y_all = torch.from_numpy(labels).to(device)
-    y_all = y_all.float() if multi else y_all.long()
+    y_all = y_all.float() if multi or bce else y_all.long()
 
     def encode(rows: np.ndarray) -> torch.Tensor:
         x = array_batch(arrays, rows, device)
         x = prep.normalize(prep.resize_arrays(x, prep.size), torch.float32)  # [b, 3, S, S]
         with autocast(device, dtype):
             feats = models.image_features(visual, x)[kind]
-        return head(feats.float())  # [b, C]
+        return head(feats.float())  # [b, outputs]
 
+    @torch.no_grad()
+    def scores_of(rows: np.ndarray) -> np.ndarray:
+        parts = [encode(rows[i : i + 256]).float().cpu() for i in range(0, len(rows), 256)]
+        out = torch.cat(parts).numpy()
+        return binary_scores(out) if bce else out
+
+    checks = set(check_iterations(len(pool), batch, iterations, cfg.val_checks))
+    best_acc, best_it, best_state = -1.0, iterations, None
     visual.train()
-    for batch in batch_plan(pool, iterations, cfg.batch_size, seed):
-        logits = encode(batch)
-        y = y_all[torch.from_numpy(batch).to(device)]
-        loss = F.binary_cross_entropy_with_logits(logits, y) if multi else F.cross_entropy(logits, y)
+    for it, rows in enumerate(batch_plan(pool, iterations, batch, seed), start=1):
+        logits = encode(rows)
+        y = y_all[torch.from_numpy(rows).to(device)]
+        if bce:
+            loss = F.binary_cross_entropy_with_logits(logits[:, 0], y)
+        elif multi:
+            loss = F.binary_cross_entropy_with_logits(logits, y)
+        else:
+            loss = F.cross_entropy(logits, y)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
+        if it in checks:
+            visual.eval()
+            acc = val_acc(labels[eval_rows["val"]], scores_of(eval_rows["val"]))
+            visual.train()
+            if acc > best_acc:
+                best_acc, best_it = acc, it
+                best_state = (copy.deepcopy(visual.state_dict()), copy.deepcopy(head.state_dict()))
     visual.eval()
-    out = {}
-    with torch.no_grad():
-        for split, rows in eval_rows.items():
-            parts = [encode(rows[i : i + 256]).float().cpu() for i in range(0, len(rows), 256)]
-            out[split] = torch.cat(parts).numpy()
+    if best_state is not None:
+        visual.load_state_dict(best_state[0])
+        head.load_state_dict(best_state[1])
+    out: dict = {split: scores_of(rows) for split, rows in eval_rows.items()}
+    out["encoder_lr"] = float(encoder_lr)
+    out["best_iteration"] = best_it
     return out
 
 
@@ -514,26 +727,71 @@ class BenchResult:
 
 
 def cache_path(cfg: BenchConfig, subset: str, size: int, resize: str, spec: BackboneSpec) -> Path:
-    """``<cache_dir>/medmnist-<subset>-<size>-<model>-<weights>-<resize>.h5``."""
-    return cfg.resolved_cache_dir() / f"medmnist-{subset}-{size}-{spec.slug()}-{resize}.h5"
+    """``<cache_dir>/medmnist-<subset>-<size>-<model>-<weights>-<resize>[-in<S>][-<interp>].h5``
+    (the input size and interpolation when they are not the model's own)."""
+    input_size, interpolation = cfg.input_for(spec)
+    extra = (f"-in{input_size}" if input_size else "") + (f"-{interpolation}" if interpolation else "")
+    return cfg.resolved_cache_dir() / f"medmnist-{subset}-{size}-{spec.slug()}-{resize}{extra}.h5"
 
 
 def _training_sets(
-    labels: np.ndarray, train: np.ndarray, per_class: tuple[int, ...], seeds: tuple[int, ...]
+    labels: np.ndarray, train: np.ndarray, per_class: tuple[int, ...], seeds: tuple[int, ...], draw: str = "random"
 ) -> list[tuple[int | None, int, np.ndarray]]:
     """(per_class or None for the full split, seed, rows) for every training set of a cell."""
     sets: list[tuple[int | None, int, np.ndarray]] = [(None, s, train) for s in seeds]
     for n in per_class:
-        sets += [(n, s, per_class_subset(labels, train, n, s)) for s in seeds]
+        sets += [(n, s, per_class_subset(labels, train, n, s, draw)) for s in seeds]
     return sets
 
 
 def _rows(base: dict, per_class: int | None, seed: int, lr: float, n_train: int,
-          val: dict, test: dict, encoder_lr: float | None = None) -> dict:
-    row = dict(base, per_class=per_class, seed=seed, lr=lr, encoder_lr=encoder_lr, n_train=n_train)
+          val: dict, test: dict, encoder_lr: float | None = None, best_iteration: int | None = None,
+          constant: str | None = None) -> dict:
+    row = dict(base, per_class=per_class, seed=seed, lr=lr, encoder_lr=encoder_lr, n_train=n_train,
+               best_iteration=best_iteration, constant_prediction=constant)
     row.update({f"val_{k}": v for k, v in val.items()})
     row.update(test)
     return row
+
+
+def constant_prediction(scores: np.ndarray, multi: bool) -> str | None:
+    """The one prediction every row gets (class index, or the label vector for multi-label),
+    or ``None`` when the predictions vary."""
+    pred = (scores > 0).astype(int) if multi else scores.argmax(1)
+    if len(pred) < 2 or not (pred == pred[0]).all():
+        return None
+    return str(pred[0].tolist())
+
+
+def _with_bench_advice(err: FeatcacheError, spec: BackboneSpec) -> FeatcacheError:
+    """Weight errors advise ``--pretrained X``, a flag of ``featcache extract``; in ``bench``
+    the weights are part of the backbone spec (``timm:test_vit:random``)."""
+    msg = str(err)
+    if "--pretrained" not in msg:
+        return err
+    msg = re.sub(r"--pretrained (\S+)", lambda m: f"the backbone spec {spec.model}:{m.group(1)}", msg)
+    return FeatcacheError(
+        msg + f"\nIn `featcache bench medmnist` the weights follow the backbone name in --backbones: "
+        f"{spec.model}:TAG, {spec.model}:/path/to/weights.safetensors or {spec.model}:random."
+    )
+
+
+@contextmanager
+def _bench_errors(spec: BackboneSpec, input_size: int | None) -> Iterator[None]:
+    """Weight errors with the bench syntax; a ViT fed another size than its position
+    embeddings were built for gets a FeatcacheError naming ``--input-size``."""
+    try:
+        yield
+    except FeatcacheError as e:
+        raise _with_bench_advice(e, spec) from e
+    except RuntimeError as e:
+        if input_size and "must match the size of tensor" in str(e):
+            raise FeatcacheError(
+                f"{spec.spec} cannot encode {input_size}x{input_size} inputs ({e}): its position embeddings "
+                "are built for its own input size. Pass --input-size model (the model's own size) or "
+                "--input-size N with the size it was built for."
+            ) from e
+        raise
 
 
 def run(cfg: BenchConfig) -> BenchResult:
@@ -547,23 +805,29 @@ def run(cfg: BenchConfig) -> BenchResult:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     recipe = ProbeRecipe(cfg.iterations, cfg.batch_size, cfg.weight_decay, cfg.lr_decay, cfg.decay_every)
+    log.info("bench medmnist: %s", cfg.describe_recipe())
 
     rows: list[dict] = []
     caches: list[Path] = []
+    extraction: list[dict] = []
     tasks = [(d, s, r, b) for d in cfg.datasets for s in cfg.sizes for r in cfg.resize for b in specs]
     bar = tqdm(tasks, desc="bench", unit="cell", disable=not cfg.progress, dynamic_ncols=True)
     for subset, size, resize, spec in bar:
         bar.set_postfix_str(f"{subset} {size}px {resize} {spec.spec}")
         path = cache_path(cfg, subset, size, resize, spec)
-        result = extract.run(extract.ExtractConfig(
-            dataset="medmnist", root=str(files[(subset, size)].parent),
-            dataset_options={"subset": subset, "size": size}, model=spec.model,
-            pretrained=spec.pretrained, resize=resize, out=str(path), device=cfg.device,
-            workers=0, progress=False,
-        ))
+        input_size, interpolation = cfg.input_for(spec)
+        with _bench_errors(spec, input_size):
+            result = extract.run(extract.ExtractConfig(
+                dataset="medmnist", root=str(files[(subset, size)].parent),
+                dataset_options={"subset": subset, "size": size}, model=spec.model,
+                pretrained=spec.pretrained, resize=resize, input_size=input_size,
+                interpolation=interpolation, out=str(path), device=cfg.device, workers=0, progress=False,
+            ))
         log.info("%s cache %s", "reused" if result.already_complete else "wrote", path)
         caches.append(path)
         cache = open_cache(path)
+        extraction.append({"cache": str(path.resolve()), "precision": cache.meta.get("precision"),
+                           "preprocessing": cache.meta.get("preprocessing")})
         labels_np = cache.labels
         multi = cache.descriptor.multi_label
         train = cache.split_indices("train")
@@ -574,44 +838,89 @@ def run(cfg: BenchConfig) -> BenchResult:
                 f"{len(train)}/{len(val)}/{len(test)} rows."
             )
         base = {"dataset": subset, "size": size, "resize": resize, "backbone": spec.spec,
-                "model": spec.model, "weights": spec.weights(), "cache": str(path)}
-        sets = _training_sets(labels_np, train, cfg.per_class, cfg.seeds)
+                "model": spec.model, "weights": spec.weights(), "cache": str(path.resolve()),
+                "feature": cfg.feature, "feature_dim": cache.cls_dim if cfg.feature == "cls" else cache.embed_dim}
+        sets = _training_sets(labels_np, train, cfg.per_class, cfg.seeds, cfg.per_class_draw)
         C = cache.num_classes
+        bce = cfg.binary_head == "bce" and C == 2 and not multi
 
         if "linear" in cfg.methods:
             feats = cache.features("standard", cfg.feature).to(device)  # [N, D]
             labels = torch.from_numpy(labels_np).to(device)
-            labels = labels.float() if multi else labels.long()
+            labels = labels.float()[:, None] if bce else labels.float() if multi else labels.long()
             members = [(pc, s, pool, lr) for pc, s, pool in sets for lr in cfg.lrs]
-            weight, bias = train_probes(
+            checks = [set(check_iterations(len(m[2]), recipe.batch_size, recipe.iterations, cfg.val_checks))
+                      for m in members]
+            val_feats = feats[torch.from_numpy(val).to(device)]
+            best = {"acc": np.full(len(members), -1.0), "it": np.zeros(len(members), dtype=np.int64),
+                    "w": None, "b": None}
+
+            def keep_best(it: int, w: torch.Tensor, b: torch.Tensor, checks=checks, best=best,  # noqa: ANN001
+                          val_feats=val_feats, yv=labels_np[val], bce=bce) -> None:
+                if best["w"] is None:
+                    best["w"], best["b"] = w.clone(), b.clone()
+                scores = probe_scores(w, b, val_feats).cpu().numpy()
+                for g in range(len(checks)):
+                    if it in checks[g]:
+                        acc = val_acc(yv, binary_scores(scores[g]) if bce else scores[g])
+                        if acc > best["acc"][g]:  # FMMIC: strictly better replaces
+                            best["acc"][g], best["it"][g] = acc, it
+                            best["w"][g], best["b"][g] = w[g], b[g]
+
+            train_probes(
                 feats, labels, [m[2] for m in members], [m[3] for m in members],
-                [m[1] for m in members], recipe, C,
+                [m[1] for m in members], recipe, 1 if bce else C,
+                checkpoint_at=set().union(*checks), on_checkpoint=keep_best,
             )
-            val_scores = probe_scores(weight, bias, feats[torch.from_numpy(val).to(device)]).cpu().numpy()
+            weight, bias = best["w"], best["b"]
+            val_scores = probe_scores(weight, bias, val_feats).cpu().numpy()
             test_scores = probe_scores(weight, bias, feats[torch.from_numpy(test).to(device)]).cpu().numpy()
             for g, (pc, s, pool, lr) in enumerate(members):
-                v = medmnist_figures(labels_np[val], val_scores[g])
-                t = medmnist_figures(labels_np[test], test_scores[g])
-                rows.append(_rows(dict(base, method="linear"), pc, s, lr, len(pool), v, t))
+                vs = binary_scores(val_scores[g]) if bce else val_scores[g]
+                ts = binary_scores(test_scores[g]) if bce else test_scores[g]
+                v = medmnist_figures(labels_np[val], vs)
+                t = medmnist_figures(labels_np[test], ts)
+                rows.append(_rows(dict(base, method="linear"), pc, s, lr, len(pool), v, t,
+                                  best_iteration=int(best["it"][g]), constant=constant_prediction(ts, multi)))
 
         if "finetune" in cfg.methods:
             manifest = build_manifest("medmnist", files[(subset, size)].parent, subset=subset, size=size)
             if manifest.ids != cache.ids:
                 raise DataError(f"{files[(subset, size)]} changed since {path} was written; re-extract it.")
             for pc, s, pool in sets:
-                scores = finetune_once(spec, manifest.arrays, labels_np, pool, {"val": val, "test": test},
-                                       resize, s, cfg, device, C)
-                v = medmnist_figures(labels_np[val], scores["val"])
-                t = medmnist_figures(labels_np[test], scores["test"])
-                rows.append(_rows(dict(base, method="finetune"), pc, s, cfg.finetune_head_lr,
-                                  len(pool), v, t, encoder_lr=cfg.encoder_lr))
+                for enc_lr in cfg.encoder_lrs or (None,):
+                    with _bench_errors(spec, input_size):
+                        res = finetune_once(spec, manifest.arrays, labels_np, pool, {"val": val, "test": test},
+                                            resize, s, cfg, device, C, encoder_lr=enc_lr)
+                    v = medmnist_figures(labels_np[val], res["val"])
+                    t = medmnist_figures(labels_np[test], res["test"])
+                    rows.append(_rows(dict(base, method="finetune"), pc, s, cfg.finetune_head_lr,
+                                      len(pool), v, t, encoder_lr=res["encoder_lr"],
+                                      best_iteration=res["best_iteration"],
+                                      constant=constant_prediction(res["test"], multi)))
     bar.close()
 
     metrics = select(pl.DataFrame(rows, infer_schema_length=None), cfg.select_metric)
+    warn_constant(metrics)
     summary = summarize_cells(metrics)
     table = paper_table(summary, cfg.datasets)
-    written = write_outputs(out, cfg, metrics, summary, table, caches)
+    written = write_outputs(out, cfg, metrics, summary, table, caches, device=str(device), extraction=extraction)
     return BenchResult(out, metrics, summary, table, written, caches, time.perf_counter() - t0)
+
+
+def warn_constant(metrics: pl.DataFrame) -> list[str]:
+    """Log a warning for every selected run whose predictions are one class for every test row
+    (e.g. near-constant features under padding); returns the messages."""
+    msgs = []
+    for r in metrics.filter(pl.col("selected") & pl.col("constant_prediction").is_not_null()).to_dicts():
+        what = "full training split" if r["per_class"] is None else f"{r['per_class']} per class"
+        msgs.append(
+            f"{r['dataset']} {r['size']}px {r['resize']} {r['backbone']} {r['method']} ({what}, seed {r['seed']}, "
+            f"lr {r['lr']:g}): predicts {r['constant_prediction']} for every test row (test ACC "
+            f"{r['acc']:.3f} is the majority rate); the features may carry no signal."
+        )
+        log.warning("%s", msgs[-1])
+    return msgs
 
 
 # --------------------------------------------------------------------------------------
@@ -619,16 +928,16 @@ def run(cfg: BenchConfig) -> BenchResult:
 
 
 def select(metrics: pl.DataFrame, metric: str) -> pl.DataFrame:
-    """Add ``selected``: per cell, the learning rate with the best mean ``val_<metric>`` over seeds
-    (ties and NaN: the other of ACC/AUC, then the smaller lr)."""
+    """Add ``selected``: per cell, the (head lr, encoder lr) with the best mean ``val_<metric>``
+    over seeds (ties and NaN: the other of ACC/AUC, then the smaller lrs)."""
     other = "auc" if metric == "acc" else "acc"
-    cell = [*CELL_KEYS, "lr"]
+    cell = [*CELL_KEYS, "lr", "encoder_lr"]
     means = metrics.group_by(cell).agg(
         pl.col(f"val_{metric}").fill_nan(None).mean().fill_null(-1.0).alias("_m"),
         pl.col(f"val_{other}").fill_nan(None).mean().fill_null(-1.0).alias("_o"),
     )
     best = (
-        means.sort(["_m", "_o", "lr"], descending=[True, True, False], nulls_last=True)
+        means.sort(["_m", "_o", "lr", "encoder_lr"], descending=[True, True, False, False], nulls_last=True)
         .group_by(list(CELL_KEYS), maintain_order=True)
         .first()
         .select([*cell])
@@ -646,8 +955,9 @@ def summarize_cells(metrics: pl.DataFrame) -> pl.DataFrame:
         per_seed = part.sort("seed").to_dicts()
         stats = summarize(per_seed)
         rows.append(dict(zip(CELL_KEYS, key, strict=True), lr=per_seed[0]["lr"],
-                         seeds=len(per_seed), n_train=float(np.mean([r["n_train"] for r in per_seed])),
-                         **stats))
+                         encoder_lr=per_seed[0]["encoder_lr"], seeds=len(per_seed),
+                         n_train=float(np.mean([r["n_train"] for r in per_seed])),
+                         classes_absent=max(r["classes_absent"] for r in per_seed), **stats))
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
@@ -663,21 +973,33 @@ def paper_table(summary: pl.DataFrame, datasets: tuple[str, ...]) -> pl.DataFram
             for m in ("acc", "auc"):
                 row[f"{d}_{m}"] = hit[m][0] if len(hit) else math.nan
                 row[f"{d}_{m}_std"] = hit[f"{m}_std"][0] if len(hit) else math.nan
+            row[f"{d}_classes_absent"] = int(hit["classes_absent"][0]) if len(hit) else 0
         rows.append(row)
     return pl.DataFrame(rows, infer_schema_length=None)
 
 
 def table_markdown(table: pl.DataFrame, datasets: tuple[str, ...]) -> str:
-    """The paper's table as markdown: ``mean ± std`` (fractions, 3 decimals) per data set."""
+    """The paper's table as markdown: ``mean ± std`` (fractions, 3 decimals) per data set.
+
+    An AUC over fewer classes than the data set has (a class absent from test) is marked
+    ``†`` with a note: the official evaluator gives NaN there."""
     head = ["backbone", "method", "size", "resize"] + [f"{d} {m}" for d in datasets for m in ("ACC", "AUC")]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    marked = False
     for r in table.to_dicts():
         cells = [str(r["backbone"]), str(r["method"]), str(r["size"]), str(r["resize"])]
         for d in datasets:
             for m in ("acc", "auc"):
                 mean, std = r[f"{d}_{m}"], r[f"{d}_{m}_std"]
-                cells.append("n/a" if mean is None or math.isnan(mean) else f"{mean:.3f} ± {std:.3f}")
+                text = "n/a" if mean is None or math.isnan(mean) else f"{mean:.3f} ± {std:.3f}"
+                if m == "auc" and r.get(f"{d}_classes_absent") and text != "n/a":
+                    text += " †"
+                    marked = True
+                cells.append(text)
         lines.append("| " + " | ".join(cells) + " |")
+    if marked:
+        lines += ["", "† AUC over the classes present in the test split: a class is absent there, where "
+                  "the official medmnist evaluator's AUC is NaN."]
     return "\n".join(lines) + "\n"
 
 
@@ -733,12 +1055,18 @@ def _style_column(axes, j: int, dataset: str, xlabel: str, ticks: list, base: in
 
 
 def _save(fig, axes, path: Path, title: str) -> Path:  # noqa: ANN001
-    """Legend, title, write the PNG, free the figure."""
+    """One legend below every panel (never over the data), title, write the PNG, free the figure."""
     import matplotlib.pyplot as plt
 
-    axes[0][0].legend(fontsize=7)
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = max(1, min(len(labels), 3))
+    rows = -(-len(labels) // ncol) if labels else 0
+    height = fig.get_figheight()
+    bottom = min(0.45, (0.25 + 0.2 * rows) / height)  # inches of legend as a fraction of the figure
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
@@ -763,7 +1091,7 @@ def plot_size_resize(summary: pl.DataFrame, path: Path) -> Path:
                                     marker="o", capsize=3, linestyle="-" if key[2] == "scale" else "--",
                                     label=" · ".join(map(str, key)))
         _style_column(axes, j, d, "image size (px)", sorted(part["size"].unique().to_list()), base=2)
-    return _save(fig, axes, path, "Image size × resize strategy (solid: scale, dashed: pad)")
+    return _save(fig, axes, path, "Image size × resize strategy (solid: scale, dashed: pad or pad-norm)")
 
 
 def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
@@ -790,10 +1118,14 @@ def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
 
 
 def write_outputs(out: Path, cfg: BenchConfig, metrics: pl.DataFrame, summary: pl.DataFrame,
-                  table: pl.DataFrame, caches: list[Path]) -> list[Path]:
-    """Write every output file of the run directory; returns their paths."""
+                  table: pl.DataFrame, caches: list[Path], device: str | None = None,
+                  extraction: list[dict] | None = None) -> list[Path]:
+    """Write every output file of the run directory; returns their paths. ``config.json``
+    holds the resolved settings, the device that ran and each cache's extraction precision
+    and preprocessing."""
     written = []
-    config = dict(cfg.to_dict(), caches=[str(p) for p in caches])
+    config = dict(cfg.to_dict(), caches=[str(p.resolve()) for p in caches], device_requested=cfg.device,
+                  device=device or cfg.device, extraction=extraction or [])
     (out / "config.json").write_text(json.dumps(_json_safe(config), indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics_json(metrics, summary), indent=2))
     written += [out / "config.json", out / "metrics.json"]

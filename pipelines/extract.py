@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +80,9 @@ class ExtractConfig:
     model: str = "tiny-clip"  # (fp)
     pretrained: str | None = None  # (fp) tag | file | hf-hub:ID | random; None = default
     tte: bool = False  # (fp) also store the five TTE crops
-    resize: str = "scale"  # (fp) scale | pad
+    resize: str = "scale"  # (fp) scale | pad | pad-norm
+    input_size: int | None = None  # (fp) the encoder's input size; None = the model's own
+    interpolation: str | None = None  # (fp) bilinear | bicubic | ...; None = the model's own
     precision: str = "auto"  # (fp) fp32 | bf16 | fp16 | auto (bf16 on GPU, fp32 on CPU)
     decoder: str = "pil"  # (fp, image files only) pil | device (torchvision.io; nvJPEG on a GPU)
     out: str | None = None
@@ -453,6 +455,8 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
     backbone = models.load_backbone(cfg.model, cfg.pretrained, device=device)
     prep = Preprocessing.from_open_clip(backbone.preprocess, resize=cfg.resize, tte=cfg.tte)
+    if cfg.input_size or cfg.interpolation:  # e.g. the MedMNIST benchmark's 224 px, bilinear
+        prep = replace(prep, size=cfg.input_size or prep.size, interpolation=cfg.interpolation or prep.interpolation)
     jpeg = jpeg_decoder(device) if cfg.decoder == "device" and manifest.arrays is None else None
     decoder = None if manifest.arrays is not None else "pil" if jpeg is None else f"device:{jpeg[0]}"
     meta, fingerprint, model_fp = describe(cfg, manifest, backbone, prep, precision, decoder)

@@ -219,10 +219,13 @@ def test_cli_end_to_end_writes_contract_files_and_reuses_caches(tmp_path: Path) 
         "--backbones", f"tiny-clip,{TIMM_TINY}:random", "--sizes", "28", "--resize", "scale",
         "--seeds", "0,1", "--per-class", "2", "--iterations", "30", "--lrs", "1e-3,1e-2",
         "--out", str(out), "--cache-dir", str(caches), "--device", "cpu", "--no-progress",
+        "--input-size", "model", "--interpolation", "model", "--feature", "embed",
     ]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
     assert f"to {out}" in res.output and "| backbone | method |" in res.output
+    assert "recipe paper (FMMIC's code): 30 iterations, batch 64" in res.output
+    assert "(overridden: iterations, lrs)" in res.output
     for name in ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "table.md",
                  "table.parquet", "table.csv", "summary.parquet", "size_resize.png", "data_efficiency.png"):
         assert (out / name).is_file(), name
@@ -248,6 +251,7 @@ def test_cli_end_to_end_writes_contract_files_and_reuses_caches(tmp_path: Path) 
     assert {"retinamnist_acc", "chestmnist_auc_std"} <= set(table.columns)
     config = json.loads((out / "config.json").read_text())
     assert config["iterations"] == 30 and len(config["caches"]) == 6
+    assert config["recipe"] == "paper" and config["recipe_overrides"] == ["iterations", "lrs"]
 
     mtimes = {p: p.stat().st_mtime_ns for p in caches.glob("*.h5")}
     assert len(mtimes) == 6
@@ -274,8 +278,8 @@ def test_finetune_with_frozen_encoder_equals_linear_probe(tmp_path: Path) -> Non
     res = run(BenchConfig(
         datasets=("pneumoniamnist",), root=str(root), backbones=("tiny-clip",), seeds=(0,),
         methods=("linear", "finetune"), iterations=15, lrs=(1e-2,), finetune_head_lr=1e-2,
-        encoder_lr=0.0, batch_size=8, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"),
-        device="cpu", progress=False,
+        encoder_lrs=(0.0,), batch_size=8, out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"),
+        device="cpu", progress=False, input_size="model",
     ))
     m = res.metrics.sort("method")
     assert m["method"].to_list() == ["finetune", "linear"]
@@ -321,7 +325,7 @@ def test_bad_inputs_give_clear_errors(tmp_path: Path) -> None:
 def test_shared_medmnist_bench(tmp_path: Path) -> None:
     res = run(BenchConfig(
         datasets=("breastmnist", "pneumoniamnist"), root=str(SHARED / "medmnist"),
-        backbones=("tiny-clip",), seeds=(0,), per_class=(10,), iterations=100,
+        backbones=("tiny-clip",), seeds=(0,), per_class=(10,), iterations=100, input_size="model",
         out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"), device="cpu", progress=False,
     ))
     full = res.summary.filter(pl.col("per_class").is_null()).sort("dataset")
@@ -330,3 +334,271 @@ def test_shared_medmnist_bench(tmp_path: Path) -> None:
     few = res.summary.filter(pl.col("per_class") == 10)
     assert few["n_train"].to_list() == [20.0, 20.0]
     assert all(0 <= v <= 1 for v in full["auc"].to_list())
+
+
+# --- issue 11: descriptors, checks, recipe, selection ----------------------------------
+
+
+def test_descriptors_carry_official_info_and_files_are_checked(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Task, channels and split sizes as medmnist 3.0.2's INFO; a file whose channels or label
+    width disagree is refused, one whose split sizes disagree is loaded with a warning."""
+    from featcache.datasets import build_manifest
+    from featcache.datasets.medmnist import SUBSETS, medmnist_info
+
+    info = {s: medmnist_info(s) for s in SUBSETS}
+    assert info["pneumoniamnist"] == {"task": "binary-class", "n_channels": 1,
+                                      "n_samples": {"train": 4708, "val": 524, "test": 624}}
+    assert info["chestmnist"]["task"] == "multi-label, binary-class"
+    assert info["retinamnist"]["task"] == "ordinal-regression" and info["retinamnist"]["n_channels"] == 3
+    assert info["pathmnist"]["n_samples"] == {"train": 89996, "val": 10004, "test": 7180}
+    write_medmnist(tmp_path / "grey", "bloodmnist", num_classes=8, sizes=(8, 2, 2))
+    with pytest.raises(DataError, match=r"1 channel\(s\), but official bloodmnist has 3"):
+        build_manifest("medmnist", tmp_path / "grey", subset="bloodmnist")
+    write_medmnist(tmp_path / "rgb", "pneumoniamnist", rgb=True)
+    with caplog.at_level("WARNING"):
+        build_manifest("medmnist", tmp_path / "rgb", subset="pneumoniamnist")
+    assert "images have 3 channels, but official pneumoniamnist is grey" in caplog.text
+    write_medmnist(tmp_path / "ml", "pneumoniamnist", num_classes=2, multi_label=True)
+    with pytest.raises(DataError, match=r"labels have shape \(6, 2\); expected \[N\] or \[N, 1\]"):
+        build_manifest("medmnist", tmp_path / "ml", subset="pneumoniamnist")
+    write_medmnist(tmp_path / "ok", "pneumoniamnist")
+    with caplog.at_level("WARNING"):
+        build_manifest("medmnist", tmp_path / "ok", subset="pneumoniamnist")
+    assert "6 rows, but official pneumoniamnist has 4708 in its train split" in caplog.text
+
+
+def _quick(tmp_path: Path, **kw: object) -> BenchConfig:
+    """A tiny run: pneumoniamnist-shaped data, tiny-clip at its own 32 px."""
+    root = tmp_path / "data"
+    if not root.exists():
+        write_medmnist(root, "pneumoniamnist", num_classes=2, sizes=(20, 8, 10), seed=7)
+    args = dict(datasets=("pneumoniamnist",), root=str(root), backbones=("tiny-clip",), seeds=(0,),
+                input_size="model", out=str(tmp_path / "run"), cache_dir=str(tmp_path / "c"),
+                device="cpu", progress=False)
+    args.update(kw)
+    return BenchConfig(**args)
+
+
+def test_recipe_paper_is_fmmic_by_default_and_fast_is_named() -> None:
+    """FMMIC Common_Main.py: 15000 iterations (l. 259), batch 64 (l. 291), lr 1e-3 (l. 249)."""
+    paper = BenchConfig(datasets=("pneumoniamnist",))
+    assert (paper.recipe, paper.iterations, paper.batch_size, paper.lrs, paper.val_checks) == (
+        "paper", 15000, 64, (1e-3,), 10)
+    assert (paper.lr_decay, paper.decay_every, paper.weight_decay) == (0.9, 200, 0.01)
+    assert paper.describe_recipe().startswith("recipe paper (FMMIC's code): 15000 iterations, batch 64")
+    fast = BenchConfig(datasets=("pneumoniamnist",), recipe="fast")
+    assert (fast.iterations, fast.batch_size, fast.lrs) == (1000, 128, (1e-4, 1e-3, 1e-2))
+    assert "not the paper's recipe" in fast.describe_recipe()
+    over = BenchConfig(datasets=("pneumoniamnist",), iterations=30)
+    assert over.recipe_overrides == ("iterations",) and "(overridden: iterations)" in over.describe_recipe()
+    dino = BackboneSpec("timm:vit_small_patch14_dinov2", "timm:vit_small_patch14_dinov2", "random")
+    assert paper.finetune_batch_for(dino) == 32 and paper.input_for(dino) == (518, "bilinear")
+    assert paper.finetune_batch_for(BackboneSpec.parse("tiny-clip")) == 64
+    with pytest.raises(FeatcacheError, match="Unknown --recipe 'papr'"):
+        BenchConfig(datasets=("pneumoniamnist",), recipe="papr")
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## MedMNIST benchmark", 1)[1].split("\n## ", 1)[0]
+    assert "--recipe paper" in section and "--recipe fast" in section
+    assert "with the\npaper's recipe" not in section and "with the paper's recipe" not in section
+
+
+def test_check_iterations_follow_fmmic_rule() -> None:
+    """Common_Trainer.py l. 255-259: epochs e with e % (E // min(10, E)) == 0 or e == E - 1."""
+    from pipelines.bench_medmnist import check_iterations
+
+    # 640 rows, batch 64: 10 batches per epoch, E = 1500, every 150 epochs
+    its = check_iterations(640, 64, 15000, 10)
+    assert its == [(e + 1) * 10 for e in range(0, 1500, 150)] + [15000]
+    # TissueMNIST-sized: 2585 batches per epoch, E = 5: every epoch, then the final iteration
+    assert check_iterations(165466, 64, 15000, 10) == [2585, 5170, 7755, 10340, 12925, 15000]
+    assert check_iterations(20, 64, 7, 10) == [1, 2, 3, 4, 5, 6, 7]  # pool smaller than a batch
+    assert check_iterations(640, 64, 15000, 0) == [15000]
+
+
+def test_probe_reports_best_val_acc_checkpoint(tmp_path: Path) -> None:
+    """The reported figures are those of the checkpoint with the best val ACC (first on ties),
+    not of the final weights: retraining each member to every check iteration agrees."""
+    from pipelines.bench_medmnist import check_iterations, val_acc
+
+    cfg = _quick(tmp_path, iterations=60, batch_size=4, lrs=(1e-1, 1e-2), seeds=(0, 1))
+    res = run(cfg)
+    cache = open_cache(res.caches[0])
+    feats = cache.features("standard", "cls")
+    labels = torch.from_numpy(cache.labels).long()
+    train, val = cache.split_indices("train"), cache.split_indices("val")
+    checks = check_iterations(len(train), 4, 60, 10)
+    assert checks == list(range(5, 61, 5))
+    found_earlier = False
+    for r in res.metrics.to_dicts():
+        accs = []
+        for t in checks:
+            w, b = train_probes(feats, labels, [train], [r["lr"]], [r["seed"]],
+                                ProbeRecipe(iterations=t, batch_size=4), 2)
+            accs.append(val_acc(cache.labels[val], probe_scores(w, b, feats[val])[0].numpy()))
+        assert r["val_acc"] == pytest.approx(max(accs))
+        assert r["best_iteration"] == checks[int(np.argmax(accs))]
+        found_earlier |= r["best_iteration"] < 60
+    assert found_earlier  # at least one run is tested on an earlier checkpoint than the final one
+
+
+def test_finetune_trains_every_parameter_with_family_lr_and_lr_grid(tmp_path: Path) -> None:
+    """End to end = every parameter (conv1, embeddings, ln_pre/ln_post, proj too); encoder lr
+    1e-7 for ViTs and 1e-6 for CNNs (FMMIC Common_Main.py l. 32-33, 281-284); a grid is
+    selected on val."""
+    from pipelines.bench_medmnist import _encoder_for_finetuning, encoder_family
+
+    backbone = _encoder_for_finetuning(BackboneSpec.parse("tiny-clip"), 2, torch.device("cpu"))
+    frozen = [n for n, p in backbone.visual.named_parameters() if not p.requires_grad]
+    assert frozen == []
+    assert encoder_family(backbone.visual) == "vit"
+    assert encoder_family(load_backbone("timm:test_resnet", "random").visual) == "cnn"
+    assert encoder_family(load_backbone(TIMM_TINY, "random").visual) == "vit"
+
+    res = run(_quick(tmp_path, methods=("finetune",), iterations=3, batch_size=8))
+    assert res.metrics["encoder_lr"].to_list() == [1e-7]
+    res = run(_quick(tmp_path, methods=("finetune",), iterations=3, batch_size=8,
+                     encoder_lrs=(0.0, 1e-4), out=str(tmp_path / "grid")))
+    assert sorted(res.metrics["encoder_lr"].to_list()) == [0.0, 1e-4]
+    assert res.metrics["selected"].sum() == 1
+    assert res.summary["encoder_lr"].to_list()[0] in (0.0, 1e-4)
+
+
+def test_input_224_bilinear_by_default_recorded_and_vit_size_advice(tmp_path: Path) -> None:
+    cfg = _quick(tmp_path, backbones=("timm:test_resnet:random",), input_size="paper", iterations=2, batch_size=4)
+    assert cfg.input_size == "paper" and cfg.interpolation == "bilinear"
+    res = run(cfg)
+    meta = open_cache(res.caches[0]).meta
+    assert meta["preprocessing"]["size"] == 224 and meta["preprocessing"]["interpolation"] == "bilinear"
+    assert res.caches[0].name.endswith("-scale-in224-bilinear.h5")
+    config = json.loads((res.out / "config.json").read_text())
+    assert config["backbones_resolved"][0]["input_size"] == 224
+    assert config["extraction"][0]["preprocessing"]["interpolation"] == "bilinear"
+    assert res.metrics["feature_dim"].to_list() == [open_cache(res.caches[0]).cls_dim]
+    with pytest.raises(FeatcacheError, match="cannot encode 224x224 inputs.*--input-size model"):
+        run(_quick(tmp_path, input_size="paper", iterations=2, out=str(tmp_path / "vit")))
+
+
+def test_probe_sits_on_pre_projection_feature_by_default(tmp_path: Path) -> None:
+    """The paper's timm CLIP has its head on the 768-d pre-projection feature of ViT-B/16."""
+    assert BenchConfig(datasets=("pneumoniamnist",)).feature == "cls"
+    res = run(_quick(tmp_path, iterations=2, batch_size=4))
+    cache = open_cache(res.caches[0])
+    assert cache.cls_dim == 64 and cache.embed_dim == 32  # tiny-clip: width 64, embed 32
+    assert res.metrics["feature_dim"].to_list() == [64]
+
+
+def test_pad_norm_pads_with_zero_after_normalisation() -> None:
+    from featcache.preprocess import RESIZE_MODES
+
+    assert RESIZE_MODES == ("scale", "pad", "pad-norm")
+    mean, std = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+    x = torch.randint(0, 256, (2, 3, 28, 28), dtype=torch.uint8)
+    ours = Preprocessing(size=64, mean=mean, std=std, resize="pad")
+    theirs = Preprocessing(size=64, mean=mean, std=std, resize="pad-norm")
+    a = ours.normalize(ours.resize_arrays(x, 64), torch.float32)
+    b = theirs.normalize(theirs.resize_arrays(x, 64), torch.float32)
+    inner = (slice(None), slice(None), slice(18, 46), slice(18, 46))
+    torch.testing.assert_close(a[inner], b[inner])  # the image itself is the same
+    border = b.clone()
+    border[inner] = 0
+    assert border.abs().max() < 0.5 / 255 / min(std) + 1e-6  # zero within uint8 rounding
+    assert (a[:, :, :18].mean((0, 2, 3)) < -1.4).all()  # black: (0 - mean) / std
+
+
+def test_binary_head_bce_and_first_n_per_class(tmp_path: Path) -> None:
+    """FMMIC's binary head: one logit, BCE (Common_Trainer.py l. 351-352); its data-efficiency
+    sets: the first N rows per class (dataset.py l. 241-245)."""
+    from pipelines.bench_medmnist import binary_scores
+
+    z = np.array([[-2.0], [0.0], [3.0]])
+    p1 = np.exp(binary_scores(z))[:, 1] / np.exp(binary_scores(z)).sum(1)
+    np.testing.assert_allclose(p1, 1 / (1 + np.exp(-z[:, 0])))
+    res = run(_quick(tmp_path, methods=("linear", "finetune"), binary_head="bce", iterations=6,
+                     batch_size=8, lrs=(1e-2,), finetune_head_lr=1e-2, encoder_lrs=(0.0,)))
+    m = res.metrics.sort("method")
+    assert m["acc"][0] == m["acc"][1] and m["auc"][0] == pytest.approx(m["auc"][1], abs=1e-6)
+    soft = run(_quick(tmp_path, iterations=6, batch_size=8, lrs=(1e-2,), out=str(tmp_path / "soft")))
+    assert soft.metrics["val_auc"][0] != m.filter(pl.col("method") == "linear")["val_auc"][0]
+
+    labels = np.array([1, 0, 0, 1, 0, 1, 1, 0, 2, 2])
+    train = np.arange(10)
+    first = [per_class_subset(labels, train, 2, s, draw="first").tolist() for s in (0, 1)]
+    assert first == [[0, 1, 2, 3, 8, 9]] * 2
+    assert per_class_subset(labels, train, 2, 0).tolist() != per_class_subset(labels, train, 2, 1).tolist()
+
+
+def test_auc_with_a_class_absent_from_test_is_marked() -> None:
+    """medmnist 3.0.2 evaluator.py l. 157-163 sums every class's AUC: NaN when one is absent."""
+    from pipelines.bench_medmnist import table_markdown
+
+    y = np.array([0, 0, 1, 1, 0, 1])  # class 2 absent
+    s = np.eye(3)[[0, 1, 1, 1, 0, 0]] + 0.1
+    got = medmnist_figures(y, s)
+    assert got["classes_absent"] == 1 and math.isnan(got["auc_official"]) and 0 <= got["auc"] <= 1
+    full = medmnist_figures(np.array([0, 1, 2, 2]), np.eye(3)[[0, 1, 2, 0]])
+    assert full["classes_absent"] == 0 and full["auc_official"] == full["auc"]
+    table = pl.DataFrame([{"backbone": "b", "method": "linear", "size": 28, "resize": "scale",
+                           "d_acc": 0.5, "d_acc_std": 0.0, "d_auc": got["auc"], "d_auc_std": 0.0,
+                           "d_classes_absent": 1}])
+    md = table_markdown(table, ("d",))
+    assert " †" in md and "official medmnist evaluator's AUC is NaN" in md
+
+
+def test_constant_predictions_warn_and_config_is_resolved(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          caplog: pytest.LogCaptureFixture) -> None:
+    root = tmp_path / "data"
+    _, arrays = write_medmnist(root, "pneumoniamnist", num_classes=2, sizes=(12, 6, 8), seed=1)
+    np.savez(root / "pneumoniamnist.npz", **{k: (v * 0 if k.endswith("images") else v) for k, v in arrays.items()})
+    monkeypatch.chdir(tmp_path)
+    with caplog.at_level("WARNING"):
+        res = run(BenchConfig(datasets=("pneumoniamnist",), root="data", backbones=("tiny-clip",), seeds=(0,),
+                              input_size="model", iterations=5, batch_size=4, out="run", cache_dir="c",
+                              progress=False))
+    assert "for every test row" in caplog.text and "the features may carry no signal" in caplog.text
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["root"] == str(tmp_path / "data") and config["out"] == str(tmp_path / "run")
+    assert config["cache_dir"] == str(tmp_path / "c") and config["caches"] == [str(res.caches[0].resolve())]
+    assert config["device_requested"] == "auto" and config["device"] in ("cpu", "cuda", "cuda:0", "mps")
+    assert config["extraction"][0]["precision"] in ("fp32", "bf16")
+
+
+def test_bare_timm_spec_gets_bench_advice(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import timm
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(timm, "create_model", offline)
+    with pytest.raises(FeatcacheError) as err:
+        run(_quick(tmp_path, backbones=(TIMM_TINY,), iterations=1))
+    msg = str(err.value)
+    assert "timm:test_vit:random" in msg and "--pretrained" not in msg
+
+
+def test_plot_legend_does_not_cover_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import matplotlib.figure
+
+    from pipelines.bench_medmnist import plot_size_resize
+
+    figs = []
+    real = matplotlib.figure.Figure.savefig
+
+    def keep(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        figs.append(self)
+        return real(self, *a, **k)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
+    rows = [{"dataset": "d", "per_class": None, "backbone": f"backbone-{k}", "method": "linear", "resize": r,
+             "size": s, "acc": 0.5 + 0.01 * k, "acc_std": 0.01, "auc": 0.6, "auc_std": 0.01}
+            for k in range(5) for r in ("scale", "pad") for s in (28, 64, 128, 224)]
+    plot_size_resize(pl.DataFrame(rows), tmp_path / "p.png")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    fig = figs[0]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends
+    for legend in legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), "legend over a panel"

@@ -84,3 +84,17 @@ def test_auc_and_macro_f1_equal_sklearn() -> None:
         few = labels[labels != C - 1]
         got = compute_metrics(few, np.eye(C)[pred[: few.size] + 1], num_classes=C)["macro_f1"]
         assert abs(got - f1_score(few, pred[: few.size] + 1, average="macro", zero_division=0)) < 1e-12
+
+
+def test_labels_n_by_1_are_class_indices_not_multi_label() -> None:
+    """MedMNIST's npz labels are [N, 1]; they must give the figures of the same labels as [N]
+    (before: the multi-label path, which failed inside scikit-learn for C > 1 scores)."""
+    rng = np.random.default_rng(3)
+    labels = rng.integers(0, 4, 60)
+    scores = rng.normal(size=(60, 4)) + np.eye(4)[labels]
+    flat = compute_metrics(labels, scores)
+    column = compute_metrics(labels[:, None], scores)
+    for key in ("acc", "balanced_acc", "macro_f1", "auc"):
+        assert column[key] == pytest.approx(flat[key])
+    with pytest.raises(ValueError, match="multi-label labels must be"):
+        compute_metrics(np.zeros((5, 3), dtype=int), np.zeros((5, 4)))

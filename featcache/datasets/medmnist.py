@@ -13,13 +13,23 @@ the device, batch by batch.
 
 from __future__ import annotations
 
+import json
+import logging
 import zipfile
+from functools import cache
 from pathlib import Path
 
 import numpy as np
 
 from featcache.datasets._io import ArrayLoader
-from featcache.datasets.base import DATASETS, Descriptor, Manifest, load_descriptor, require_root
+from featcache.datasets.base import (
+    DATASETS,
+    Descriptor,
+    Manifest,
+    data_dir,
+    load_descriptor,
+    require_root,
+)
 from featcache.errors import DataError, unknown
 
 SUBSETS = (
@@ -38,6 +48,9 @@ SUBSETS = (
 )
 SIZES = (28, 64, 128, 224)
 NPZ_SPLITS = ("train", "val", "test")
+TASKS = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+
+log = logging.getLogger(__name__)
 
 
 def medmnist_descriptor(subset: str) -> Descriptor:
@@ -48,6 +61,55 @@ def medmnist_descriptor(subset: str) -> Descriptor:
     if descriptor is None:  # pragma: no cover - the descriptors ship with the package
         raise DataError(f"descriptor data/datasets/medmnist-{subset}.json is missing from this install.")
     return descriptor
+
+
+@cache
+def medmnist_info(subset: str) -> dict:
+    """The official facts of ``subset`` kept in its descriptor file: ``task`` (one of
+    :data:`TASKS`), ``n_channels`` (1 or 3) and ``n_samples`` (``{train, val, test}`` rows),
+    copied from the ``medmnist`` package's ``INFO`` dict (medmnist 3.0.2, ``medmnist/info.py``).
+    """
+    medmnist_descriptor(subset)  # unknown subsets raise
+    raw = json.loads((data_dir() / "datasets" / f"medmnist-{subset}.json").read_text())
+    missing = [k for k in ("task", "n_channels", "n_samples") if k not in raw]
+    if missing or raw["task"] not in TASKS:
+        raise DataError(  # pragma: no cover - the descriptors ship with the package
+            f"descriptor data/datasets/medmnist-{subset}.json lacks {', '.join(missing) or 'a known task'}; "
+            "reinstall featcache."
+        )
+    return {"task": raw["task"], "n_channels": int(raw["n_channels"]), "n_samples": dict(raw["n_samples"])}
+
+
+def check_against_info(path: Path, subset: str, split: str, images: np.ndarray) -> None:
+    """Compare one split of a file with the official INFO facts of its descriptor.
+
+    A grey file for an RGB set (colour lost, or another data set) is refused; an RGB file for a
+    grey set (e.g. grey stored as three equal channels) and a split size that differs
+    (subsets, synthetic test files) are allowed but logged as warnings naming the file, the
+    split and both values, because figures from such a file are not comparable with the
+    paper's. Label shapes are refused by :func:`_labels` (``[N]``/``[N, 1]``, or ``[N, C]``
+    for ChestMNIST).
+    """
+    info = medmnist_info(subset)
+    where = f"{path} [{split}]"
+    channels = int(images.shape[3])
+    if channels == 3 and info["n_channels"] == 1:
+        log.warning(
+            "%s: images have 3 channels, but official %s is grey (1 channel, medmnist INFO); "
+            "they are used as they are.", where, subset,
+        )
+    elif channels != info["n_channels"]:
+        raise DataError(
+            f"{where}: images have {channels} channel(s), but official {subset} has {info['n_channels']} "
+            f"(task {info['task']}); is this the right file for --subset {subset}?"
+        )
+    expected = int(info["n_samples"][split])
+    if len(images) != expected:
+        log.warning(
+            "%s: %d rows, but official %s has %d in its %s split (medmnist INFO); figures from this "
+            "file are not comparable with published MedMNIST results.",
+            where, len(images), subset, expected, split,
+        )
 
 
 def find_npz(root: Path, subset: str, size: int | None) -> Path:
@@ -154,6 +216,7 @@ def medmnist(root: Path | None, *, subset: str, size: int | None = None) -> Mani
                 raise DataError(f"{where}: could not be read: {e}") from None
             if len(x) != len(y):
                 raise DataError(f"{where}: {len(x)} images but {len(y)} labels.")
+            check_against_info(path, subset, split, x)
             if size is not None and x.shape[1:3] != (size, size):
                 raise DataError(f"{where}: images are {x.shape[1]}x{x.shape[2]}, but size={size} was asked.")
             images.append(x)
