@@ -9,6 +9,8 @@ A run directory holds::
     predictions.parquet  seed, row, id, label, pred, scores (one list per row)
     splits.parquet       seed, row, id, split: the chosen indices, so a run can be repeated
     checkpoints/seed-S.pt  trained heads with their config, loadable for prediction
+                         (tensors and plain data only, loaded with ``weights_only=True``:
+                         see :func:`save_checkpoint`, :func:`load_checkpoint`)
     confusion.png        confusion matrix summed over seeds
     per_class_acc.png    per-class accuracy (mean over seeds) against training count
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +32,91 @@ import numpy as np
 import polars as pl
 import torch
 
+from featcache.errors import FeatcacheError
 from featcache.metrics import METRIC_KEYS, confusion_matrix, summarize
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints: tensors and plain data only, never arbitrary pickled objects
+#
+# A checkpoint is shared between labs and loaded by ``predict`` and ``finetune --resume``; a
+# pickle can run any code when loaded. So a checkpoint holds only what torch's weights-only
+# unpickler admits (dicts, lists, tuples, str, bytes, int, float, bool, None, tensors), it is
+# loaded with ``weights_only=True`` (which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override
+# when passed explicitly), and anything else is refused before any of it runs.
+
+_PLAIN_SCALARS = (str, bytes, bool, int, float, type(None))
+
+
+def plain_state(obj: object, where: str = "checkpoint") -> object:
+    """A copy of ``obj`` made of plain data and tensors, or ``TypeError`` naming the bad entry.
+
+    Numpy scalars and arrays become Python numbers and tensors, paths become strings,
+    parameters become detached tensors; dataclasses and other objects are refused (a bug in
+    the code that builds the checkpoint: convert them with ``asdict``/``to_dict`` first).
+    """
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str | int):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}; checkpoints take str or int keys.")
+            out[k] = plain_state(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, list | tuple):
+        items = [plain_state(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, torch.Tensor):
+        return obj.detach() if isinstance(obj, torch.nn.Parameter) else obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if type(obj) in _PLAIN_SCALARS:
+        return obj
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; a checkpoint "
+                    "holds only tensors and plain data (dict, list, str, int, float, bool, None).")
+
+
+def save_checkpoint(path: str | Path, ckpt: dict) -> None:
+    """Write ``ckpt`` (checked by :func:`plain_state`) atomically: a temporary file, then a rename,
+    so a killed write never leaves half a checkpoint behind."""
+    path = Path(path)
+    state = plain_state(ckpt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint with ``weights_only=True``; refuse (``FeatcacheError``) anything else.
+
+    A file whose pickle names any other class or function (which could run code) is refused
+    before anything in it is called; so are unreadable or truncated files and non-dict files.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "Unsupported" in ln or "global" in ln.lower()), "")
+        raise FeatcacheError(
+            f"Refusing checkpoint {path}: it holds objects other than tensors and plain data, "
+            f"which could run code when loaded{f' ({detail})' if detail else ''}. featcache "
+            "writes checkpoints of tensors and plain data only; only load checkpoints from a "
+            "featcache run, and retrain if this one came from elsewhere."
+        ) from None
+    except (OSError, EOFError, RuntimeError, ValueError) as e:
+        raise FeatcacheError(f"Checkpoint {path} could not be read ({type(e).__name__}: {e}); "
+                             "it is truncated or not a featcache checkpoint.") from None
+    if not isinstance(ckpt, dict):
+        raise FeatcacheError(f"Checkpoint {path} holds a {type(ckpt).__name__}, not a featcache "
+                             "checkpoint (a dict).")
+    return ckpt
 
 
 def _clean(obj: object) -> object:
@@ -112,9 +198,7 @@ class RunWriter:
         if train_counts is not None:
             self.train_counts.append(np.asarray(train_counts))
         if checkpoint is not None:
-            ckpt_dir = self.out_dir / "checkpoints"
-            ckpt_dir.mkdir(exist_ok=True)
-            torch.save(checkpoint, ckpt_dir / f"seed-{seed}.pt")
+            save_checkpoint(self.out_dir / "checkpoints" / f"seed-{seed}.pt", checkpoint)
 
     def finish(self) -> dict:
         """Write metrics, predictions, splits and plots; return the summary (metrics.json)."""

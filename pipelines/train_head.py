@@ -26,7 +26,7 @@ from featcache.cache import FeatureCache, open_cache
 from featcache.device import PRECISIONS, resolve_device, resolve_precision
 from featcache.errors import FeatcacheError
 from featcache.metrics import compute_metrics
-from featcache.runs import RunWriter, write_json
+from featcache.runs import RunWriter, load_checkpoint, write_json
 from featcache.splits import PROTOCOLS, Split, make_split
 from featcache.training import predict_logits, train_members
 from heads import (
@@ -398,7 +398,7 @@ def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None 
         raise FeatcacheError(f"{run_dir} holds no checkpoints/seed-*.pt; is it a train-head run?")
     cache = open_cache(cache_path)
     dev = resolve_device(device)
-    first = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    first = load_checkpoint(ckpts[0])  # weights_only=True: a crafted pickle is refused, not run
     if first["model_fingerprint"] != cache.model_fingerprint:
         raise FeatcacheError(
             f"Cache {cache.path} was made with a different model or preprocessing than run "
@@ -422,7 +422,7 @@ def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None 
                                  "device": str(dev)}, cache.class_names, method=f"predict:{run_dir.name}")
     labels = cache.labels[rows]
     for path in ckpts:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = first if path == ckpts[0] else load_checkpoint(path)
         predictor = Predictor(ck["model"], dev)
         logits = torch.stack([predictor(f) for f in feats]).mean(0)
         counts = torch.as_tensor(ck["train_counts"], device=dev)

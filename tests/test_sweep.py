@@ -1,0 +1,209 @@
+"""The hostile-input sweep (issue 17), kept as a table so every case runs on every CI run.
+
+Each :class:`Case` is ``(id, build, expect)``: ``build(inputs)`` lays out whatever the case
+needs under a fresh temporary folder and returns the command's arguments; the check is the
+same for all cases (:func:`test_case`): the command exits non-zero, its stderr holds every
+fragment of ``expect``, nothing prints a traceback or the "this is a bug" line, and every
+file present before the command (earlier outputs, the inputs) is byte-identical after it.
+A case may add its own ``check(inputs)`` (for instance: a payload's marker file does not
+exist). Commands run in-process through click's ``CliRunner``.
+
+To add a case: write a builder (a few lines using :class:`Inputs`) and one row in ``CASES``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from fixtures_cache import make_feature_cache
+from fixtures_data import write_cifar100
+
+from featcache.cli import main
+
+SYNTH_OPTS = ("--option", "max_per_class=12", "--option", "test_per_class=2", "--option", "num_classes=3")
+
+
+class Inputs:
+    """What a builder works with: a fresh folder ``tmp`` and shared, built-once inputs."""
+
+    def __init__(self, tmp: Path, shared: Path) -> None:
+        self.tmp, self.shared = tmp, shared
+
+    def cache(self, name: str = "c.h5", **kw: object) -> Path:
+        """A synthetic feature cache (built once per distinct ``kw``), copied to ``tmp/name``."""
+        key = hashlib.sha1(repr(sorted(kw.items())).encode()).hexdigest()[:10]
+        src = self.shared / f"cache-{key}.h5"
+        if not src.exists():
+            kw.setdefault("counts", [40, 24, 16])
+            kw.setdefault("num_classes", len(kw["counts"]))
+            make_feature_cache(src, **kw)
+        return Path(shutil.copy(src, self.tmp / name))
+
+    def run(self, name: str = "run") -> Path:
+        """A finished ``train-head`` run on :meth:`cache` (trained once), copied to ``tmp/name``."""
+        src = self.shared / "run"
+        if not src.exists():
+            cache = self.cache("train.h5")
+            res = CliRunner().invoke(main, ["train-head", "--cache", str(cache), "--seeds", "0,1",
+                                            "--epochs", "2", "--device", "cpu", "--out", str(src)])
+            assert res.exit_code == 0, res.output
+        return Path(shutil.copytree(src, self.tmp / name))
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile input: ``build(inputs) -> args``; stderr must hold every ``expect`` fragment."""
+
+    id: str
+    build: Callable[[Inputs], list[str]]
+    expect: tuple[str, ...]
+    check: Callable[[Inputs], None] | None = None
+
+
+# --------------------------------------------------------------------------------------
+# Security: checkpoints that would run code
+
+
+class _Payload:
+    """Pickles as ``open(marker, "w")``: loading it with a full unpickler creates ``marker``."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple:
+        return (open, (self.marker, "w"))
+
+
+def _plant(path: Path, marker: Path, base: dict | None = None) -> None:
+    """Replace the checkpoint at ``path`` with ``base`` plus an entry that would run code."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({**(base or {}), "payload": _Payload(marker)}, path)
+
+
+def _no_marker(inputs: Inputs) -> None:
+    assert not (inputs.tmp / "PWNED").exists(), "the checkpoint's payload ran"
+
+
+def predict_hostile_checkpoint(inputs: Inputs) -> list[str]:
+    run = inputs.run()
+    ck = run / "checkpoints" / "seed-0.pt"
+    good = torch.load(ck, weights_only=True)
+    _plant(ck, inputs.tmp / "PWNED", good)
+    return ["predict", "--run", str(run), "--cache", str(inputs.cache()), "--device", "cpu",
+            "--out", str(inputs.tmp / "pred")]
+
+
+def predict_hostile_second_checkpoint(inputs: Inputs) -> list[str]:
+    run = inputs.run()
+    _plant(run / "checkpoints" / "seed-1.pt", inputs.tmp / "PWNED", torch.load(run / "checkpoints" / "seed-1.pt", weights_only=True))
+    return ["predict", "--run", str(run), "--cache", str(inputs.cache()), "--device", "cpu",
+            "--out", str(inputs.tmp / "pred")]
+
+
+def finetune_resume_hostile_checkpoint(inputs: Inputs) -> list[str]:
+    out = inputs.tmp / "ft"
+    _plant(out / "checkpoints" / "seed-0.pt", inputs.tmp / "PWNED", {"config": {}, "epoch": 1})
+    return ["finetune", "--dataset", "synthetic-lt", *SYNTH_OPTS, "--epochs", "1", "--batch-size", "8",
+            "--device", "cpu", "--no-progress", "--workers", "0", "--out", str(out), "--resume"]
+
+
+def predict_truncated_checkpoint(inputs: Inputs) -> list[str]:
+    run = inputs.run()
+    ck = run / "checkpoints" / "seed-0.pt"
+    ck.write_bytes(ck.read_bytes()[:100])
+    return ["predict", "--run", str(run), "--cache", str(inputs.cache()), "--device", "cpu",
+            "--out", str(inputs.tmp / "pred")]
+
+
+def cifar_hostile_train_pickle(inputs: Inputs) -> list[str]:
+    root = write_cifar100(inputs.tmp / "cifar", train_per_class=1, test_per_class=1)
+    train = root / "cifar-100-python" / "train"
+    with open(train, "rb") as f:
+        entry = pickle.load(f)
+    entry["batch_label"] = _Payload(inputs.tmp / "PWNED")
+    with open(train, "wb") as f:
+        pickle.dump(entry, f, protocol=2)
+    return ["extract", "--dataset", "cifar100-lt", "--root", str(root), "--workers", "0",
+            "--out", str(inputs.tmp / "c.h5")]
+
+
+CASES: list[Case] = [
+    Case("predict-hostile-checkpoint", predict_hostile_checkpoint,
+         ("Refusing checkpoint", "seed-0.pt", "could run code"), _no_marker),
+    Case("predict-hostile-second-checkpoint", predict_hostile_second_checkpoint,
+         ("Refusing checkpoint", "seed-1.pt"), _no_marker),
+    Case("finetune-resume-hostile-checkpoint", finetune_resume_hostile_checkpoint,
+         ("Refusing checkpoint", "seed-0.pt"), _no_marker),
+    Case("predict-truncated-checkpoint", predict_truncated_checkpoint,
+         ("Checkpoint", "seed-0.pt", "could not be read")),
+    Case("cifar-hostile-pickle", cifar_hostile_train_pickle,
+         ("CIFAR-100 pickle", "cifar-100-python/train", "refers to io.open", "refusing"), _no_marker),
+]
+
+
+# --------------------------------------------------------------------------------------
+# The check every case shares
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("sweep-shared")
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_case(case: Case, tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # default outputs (runs/...) land in the case's folder
+    inputs = Inputs(tmp_path, shared)
+    args = case.build(inputs)
+    before = _snapshot(tmp_path)
+    res = CliRunner().invoke(main, [str(a) for a in args])
+    stderr, out = res.stderr, res.output
+    assert res.exit_code != 0, f"exit 0 for {case.id}:\n{out}"
+    assert isinstance(res.exception, SystemExit), f"{case.id} raised {res.exception!r}"
+    for fragment in case.expect:
+        assert fragment in stderr, f"{fragment!r} not in stderr of {case.id}:\n{stderr}"
+    assert "Traceback" not in out and "this is a bug" not in out.lower(), out
+    after = _snapshot(tmp_path)
+    changed = sorted(k for k, v in before.items() if after.get(k) != v)
+    assert not changed, f"{case.id} changed or removed earlier files: {changed}"
+    if case.check is not None:
+        case.check(inputs)
+
+
+# --------------------------------------------------------------------------------------
+# Cases whose refusal is not the whole story: genuine files must still load
+
+
+def test_cifar_restricted_unpickler_loads_the_official_format(tmp_path: Path) -> None:
+    """The official files are protocol-2 pickles naming ``numpy.core.multiarray`` (numpy 1.x):
+    rewritten that way, the fixture still loads through the restricted unpickler."""
+    import numpy as np
+
+    from featcache.datasets import build_manifest
+    from featcache.datasets.cifar import _unpickle
+
+    root = write_cifar100(tmp_path, train_per_class=1, test_per_class=1)
+    for name in ("train", "test", "meta"):
+        path = root / "cifar-100-python" / name
+        with open(path, "rb") as f:
+            entry = pickle.load(f)
+        if "filenames" in entry:
+            entry["filenames"] = [n.encode() for n in entry["filenames"]]  # py2 str = bytes
+        raw = pickle.dumps(entry, protocol=2).replace(b"numpy._core.", b"numpy.core.")
+        path.write_bytes(raw)
+    assert b"numpy.core.multiarray\n_reconstruct" in (root / "cifar-100-python" / "train").read_bytes()
+    d = _unpickle(root / "cifar-100-python" / "train")
+    assert isinstance(d["data"], np.ndarray) and d["data"].dtype == np.uint8 and d["data"].shape == (100, 3072)
+    assert build_manifest("cifar100-lt", root, imbalance=10).descriptor.num_classes == 100
