@@ -217,7 +217,9 @@ def build_model(
     dims_width = int(visual.transformer.width)
     head = CosineClassifier(dims_width, num_classes, scale=sigma, device=device)
     if init == "text":
-        prompts = [template.format(name) for name in class_names]
+        from featcache.prompts import fill_prompt  # class names stay literal (no str.format)
+
+        prompts = [fill_prompt(template, name) for name in class_names]
         text = models.text_features(backbone, prompts, device)  # [C, E]
         head.init_from_text(text.to(device), backbone.projection().to(device))
     if frozen_dtype is not None and frozen_dtype != torch.float32:

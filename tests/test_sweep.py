@@ -24,7 +24,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fixtures_cache import make_feature_cache
-from fixtures_data import write_cifar100
+from fixtures_data import write_cifar100, write_csv_list
 
 from featcache.cli import main
 
@@ -207,3 +207,38 @@ def test_cifar_restricted_unpickler_loads_the_official_format(tmp_path: Path) ->
     d = _unpickle(root / "cifar-100-python" / "train")
     assert isinstance(d["data"], np.ndarray) and d["data"].dtype == np.uint8 and d["data"].shape == (100, 3072)
     assert build_manifest("cifar100-lt", root, imbalance=10).descriptor.num_classes == 100
+
+
+def test_user_text_stays_literal_in_prompts_and_in_rich_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A data type ``{0.__class__.__mro__}`` and class names ``{``, ``[/]`` reach the text
+    encoder as written (no ``str.format``), and ``featcache info`` prints them (no markup)."""
+    from featcache import models
+    from featcache.prompts import fill_prompt, render_templates
+
+    assert fill_prompt(render_templates("{0.__class__.__mro__}")[0], "{") == \
+        "The category of this {0.__class__.__mro__} image is {."
+    assert fill_prompt("a {} x-ray of {}.", "cat") == "a {} x-ray of cat."  # the class slot is the last {}
+
+    labels = ["{", "[/]", "{0.__class__.__mro__}"]
+    rows = [{"path": f"images/{i}.png", "label": labels[i % 3]} for i in range(6)]
+    csv = write_csv_list(tmp_path / "data", rows)
+    seen: list[str] = []
+    real = models.text_features
+
+    def spy(backbone, prompts, device, batch=256):  # noqa: ANN001, ANN202
+        seen.extend(prompts)
+        return real(backbone, prompts, device, batch)
+
+    monkeypatch.setattr(models, "text_features", spy)
+    out = tmp_path / "c.h5"
+    res = CliRunner().invoke(main, ["extract", "--dataset", "csv", "--root", str(tmp_path / "data"),
+                                    "--option", f"csv={csv}", "--option", "data_type={0.__class__.__mro__}",
+                                    "--workers", "0", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "The category of this {0.__class__.__mro__} image is {." in seen
+    assert "The category of this {0.__class__.__mro__} image is [/]." in seen
+    assert "a photo of a {0.  class  .  mro  }." in seen  # readable(): "_" -> " ", nothing evaluated
+    assert not any("<class" in p for p in seen)
+    res = CliRunner().invoke(main, ["info", str(out)])
+    assert res.exit_code == 0, res.output
+    assert "[/]" in res.output and "{0.__class__.__mro__}" in res.output

@@ -8,10 +8,16 @@ from featcache.errors import FeatcacheError
 
 
 def console():  # noqa: ANN201 - rich is imported lazily to keep `--help` fast
-    """A rich Console for tables and status lines."""
+    """A rich Console for tables and status lines, with markup off.
+
+    Class names, paths, ids and templates come from users' files; with markup on, a name
+    like ``[/]`` would crash the print and ``[red]x`` would restyle it. So nothing printed
+    through this console is parsed as markup (table cells and titles included); style
+    whole lines with ``print(..., style="bold")`` instead.
+    """
     from rich.console import Console
 
-    return Console()
+    return Console(markup=False)
 
 
 def parse_list(option: str, text: str, cast: Callable = str) -> tuple:
