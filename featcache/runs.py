@@ -141,6 +141,48 @@ def write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
 
 
+# --------------------------------------------------------------------------------------
+# Writing into a folder that already holds a run
+
+RUN_FILES = ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "predictions.parquet",
+             "splits.parquet", "confusion.png", "per_class_acc.png")
+
+
+def run_files(out_dir: Path) -> list[Path]:
+    """The files of an earlier run in ``out_dir`` (the names :class:`RunWriter` writes and
+    ``checkpoints/``); other files are not a run's and are never touched."""
+    out_dir = Path(out_dir)
+    ckpts = out_dir / "checkpoints"
+    found = sorted(ckpts.glob("seed-*.pt*")) if ckpts.is_dir() else []
+    return found + [out_dir / n for n in RUN_FILES if (out_dir / n).exists()]
+
+
+def refuse_existing_run(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that holds an earlier run, unless ``overwrite``: its checkpoints
+    would stay beside the new ones (``predict`` loads every ``seed-*.pt``) and mix two runs."""
+    found = run_files(out_dir)
+    if found and not overwrite:
+        shown = ", ".join(str(p.relative_to(out_dir)) for p in found[:4])
+        more = f" and {len(found) - 4} more" if len(found) > 4 else ""
+        raise FeatcacheError(
+            f"{out_dir} already holds a run ({shown}{more}); writing into it would mix the two "
+            "runs. Choose another --out, or pass --overwrite to replace that run (nothing was "
+            "changed)."
+        )
+
+
+def clear_run(out_dir: Path) -> None:
+    """Delete the files of an earlier run in ``out_dir`` (see :func:`run_files`), nothing else."""
+    for path in run_files(out_dir):
+        if path.is_dir():
+            raise FeatcacheError(f"{path} is a folder where a run file was expected; remove it by hand.")
+        path.unlink()
+        log.info("removed %s of the earlier run", path)
+    ckpts = Path(out_dir) / "checkpoints"
+    if ckpts.is_dir() and not any(ckpts.iterdir()):
+        ckpts.rmdir()
+
+
 @dataclass
 class RunWriter:
     """Collects one run's seeds and writes the run directory."""
@@ -321,14 +363,29 @@ def read_run(run_dir: str | Path) -> dict:
     """``metrics.json`` and ``config.json`` of a run directory, with its path."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
-    if not path.exists():
-        from featcache.errors import FeatcacheError
-
+    if not path.is_file():
         raise FeatcacheError(f"{run_dir} is not a run directory (it has no metrics.json).")
-    metrics = json.loads(path.read_text())
+    metrics = _read_json_object(path)
     cfg_path = run_dir / "config.json"
-    config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    config = _read_json_object(cfg_path) if cfg_path.is_file() else {}
     return {"run": str(run_dir), "metrics": metrics, "config": config}
+
+
+def _read_json_object(path: Path) -> dict:
+    """A JSON object from ``path``; ``FeatcacheError`` naming the file, line and column otherwise."""
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FeatcacheError(f"{path} is not UTF-8 text (byte {e.start}); it is not a featcache "
+                             "run file. Rerun the run, or leave it out.") from None
+    except json.JSONDecodeError as e:
+        raise FeatcacheError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                             "the run is damaged. Rerun it, or leave it out of the report.") from None
+    if not isinstance(obj, dict):
+        raise FeatcacheError(f"{path} holds a JSON {type(obj).__name__}, not the object a run writes.")
+    if path.name == "metrics.json" and not isinstance(obj.get("per_seed", []), list):
+        raise FeatcacheError(f"{path}: 'per_seed' is not a list; the run is damaged.")
+    return obj
 
 
 def runs_frame(runs: list[dict]) -> pl.DataFrame:

@@ -85,11 +85,12 @@ def run(cfg: ReproduceConfig, *, progress=None) -> tuple[Path, pl.DataFrame]:  #
     def slug(name: str) -> Path:
         return rows / "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
 
+    # each row's folder under rows/ belongs to this reproduction: a rerun replaces it
     plan = {
-        "CLIP zero-shot": lambda p: train_head.run(cfg.head("CLIP zero-shot", "zeroshot", "ce", p)),
-        "CLIP linear probe": lambda p: train_head.run(cfg.head("CLIP linear probe", "linear", "ce", p)),
-        "CE": lambda p: train_head.run(cfg.head("CE", "adapter", "ce", p)),
-        "Focal": lambda p: train_head.run(cfg.head("Focal", "adapter", "focal", p)),
+        "CLIP zero-shot": lambda p: train_head.run(cfg.head("CLIP zero-shot", "zeroshot", "ce", p), overwrite=True),
+        "CLIP linear probe": lambda p: train_head.run(cfg.head("CLIP linear probe", "linear", "ce", p), overwrite=True),
+        "CE": lambda p: train_head.run(cfg.head("CE", "adapter", "ce", p), overwrite=True),
+        "Focal": lambda p: train_head.run(cfg.head("Focal", "adapter", "focal", p), overwrite=True),
         "TFA-LT (logit)": lambda p: tfa_lt.run(cfg.tfa("logit", p, method="TFA-LT (logit)")),
         "TFA-LT (feature)": lambda p: tfa_lt.run(cfg.tfa("feature", p, method="TFA-LT (feature)")),
         "Adapter only": lambda p: tfa_lt.run(cfg.tfa("mean", p, method="Adapter only")),

@@ -14,6 +14,8 @@ To add a case: write a builder (a few lines using :class:`Inputs`) and one row i
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import pickle
 import shutil
 from collections.abc import Callable
@@ -24,7 +26,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from fixtures_cache import make_feature_cache
-from fixtures_data import write_cifar100, write_csv_list
+from fixtures_data import write_cifar100, write_csv_list, write_folder, write_image
 
 from featcache.cli import main
 
@@ -150,6 +152,164 @@ CASES: list[Case] = [
          ("Checkpoint", "seed-0.pt", "could not be read")),
     Case("cifar-hostile-pickle", cifar_hostile_train_pickle,
          ("CIFAR-100 pickle", "cifar-100-python/train", "refers to io.open", "refusing"), _no_marker),
+]
+
+
+# --------------------------------------------------------------------------------------
+# Silent wrong results: run directories, options, class lists
+
+
+def _train(inputs: Inputs, *extra: str) -> list[str]:
+    return ["train-head", "--cache", str(inputs.cache()), "--seeds", "0", "--epochs", "1",
+            "--device", "cpu", "--out", str(inputs.tmp / "new"), *extra]
+
+
+def train_into_existing_run(inputs: Inputs) -> list[str]:
+    run = inputs.run()
+    return ["train-head", "--cache", str(inputs.cache()), "--seeds", "0", "--epochs", "1",
+            "--device", "cpu", "--out", str(run)]
+
+
+def _predict_to(out: Callable[[Path], Path]) -> Callable[[Inputs], list[str]]:
+    def build(inputs: Inputs) -> list[str]:
+        run = inputs.run()
+        return ["predict", "--run", str(run), "--cache", str(inputs.cache()), "--device", "cpu",
+                "--out", str(out(run))]
+    return build
+
+
+def predict_over_earlier_prediction(inputs: Inputs) -> list[str]:
+    args = _predict_to(lambda run: run.parent / "pred")(inputs)
+    first = CliRunner().invoke(main, args)
+    assert first.exit_code == 0, first.output
+    return args
+
+
+def _options(*extra: str) -> Callable[[Inputs], list[str]]:
+    return lambda inputs: _train(inputs, *extra)
+
+
+def one_class_cache(inputs: Inputs) -> list[str]:
+    cache = inputs.cache("one.h5", counts=[40], num_classes=1)
+    return ["train-head", "--cache", str(cache), "--seeds", "0", "--epochs", "1", "--device", "cpu",
+            "--out", str(inputs.tmp / "new")]
+
+
+def _extract(inputs: Inputs, dataset: str, root: Path, *options: str) -> list[str]:
+    opts = [a for o in options for a in ("--option", o)]
+    return ["extract", "--dataset", dataset, "--root", str(root), *opts, "--workers", "0",
+            "--out", str(inputs.tmp / "c.h5")]
+
+
+def folder_splits_name_different_classes(inputs: Inputs) -> list[str]:
+    """train/ has a, b; test/ has a, b, c: the extraction warns, train-head refuses."""
+    root = write_folder(inputs.tmp / "data", splits={"train": {"a": 3, "b": 3}, "test": {"a": 1, "b": 1, "c": 1}})
+    warnings: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: warnings.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger("featcache").addHandler(handler)
+    try:
+        res = CliRunner().invoke(main, _extract(inputs, "folder", root))
+    finally:
+        logging.getLogger("featcache").removeHandler(handler)
+    assert res.exit_code == 0, res.output
+    assert any("class(es) c have no train images" in w for w in warnings), warnings
+    return ["train-head", "--cache", str(inputs.tmp / "c.h5"), "--protocol", "official", "--seeds", "0",
+            "--epochs", "1", "--device", "cpu", "--out", str(inputs.tmp / "new")]
+
+
+def folder_case_twins(inputs: Inputs) -> list[str]:
+    return _extract(inputs, "folder", write_folder(inputs.tmp / "data", {"MEL": 2, "mel": 2, "nv": 2}))
+
+
+def _csv(rows: list[dict[str, str]], *options: str) -> Callable[[Inputs], list[str]]:
+    def build(inputs: Inputs) -> list[str]:
+        csv = write_csv_list(inputs.tmp / "data", rows)
+        return _extract(inputs, "csv", inputs.tmp / "data", f"csv={csv}", *options)
+    return build
+
+
+def _rows(labels: list[str]) -> list[dict[str, str]]:
+    return [{"path": f"images/{i}.png", "label": label} for i, label in enumerate(labels)]
+
+
+def csv_outside_root(inputs: Inputs) -> list[str]:
+    elsewhere = write_image(inputs.tmp / "elsewhere" / "x.png")
+    rows = _rows(["a", "b", "a"]) + [{"path": str(elsewhere), "label": "b", "_no_file": "1"}]
+    return _csv(rows)(inputs)
+
+
+def csv_climbs_out_of_root(inputs: Inputs) -> list[str]:
+    write_image(inputs.tmp / "elsewhere" / "x.png")
+    rows = _rows(["a", "b", "a"]) + [{"path": "../elsewhere/x.png", "label": "b", "_no_file": "1"}]
+    return _csv(rows)(inputs)
+
+
+# --------------------------------------------------------------------------------------
+# Malformed text input
+
+
+def latin1_csv(inputs: Inputs) -> list[str]:
+    args = _csv(_rows(["naevus", "melanoma", "naevus"]))(inputs)
+    csv = inputs.tmp / "data" / "labels.csv"
+    csv.write_bytes(csv.read_bytes().replace(b"naevus", "nævus".encode("latin-1")))
+    return args
+
+
+def non_utf8_file_name(inputs: Inputs) -> list[str]:
+    root = write_folder(inputs.tmp / "data", {"a": 2, "b": 2})
+    bad = os.fsencode(root / "a") + b"/caf\xe9.png"
+    with open(bad, "wb") as f:
+        f.write((root / "a" / "a_0.png").read_bytes())
+    return _extract(inputs, "folder", root)
+
+
+def report_malformed_json(inputs: Inputs) -> list[str]:
+    run = inputs.run()
+    (run / "metrics.json").write_text('{"acc": 0.5, "per_seed": [')
+    return ["report", str(run)]
+
+
+def report_json_not_object(inputs: Inputs) -> list[str]:
+    run = inputs.run()
+    (run / "metrics.json").write_text("[1, 2]")
+    return ["report", str(run)]
+
+
+CASES += [
+    Case("train-head-into-existing-run", train_into_existing_run,
+         ("already holds a run", "checkpoints/seed-0.pt", "--overwrite", "nothing was changed")),
+    Case("predict-out-is-the-run", _predict_to(lambda run: run), ("is the run directory",)),
+    Case("predict-out-inside-the-run", _predict_to(lambda run: run / "sub"), ("inside the run directory",)),
+    Case("predict-over-earlier-prediction", predict_over_earlier_prediction, ("already holds a run", "--overwrite")),
+    Case("train-head-weight-decay-nan", _options("--weight-decay", "nan"), ("--weight-decay must be a finite number, got nan",)),
+    Case("train-head-la-tau-inf", _options("--loss", "la", "--la-tau", "inf"), ("--la-tau must be a finite number, got inf",)),
+    Case("train-head-gamma-nan", _options("--loss", "focal", "--gamma", "nan"), ("--gamma must be a finite number",)),
+    Case("train-head-posthoc-tau-inf", _options("--posthoc-tau", "-inf"), ("--posthoc-tau must be a finite number, got -inf",)),
+    Case("train-head-tau-inf", _options("--head", "cosine", "--tau", "inf"), ("--tau must be a finite number, got inf",)),
+    Case("train-head-tau-nan", _options("--head", "cosine", "--tau", "nan"), ("--tau must be a finite number, got nan",)),
+    Case("train-head-lr-nan", _options("--lr", "nan"), ("--lr must be a finite number",)),
+    Case("train-head-test-per-class-negative", _options("--protocol", "tfa-lt", "--test-per-class", "-5"),
+         ("--test-per-class must be an integer >= 1, got -5",)),
+    Case("train-head-huge-epochs", _options("--epochs", str(10**30)), ("--epochs is out of range",)),
+    Case("train-head-huge-seed", _options("--seeds", str(10**30)), ("--seeds is out of range",)),
+    Case("train-head-negative-seed", _options("--seeds", "-1"), ("--seeds must be integers >= 0",)),
+    Case("train-head-one-class-cache", one_class_cache, ("has 1 class", "at least two")),
+    Case("folder-splits-name-different-classes", folder_splits_name_different_classes,
+         ("class(es) c", "no training rows", "c.h5")),
+    Case("folder-classes-differ-only-in-case", folder_case_twins, ("'MEL' and 'mel'", "differ only in case")),
+    Case("csv-classes-differ-only-in-case", _csv(_rows(["MEL", "mel", "nv", "MEL"])), ("'MEL' and 'mel'", "differ only in case")),
+    Case("csv-one-class", _csv(_rows(["nv", "nv", "nv"])), ("has 1 class", "at least two")),
+    Case("csv-absolute-path-outside-root", csv_outside_root,
+         ("line 5", "points outside the data root", "allow_outside_root=true")),
+    Case("csv-path-climbing-out-of-root", csv_climbs_out_of_root,
+         ("line 5", "../elsewhere/x.png", "points outside the data root")),
+    Case("csv-latin1", latin1_csv, ("labels.csv is not UTF-8 text", "line 2", "0xe6", "iconv")),
+    Case("csv-classes-option-a-number", _csv(_rows(["a", "b", "a"]), "classes=5"), ("unknown class 'a'", "Expected one of: 5")),
+    Case("csv-classes-option-huge-number", _csv(_rows(["a", "b", "a"]), f"classes={10**30}"), ("unknown class 'a'",)),
+    Case("non-utf8-file-name", non_utf8_file_name, ("caf\\xe9.png", "not valid UTF-8", "rename")),
+    Case("report-malformed-json", report_malformed_json, ("metrics.json is not valid JSON", "line 1")),
+    Case("report-json-not-an-object", report_json_not_object, ("metrics.json holds a JSON list",)),
 ]
 
 
