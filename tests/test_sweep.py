@@ -402,3 +402,52 @@ def test_user_text_stays_literal_in_prompts_and_in_rich_output(tmp_path: Path, m
     res = CliRunner().invoke(main, ["info", str(out)])
     assert res.exit_code == 0, res.output
     assert "[/]" in res.output and "{0.__class__.__mro__}" in res.output
+
+
+def test_overwrite_replaces_the_earlier_run_without_stale_checkpoints(tmp_path: Path, shared: Path) -> None:
+    inputs = Inputs(tmp_path, shared)
+    run = inputs.run()  # seeds 0 and 1
+    (run / "notes.txt").write_text("mine")
+    res = CliRunner().invoke(main, ["train-head", "--cache", str(inputs.cache()), "--seeds", "5", "--epochs", "1",
+                                    "--device", "cpu", "--out", str(run), "--overwrite"])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["seed-5.pt"]
+    assert (run / "notes.txt").read_text() == "mine"  # only a run's own files are removed
+    res = CliRunner().invoke(main, ["predict", "--run", str(run), "--cache", str(inputs.cache()), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    pred = tmp_path / "run-predict-c"  # the default is beside the run, not inside it
+    assert (pred / "metrics.json").is_file() and not (run / "predict-c").exists()
+    assert '"seed": 5' in (pred / "metrics.json").read_text()
+
+
+def test_csv_paths_outside_the_root_load_with_the_explicit_option(tmp_path: Path) -> None:
+    from featcache.datasets import build_manifest
+
+    elsewhere = write_image(tmp_path / "elsewhere" / "x.png")
+    rows = _rows(["a", "b", "a"]) + [{"path": str(elsewhere), "label": "b", "_no_file": "1"}]
+    csv = write_csv_list(tmp_path / "data", rows)
+    m = build_manifest("csv", tmp_path / "data", csv=str(csv), allow_outside_root="true")
+    assert m.sources[-1] == str(elsewhere) and m.options["allow_outside_root"] is True
+    inside = build_manifest("csv", tmp_path / "data", csv=str(write_csv_list(tmp_path / "data", _rows(["a", "b"]), "in.csv")))
+    assert "allow_outside_root" not in inside.options  # unchanged options (and fingerprints) by default
+
+
+def test_an_unexpected_exception_is_one_line_naming_the_command_and_the_traceback_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from featcache import runs
+
+    def broken(run_dir: str) -> dict:
+        raise ZeroDivisionError("simulated bug")
+
+    monkeypatch.setattr(runs, "read_run", broken)
+    monkeypatch.setenv("FEATCACHE_LOG_DIR", str(tmp_path / "logs"))
+    res = CliRunner().invoke(main, ["report", "some-run"])
+    assert res.exit_code == 1 and isinstance(res.exception, SystemExit)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in res.output
+    assert "this is a bug" in lines[0].lower() and "featcache report some-run" in lines[0]
+    assert "ZeroDivisionError: simulated bug" in lines[0]
+    logs = list((tmp_path / "logs").iterdir())
+    assert len(logs) == 1 and str(logs[0]) in lines[0]
+    text = logs[0].read_text()
+    assert "Traceback" in text and "simulated bug" in text and "featcache report some-run" in text
