@@ -24,7 +24,7 @@ import torch
 
 from featcache.cache import FeatureCache, open_cache
 from featcache.device import PRECISIONS, resolve_device, resolve_precision
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, number_problem
 from featcache.metrics import compute_metrics
 from featcache.runs import RunWriter, clear_run, load_checkpoint, refuse_existing_run, write_json
 from featcache.splits import PROTOCOLS, Split, make_split
@@ -50,9 +50,6 @@ FEATURE_KINDS = ("embed", "cls")
 TEXT_SOURCES = ("auto", "prompts", "class-mean")
 
 
-INT64_MAX = 2**63 - 1
-
-
 def _check_numbers(cfg: object) -> None:
     """Every float setting finite, every integer within int64 (the CLI, the grid and Python
     callers all land here): nan/inf would train to chance with exit 0, a huge integer ends
@@ -61,11 +58,9 @@ def _check_numbers(cfg: object) -> None:
         value = getattr(cfg, f.name)
         values = value if isinstance(value, tuple | list) else (value,)
         for v in values:
-            flag = "--" + f.name.replace("_", "-")
-            if isinstance(v, float) and not math.isfinite(v):
-                raise FeatcacheError(f"{flag} must be a finite number, got {v}.")
-            if isinstance(v, int) and not isinstance(v, bool) and abs(v) > INT64_MAX:
-                raise FeatcacheError(f"{flag} is out of range: {v} (at most {INT64_MAX}).")
+            problem = number_problem(v)
+            if problem:
+                raise FeatcacheError(f"--{f.name.replace('_', '-')} {problem}, got {v}.")
 
 
 def _check_common(cfg: object) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from featcache.errors import FeatcacheError
+from featcache.errors import INT64_MAX, FeatcacheError, number_problem
 
 
 def console():  # noqa: ANN201 - rich is imported lazily to keep `--help` fast
@@ -36,11 +36,18 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     seeds = parse_list("--seeds", text, int)
     if not seeds:
         raise FeatcacheError(f"--seeds expects comma-separated integers like 0,1,2, got '{text}'.")
+    bad = [s for s in seeds if not 0 <= s <= INT64_MAX]
+    if bad:
+        raise FeatcacheError(f"--seeds must be integers from 0 to {INT64_MAX}, got {bad[0]}.")
     return seeds
 
 
 def parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
-    """``KEY=VALUE`` pairs -> dict (ints, floats and true/false parsed; dashes in keys become underscores)."""
+    """``KEY=VALUE`` pairs -> dict (ints, floats and true/false parsed; dashes in keys become underscores).
+
+    Integers beyond int64 and non-finite numbers (``nan``, ``inf``, ``1e400``) are refused
+    here, naming the pair: they would end in an OverflowError or a silent nan deep inside.
+    """
     out: dict = {}
     for pair in pairs:
         if "=" not in pair:
@@ -56,5 +63,8 @@ def parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
                     break
                 except ValueError:
                     continue
+        problem = number_problem(value)
+        if problem:
+            raise FeatcacheError(f"{flag} {pair}: {key.strip()} {problem}.")
         out[key.strip().replace("-", "_")] = value
     return out
