@@ -467,3 +467,21 @@ def test_an_unexpected_exception_is_one_line_naming_the_command_and_the_tracebac
     assert len(logs) == 1 and str(logs[0]) in lines[0]
     text = logs[0].read_text()
     assert "Traceback" in text and "simulated bug" in text and "featcache report some-run" in text
+
+
+def test_checkpoints_are_written_as_plain_data_only(tmp_path: Path) -> None:
+    """save_checkpoint turns numpy and paths into plain values and refuses other objects, so
+    every checkpoint featcache writes loads with weights_only=True."""
+    import numpy as np
+
+    from featcache.runs import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "checkpoints" / "seed-0.pt"
+    save_checkpoint(path, {"n": np.int64(3), "where": tmp_path, "w": torch.ones(2), "a": np.zeros(2, np.float32),
+                           "nested": [{"t": (1, 2.5, None, "x")}]})
+    ck = load_checkpoint(path)
+    assert ck["n"] == 3 and type(ck["n"]) is int and ck["where"] == str(tmp_path)
+    assert torch.equal(ck["a"], torch.zeros(2)) and ck["nested"][0]["t"] == (1, 2.5, None, "x")
+    with pytest.raises(TypeError, match=r"checkpoint\['cfg'\] is a .*Inputs"):
+        save_checkpoint(path, {"cfg": Inputs(tmp_path, tmp_path)})
+    assert load_checkpoint(path)["n"] == 3  # the refused write left the earlier file alone
