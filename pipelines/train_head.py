@@ -402,7 +402,8 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
     head = build_head(cfg.head, ctx, members, device=data.device)
     result = train_members(head, data.feats, data.labels, [s.pool for s in setups],
                            precision=cfg.precision)
-    clear_run(out_dir)
+    if overwrite:
+        clear_run(out_dir)
     config = resolved_config(cfg, data, setups, "train-head")
     writer = RunWriter(out_dir, config, data.cache.class_names, method=cfg.method or cfg.head)
     for g, setup in enumerate(setups):
@@ -473,7 +474,8 @@ def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None 
     tte = bool(first["config"].get("tte"))
     views = TTE_VIEWS if tte else (first["view"],)
     feats = [cache.features(v, first["feature"])[rows].to(dev) for v in views]
-    clear_run(out_dir)
+    if overwrite:
+        clear_run(out_dir)
     writer = RunWriter(out_dir, {"run": str(run_dir), "cache": str(cache_path), "split": split,
                                  "device": str(dev)}, cache.class_names, method=f"predict:{run_dir.name}")
     labels = cache.labels[rows]

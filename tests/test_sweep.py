@@ -279,6 +279,8 @@ def report_json_not_object(inputs: Inputs) -> list[str]:
 CASES += [
     Case("train-head-into-existing-run", train_into_existing_run,
          ("already holds a run", "checkpoints/seed-0.pt", "--overwrite", "nothing was changed")),
+    Case("train-head-ensemble-into-existing-run", lambda inputs: [*train_into_existing_run(inputs), "--ensemble", "logit"],
+         ("already holds a run", "--overwrite")),
     Case("predict-out-is-the-run", _predict_to(lambda run: run), ("is the run directory",)),
     Case("predict-out-inside-the-run", _predict_to(lambda run: run / "sub"), ("inside the run directory",)),
     Case("predict-over-earlier-prediction", predict_over_earlier_prediction, ("already holds a run", "--overwrite")),

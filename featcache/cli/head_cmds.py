@@ -96,7 +96,8 @@ def train_head_cmd(**opts: object) -> None:
             from featcache.runs import clear_run, refuse_existing_run
 
             refuse_existing_run(Path(cfg.out), overwrite=overwrite)
-            clear_run(Path(cfg.out))
+            if overwrite:  # (before training: tfa_lt.run writes the folder itself)
+                clear_run(Path(cfg.out))
         result = tfa_lt.run(cfg)
         title = result.metrics.get("method", "TFA-LT")
     _show(result.out_dir, result.metrics, title)
