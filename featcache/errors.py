@@ -9,7 +9,10 @@ exits non-zero; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import math
 from collections.abc import Iterable
+
+INT64_MAX = 2**63 - 1  # the largest integer torch and numpy take
 
 
 class FeatcacheError(Exception):
@@ -36,3 +39,15 @@ def unknown(kind: str, name: str, choices: Iterable[str]) -> FeatcacheError:
     return FeatcacheError(
         f"Unknown {kind} '{name}'.{did_you_mean(name, choices)} Choose from: {', '.join(choices)}."
     )
+
+
+def number_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a setting (``"must be a finite number"``, ``"is out of range
+    ..."``), or ``None`` when it can. One home for the check every option parser and config
+    uses: nan/inf train to chance with exit 0, an integer beyond int64 ends in an
+    OverflowError deep in torch or numpy."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        return f"is out of range (at most {INT64_MAX})"
+    return None

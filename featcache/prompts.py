@@ -19,8 +19,29 @@ TEMPLATES = (TFA_LT, LIFT, *ENSEMBLE)
 
 
 def render_templates(data_type: str) -> list[str]:
-    """The templates with ``{data_type}`` filled in and ``{}`` left for the class name."""
+    """The templates with ``{data_type}`` filled in and ``{}`` left for the class name.
+
+    ``data_type`` is inserted as plain text (braces in it stay braces); fill the result with
+    :func:`fill_prompt`, never ``str.format``.
+    """
     return [t.replace("{data_type}", data_type) for t in TEMPLATES]
+
+
+def fill_prompt(template: str, class_name: str) -> str:
+    """``template`` with ``class_name`` at its last ``{}``; nothing else is interpreted.
+
+    Data types and class names come from users' files: through ``str.format`` a name such
+    as ``{0.__class__.__mro__}`` would read interpreter internals and a lone ``{`` would
+    crash. Here both stay literal text. The class slot is the template's last ``{}``
+    (every template puts the data type before the class), so a data type holding ``{}``
+    cannot take the class's place.
+    """
+    at = template.rfind("{}")
+    if at < 0:
+        from featcache.errors import FeatcacheError
+
+        raise FeatcacheError(f"Prompt template {template!r} has no {{}} slot for the class name.")
+    return template[:at] + class_name + template[at + 2:]
 
 
 def find_template(templates: list[str], kind: str) -> int:

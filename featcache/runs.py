@@ -9,6 +9,8 @@ A run directory holds::
     predictions.parquet  seed, row, id, label, pred, scores (one list per row)
     splits.parquet       seed, row, id, split: the chosen indices, so a run can be repeated
     checkpoints/seed-S.pt  trained heads with their config, loadable for prediction
+                         (tensors and plain data only, loaded with ``weights_only=True``:
+                         see :func:`save_checkpoint`, :func:`load_checkpoint`)
     confusion.png        confusion matrix summed over seeds
     per_class_acc.png    per-class accuracy (mean over seeds) against training count
 
@@ -21,6 +23,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,9 +32,91 @@ import numpy as np
 import polars as pl
 import torch
 
+from featcache.errors import FeatcacheError
 from featcache.metrics import METRIC_KEYS, confusion_matrix, summarize
 
 log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------------------
+# Checkpoints: tensors and plain data only, never arbitrary pickled objects
+#
+# A checkpoint is shared between labs and loaded by ``predict`` and ``finetune --resume``; a
+# pickle can run any code when loaded. So a checkpoint holds only what torch's weights-only
+# unpickler admits (dicts, lists, tuples, str, bytes, int, float, bool, None, tensors), it is
+# loaded with ``weights_only=True`` (which TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD cannot override
+# when passed explicitly), and anything else is refused before any of it runs.
+
+_PLAIN_SCALARS = (str, bytes, bool, int, float, type(None))
+
+
+def plain_state(obj: object, where: str = "checkpoint") -> object:
+    """A copy of ``obj`` made of plain data and tensors, or ``TypeError`` naming the bad entry.
+
+    Numpy scalars and arrays become Python numbers and tensors, paths become strings,
+    parameters become detached tensors; dataclasses and other objects are refused (a bug in
+    the code that builds the checkpoint: convert them with ``asdict``/``to_dict`` first).
+    """
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if not isinstance(k, str | int):
+                raise TypeError(f"{where}: key {k!r} is a {type(k).__name__}; checkpoints take str or int keys.")
+            out[k] = plain_state(v, f"{where}[{k!r}]")
+        return out
+    if isinstance(obj, list | tuple):
+        items = [plain_state(v, f"{where}[{i}]") for i, v in enumerate(obj)]
+        return items if isinstance(obj, list) else tuple(items)
+    if isinstance(obj, torch.Tensor):
+        return obj.detach() if isinstance(obj, torch.nn.Parameter) else obj
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(obj))
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    if type(obj) in _PLAIN_SCALARS:
+        return obj
+    raise TypeError(f"{where} is a {type(obj).__module__}.{type(obj).__qualname__}; a checkpoint "
+                    "holds only tensors and plain data (dict, list, str, int, float, bool, None).")
+
+
+def save_checkpoint(path: str | Path, ckpt: dict) -> None:
+    """Write ``ckpt`` (checked by :func:`plain_state`) atomically: a temporary file, then a rename,
+    so a killed write never leaves half a checkpoint behind."""
+    path = Path(path)
+    state = plain_state(ckpt)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path) -> dict:
+    """Load a checkpoint with ``weights_only=True``; refuse (``FeatcacheError``) anything else.
+
+    A file whose pickle names any other class or function (which could run code) is refused
+    before anything in it is called; so are unreadable or truncated files and non-dict files.
+    """
+    path = Path(path)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        first = str(e).strip().splitlines()
+        detail = next((ln.strip() for ln in first if "Unsupported" in ln or "global" in ln.lower()), "")
+        raise FeatcacheError(
+            f"Refusing checkpoint {path}: it holds objects other than tensors and plain data, "
+            f"which could run code when loaded{f' ({detail})' if detail else ''}. featcache "
+            "writes checkpoints of tensors and plain data only; only load checkpoints from a "
+            "featcache run, and retrain if this one came from elsewhere."
+        ) from None
+    except (OSError, EOFError, RuntimeError, ValueError) as e:
+        raise FeatcacheError(f"Checkpoint {path} could not be read ({type(e).__name__}: {e}); "
+                             "it is truncated or not a featcache checkpoint.") from None
+    if not isinstance(ckpt, dict):
+        raise FeatcacheError(f"Checkpoint {path} holds a {type(ckpt).__name__}, not a featcache "
+                             "checkpoint (a dict).")
+    return ckpt
 
 
 def _clean(obj: object) -> object:
@@ -53,6 +139,48 @@ def _clean(obj: object) -> object:
 def write_json(path: Path, obj: object) -> None:
     """Write ``obj`` as indented, strictly valid JSON (no NaN)."""
     path.write_text(json.dumps(_clean(obj), indent=2, allow_nan=False) + "\n")
+
+
+# --------------------------------------------------------------------------------------
+# Writing into a folder that already holds a run
+
+RUN_FILES = ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "predictions.parquet",
+             "splits.parquet", "confusion.png", "per_class_acc.png")
+
+
+def run_files(out_dir: Path) -> list[Path]:
+    """The files of an earlier run in ``out_dir`` (the names :class:`RunWriter` writes and
+    ``checkpoints/``); other files are not a run's and are never touched."""
+    out_dir = Path(out_dir)
+    ckpts = out_dir / "checkpoints"
+    found = sorted(ckpts.glob("seed-*.pt*")) if ckpts.is_dir() else []
+    return found + [out_dir / n for n in RUN_FILES if (out_dir / n).exists()]
+
+
+def refuse_existing_run(out_dir: Path, *, overwrite: bool) -> None:
+    """Refuse an ``out_dir`` that holds an earlier run, unless ``overwrite``: its checkpoints
+    would stay beside the new ones (``predict`` loads every ``seed-*.pt``) and mix two runs."""
+    found = run_files(out_dir)
+    if found and not overwrite:
+        shown = ", ".join(str(p.relative_to(out_dir)) for p in found[:4])
+        more = f" and {len(found) - 4} more" if len(found) > 4 else ""
+        raise FeatcacheError(
+            f"{out_dir} already holds a run ({shown}{more}); writing into it would mix the two "
+            "runs. Choose another --out, or pass --overwrite to replace that run (nothing was "
+            "changed)."
+        )
+
+
+def clear_run(out_dir: Path) -> None:
+    """Delete the files of an earlier run in ``out_dir`` (see :func:`run_files`), nothing else."""
+    for path in run_files(out_dir):
+        if path.is_dir():
+            raise FeatcacheError(f"{path} is a folder where a run file was expected; remove it by hand.")
+        path.unlink()
+        log.info("removed %s of the earlier run", path)
+    ckpts = Path(out_dir) / "checkpoints"
+    if ckpts.is_dir() and not any(ckpts.iterdir()):
+        ckpts.rmdir()
 
 
 @dataclass
@@ -112,9 +240,7 @@ class RunWriter:
         if train_counts is not None:
             self.train_counts.append(np.asarray(train_counts))
         if checkpoint is not None:
-            ckpt_dir = self.out_dir / "checkpoints"
-            ckpt_dir.mkdir(exist_ok=True)
-            torch.save(checkpoint, ckpt_dir / f"seed-{seed}.pt")
+            save_checkpoint(self.out_dir / "checkpoints" / f"seed-{seed}.pt", checkpoint)
 
     def finish(self) -> dict:
         """Write metrics, predictions, splits and plots; return the summary (metrics.json)."""
@@ -237,14 +363,29 @@ def read_run(run_dir: str | Path) -> dict:
     """``metrics.json`` and ``config.json`` of a run directory, with its path."""
     run_dir = Path(run_dir)
     path = run_dir / "metrics.json"
-    if not path.exists():
-        from featcache.errors import FeatcacheError
-
+    if not path.is_file():
         raise FeatcacheError(f"{run_dir} is not a run directory (it has no metrics.json).")
-    metrics = json.loads(path.read_text())
+    metrics = _read_json_object(path)
     cfg_path = run_dir / "config.json"
-    config = json.loads(cfg_path.read_text()) if cfg_path.exists() else {}
+    config = _read_json_object(cfg_path) if cfg_path.is_file() else {}
     return {"run": str(run_dir), "metrics": metrics, "config": config}
+
+
+def _read_json_object(path: Path) -> dict:
+    """A JSON object from ``path``; ``FeatcacheError`` naming the file, line and column otherwise."""
+    try:
+        obj = json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise FeatcacheError(f"{path} is not UTF-8 text (byte {e.start}); it is not a featcache "
+                             "run file. Rerun the run, or leave it out.") from None
+    except json.JSONDecodeError as e:
+        raise FeatcacheError(f"{path} is not valid JSON (line {e.lineno}, column {e.colno}: {e.msg}); "
+                             "the run is damaged. Rerun it, or leave it out of the report.") from None
+    if not isinstance(obj, dict):
+        raise FeatcacheError(f"{path} holds a JSON {type(obj).__name__}, not the object a run writes.")
+    if path.name == "metrics.json" and not isinstance(obj.get("per_seed", []), list):
+        raise FeatcacheError(f"{path}: 'per_seed' is not a list; the run is damaged.")
+    return obj
 
 
 def runs_frame(runs: list[dict]) -> pl.DataFrame:

@@ -62,7 +62,7 @@ from featcache.device import autocast, resolve_device, resolve_precision, synchr
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.preprocess import TTE_VIEWS, Preprocessing, as_rgb, five_crops, pil_to_uint8
-from featcache.prompts import render_templates
+from featcache.prompts import fill_prompt, render_templates
 
 log = logging.getLogger(__name__)
 
@@ -655,7 +655,7 @@ def _assemble(
     templates, text = [], None
     if backbone.has_text:  # timm image encoders have no text tower: no text features
         templates = render_templates(desc.data_type)
-        prompts = [t.format(name) for t in templates for name in desc.class_names]
+        prompts = [fill_prompt(t, name) for t in templates for name in desc.class_names]
         text = models.text_features(backbone, prompts, device)  # [T*C, E]
         text = text.view(len(templates), desc.num_classes, -1).numpy()
     header = CacheHeader(

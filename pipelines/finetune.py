@@ -251,7 +251,9 @@ def lift_prompts(template: str, class_names: list[str]) -> list[str]:
     shijxcs/LIFT trainer.py:306: ``template.format(c.replace("_", " "))`` for every data set
     (165 of Places-LT's 365 names carry underscores: ``airplane_cabin``).
     """
-    return [template.format(name.replace("_", " ")) for name in class_names]
+    from featcache.prompts import fill_prompt  # class names stay literal (no str.format)
+
+    return [fill_prompt(template, name.replace("_", " ")) for name in class_names]
 
 
 def check_class_names(class_names: list[str], init: str, where: str) -> None:
@@ -578,10 +580,13 @@ def checkpoint_path(out_dir: Path, seed: int) -> Path:
 
 
 def save_checkpoint(path: Path, ckpt: dict) -> None:
-    """Write ``ckpt`` atomically (a killed write never leaves a half checkpoint behind)."""
+    """Write ``ckpt`` atomically (a killed write never leaves a half checkpoint behind), tensors
+    and plain data only (:func:`featcache.runs.plain_state`), so it loads with ``weights_only=True``."""
+    from featcache.runs import plain_state
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".pt.tmp")
-    torch.save(ckpt, tmp)
+    torch.save(plain_state(ckpt), tmp)
     os.replace(tmp, path)
 
 
@@ -599,7 +604,11 @@ def _load_for_resume(path: Path, cfg: FinetuneConfig) -> dict | None:
             f"{path} already exists. Pass --resume to continue that run, or choose another --out "
             "(nothing was overwritten)."
         )
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    from featcache.runs import load_checkpoint
+
+    ckpt = load_checkpoint(path)  # weights_only=True: a crafted pickle is refused, not run
+    if not isinstance(ckpt.get("config"), dict):
+        raise FeatcacheError(f"Cannot resume {path}: it has no config (not a finetune checkpoint).")
     theirs = {k: v for k, v in ckpt["config"].items() if k not in RUNTIME_KNOBS}
     ours = _training_settings(cfg)
     theirs["seeds"], ours["seeds"] = list(theirs.get("seeds", [])), list(ours["seeds"])

@@ -227,8 +227,12 @@ def run(cfg: ReproduceConfig, *, progress=None) -> tuple[Path, pl.DataFrame]:  #
     for name, row_cfg in plan.items():
         if progress:
             progress(name)
-        runner = tfa_lt.run if isinstance(row_cfg, tfa_lt.TfaLtConfig) else train_head.run
-        done[name] = read_run(runner(row_cfg).out_dir)
+        # each row's folder under rows/ belongs to this reproduction: a rerun replaces it
+        if isinstance(row_cfg, tfa_lt.TfaLtConfig):
+            result = tfa_lt.run(row_cfg)
+        else:
+            result = train_head.run(row_cfg, overwrite=True)
+        done[name] = read_run(result.out_dir)
 
     def source(r: Row) -> str:
         return zs if r.name in (ZERO_SHOT, NO_TEXT) else (r.same_as or r.name)

@@ -24,9 +24,9 @@ import torch
 
 from featcache.cache import FeatureCache, open_cache
 from featcache.device import PRECISIONS, resolve_device, resolve_precision
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, number_problem
 from featcache.metrics import compute_metrics
-from featcache.runs import RunWriter, write_json
+from featcache.runs import RunWriter, clear_run, load_checkpoint, refuse_existing_run, write_json
 from featcache.splits import PROTOCOLS, Split, make_split
 from featcache.training import predict_logits, train_members
 from heads import (
@@ -50,8 +50,22 @@ FEATURE_KINDS = ("embed", "cls")
 TEXT_SOURCES = ("auto", "prompts", "class-mean")
 
 
+def _check_numbers(cfg: object) -> None:
+    """Every float setting finite, every integer within int64 (the CLI, the grid and Python
+    callers all land here): nan/inf would train to chance with exit 0, a huge integer ends
+    in an OverflowError deep in torch."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        values = value if isinstance(value, tuple | list) else (value,)
+        for v in values:
+            problem = number_problem(v)
+            if problem:
+                raise FeatcacheError(f"--{f.name.replace('_', '-')} {problem}, got {v}.")
+
+
 def _check_common(cfg: object) -> None:
     """Validation shared by the train-head and TFA-LT configs."""
+    _check_numbers(cfg)
     seeds = cfg.seeds
     if not seeds or len(set(seeds)) != len(seeds):
         raise FeatcacheError(f"--seeds must be distinct integers, got {list(seeds)}.")
@@ -67,6 +81,10 @@ def _check_common(cfg: object) -> None:
         )
     if cfg.tau is not None and not cfg.tau > 0:
         raise FeatcacheError(f"--tau must be > 0, got {cfg.tau}.")
+    if any(s < 0 for s in seeds):
+        raise FeatcacheError(f"--seeds must be integers >= 0, got {list(seeds)}.")
+    if cfg.test_per_class is not None and cfg.test_per_class < 1:
+        raise FeatcacheError(f"--test-per-class must be an integer >= 1, got {cfg.test_per_class}.")
     if cfg.schedule not in SCHEDULES:
         raise FeatcacheError(f"--schedule must be one of {', '.join(SCHEDULES)}.")
     if cfg.tte and cfg.view != "standard":
@@ -204,11 +222,25 @@ def seed_setups(data: CachedData, cfg: object, *, need_prototypes: bool) -> list
     from heads.text import class_means
 
     cache = data.cache
+    if data.num_classes < 2:
+        raise FeatcacheError(
+            f"Cache {cache.path} has {data.num_classes} class; a classifier needs at least two "
+            "(with one, every prediction is right and accuracy is 100 %)."
+        )
     out = []
     for seed in cfg.seeds:
         split = make_split(cache.labels, cache.splits, cache.descriptor, cfg.protocol, seed,
                            val_fraction=cfg.val_fraction, test_per_class=cfg.test_per_class,
                            where=str(cache.path))
+        empty = np.flatnonzero(np.asarray(split.train_counts) == 0)
+        if empty.size:
+            names = ", ".join(str(cache.descriptor.class_ids[c]) for c in empty[:10])
+            raise FeatcacheError(
+                f"Seed {seed}, protocol {split.protocol}: class(es) {names} of {cache.path} have "
+                "no training rows, so they cannot be learned (do train/ and test/ name the same "
+                "classes?). Use another --protocol or a cache in which every class has "
+                "training images."
+            )
         pool = torch.as_tensor(split.train, device=data.device)
         train_x, train_y = data.feats[pool], data.labels[pool]
         protos, used = None, ""
@@ -346,8 +378,15 @@ class RunResult:
     config: dict
 
 
-def run(cfg: TrainHeadConfig) -> RunResult:
-    """Train ``cfg.head`` for every seed (one batched run) and write the run directory."""
+def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
+    """Train ``cfg.head`` for every seed (one batched run) and write the run directory.
+
+    An ``out`` that already holds a run is refused before any work, unless ``overwrite``:
+    then that run's files are deleted once training has succeeded, just before the new
+    run is written (so no stale checkpoint stays beside the new ones).
+    """
+    out_dir = Path(cfg.out) if cfg.out else default_out(cfg, cfg.head)
+    refuse_existing_run(out_dir, overwrite=overwrite)
     data = load_data(cfg.cache, view=cfg.view, feature=cfg.feature, tte=cfg.tte,
                      device=cfg.device, tau=cfg.tau)
     head_cls = HEADS.get(cfg.head)
@@ -366,7 +405,8 @@ def run(cfg: TrainHeadConfig) -> RunResult:
     else:
         result = train_members(head, data.feats, data.labels, [s.pool for s in setups],
                                precision=cfg.precision)
-    out_dir = Path(cfg.out) if cfg.out else default_out(cfg, cfg.head)
+    if overwrite:
+        clear_run(out_dir)
     config = resolved_config(cfg, data, setups, "train-head")
     writer = RunWriter(out_dir, config, data.cache.class_names, method=cfg.method or cfg.head)
     for g, setup in enumerate(setups):
@@ -390,20 +430,37 @@ def run(cfg: TrainHeadConfig) -> RunResult:
 # Prediction on another cache
 
 
+def default_predict_out(run_dir: Path, cache_path: str | Path) -> Path:
+    """``<run>-predict-<cache stem>``, beside the run (never inside it)."""
+    return run_dir.parent / f"{run_dir.name}-predict-{Path(cache_path).stem}"
+
+
 def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None = None,
-                device: str = "auto", split: str = "all") -> RunResult:
+                device: str = "auto", split: str = "all", overwrite: bool = False) -> RunResult:
     """Apply a run's saved heads (every seed) to another cache with the same model fingerprint.
 
     Writes ``predictions.parquet`` (and, when the cache has labels, metrics over the chosen
-    rows: ``all`` or a source split ``train|val|test``) to ``out``.
+    rows: ``all`` or a source split ``train|val|test``) to ``out`` (default
+    :func:`default_predict_out`). An ``out`` equal to or inside the run directory is refused
+    (it would overwrite or change the run); so is one holding an earlier prediction, unless
+    ``overwrite``.
     """
     run_dir = Path(run_dir)
     ckpts = sorted((run_dir / "checkpoints").glob("seed-*.pt"))
     if not ckpts:
         raise FeatcacheError(f"{run_dir} holds no checkpoints/seed-*.pt; is it a train-head run?")
+    out_dir = Path(out) if out else default_predict_out(run_dir, cache_path)
+    run_abs, out_abs = run_dir.resolve(), out_dir.resolve()
+    if out_abs == run_abs or run_abs in out_abs.parents:
+        raise FeatcacheError(
+            f"--out {out_dir} is {'the run directory' if out_abs == run_abs else 'inside the run directory'} "
+            f"{run_dir}; predictions there would overwrite or change the run. Choose an --out "
+            f"outside it (default: {default_predict_out(run_dir, cache_path)})."
+        )
+    refuse_existing_run(out_dir, overwrite=overwrite)
     cache = open_cache(cache_path)
     dev = resolve_device(device)
-    first = torch.load(ckpts[0], map_location="cpu", weights_only=False)
+    first = load_checkpoint(ckpts[0])  # weights_only=True: a crafted pickle is refused, not run
     if first["model_fingerprint"] != cache.model_fingerprint:
         raise FeatcacheError(
             f"Cache {cache.path} was made with a different model or preprocessing than run "
@@ -422,12 +479,13 @@ def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None 
     tte = bool(first["config"].get("tte"))
     views = TTE_VIEWS if tte else (first["view"],)
     feats = [cache.features(v, first["feature"])[rows].to(dev) for v in views]
-    out_dir = Path(out) if out else run_dir / f"predict-{Path(cache_path).stem}"
+    if overwrite:
+        clear_run(out_dir)
     writer = RunWriter(out_dir, {"run": str(run_dir), "cache": str(cache_path), "split": split,
                                  "device": str(dev)}, cache.class_names, method=f"predict:{run_dir.name}")
     labels = cache.labels[rows]
     for path in ckpts:
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = first if path == ckpts[0] else load_checkpoint(path)
         predictor = Predictor(ck["model"], dev)
         logits = torch.stack([predictor(f) for f in feats]).mean(0)
         counts = torch.as_tensor(ck["train_counts"], device=dev)

@@ -78,7 +78,7 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tmp_path: Path) -> N
 
 def test_checkpoint_holds_only_trainable_tensors_and_resume_matches(tmp_path: Path, monkeypatch) -> None:
     whole = finetune.run(_cfg(tmp_path, "whole", epochs=2, seeds=(3,)))
-    ckpt = torch.load(whole.out_dir / "checkpoints" / "seed-3.pt", weights_only=False)
+    ckpt = torch.load(whole.out_dir / "checkpoints" / "seed-3.pt", weights_only=True)
 
     backbone = load_backbone("tiny-clip")
     model, _ = build_model(backbone, make_config("adaptformer"), [str(c) for c in range(6)],
@@ -101,14 +101,14 @@ def test_checkpoint_holds_only_trainable_tensors_and_resume_matches(tmp_path: Pa
     with pytest.raises(KeyboardInterrupt):
         finetune.run(_cfg(tmp_path, "cut", epochs=2, seeds=(3,)))
     monkeypatch.setattr(finetune, "save_checkpoint", real_save)
-    partial = torch.load(tmp_path / "cut" / "checkpoints" / "seed-3.pt", weights_only=False)
+    partial = torch.load(tmp_path / "cut" / "checkpoints" / "seed-3.pt", weights_only=True)
     assert partial["epoch"] == 1 and partial["optimizer"] is not None
     with pytest.raises(FeatcacheError, match="--resume"):  # never overwritten silently
         finetune.run(_cfg(tmp_path, "cut", epochs=2, seeds=(3,)))
     with pytest.raises(FeatcacheError, match="other settings"):
         finetune.run(_cfg(tmp_path, "cut", epochs=2, seeds=(3,), lr=0.1, resume=True))
     resumed = finetune.run(_cfg(tmp_path, "cut", epochs=2, seeds=(3,), resume=True))
-    final = torch.load(resumed.out_dir / "checkpoints" / "seed-3.pt", weights_only=False)
+    final = torch.load(resumed.out_dir / "checkpoints" / "seed-3.pt", weights_only=True)
     assert final["epoch_loss"] == ckpt["epoch_loss"]
     for name, tensor in ckpt["trainable"].items():
         torch.testing.assert_close(final["trainable"][name], tensor, rtol=0, atol=0)
@@ -375,7 +375,7 @@ def test_two_process_torchrun_on_cpu_writes_one_checkpoint(tmp_path: Path) -> No
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["seed-0.pt"]
-    ckpt = torch.load(out / "checkpoints" / "seed-0.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoints" / "seed-0.pt", weights_only=True)
     assert ckpt["epoch"] == 1 and ckpt["epoch_loss"]
     assert json.loads((out / "config.json").read_text())["world_size"] == 2
     assert proc.stdout.count("Wrote run directory") == 1  # only rank 0 reports

@@ -49,7 +49,7 @@ def _alone(cfg, out) -> dict:  # noqa: ANN001
 
 
 def _state(run_dir, seed: int, key: str = "head") -> dict:  # noqa: ANN001
-    ck = torch.load(run_dir / "checkpoints" / f"seed-{seed}.pt", weights_only=False)
+    ck = torch.load(run_dir / "checkpoints" / f"seed-{seed}.pt", weights_only=True)
     return ck["model"][key]["state"]
 
 

@@ -72,7 +72,7 @@ def test_run_directory_matches_the_contract(lt_cache, tmp_path) -> None:  # noqa
     splits = pl.read_parquet(out / "splits.parquet")
     test0 = splits.filter((pl.col("seed") == 0) & (pl.col("split") == "test"))["row"].sort().to_list()
     assert test0 == preds.filter(pl.col("seed") == 0)["row"].sort().to_list()
-    ckpt = torch.load(out / "checkpoints/seed-0.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoints/seed-0.pt", weights_only=True)
     assert ckpt["pipeline"] == "tfa-lt" and ckpt["config"]["ensemble"] == "feature"
 
 
@@ -94,7 +94,7 @@ def test_predict_applies_heads_and_refuses_another_model(lt_cache, tmp_path) -> 
 def test_trained_head_refuses_features_of_another_width(lt_cache, tmp_path) -> None:  # noqa: ANN001
     run = tmp_path / "run"
     train_head.run(train_head.TrainHeadConfig(cache=str(lt_cache), head="linear", out=str(run), **FAST))
-    ckpt = torch.load(run / "checkpoints/seed-0.pt", weights_only=False)
+    ckpt = torch.load(run / "checkpoints/seed-0.pt", weights_only=True)
     predictor = train_head.Predictor(ckpt["model"], torch.device("cpu"))
     with pytest.raises(FeatcacheError, match="expects 24-d features but the cache gives 40-d"):
         predictor(torch.randn(3, 40))
@@ -186,7 +186,7 @@ def test_bf16_reaches_fp32_accuracy_and_is_recorded(lt_cache, tmp_path, monkeypa
         assert abs(m16[key] - m32[key]) <= 0.05, (key, m16[key], m32[key])
     config = json.loads((tmp_path / "bf16" / "config.json").read_text())
     assert config["precision"] == "bf16"
-    w = {p: torch.load(tmp_path / p / "checkpoints/seed-0.pt", weights_only=False)["model"]
+    w = {p: torch.load(tmp_path / p / "checkpoints/seed-0.pt", weights_only=True)["model"]
          ["branches"]["state"]["weight"] for p in res}
     assert w["bf16"].dtype == torch.float32  # fp32 master weights are what is saved
     rel = ((w["bf16"] - w["fp32"]).norm() / w["fp32"].norm()).item()

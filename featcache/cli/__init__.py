@@ -2,12 +2,15 @@
 
 Each area keeps its commands in its own module here; this module only gathers them. Errors a
 user caused (:class:`featcache.errors.FeatcacheError`) are printed to stderr without a
-traceback and exit with status 2.
+traceback and exit with status 2. Any other exception that escapes a command is a bug: one
+line on stderr says so, names the command and the file the full traceback was written to
+(``$FEATCACHE_LOG_DIR``, default ``<temp dir>/featcache-logs``), and the exit status is 1.
 """
 
 from __future__ import annotations
 
 import logging
+import shlex
 import sys
 
 import click
@@ -16,7 +19,13 @@ from featcache.errors import FeatcacheError
 
 
 class FeatcacheGroup(click.Group):
-    """A click group that turns FeatcacheError into a clean message and exit status 2."""
+    """A click group that turns FeatcacheError into a clean message and exit status 2, and
+    any other exception into one "this is a bug" line (traceback to a file) and status 1."""
+
+    def main(self, args=None, *rest, **kw):  # noqa: ANN001, ANN002, ANN003, ANN201 - click's signature
+        """Remember the command line, so a bug report can name the command."""
+        self._argv = list(args) if args is not None else sys.argv[1:]
+        return super().main(args, *rest, **kw)
 
     def invoke(self, ctx: click.Context) -> object:
         try:
@@ -24,6 +33,40 @@ class FeatcacheGroup(click.Group):
         except FeatcacheError as e:
             click.secho(f"Error: {e}", fg="red", err=True)
             sys.exit(2)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors, --help, Ctrl-C
+        except Exception as e:  # noqa: BLE001 - the last line of defence, reported as a bug
+            command = " ".join(["featcache", *map(shlex.quote, getattr(self, "_argv", sys.argv[1:]))])
+            where = _write_traceback(command)
+            click.secho(
+                f"Bug: featcache failed with {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                f"while running `{command}`. This is a bug in featcache, not in your input; the "
+                f"full traceback is in {where} (please include it when reporting).",
+                fg="red", err=True,
+            )
+            sys.exit(1)
+
+
+def _write_traceback(command: str) -> str:
+    """Write the current exception's traceback to a new file in the log folder; its path (or,
+    if that folder cannot be written, the traceback itself after a note)."""
+    import datetime
+    import os
+    import tempfile
+    import traceback
+
+    text = f"command: {command}\n\n{traceback.format_exc()}"
+    folder = os.environ.get("FEATCACHE_LOG_DIR") or os.path.join(tempfile.gettempdir(), "featcache-logs")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+        fd, path = tempfile.mkstemp(prefix=f"crash-{stamp}-", suffix=".txt", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    except OSError as e:
+        sys.stderr.write(text)
+        return f"(not written: {folder}: {e}; printed above)"
 
 
 @click.group(cls=FeatcacheGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -163,7 +163,7 @@ def info_cmd(cache: str, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     con = console()
-    con.print(f"[bold]{c.path}[/] — complete")
+    con.print(f"{c.path} — complete", style="bold")
     for key in ("dataset", "model", "weights", "precision", "views", "images", "embed_dim", "cls_dim", "logit_scale", "fingerprint", "manifest_sha256"):
         con.print(f"  {key:16s} {info[key]}")
     con.print(f"  {'preprocessing':16s} {json.dumps(info['preprocessing'])}")
@@ -174,7 +174,7 @@ def info_cmd(cache: str, as_json: bool) -> None:
         table.add_row(name, *map(str, row), str(sum(row)))
     con.print(table)
     if c.skipped:
-        con.print(f"[yellow]{len(c.skipped)} skipped image(s):[/]")
+        con.print(f"{len(c.skipped)} skipped image(s):", style="yellow")
         for s in c.skipped:
             con.print(f"  {s['id']}  {s['source']}: {s['reason']}")
     else:

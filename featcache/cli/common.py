@@ -4,14 +4,20 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from featcache.errors import FeatcacheError
+from featcache.errors import INT64_MAX, FeatcacheError, number_problem
 
 
 def console():  # noqa: ANN201 - rich is imported lazily to keep `--help` fast
-    """A rich Console for tables and status lines."""
+    """A rich Console for tables and status lines, with markup off.
+
+    Class names, paths, ids and templates come from users' files; with markup on, a name
+    like ``[/]`` would crash the print and ``[red]x`` would restyle it. So nothing printed
+    through this console is parsed as markup (table cells and titles included); style
+    whole lines with ``print(..., style="bold")`` instead.
+    """
     from rich.console import Console
 
-    return Console()
+    return Console(markup=False)
 
 
 def parse_list(option: str, text: str, cast: Callable = str) -> tuple:
@@ -30,11 +36,18 @@ def parse_seeds(text: str) -> tuple[int, ...]:
     seeds = parse_list("--seeds", text, int)
     if not seeds:
         raise FeatcacheError(f"--seeds expects comma-separated integers like 0,1,2, got '{text}'.")
+    bad = [s for s in seeds if not 0 <= s <= INT64_MAX]
+    if bad:
+        raise FeatcacheError(f"--seeds must be integers from 0 to {INT64_MAX}, got {bad[0]}.")
     return seeds
 
 
 def parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
-    """``KEY=VALUE`` pairs -> dict (ints, floats and true/false parsed; dashes in keys become underscores)."""
+    """``KEY=VALUE`` pairs -> dict (ints, floats and true/false parsed; dashes in keys become underscores).
+
+    Integers beyond int64 and non-finite numbers (``nan``, ``inf``, ``1e400``) are refused
+    here, naming the pair: they would end in an OverflowError or a silent nan deep inside.
+    """
     out: dict = {}
     for pair in pairs:
         if "=" not in pair:
@@ -50,5 +63,8 @@ def parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
                     break
                 except ValueError:
                     continue
+        problem = number_problem(value)
+        if problem:
+            raise FeatcacheError(f"{flag} {pair}: {key.strip()} {problem}.")
         out[key.strip().replace("-", "_")] = value
     return out

@@ -64,7 +64,7 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     result = run(cfg)
     if dist_info()[0] != 0 or not result.metrics:
         return
-    from rich.console import Console
+    from featcache.cli.common import console
 
     metrics, config = result.metrics, result.config
     if "trainable_params" in metrics:
@@ -77,5 +77,5 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     rows = [{"run": str(result.out_dir), "metrics": {**metrics, "method": label + (" + TTE" if tte else "")}}]
     if "no_tte" in metrics:
         rows.append({"run": str(result.out_dir), "metrics": {**metrics["no_tte"], "method": label, "per_seed": metrics.get("per_seed", [])}})
-    Console().print(rich_table(runs_frame(rows), title=f"{label} on {config.get('dataset') or cache}"))
+    console().print(rich_table(runs_frame(rows), title=f"{label} on {config.get('dataset') or cache}"))
     click.echo(f"Wrote run directory {result.out_dir}")

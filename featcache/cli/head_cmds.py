@@ -68,12 +68,14 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help=_PRECISION_HELP)
-@click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>).")
+@click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>); one holding a run is refused.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are deleted once training succeeds).")
 @click.option("--method", default="", help="Name shown in tables.")
 def train_head_cmd(**opts: object) -> None:
     """Train a head (or the TFA-LT method with --ensemble) on cached features."""
     opts["seeds"] = parse_seeds(opts["seeds"])
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
+    overwrite = opts.pop("overwrite")
     if ensemble is None:
         from pipelines import train_head
 
@@ -82,7 +84,7 @@ def train_head_cmd(**opts: object) -> None:
         for key in ("ensemble_epochs", "ensemble_lr", "ensemble_loss", "rus"):
             opts.pop(key)
         opts["head"] = opts["head"] or "linear"
-        result = train_head.run(train_head.TrainHeadConfig(**opts))
+        result = train_head.run(train_head.TrainHeadConfig(**opts), overwrite=overwrite)
         title = f"{opts['head']} / {opts['loss']} / {opts['sampler']}"
     else:
         from pipelines import tfa_lt
@@ -91,7 +93,14 @@ def train_head_cmd(**opts: object) -> None:
             raise FeatcacheError("--ensemble runs TFA-LT, whose heads are adapters; drop --head.")
         for key in ("head", "sampler", "sigma", "init"):
             opts.pop(key)
-        result = tfa_lt.run(tfa_lt.TfaLtConfig(ensemble=ensemble, adapters=not no_adapters, **opts))
+        cfg = tfa_lt.TfaLtConfig(ensemble=ensemble, adapters=not no_adapters, **opts)
+        if cfg.out:  # the default folder's name is only known inside tfa_lt.run
+            from featcache.runs import clear_run, refuse_existing_run
+
+            refuse_existing_run(Path(cfg.out), overwrite=overwrite)
+            if overwrite:  # (before training: tfa_lt.run writes the folder itself)
+                clear_run(Path(cfg.out))
+        result = tfa_lt.run(cfg)
         title = result.metrics.get("method", "TFA-LT")
     _show(result.out_dir, result.metrics, title)
 
@@ -101,12 +110,13 @@ def train_head_cmd(**opts: object) -> None:
 @click.option("--cache", required=True, help="Cache to predict on (same model fingerprint).")
 @click.option("--split", default="all", show_default=True, help="all|train|val|test rows of that cache.")
 @click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
-@click.option("--out", default=None, help="Output directory (default RUN/predict-<cache>).")
-def predict_cmd(run_dir: str, cache: str, split: str, device: str, out: str | None) -> None:
+@click.option("--out", default=None, help="Output directory, outside the run (default <RUN>-predict-<cache>).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier prediction in --out.")
+def predict_cmd(run_dir: str, cache: str, split: str, device: str, out: str | None, overwrite: bool) -> None:
     """Apply a run's trained heads to another cache made with the same model."""
     from pipelines.train_head import predict_run
 
-    result = predict_run(run_dir, cache, out=out, device=device, split=split)
+    result = predict_run(run_dir, cache, out=out, device=device, split=split, overwrite=overwrite)
     _show(result.out_dir, result.metrics, f"predict {Path(cache).name}")
 
 

@@ -7,6 +7,7 @@ worker processes (they pickle under both ``fork`` and ``spawn``).
 from __future__ import annotations
 
 import csv
+import io
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,9 +67,11 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, 
 
     Column names are matched after stripping spaces and a UTF-8 BOM; a missing required
     column, or a row with more cells than the header, raises ``DataError`` naming the file.
-    Blank lines are skipped.
+    Blank lines are skipped. The file must be UTF-8 (another encoding, such as a Latin-1
+    export, is refused naming the line and byte rather than guessed).
     """
-    with open(path, newline="", encoding="utf-8-sig") as f:
+    text = read_text_utf8(path, "CSV file")
+    with io.StringIO(text, newline="") as f:
         reader = csv.reader(f)
         try:
             header = [h.strip() for h in next(reader)]
@@ -90,6 +93,38 @@ def read_csv_rows(path: Path, required: tuple[str, ...]) -> Iterator[tuple[int, 
                 )
             cells = cells + [""] * (len(header) - len(cells))
             yield reader.line_num, {h: c.strip() for h, c in zip(header, cells, strict=True)}
+
+
+def read_text_utf8(path: Path, what: str) -> str:
+    """The text of ``path`` decoded as UTF-8 (a BOM dropped); ``DataError`` naming the line and
+    the byte when it is not UTF-8."""
+    raw = path.read_bytes()
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        raise DataError(
+            f"{what} {path} is not UTF-8 text: line {line} has the byte 0x{raw[e.start]:02x} "
+            f"({e.reason}). Save it as UTF-8, e.g. `iconv -f latin1 -t utf-8 {path.name} > "
+            f"{path.stem}.utf8{path.suffix}` if it is Latin-1."
+        ) from None
+
+
+def check_utf8_names(where: str, **names: list[str]) -> None:
+    """Refuse names (``file=[...]``, ``image_id=[...]``, ``class=[...]``) that are not valid
+    Unicode: a file name in another encoding decodes to surrogates, which cannot be written
+    to the cache's UTF-8 strings."""
+    for kind, values in names.items():
+        kind = kind.replace("_", " ")
+        for k, value in enumerate(values):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                raise DataError(
+                    f"{where}: the {kind} name {value.encode('utf-8', 'surrogateescape')!r} (row {k}) "
+                    "is not valid UTF-8; rename the file (for example with `convmv -f latin1 "
+                    "-t utf-8`)."
+                ) from None
 
 
 def index_images(root: Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> dict[str, list[Path]]:

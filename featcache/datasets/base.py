@@ -13,6 +13,7 @@ import hashlib
 import inspect
 import io
 import json
+import logging
 import os
 import stat
 from collections.abc import Callable
@@ -25,6 +26,8 @@ from PIL import Image
 
 from featcache.errors import DataError, FeatcacheError, unknown
 from featcache.registry import Registry
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test", "")  # "" = the data set has no official split for this row
 
@@ -218,6 +221,44 @@ class Manifest:
             out[j] = seen[name]
         return out
 
+    def check_class_list(self) -> None:
+        """Refuse class lists that would train silently wrong; warn where it may be meant.
+
+        Refused: fewer than two classes (every image is "right": 100 %), and class ids that
+        differ only in case (``MEL`` and ``mel``: one class spelled two ways, split in two).
+        Warned: with source splits, a class with no ``train`` images (a ``train/`` and
+        ``test/`` naming classes differently) or with no ``test`` images; ``train-head``
+        refuses a split whose training rows miss a class.
+        """
+        ids, name = self.descriptor.class_ids, self.descriptor.name
+        if len(ids) < 2:
+            raise DataError(
+                f"Data set {name} has {len(ids)} class ({', '.join(ids) or 'none'}); a classifier "
+                "needs at least two (with one, every prediction is right and accuracy is 100 %)."
+            )
+        seen: dict[str, str] = {}
+        for c in ids:
+            other = seen.setdefault(c.casefold(), c)
+            if other != c:
+                raise DataError(
+                    f"Data set {name} ({self.descriptor.source or 'no source'}) has classes '{other}' "
+                    f"and '{c}', which differ only in case; they would be trained as two classes. "
+                    "Spell the class one way throughout (rename the folder or the label)."
+                )
+        if self.labels.ndim != 1:
+            return
+        splits = np.asarray(self.splits)
+        for split, meaning in (("train", "cannot be learned"), ("test", "is not scored")):
+            if split not in splits:
+                continue
+            counts = np.bincount(self.labels[splits == split], minlength=len(ids))
+            absent = [ids[c] for c in np.flatnonzero(counts == 0)]
+            if absent:
+                log.warning(
+                    "Data set %s: class(es) %s have no %s images, so each %s under --protocol "
+                    "official (do the splits name the same classes?).", name, ", ".join(absent),
+                    split, meaning)
+
     def fingerprint(self) -> str:
         """SHA-256 over ids, sources, labels, splits and the class list (the manifest hash)."""
         h = hashlib.sha256()
@@ -243,6 +284,11 @@ def build_manifest(name: str, root: str | Path | None, **options: object) -> Man
             raise DataError(f"--root {root} does not exist (data set {name}).")
     manifest = adapter(root, **options)
     manifest.check_classes_nonempty()
+    manifest.check_class_list()
+    from featcache.datasets._io import check_utf8_names
+
+    check_utf8_names(f"Data set {name}", file=manifest.sources, image_id=manifest.ids,
+                     **{"class": list(manifest.descriptor.class_ids)})
     return manifest
 
 

@@ -14,8 +14,11 @@ few classes as IR100 (with their own counts IR10 would have no few class at all)
 
 from __future__ import annotations
 
+import codecs
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -32,13 +35,67 @@ def cifar_lt_counts(imbalance: float, num_classes: int = 100, img_max: int = 500
     return [int(img_max * (1.0 / imbalance) ** (c / (num_classes - 1.0))) for c in range(num_classes)]
 
 
+def _numpy_global(name: str) -> object:
+    """``numpy._core.multiarray._reconstruct`` etc., wherever this numpy keeps it (1.x: ``numpy.core``)."""
+    import importlib
+
+    module, attr = name.rsplit(".", 1)
+    try:
+        return getattr(importlib.import_module(f"numpy._core.{module}"), attr)
+    except ImportError:  # numpy < 2
+        return getattr(importlib.import_module(f"numpy.core.{module}"), attr)
+
+
+# Every global the official CIFAR-100 pickles (and numpy's own pickles of uint8 arrays) name:
+# the numpy array reconstructors, ndarray and dtype, and ``_codecs.encode`` (protocol-2
+# pickles written by Python 3 store bytes through it). Nothing else is ever looked up.
+_CIFAR_GLOBALS: dict[tuple[str, str], Callable[[], object]] = {
+    **{(m, "_reconstruct"): lambda: _numpy_global("multiarray._reconstruct")
+       for m in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(m, "_frombuffer"): lambda: _numpy_global("numeric._frombuffer")
+       for m in ("numpy.core.numeric", "numpy._core.numeric")},
+    ("numpy", "ndarray"): lambda: np.ndarray,
+    ("numpy", "dtype"): lambda: np.dtype,
+    ("_codecs", "encode"): lambda: codecs.encode,
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that admits only what the CIFAR-100 format holds: dicts, lists, str/bytes,
+    ints and numpy arrays. Any other class or function a pickle names (the way a hostile pickle
+    runs code) is refused before it is looked up, let alone called."""
+
+    def __init__(self, f: BinaryIO, path: Path) -> None:
+        super().__init__(f, encoding="latin1")
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> object:  # noqa: D102 - pickle's hook
+        make = _CIFAR_GLOBALS.get((module, name))
+        if make is None:
+            raise DataError(
+                f"CIFAR-100 pickle {self.path} refers to {module}.{name}, which the CIFAR-100 "
+                "format does not hold (only dicts, lists, text, integers and numpy arrays); "
+                "refusing to load it, since a pickle like this can run code. Download the "
+                "official cifar-100-python.tar.gz again."
+            )
+        return make()
+
+
 def _unpickle(path: Path) -> dict:
     require_file(path, "CIFAR-100 pickle")
     try:
         with open(path, "rb") as f:
-            return pickle.load(f, encoding="latin1")
-    except (OSError, EOFError, pickle.UnpicklingError, ValueError) as e:
+            d = _CifarUnpickler(f, path).load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError) as e:
         raise DataError(f"CIFAR-100 pickle {path} could not be read: {e}") from None
+    if not isinstance(d, dict):
+        raise DataError(f"CIFAR-100 pickle {path} holds a {type(d).__name__}; expected a dict.")
+    for key, value in d.items():
+        if isinstance(value, np.ndarray) and value.dtype == object:
+            raise DataError(f"CIFAR-100 pickle {path}: '{key}' is an array of Python objects; "
+                            "the format holds uint8 image arrays.")
+    return d
 
 
 def _split(path: Path) -> tuple[np.ndarray, np.ndarray]:
