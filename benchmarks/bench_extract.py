@@ -47,8 +47,8 @@ from featcache.decode import jpeg_decoder
 from featcache.device import autocast, resolve_device, resolve_precision, synchronize
 from featcache.distributed import default_workers
 from featcache.models import image_features, load_backbone
+from featcache.pipelines.extract import ExtractConfig, image_batches, run
 from featcache.preprocess import Preprocessing
-from pipelines.extract import ExtractConfig, image_batches, run
 
 ANCHOR = Path(__file__).resolve().parents[2] / "shared" / "anchors" / "gpu_anchor.py"
 

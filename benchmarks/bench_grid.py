@@ -4,8 +4,8 @@ Same head, same data: an ISIC-sized random-feature cache (8,400 × 512, 7 classe
 ISIC 2018's long-tailed profile, 60 test images per class as in TFA-LT's protocol), SGD with
 the TFA-LT recipe (batch 128, cosine, 200 epochs by default). The grid is 8 learning rates
 × 8 weight decays; the single configuration is its first cell. Both go through
-:func:`pipelines.grid.run` (training, val/test evaluation, the run directory), and the single
-configuration is also timed through ``train-head`` (:func:`pipelines.train_head.run`), what a
+:func:`featcache.pipelines.grid.run` (training, val/test evaluation, the run directory), and the single
+configuration is also timed through ``train-head`` (:func:`featcache.pipelines.train_head.run`), what a
 user runs for one setting. Goal: grid ≤ 4 × one configuration.
 
     .venv/bin/python benchmarks/bench_grid.py [--epochs 200] [--seeds 0] [--head linear]
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from fixtures_cache import make_feature_cache  # noqa: E402
 
-from pipelines import grid, train_head  # noqa: E402
+from featcache.pipelines import grid, train_head  # noqa: E402
 
 # ISIC 2018 Task 3 class sizes (NV, MEL, BKL, BCC, AKIEC, VASC, DF) scaled to 8,400 rows.
 ISIC_COUNTS = (6705, 1113, 1099, 514, 327, 142, 115)

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import torch
 
-from heads.logreg import fit_logreg, search_c, stratified_val
+from featcache.heads.logreg import fit_logreg, search_c, stratified_val
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ def _photos(folder: Path, n: int) -> None:
 
 
 def box_stats(size: int, n: int = 20000) -> dict:
-    from pipelines.finetune import rrc_box
+    from featcache.pipelines.finetune import rrc_box
 
     H, W = 375, 500
     canvas = round(1.5 * size)
@@ -60,7 +60,7 @@ def data_speed(folder: Path, size: int, canvas: int | None, repeats: int = 2) ->
     import torch
 
     from featcache.datasets import build_manifest
-    from pipelines.finetune import TrainImages, random_resized_crop
+    from featcache.pipelines.finetune import TrainImages, random_resized_crop
 
     manifest = build_manifest("folder", folder)
     data = TrainImages(manifest, np.arange(len(manifest)), size, canvas=canvas)
@@ -76,7 +76,7 @@ def data_speed(folder: Path, size: int, canvas: int | None, repeats: int = 2) ->
 
 
 def epoch_time(folder: Path, canvas: int | None, workers: int, out: Path) -> tuple[float, float]:
-    from pipelines.finetune import FinetuneConfig, run
+    from featcache.pipelines.finetune import FinetuneConfig, run
 
     cfg = FinetuneConfig(dataset="folder", root=str(folder), protocol="tfa-lt", test_per_class=2, epochs=1,
                          batch_size=32, train_canvas=canvas, workers=workers, progress=False, device="cpu",

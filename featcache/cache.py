@@ -589,6 +589,9 @@ class FeatureCache:
         )
         scale = f["model"].attrs.get("logit_scale") if "model" in f else None
         self.logit_scale: float | None = None if scale is None else float(scale)
+        # the cosine-logit temperature τ when none is given: 1/logit_scale of the model
+        # (DESIGN.md §1: 0.01 for OpenAI CLIP), 0.01 for caches without one (imported features)
+        self.default_tau: float = 1.0 / self.logit_scale if self.logit_scale else 0.01
         self.text_features = (
             torch.from_numpy(f["text/features"][()]) if "text/features" in f else None
         )

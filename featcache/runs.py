@@ -429,3 +429,12 @@ def rich_table(frame: pl.DataFrame, *, title: str = "", title_column: str = "met
     for row in frame.iter_rows(named=True):
         table.add_row(str(row[title_column]), *[_pct(row[k], row.get(f"{k}_std")) for _, k in PAPER_COLUMNS])
     return table
+
+
+@dataclass
+class RunResult:
+    """What a pipeline returns: the summary written to metrics.json and where it went."""
+
+    out_dir: Path
+    metrics: dict
+    config: dict

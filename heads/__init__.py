@@ -2,14 +2,22 @@
 
 ``HEADS`` (zeroshot, linear, cosine, logreg, adapter, ensemble-logit, ensemble-feature), ``LOSSES``
 (ce, focal, la, bs, cb, bce) and ``SAMPLERS`` (instance, wrs, rus, rus-fixed, sqrt). Heads are batched
-over members (see :mod:`heads.base`); :mod:`featcache.training` trains them.
+over members (see :mod:`featcache.heads.base`); :mod:`featcache.heads.training` trains them.
 """
 
-from heads import adapter, ensemble, linear, logreg, zeroshot  # noqa: F401  (registers the heads)
-from heads.base import HEADS, Head, HeadContext, MemberSpec, build_head, load_head, register_head
-from heads.losses import LOSSES, ClassPrior, posthoc_adjust
-from heads.samplers import SAMPLERS, Sampler, register_sampler
-from heads.text import class_means, prototypes_for
+from featcache.heads import adapter, ensemble, linear, logreg, zeroshot  # noqa: F401  (registers the heads)
+from featcache.heads.base import (
+    HEADS,
+    Head,
+    HeadContext,
+    MemberSpec,
+    build_head,
+    load_head,
+    register_head,
+)
+from featcache.heads.losses import LOSSES, ClassPrior, posthoc_adjust
+from featcache.heads.samplers import SAMPLERS, Sampler, register_sampler
+from featcache.heads.text import class_means, prototypes_for
 
 __all__ = [
     "HEADS",

@@ -13,7 +13,7 @@ import math
 import torch
 
 from featcache.errors import FeatcacheError
-from heads.base import Head, cosine_logits, register_head, uniform_
+from featcache.heads.base import Head, cosine_logits, register_head, uniform_
 
 
 @register_head("adapter")

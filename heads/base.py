@@ -4,7 +4,7 @@ A head here is *batched*: one module holds G members of the same shape, every pa
 leading member dimension ``[G, ...]``, and ``forward`` maps ``[G, B, in_dim]`` features to
 ``[G, B, C]`` logits with ``torch.bmm``/``einsum``. Training one head is the case ``G = 1``;
 TFA-LT's two stage-I adapters, the seeds of a run and the configurations of a grid are
-members of one head that train in one step (see :mod:`featcache.training`).
+members of one head that train in one step (see :mod:`featcache.heads.training`).
 
 A new head is one small class plus one decorator::
 
@@ -211,7 +211,7 @@ class Head(nn.Module):
         The same logits as :meth:`forward` on ``x`` expanded to every member, for heads whose
         logits are a map of the input that stacks over members (``linear``, ``cosine``): one
         ``[B, D] @ [D, g·C]`` product instead of a ``[g, B, D]`` copy of the batch. Used by
-        :func:`featcache.training.train_members` with ``share_batches=True`` (a grid's members
+        :func:`featcache.heads.training.train_members` with ``share_batches=True`` (a grid's members
         that draw the same batches). Heads that do not override it never get that path.
         """
         raise NotImplementedError
@@ -291,16 +291,21 @@ class Head(nn.Module):
 
     def member(self, g: int) -> Head:
         """Member ``g`` alone, as a head with ``G = 1`` (a copy)."""
+        return self.subset([g])
+
+    def subset(self, idx: Sequence[int]) -> Head:
+        """Members ``idx`` as a new head with ``G = len(idx)`` (a copy), e.g. one seed's WRS
+        and RUS adapters out of a batched TFA-LT stage I."""
+        idx = list(idx)
         ctx = HeadContext(
             self.in_dim,
             self.num_classes,
-            prototypes=self.prototypes[g : g + 1] if self.needs_prototypes else None,
+            prototypes=self.prototypes[idx] if self.needs_prototypes else None,
             loading=True,
         )
-        one = type(self)(ctx, [self.members[g]], device=self.tau.device)
-        state = {k: v[g : g + 1].clone() for k, v in self.state_dict().items()}
-        one.load_state_dict(state)
-        return one
+        sub = type(self)(ctx, [self.members[g] for g in idx], device=self.tau.device)
+        sub.load_state_dict({k: v[idx].clone() for k, v in self.state_dict().items()})
+        return sub
 
     def checkpoint(self) -> dict:
         """Everything needed to rebuild this head for prediction: name, widths, knobs, state."""

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from featcache.errors import FeatcacheError
-from heads.base import Head, product, register_head, uniform_
+from featcache.heads.base import Head, product, register_head, uniform_
 
 
 @register_head("linear")

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 
 from featcache.errors import FeatcacheError
-from heads.base import Head, register_head
+from featcache.heads.base import Head, register_head
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ DEFAULT_SOLVER = "sklearn"
 
 @dataclass
 class FitResult:
-    """What :meth:`LogRegHead.fit` returns (the shape of ``featcache.training.TrainResult``)."""
+    """What :meth:`LogRegHead.fit` returns (the shape of ``featcache.heads.training.TrainResult``)."""
 
     epoch_loss: list[list[float]]  # per member: [final training loss]
     steps: list[int]  # per member: number of L-BFGS fits (sweep + refit)

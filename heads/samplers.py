@@ -11,7 +11,7 @@ device with no host synchronisation (class sizes are read once, at construction)
   epoch, shuffled (``fresh``).
 - ``rus-fixed``: random under-sampling drawn ONCE (from the member's stream seed) and then
   reshuffled every epoch: one re-balanced training set, as the TFA-LT
-  paper "generates" it (TFA-LT stage I's default, see ``pipelines.tfa_lt``).
+  paper "generates" it (TFA-LT stage I's default, see ``featcache.pipelines.tfa_lt``).
 - ``sqrt``: square-root sampling, class probabilities ∝ sqrt(n_c), N draws with replacement.
 """
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from heads.base import Head, cosine_logits, register_head
+from featcache.heads.base import Head, cosine_logits, register_head
 
 
 @register_head("zeroshot")

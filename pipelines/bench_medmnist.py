@@ -6,7 +6,7 @@
    file (``--download`` fetches missing ones through the ``medmnist`` package) before any
    work starts;
 2. for each data set × size × resize × backbone, extract the cache (one per combination,
-   through :mod:`pipelines.extract`) or reuse it when it is already complete;
+   through :mod:`featcache.pipelines.extract`) or reuse it when it is already complete;
 3. linear probes from the cache (:func:`train_probes`): every learning rate of the grid and
    every seed is one *member*, and all members of one cache train together in one batched
    loop (AdamW, head lr decayed ×0.9 every 200 iterations; ``--recipe paper``: FMMIC's 15,000
@@ -68,8 +68,8 @@ from featcache.datasets.medmnist import SIZES, SUBSETS, find_npz, medmnist_descr
 from featcache.device import autocast, resolve_device
 from featcache.errors import DataError, FeatcacheError, did_you_mean, unknown
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
+from featcache.pipelines import extract
 from featcache.preprocess import RESIZE_MODES, Preprocessing, array_batch
-from pipelines import extract
 
 log = logging.getLogger(__name__)
 

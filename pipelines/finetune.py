@@ -3,7 +3,7 @@
 ``run(FinetuneConfig(...))`` reads top to bottom (DESIGN.md §2 gives every default):
 
 1. ``--method classifier --cache C.h5``: nothing in the backbone trains, so the cached ``cls``
-   features are all it needs — hand over to the heads pipeline (:mod:`pipelines.train_head`,
+   features are all it needs — hand over to the heads pipeline (:mod:`featcache.pipelines.train_head`,
    a cosine head σ = 25 with text init on the pre-projection features, logit-adjusted loss).
    These features are *not augmented* (one fixed view per image), so the run is labelled
    ``classifier-cached``; LIFT's augmented classifier baseline is ``--method classifier``
@@ -63,15 +63,14 @@ from featcache.datasets.lt_lists import has_placeholder_names
 from featcache.device import autocast, resolve_device, resolve_precision
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import FeatcacheError
+from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
 from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
 from featcache.metrics import compute_metrics, summarize
 from featcache.peft import MethodConfig, apply_method, count_parameters, make_config
 from featcache.preprocess import TTE_EXPAND, Preprocessing, array_batch, five_crops, pil_to_uint8
 from featcache.prompts import LIFT
-from featcache.runs import RunWriter, write_json
+from featcache.runs import RunResult, RunWriter, write_json
 from featcache.splits import PROTOCOLS, Split, make_split, resolve_protocol
-from heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
-from pipelines.train_head import RunResult
 
 log = logging.getLogger(__name__)
 
@@ -870,7 +869,7 @@ def run_from_cache(cfg: FinetuneConfig) -> RunResult:
     augmented path (the frozen tower runs on fresh crops every step, without autograd).
     """
     from featcache.cache import open_cache
-    from pipelines import train_head
+    from featcache.pipelines import train_head
 
     cache = open_cache(cfg.cache)
     check_class_names(list(cache.descriptor.class_names), cfg.init, f"Cache {cfg.cache}")

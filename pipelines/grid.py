@@ -3,12 +3,12 @@
 Read top to bottom:
 
 1. **Parse** ``--param NAME=V1,V2`` against the pipeline's own config dataclass
-   (:class:`~pipelines.train_head.TrainHeadConfig` or :class:`~pipelines.tfa_lt.TfaLtConfig`):
+   (:class:`~featcache.pipelines.train_head.TrainHeadConfig` or :class:`~featcache.pipelines.tfa_lt.TfaLtConfig`):
    knob names are its field names (``knobs()``), value types come from its type hints, and
    every combination is built as a real config, so every bad name, type or value fails
    before anything trains (:class:`GridConfig`).
 2. **Group**: configurations that differ only in per-member knobs (the fields of
-   :class:`~heads.base.MemberSpec`: lr, weight decay, momentum, epochs, batch size, schedule,
+   :class:`~featcache.heads.base.MemberSpec`: lr, weight decay, momentum, epochs, batch size, schedule,
    loss and its knobs, sampler, tau, sigma, init) are members of ONE batched head; knobs that
    change what the head is, what it reads or how it computes (``head``, ``view``, ``feature``,
    ``tte``, ``text_source``, ``template``, ``precision``) make separate groups, each trained
@@ -20,8 +20,8 @@ Read top to bottom:
    random stream, sampler and batch size — e.g. configurations that differ only in lr or
    weight decay) share one gather of the cached rows, ``x`` ``[B, D]``, and heads whose
    logits are a linear map of the input (``linear``, ``cosine``) compute every member in one
-   matrix product ``[B, D] @ [D, G·C]`` (:meth:`heads.base.Head.forward_shared`); both come
-   from :func:`featcache.training.train_members` with ``share_batches=True``. Other heads
+   matrix product ``[B, D] @ [D, G·C]`` (:meth:`featcache.heads.base.Head.forward_shared`); both come
+   from :func:`featcache.heads.training.train_members` with ``share_batches=True``. Other heads
    (adapters, ensemblers) get one gather per member there. TFA-LT: stage-I adapters
    that are the same for several configurations (a grid over stage-II knobs) are trained once.
    Every member keeps its own random streams, so each configuration gets the result it gets
@@ -59,13 +59,20 @@ import polars as pl
 import torch
 
 from featcache.errors import FeatcacheError, did_you_mean
+from featcache.heads import HEADS, ClassPrior, Head, HeadContext, MemberSpec, build_head
+from featcache.heads.cached import (
+    CachedData,
+    SeedSetup,
+    checkpoint_for,
+    load_data,
+    resolved_config,
+    seed_setups,
+)
+from featcache.heads.losses import posthoc_adjust
+from featcache.heads.training import predict_logits, stream_key, train_members
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
+from featcache.pipelines import tfa_lt, train_head
 from featcache.runs import RunWriter, write_json
-from featcache.training import predict_logits, stream_key, train_members
-from heads import HEADS, ClassPrior, Head, HeadContext, MemberSpec, build_head
-from heads.losses import posthoc_adjust
-from pipelines import tfa_lt, train_head
-from pipelines.train_head import CachedData, SeedSetup, checkpoint_for, load_data, seed_setups
 
 log = logging.getLogger(__name__)
 
@@ -272,7 +279,7 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
     head_name = cfgs[0][1].head
     need = HEADS.get(head_name).needs_prototypes or any(c.init == "text" for _, c in cfgs)
     # members: one per (configuration, seed), ordered by batch stream (contiguous streams)
-    entries = [(i, j, c.member(s.seed, tau=c.tau or data.tau))
+    entries = [(i, j, c.member(s.seed, tau=data.tau_for(c.tau)))
                for i, c in cfgs for j, s in enumerate(setups)]
     entries.sort(key=lambda e: (*stream_key(e[2]), e[1]))
     members = [m for _, _, m in entries]
@@ -316,7 +323,7 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
     pairs: list[tuple[int, int, int, int]] = []  # (config, seed index, wrs member, rus member)
     for i, c in cfgs:
         for j, s in enumerate(setups):
-            tau = c.tau or data.tau
+            tau = data.tau_for(c.tau)
             ids = [unique.setdefault((c.stage1(s.seed, smp, tau=tau), j), len(unique))
                    for smp in ("wrs", "rus")]
             pairs.append((i, j, ids[0], ids[1]))
@@ -345,7 +352,7 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
         ens_ctx = HeadContext(int(inputs.shape[-1]), C,
                               prototypes=torch.stack([setups[j].prototypes for _, j, _, _ in pairs]))
         cfg_of = dict(cfgs)
-        ens_members = [cfg_of[i].stage2(setups[j].seed, tau=cfg_of[i].tau or data.tau)
+        ens_members = [cfg_of[i].stage2(setups[j].seed, tau=data.tau_for(cfg_of[i].tau))
                        for i, j, _, _ in pairs]
         ensembler = build_head(f"ensemble-{base.ensemble}", ens_ctx, ens_members, device=data.device)
         stage2 = train_members(ensembler, inputs, data.labels, [setups[p[1]].pool for p in pairs],
@@ -367,7 +374,7 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
         return torch.cat(outs, 1)
 
     def model(p: int) -> dict:
-        pair = tfa_lt._members(branches, [pairs[p][2], pairs[p][3]])
+        pair = branches.subset([pairs[p][2], pairs[p][3]])
         ens = ensembler.member(p) if ensembler is not None else None
         return {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": base.ensemble,
                 "ensembler": ens.checkpoint() if ens is not None else None}
@@ -376,7 +383,7 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
 
 
 def _features(head: Head, x: torch.Tensor, *, batch: int) -> torch.Tensor:
-    from featcache.training import head_features
+    from featcache.heads.training import head_features
 
     return head_features(head, x, batch=batch)
 
@@ -412,10 +419,10 @@ def _data_key(cfg: PipelineConfig) -> tuple:
     return (cfg.view, cfg.feature, cfg.tte, cfg.text_source, cfg.template)
 
 
-def _knob_row(cfg: PipelineConfig, tau: float) -> dict:
+def _knob_row(cfg: PipelineConfig, data: CachedData) -> dict:
     """Every knob of ``cfg`` (run-level settings left out; ``tau`` resolved)."""
     d = {k: v for k, v in asdict(cfg).items() if k not in RUN_LEVEL}
-    d["tau"] = cfg.tau if cfg.tau is not None else tau
+    d["tau"] = data.tau_for(cfg.tau)
     return d
 
 
@@ -534,7 +541,7 @@ def _table(grid: GridConfig, loaded: dict, val_rows: list[dict], test_rows: list
         for j, setup in enumerate(setups):
             k = i * len(setups) + j
             row = {"config": i, "seed": setup.seed, "selected": i == selected,
-                   **_knob_row(cfg, data.tau),
+                   **_knob_row(cfg, data),
                    "protocol": setup.split.protocol, "n_train": int(setup.split.train.size),
                    "n_val": int(setup.split.val.size), "n_test": int(setup.split.test.size),
                    "train_loss": losses.get((i, j), math.nan)}
@@ -559,13 +566,13 @@ def _summary(grid: GridConfig, table: pl.DataFrame) -> pl.DataFrame:
 
 
 def _resolved(grid: GridConfig, data: CachedData, setups: list[SeedSetup], selected: int) -> dict:
-    d = train_head.resolved_config(grid.base, data, setups, f"grid/{grid.pipeline}")
+    d = resolved_config(grid.base, data, setups, f"grid/{grid.pipeline}")
     d.update(
         grid={n: list(v) for n, v in grid.params},
         n_configurations=len(grid.configs),
         select=f"val_{grid.select}",
         selected=selected,
-        selected_config=_knob_row(grid.configs[selected], data.tau),
+        selected_config=_knob_row(grid.configs[selected], data),
         grouping="configurations that differ only in per-member knobs train as members of "
                  "one batched head; members with equal batch streams share one gather",
         out=grid.out,

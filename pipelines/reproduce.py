@@ -30,8 +30,8 @@ from pathlib import Path
 import polars as pl
 
 from featcache.cache import open_cache
+from featcache.pipelines import tfa_lt, train_head
 from featcache.runs import markdown_table, read_run, runs_frame, write_json
-from pipelines import tfa_lt, train_head
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 """``featcache train-head --ensemble logit|feature``: the TFA-LT method (DESIGN.md §1).
 
-Stage I: two residual adapters (``heads.adapter``) with cosine logits to the text features,
+Stage I: two residual adapters (``featcache.heads.adapter``) with cosine logits to the text features,
 one trained on a class-balanced weighted-random-sampling stream (WRS), one on a random
 under-sampled set (RUS), both with cross-entropy. ``rus="fixed"`` (default) draws the
 under-sampled set once and trains every epoch on it, as the paper describes RUS: it
@@ -18,7 +18,7 @@ products in bf16, with fp32 master weights; stage II's inputs are the adapters' 
 only: both branches are the frozen features, i.e. zero-shot: Table 2's "ensembler only") and
 ``ensemble="mean"`` (the mean of the two balanced adapters' logits, no stage II; NOT the
 paper's "adapter only" row, which is one adapter trained without balancing, see
-:mod:`pipelines.reproduce`).
+:mod:`featcache.pipelines.reproduce`).
 """
 
 from __future__ import annotations
@@ -31,13 +31,10 @@ from pathlib import Path
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.runs import RunWriter
-from featcache.training import head_features, predict_logits, train_members
-from heads import LOSSES, HeadContext, MemberSpec, build_head
-from pipelines.train_head import (
-    RunResult,
+from featcache.heads import LOSSES, HeadContext, MemberSpec, build_head
+from featcache.heads.cached import (
     RunSettings,
-    _check_common,
+    check_run_settings,
     checkpoint_for,
     combine_branches,
     default_out,
@@ -46,13 +43,15 @@ from pipelines.train_head import (
     resolved_config,
     seed_setups,
 )
+from featcache.heads.training import head_features, predict_logits, train_members
+from featcache.runs import RunResult, RunWriter
 
 log = logging.getLogger(__name__)
 
 ENSEMBLES = ("logit", "feature", "mean")
 RUS_MODES = ("fixed", "fresh")
 RUS_SAMPLER = {"fixed": "rus-fixed", "fresh": "rus"}
-# The loss knobs each loss reads (heads.losses); a stage-I spec carries only its own loss's
+# The loss knobs each loss reads (featcache.heads.losses); a stage-I spec carries only its own loss's
 # knobs, so a grid over a stage-II knob (focal γ) leaves stage I identical (trained once).
 LOSS_READS = {"focal": ("gamma",), "la": ("la_tau",), "cb": ("cb_beta",)}
 
@@ -96,7 +95,7 @@ class TfaLtConfig(RunSettings):
                                  "use --head zeroshot for that.")
         LOSSES.get(self.loss), LOSSES.get(self.ensemble_loss)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
-        _check_common(self)
+        check_run_settings(self)
         self.stage1(self.seeds[0], "wrs", tau=self.tau or 0.01)
         self.stage2(self.seeds[0], tau=self.tau or 0.01)
 
@@ -164,7 +163,7 @@ def run(cfg: TfaLtConfig) -> RunResult:
     config = resolved_config(cfg, data, setups, "tfa-lt")
     writer = RunWriter(out_dir, config, data.cache.class_names, method=name)
     for i, setup in enumerate(setups):
-        pair = _members(branches, [2 * i, 2 * i + 1])
+        pair = branches.subset([2 * i, 2 * i + 1])
         ens = ensembler.member(i) if ensembler is not None else None
 
         def logits_of(x: torch.Tensor, pair=pair, ens=ens) -> torch.Tensor:  # noqa: ANN001
@@ -186,16 +185,6 @@ def run(cfg: TfaLtConfig) -> RunResult:
 
 def _last(values: list[float]) -> float:
     return values[-1] if values else math.nan
-
-
-def _members(head, idx: list[int]):  # noqa: ANN001, ANN202
-    """Members ``idx`` of ``head`` as a new head (a copy), e.g. one seed's WRS and RUS pair."""
-    ctx = HeadContext(head.in_dim, head.num_classes,
-                      prototypes=head.prototypes[idx] if head.needs_prototypes else None,
-                      loading=True)
-    sub = type(head)(ctx, [head.members[g] for g in idx], device=head.tau.device)
-    sub.load_state_dict({k: v[idx].clone() for k, v in head.state_dict().items()})
-    return sub
 
 
 def _method_name(cfg: TfaLtConfig) -> str:

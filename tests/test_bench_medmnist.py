@@ -24,8 +24,7 @@ from featcache.cache import open_cache
 from featcache.cli import main
 from featcache.errors import DataError, FeatcacheError
 from featcache.models import image_features, load_backbone
-from featcache.preprocess import Preprocessing
-from pipelines.bench_medmnist import (
+from featcache.pipelines.bench_medmnist import (
     BackboneSpec,
     BenchConfig,
     ProbeRecipe,
@@ -37,8 +36,9 @@ from pipelines.bench_medmnist import (
     run,
     train_probes,
 )
-from pipelines.extract import ExtractConfig
-from pipelines.extract import run as extract_run
+from featcache.pipelines.extract import ExtractConfig
+from featcache.pipelines.extract import run as extract_run
+from featcache.preprocess import Preprocessing
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TIMM_TINY = "timm:test_vit"
@@ -211,6 +211,7 @@ def test_timm_backbone_from_file_and_clear_weight_errors(tmp_path: Path, monkeyp
 # --- the benchmark end to end through the CLI ------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_writes_contract_files_and_reuses_caches(tmp_path: Path) -> None:
     root = _three_sets(tmp_path / "data")
     out, caches = tmp_path / "run", tmp_path / "caches"
@@ -404,7 +405,7 @@ def test_recipe_paper_is_fmmic_by_default_and_fast_is_named() -> None:
 
 def test_check_iterations_follow_fmmic_rule() -> None:
     """Common_Trainer.py l. 255-259: epochs e with e % (E // min(10, E)) == 0 or e == E - 1."""
-    from pipelines.bench_medmnist import check_iterations
+    from featcache.pipelines.bench_medmnist import check_iterations
 
     # 640 rows, batch 64: 10 batches per epoch, E = 1500, every 150 epochs
     its = check_iterations(640, 64, 15000, 10)
@@ -418,7 +419,7 @@ def test_check_iterations_follow_fmmic_rule() -> None:
 def test_probe_reports_best_val_acc_checkpoint(tmp_path: Path) -> None:
     """The reported figures are those of the checkpoint with the best val ACC (first on ties),
     not of the final weights: retraining each member to every check iteration agrees."""
-    from pipelines.bench_medmnist import check_iterations, val_acc
+    from featcache.pipelines.bench_medmnist import check_iterations, val_acc
 
     cfg = _quick(tmp_path, iterations=60, batch_size=4, lrs=(1e-1, 1e-2), seeds=(0, 1))
     res = run(cfg)
@@ -445,7 +446,7 @@ def test_finetune_trains_every_parameter_with_family_lr_and_lr_grid(tmp_path: Pa
     """End to end = every parameter (conv1, embeddings, ln_pre/ln_post, proj too); encoder lr
     1e-7 for ViTs and 1e-6 for CNNs (FMMIC Common_Main.py l. 32-33, 281-284); a grid is
     selected on val."""
-    from pipelines.bench_medmnist import _encoder_for_finetuning, encoder_family
+    from featcache.pipelines.bench_medmnist import _encoder_for_finetuning, encoder_family
 
     backbone = _encoder_for_finetuning(BackboneSpec.parse("tiny-clip"), 2, torch.device("cpu"))
     frozen = [n for n, p in backbone.visual.named_parameters() if not p.requires_grad]
@@ -508,7 +509,7 @@ def test_pad_norm_pads_with_zero_after_normalisation() -> None:
 def test_binary_head_bce_and_first_n_per_class(tmp_path: Path) -> None:
     """FMMIC's binary head: one logit, BCE (Common_Trainer.py l. 351-352); its data-efficiency
     sets: the first N rows per class (dataset.py l. 241-245)."""
-    from pipelines.bench_medmnist import binary_scores
+    from featcache.pipelines.bench_medmnist import binary_scores
 
     z = np.array([[-2.0], [0.0], [3.0]])
     p1 = np.exp(binary_scores(z))[:, 1] / np.exp(binary_scores(z)).sum(1)
@@ -529,7 +530,7 @@ def test_binary_head_bce_and_first_n_per_class(tmp_path: Path) -> None:
 
 def test_auc_with_a_class_absent_from_test_is_marked() -> None:
     """medmnist 3.0.2 evaluator.py l. 157-163 sums every class's AUC: NaN when one is absent."""
-    from pipelines.bench_medmnist import table_markdown
+    from featcache.pipelines.bench_medmnist import table_markdown
 
     y = np.array([0, 0, 1, 1, 0, 1])  # class 2 absent
     s = np.eye(3)[[0, 1, 1, 1, 0, 0]] + 0.1
@@ -578,7 +579,7 @@ def test_bare_timm_spec_gets_bench_advice(tmp_path: Path, monkeypatch: pytest.Mo
 def test_plot_legend_does_not_cover_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import matplotlib.figure
 
-    from pipelines.bench_medmnist import plot_size_resize
+    from featcache.pipelines.bench_medmnist import plot_size_resize
 
     figs = []
     real = matplotlib.figure.Figure.savefig

@@ -24,10 +24,10 @@ from featcache.datasets import build_manifest
 from featcache.datasets.base import Descriptor
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.models import image_features, load_backbone
+from featcache.pipelines.extract import ExtractConfig, run
+from featcache.pipelines.import_features import ImportConfig
+from featcache.pipelines.import_features import run as import_run
 from featcache.preprocess import TTE_VIEWS, Preprocessing, five_crop_boxes, five_crops, pil_to_uint8
-from pipelines.extract import ExtractConfig, run
-from pipelines.import_features import ImportConfig
-from pipelines.import_features import run as import_run
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -159,13 +159,13 @@ def _jpeg_folder(root: Path) -> Path:
 def test_device_decoder_matches_pil(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, library: str) -> None:
     """--decoder device (JPEGs decoded, resized and cropped on the device) gives the PIL
     path's pixels within one level, so the same features; TTE crops included."""
-    import pipelines.extract
+    import featcache.pipelines.extract
     from featcache.decode import jpeg_decoder
 
     name, decode = jpeg_decoder(torch.device("cpu"), prefer=library)
     if name != library:
         pytest.skip(f"{library} is not installed")
-    monkeypatch.setattr(pipelines.extract, "jpeg_decoder", lambda device: (name, decode))
+    monkeypatch.setattr(featcache.pipelines.extract, "jpeg_decoder", lambda device: (name, decode))
     root = _jpeg_folder(tmp_path / "imgs")
     backbone = load_backbone("tiny-clip")
     prep = Preprocessing.from_open_clip(backbone.preprocess, tte=True)
@@ -258,6 +258,7 @@ def _cli_extract_args(out: Path, extra: tuple[str, ...] = ()) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_killed_extraction_resumes_to_identical_cache(tmp_path: Path) -> None:
     ref = tmp_path / "ref.h5"
     assert CliRunner().invoke(main, _cli_extract_args(ref)).exit_code == 0

@@ -22,15 +22,15 @@ from featcache.errors import FeatcacheError
 from featcache.metrics import METRIC_KEYS
 from featcache.models import load_backbone
 from featcache.peft import make_config
-from featcache.preprocess import Preprocessing, five_crops, pil_to_uint8
-from pipelines import finetune
-from pipelines.finetune import (
+from featcache.pipelines import finetune
+from featcache.pipelines.finetune import (
     FinetuneConfig,
     TrainImages,
     build_model,
     evaluate_logits,
     random_resized_crop,
 )
+from featcache.preprocess import Preprocessing, five_crops, pil_to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
 # A small long-tailed set: 6 classes, 40..2 training images, 4 test images per class (32 px).
@@ -76,6 +76,7 @@ def test_short_run_lowers_loss_and_writes_the_run_directory(tmp_path: Path) -> N
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["seed-0.pt"]
 
 
+@pytest.mark.slow
 def test_checkpoint_holds_only_trainable_tensors_and_resume_matches(tmp_path: Path, monkeypatch) -> None:
     whole = finetune.run(_cfg(tmp_path, "whole", epochs=2, seeds=(3,)))
     ckpt = torch.load(whole.out_dir / "checkpoints" / "seed-3.pt", weights_only=True)
@@ -184,8 +185,8 @@ def test_bad_input_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_classifier_method_trains_from_the_cache_with_the_heads_pipeline(tmp_path: Path) -> None:
-    from pipelines.extract import ExtractConfig
-    from pipelines.extract import run as extract
+    from featcache.pipelines.extract import ExtractConfig
+    from featcache.pipelines.extract import run as extract
 
     cache = extract(ExtractConfig(dataset="synthetic-lt", dataset_options=SYNTH, out=str(tmp_path / "c.h5"),
                                   workers=0, progress=False)).out

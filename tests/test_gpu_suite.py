@@ -13,8 +13,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from featcache.training import train_members
-from heads import HeadContext, MemberSpec, build_head
+from featcache.heads import HeadContext, MemberSpec, build_head
+from featcache.heads.training import train_members
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -166,7 +166,7 @@ def test_cuda_graphs_fallback_equals_the_default_path(name: str, share: bool, ca
         MemberSpec(seed=0, epochs=3, batch_size=64, lr=lr, weight_decay=wd, sigma=5.0)
         for lr, wd in ((0.1, 5e-4), (0.03, 0.0))] + [MemberSpec(seed=1, epochs=2, batch_size=64)]
     heads = [build_head(name, ctx, members) for _ in range(2)]
-    with caplog.at_level(logging.INFO, logger="featcache.training"):
+    with caplog.at_level(logging.INFO, logger="featcache.heads.training"):
         res = [train_members(h, x, labels, [pool] * len(members), share_batches=share,
                              cuda_graphs=flag, chunk_steps=5)
                for h, flag in zip(heads, (False, True), strict=True)]
@@ -182,7 +182,7 @@ def test_cuda_graphs_replay_matches_eager_on_the_gpu(caplog) -> None:  # noqa: A
     pool = torch.arange(labels.numel(), device="cuda")
     ctx = HeadContext(x.shape[1], 5, prototypes=F.normalize(torch.randn(5, x.shape[1]), dim=-1).cuda())
     heads = [build_head("adapter", ctx, _members()).cuda() for _ in range(2)]
-    with caplog.at_level(logging.INFO, logger="featcache.training"):
+    with caplog.at_level(logging.INFO, logger="featcache.heads.training"):
         for h, flag in zip(heads, (False, True), strict=True):
             train_members(h, x, labels, [pool] * 3, cuda_graphs=flag)
     assert "CUDA graphs: 2 captured" in caplog.text, caplog.text
@@ -199,7 +199,7 @@ def test_classifier_only_runs_the_frozen_tower_without_autograd(method: str, tow
     graph through the frozen tower; a method that trains inside the tower does."""
     from featcache.models import load_backbone
     from featcache.peft import make_config
-    from pipelines.finetune import build_model
+    from featcache.pipelines.finetune import build_model
 
     torch.manual_seed(0)
     backbone = load_backbone("tiny-clip", "random")

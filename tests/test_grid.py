@@ -16,7 +16,7 @@ from fixtures_cache import make_feature_cache
 from featcache.cli import main
 from featcache.errors import FeatcacheError
 from featcache.metrics import METRIC_KEYS
-from pipelines import grid, tfa_lt, train_head
+from featcache.pipelines import grid, tfa_lt, train_head
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +53,7 @@ def _state(run_dir, seed: int, key: str = "head") -> dict:  # noqa: ANN001
     return ck["model"][key]["state"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("head", ["linear", "cosine"])
 def test_joint_training_equals_each_configuration_alone(lt_cache, tmp_path, head) -> None:  # noqa: ANN001
     # lr × weight decay share batches (one gather, one product); epochs 2 vs 3 makes members

@@ -7,8 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from featcache.errors import FeatcacheError
-from featcache.training import predict_logits, train_members
-from heads import (
+from featcache.heads import (
     HEADS,
     LOSSES,
     SAMPLERS,
@@ -19,6 +18,7 @@ from heads import (
     load_head,
     posthoc_adjust,
 )
+from featcache.heads.training import predict_logits, train_members
 
 G, B, C, D = 2, 32, 5, 12
 
@@ -250,7 +250,7 @@ def _grads(head, x: torch.Tensor, labels: torch.Tensor, shared: bool = False) ->
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])  # fp16 runs on the CPU here
 @pytest.mark.parametrize("name", [n for n in HEADS.names() if HEADS.get(n).trainable])
 def test_half_precision_products_give_fp32_gradients_close_to_fp32(name: str, dtype, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr("heads.base.HALF_MIN_WEIGHT", 0)  # these test heads are tiny
+    monkeypatch.setattr("featcache.heads.base.HALF_MIN_WEIGHT", 0)  # these test heads are tiny
     ctx = _head_ctx(name)
     head = build_head(name, ctx, [MemberSpec(seed=0, tau=0.1), MemberSpec(seed=1, tau=0.1)])
     gen = torch.Generator().manual_seed(8)
@@ -274,7 +274,7 @@ def test_half_precision_products_give_fp32_gradients_close_to_fp32(name: str, dt
 
 @pytest.mark.parametrize("name", ["adapter", "linear", "cosine"])
 def test_bf16_training_reaches_fp32_accuracy(name: str, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr("heads.base.HALF_MIN_WEIGHT", 0)  # these test heads are tiny
+    monkeypatch.setattr("featcache.heads.base.HALF_MIN_WEIGHT", 0)  # these test heads are tiny
     x, labels = _data(4)
     gen = torch.Generator().manual_seed(9)
     x = torch.cat([x, x]) + 0.8 * torch.randn(2 * x.shape[0], D, generator=gen)  # harder
@@ -316,3 +316,34 @@ def test_small_weights_keep_fp32_products_under_bf16() -> None:
     for head, precision in zip(heads, ("fp32", "bf16"), strict=True):
         train_members(head, x, labels, [torch.arange(labels.numel())], precision=precision)
     assert torch.equal(heads[0].weight, heads[1].weight)
+
+
+def _denormals_flushed() -> bool:
+    """True while denormal float32 arithmetic is flushed to zero."""
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal
+    return bool((tiny * 1.0 == 0).item())
+
+
+def test_cpu_training_settings_are_scoped_and_restored_on_error(monkeypatch) -> None:
+    """The trainer's process-wide CPU settings (denormal flushing, glibc thresholds) hold only
+    while it trains, and are restored afterwards, also when training fails."""
+    from featcache.heads import training
+
+    calls = []
+    monkeypatch.setattr(training, "_mallopt", lambda trim, mmap: calls.append((trim, mmap)) or True)
+    assert not _denormals_flushed()
+    with training.cpu_training_mode():
+        assert _denormals_flushed()
+    assert not _denormals_flushed()
+    with pytest.raises(RuntimeError, match="boom"), training.cpu_training_mode():
+        raise RuntimeError("boom")
+    assert not _denormals_flushed()
+    default = training._GLIBC_DEFAULT_THRESHOLD
+    assert calls[1] == (default, default) and calls[3] == (default, default)
+    # and the trainer itself leaves nothing behind
+    gen = torch.Generator().manual_seed(5)
+    feats, labels = torch.randn(64, D, generator=gen), torch.randint(0, C, (64,), generator=gen)
+    head = build_head("linear", HeadContext(in_dim=D, num_classes=C),
+                      [MemberSpec(seed=0, epochs=1, batch_size=16)])
+    train_members(head, feats, labels, [torch.arange(64)])
+    assert not _denormals_flushed()

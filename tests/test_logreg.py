@@ -14,8 +14,8 @@ from sklearn.linear_model import LogisticRegression
 
 from featcache.cli import main
 from featcache.errors import FeatcacheError
-from heads import HEADS, HeadContext, MemberSpec, build_head
-from heads.logreg import START_LOG10_C, fit_logreg, stratified_val
+from featcache.heads import HEADS, HeadContext, MemberSpec, build_head
+from featcache.heads.logreg import START_LOG10_C, fit_logreg, stratified_val
 
 
 def _data(n: int = 300, d: int = 10, k: int = 4, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

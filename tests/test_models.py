@@ -29,8 +29,8 @@ from featcache import models
 from featcache.cache import fingerprint_of, open_cache
 from featcache.errors import FeatcacheError
 from featcache.models import load_backbone
-from pipelines.extract import ExtractConfig
-from pipelines.extract import run as extract_run
+from featcache.pipelines.extract import ExtractConfig
+from featcache.pipelines.extract import run as extract_run
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "tiny-clip"
@@ -191,7 +191,7 @@ def test_extraction_records_quick_gelu_in_meta_and_fingerprints(hub: Path, monke
 
 
 def test_benchmark_fine_tuning_builds_through_the_loader(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipelines.bench_medmnist import BackboneSpec, _encoder_for_finetuning
+    from featcache.pipelines.bench_medmnist import BackboneSpec, _encoder_for_finetuning
 
     register_tags(monkeypatch, {QUICK_TAG: _pcfg(hf_hub=f"{HUB_REPO}/", quick_gelu=True)})
     lay(hub, HUB_REPO, {"open_clip_pytorch_model.bin": as_bytes(tiny_weights())})
@@ -328,7 +328,7 @@ def test_hf_hub_repo_brings_its_activation_and_preprocessing(hub: Path) -> None:
 
 
 def test_hf_hub_cache_gets_a_flat_default_file_name() -> None:
-    from pipelines.extract import default_out
+    from featcache.pipelines.extract import default_out
 
     out = default_out(ExtractConfig(dataset="synthetic-lt", model=f"hf-hub:{HUB_REPO}"))
     assert out == Path("caches") / "synthetic-lt-hf-hub-featcache-test-tiny-clip-qg.h5"

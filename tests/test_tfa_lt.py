@@ -15,9 +15,10 @@ from fixtures_cache import TTE_VIEWS, make_feature_cache
 
 from featcache.cli import main
 from featcache.errors import CacheError, FeatcacheError
+from featcache.heads import cached
 from featcache.metrics import METRIC_KEYS
-from pipelines import tfa_lt, train_head
-from pipelines.reproduce import ReproduceConfig
+from featcache.pipelines import predict, tfa_lt, train_head
+from featcache.pipelines.reproduce import ReproduceConfig
 
 FAST = dict(epochs=4, device="cpu", seeds=(0,))
 
@@ -79,7 +80,7 @@ def test_run_directory_matches_the_contract(lt_cache, tmp_path) -> None:  # noqa
 def test_predict_applies_heads_and_refuses_another_model(lt_cache, tmp_path) -> None:  # noqa: ANN001
     run = tmp_path / "run"
     train_head.run(train_head.TrainHeadConfig(cache=str(lt_cache), head="adapter", out=str(run), **FAST))
-    same = train_head.predict_run(run, str(lt_cache), out=tmp_path / "p", device="cpu")
+    same = predict.predict_run(run, str(lt_cache), out=tmp_path / "p", device="cpu")
     assert 0 <= same.metrics["acc"] <= 1
     # predictions on the same rows agree with the run's own predictions
     own = pl.read_parquet(run / "predictions.parquet").sort("row")
@@ -95,7 +96,7 @@ def test_trained_head_refuses_features_of_another_width(lt_cache, tmp_path) -> N
     run = tmp_path / "run"
     train_head.run(train_head.TrainHeadConfig(cache=str(lt_cache), head="linear", out=str(run), **FAST))
     ckpt = torch.load(run / "checkpoints/seed-0.pt", weights_only=True)
-    predictor = train_head.Predictor(ckpt["model"], torch.device("cpu"))
+    predictor = cached.Predictor(ckpt["model"], torch.device("cpu"))
     with pytest.raises(FeatcacheError, match="expects 24-d features but the cache gives 40-d"):
         predictor(torch.randn(3, 40))
 
@@ -130,6 +131,7 @@ def test_official_protocol_and_multi_label(tmp_path) -> None:  # noqa: ANN001
     assert res.config["protocol"] == "official" and 0 <= res.metrics["auc"] <= 1
 
 
+@pytest.mark.slow
 def test_reproduce_and_report(lt_cache, tmp_path) -> None:  # noqa: ANN001
     out = tmp_path / "repro"
     res = CliRunner().invoke(main, ["reproduce", "tfa-lt", "--cache", str(lt_cache), "--seeds", "0",
@@ -175,7 +177,7 @@ def test_bad_input_gets_clear_errors(lt_cache, tmp_path) -> None:  # noqa: ANN00
 
 
 def test_bf16_reaches_fp32_accuracy_and_is_recorded(lt_cache, tmp_path, monkeypatch) -> None:  # noqa: ANN001
-    monkeypatch.setattr("heads.base.HALF_MIN_WEIGHT", 0)  # 24-d adapters: bf16 products anyway
+    monkeypatch.setattr("featcache.heads.base.HALF_MIN_WEIGHT", 0)  # 24-d adapters: bf16 products anyway
     common = dict(cache=str(lt_cache), ensemble="logit", epochs=10, ensemble_epochs=5,
                   device="cpu", seeds=(0, 1))
     res = {p: tfa_lt.run(tfa_lt.TfaLtConfig(precision=p, out=str(tmp_path / p), **common))
@@ -215,7 +217,7 @@ def test_reproduce_rows_map_to_the_papers_baselines(lt_cache, tmp_path) -> None:
     """Table 1's CE/Focal are the frozen-feature linear classifier (300 epochs), the linear
     probe is CLIP's logreg, Table 2's adapter-only row is ONE unbalanced adapter, Table 2
     starts with zero-shot (issue 11)."""
-    from pipelines.reproduce import NO_TEXT, ROWS, TABLE1, TABLE2, ZERO_SHOT, has_text
+    from featcache.pipelines.reproduce import NO_TEXT, ROWS, TABLE1, TABLE2, ZERO_SHOT, has_text
 
     cfg = ReproduceConfig(cache=str(lt_cache))
     plan = cfg.plan(tmp_path)
@@ -244,7 +246,7 @@ def test_reproduce_rows_map_to_the_papers_baselines(lt_cache, tmp_path) -> None:
 def test_rus_fixed_or_fresh(lt_cache) -> None:  # noqa: ANN001
     """``rus=fixed`` (default: the paper's generated set) trains every epoch on one subset;
     ``fresh`` draws a new one each epoch."""
-    from heads import SAMPLERS
+    from featcache.heads import SAMPLERS
 
     labels = torch.tensor([0] * 50 + [1] * 20 + [2] * 8)
     for name, same in (("rus-fixed", True), ("rus", False)):
@@ -266,7 +268,7 @@ def test_rus_fixed_or_fresh(lt_cache) -> None:  # noqa: ANN001
 
 @pytest.mark.slow
 def test_reproduce_without_text_names_the_zero_shot_row_honestly(tmp_path) -> None:  # noqa: ANN001
-    from pipelines.reproduce import NO_TEXT, run
+    from featcache.pipelines.reproduce import NO_TEXT, run
 
     cache = make_feature_cache(tmp_path / "notext.h5", num_classes=4, counts=[80, 40, 30, 25],
                                dim=8, with_text=False, test_per_class=5)

@@ -1,7 +1,7 @@
 """Benchmark commands: ``featcache bench medmnist`` (DESIGN.md §3).
 
-Thin: the options become a :class:`pipelines.bench_medmnist.BenchConfig` and
-:func:`pipelines.bench_medmnist.run` does the work; this module only parses comma lists and
+Thin: the options become a :class:`featcache.pipelines.bench_medmnist.BenchConfig` and
+:func:`featcache.pipelines.bench_medmnist.run` does the work; this module only parses comma lists and
 prints where the outputs went.
 """
 
@@ -61,7 +61,7 @@ def medmnist_cmd(
     no_progress: bool,
 ) -> None:
     """Linear probes (and optional end-to-end fine-tuning) of many backbones on MedMNIST."""
-    from pipelines.bench_medmnist import BenchConfig, run
+    from featcache.pipelines.bench_medmnist import BenchConfig, run
 
     cfg = BenchConfig(
         datasets=parse_list("--datasets", datasets),

@@ -67,7 +67,7 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
     `torchrun --nproc_per_node=N -m featcache extract ...` (one shard of the data per rank).
     """
     from featcache.distributed import dist_info
-    from pipelines.extract import ExtractConfig, run
+    from featcache.pipelines.extract import ExtractConfig, run
 
     opts = parse_pairs(options, "--option")
     for key, value in (("subset", subset), ("size", image_size), ("csv", csv_path)):
@@ -114,7 +114,7 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
 @click.option("--overwrite", is_flag=True)
 def import_cmd(source: str, dataset: str | None, out: str | None, overwrite: bool) -> None:
     """Build a cache from features computed elsewhere (.npz or .parquet)."""
-    from pipelines.import_features import ImportConfig, run
+    from featcache.pipelines.import_features import ImportConfig, run
 
     path = run(ImportConfig(source=source, out=out, dataset=dataset, overwrite=overwrite))
     click.echo(f"Wrote cache {path}")

@@ -25,11 +25,11 @@ from featcache.cli.common import console, parse_seeds
 @click.option("--device", default="auto", show_default=True)
 def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: str) -> None:
     """Extract synthetic-lt with tiny-clip, then reproduce TFA-LT's tables from the cache."""
+    from featcache.pipelines.extract import ExtractConfig
+    from featcache.pipelines.extract import run as extract
+    from featcache.pipelines.reproduce import ReproduceConfig
+    from featcache.pipelines.reproduce import run as reproduce
     from featcache.runs import rich_table
-    from pipelines.extract import ExtractConfig
-    from pipelines.extract import run as extract
-    from pipelines.reproduce import ReproduceConfig
-    from pipelines.reproduce import run as reproduce
 
     root = Path(out)
     cache = root / "synthetic-lt-tiny-clip-tte.h5"

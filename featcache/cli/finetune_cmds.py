@@ -1,4 +1,4 @@
-"""``featcache finetune``: LIFT fine-tuning (DESIGN.md §2); a thin layer over :mod:`pipelines.finetune`."""
+"""``featcache finetune``: LIFT fine-tuning (DESIGN.md §2); a thin layer over :mod:`featcache.pipelines.finetune`."""
 
 from __future__ import annotations
 
@@ -49,8 +49,8 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     epoch as LIFT's classifier baseline does.
     """
     from featcache.distributed import dist_info
+    from featcache.pipelines.finetune import FinetuneConfig, run
     from featcache.runs import rich_table, runs_frame
-    from pipelines.finetune import FinetuneConfig, run
 
     cfg = FinetuneConfig(
         dataset=dataset, root=root, dataset_options=parse_pairs(options, "--option"), method=method,

@@ -1,7 +1,7 @@
 """``featcache grid``: every combination of ``--param`` knobs × seeds, selected on validation.
 
 Thin: builds the base config (train-head's or TFA-LT's) from the fixed options, a
-:class:`pipelines.grid.GridConfig` from ``--param``, and calls :func:`pipelines.grid.run`.
+:class:`featcache.pipelines.grid.GridConfig` from ``--param``, and calls :func:`featcache.pipelines.grid.run`.
 The fixed options ARE train-head's: the option objects of ``featcache train-head`` are reused
 (not copied), so both commands always accept the same knobs with the same defaults. Only
 ``--val-fraction`` differs (default 0.2 here: a grid needs validation rows to select on).
@@ -43,7 +43,7 @@ def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
 @click.option("--out", default=None, help="Run directory (default runs/<cache>-grid).")
 def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> None:
     """Train every combination of --param values (× --seeds) together; select on validation."""
-    from pipelines import grid, tfa_lt, train_head
+    from featcache.pipelines import grid, tfa_lt, train_head
 
     ctx = click.get_current_context()
     given = {k for k in opts if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}

@@ -77,7 +77,7 @@ def train_head_cmd(**opts: object) -> None:
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
     overwrite = opts.pop("overwrite")
     if ensemble is None:
-        from pipelines import train_head
+        from featcache.pipelines import train_head
 
         if no_adapters:
             raise FeatcacheError("--no-adapters is a TFA-LT option; add --ensemble logit|feature.")
@@ -87,7 +87,7 @@ def train_head_cmd(**opts: object) -> None:
         result = train_head.run(train_head.TrainHeadConfig(**opts), overwrite=overwrite)
         title = f"{opts['head']} / {opts['loss']} / {opts['sampler']}"
     else:
-        from pipelines import tfa_lt
+        from featcache.pipelines import tfa_lt
 
         if opts["head"] not in (None, "adapter"):
             raise FeatcacheError("--ensemble runs TFA-LT, whose heads are adapters; drop --head.")
@@ -114,7 +114,7 @@ def train_head_cmd(**opts: object) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an earlier prediction in --out.")
 def predict_cmd(run_dir: str, cache: str, split: str, device: str, out: str | None, overwrite: bool) -> None:
     """Apply a run's trained heads to another cache made with the same model."""
-    from pipelines.train_head import predict_run
+    from featcache.pipelines.predict import predict_run
 
     result = predict_run(run_dir, cache, out=out, device=device, split=split, overwrite=overwrite)
     _show(result.out_dir, result.metrics, f"predict {Path(cache).name}")
@@ -147,8 +147,8 @@ def reproduce_group() -> None:
 @click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt).")
 def reproduce_tfa_lt_cmd(**opts: object) -> None:
     """TFA-LT's Table 1 (frozen-feature rows) and Table 2 (ablation), 3 seeds."""
+    from featcache.pipelines.reproduce import ReproduceConfig, run
     from featcache.runs import rich_table
-    from pipelines.reproduce import ReproduceConfig, run
 
     opts["seeds"] = parse_seeds(opts["seeds"])
     out, frame = run(ReproduceConfig(**opts), progress=lambda name: click.echo(f"… {name}", err=True))

@@ -33,7 +33,7 @@ SPLITS = ("train", "val", "test", "")  # "" = the data set has no official split
 
 
 def data_dir() -> Path:
-    """The folder holding descriptors: ``featcache/data`` in a wheel, ``<repo>/data`` in a checkout."""
+    """The folder holding descriptors: ``featcache/data`` (in a checkout a symlink to ``data/``)."""
     here = Path(__file__).resolve().parent.parent
     for candidate in (here / "data", here.parent / "data"):
         if (candidate / "datasets").is_dir():

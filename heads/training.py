@@ -14,7 +14,7 @@ Why this shape:
 - TFA-LT's two stage-I adapters (WRS and RUS), the seeds of a run and the configurations of
   a grid are all members: one pass over the features feeds them all (DESIGN.md §6).
 - Joint training equals training alone: each member has its own ``torch.Generator`` (seeded
-  from its :class:`~heads.base.MemberSpec`), members never mix in any reduction, members whose
+  from its :class:`~featcache.heads.base.MemberSpec`), members never mix in any reduction, members whose
   epoch is shorter (RUS) or whose run ended sit out steps with their parameters and momentum
   left untouched, and the optimiser uses the same elementwise operations in every case.
 - Data stays on the device as tensors; the step plan (which member is active, its learning
@@ -23,8 +23,8 @@ Why this shape:
 
 Mixed precision (``precision="bf16"``, or ``"fp16"`` on a GPU): the head's large weight
 products (the adapter's ``[B, D] × [D, D]`` and its weight gradient, the feature ensembler, a
-grid's shared classifier product; not a 7-class probe, see ``heads.base.HALF_MIN_WEIGHT``) run
-in that dtype through :meth:`~heads.base.Head.matmul_precision`; the parameters stay fp32
+grid's shared classifier product; not a 7-class probe, see ``featcache.heads.base.HALF_MIN_WEIGHT``) run
+in that dtype through :meth:`~featcache.heads.base.Head.matmul_precision`; the parameters stay fp32
 master weights, their gradients and the optimiser state are fp32, and logits, softmax and
 losses are fp32. ``"fp32"`` (the default) runs the exact fp32 arithmetic, unchanged.
 
@@ -35,9 +35,11 @@ SGD follows ``torch.optim.SGD`` (dampening 0, no Nesterov): d = g + wd·p; buf =
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -45,9 +47,9 @@ import torch
 
 from featcache.device import resolve_precision
 from featcache.errors import FeatcacheError
-from heads.base import Head, MemberSpec
-from heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
-from heads.samplers import SAMPLERS, Sampler
+from featcache.heads.base import Head, MemberSpec
+from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
+from featcache.heads.samplers import SAMPLERS, Sampler
 
 log = logging.getLogger(__name__)
 
@@ -124,34 +126,47 @@ class _Stream:
         return torch.cat(idx), torch.cat(wts)
 
 
-_ALLOCATOR_TUNED = False
+# glibc's mallopt parameters and their defaults (malloc.h: M_TRIM_THRESHOLD -1, M_MMAP_THRESHOLD -3)
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_GLIBC_DEFAULT_THRESHOLD = 128 * 1024
 
 
-def tune_cpu_allocator() -> bool:
-    """Keep freed buffers of a few MB inside the process (glibc ``mallopt``), once per process.
-
-    Each training step allocates and frees activations of ``[G, B, D]`` (0.5 MB for TFA-LT) and
-    more; glibc hands buffers over 128 KB back to the OS at once, so every step pays fresh
-    page faults, which on the CPU cost as much as the step's matmuls. Raising the mmap and
-    trim thresholds (what ``MALLOC_MMAP_THRESHOLD_``/``MALLOC_TRIM_THRESHOLD_`` do) keeps
-    them for reuse. Returns whether it applied (glibc only; elsewhere a no-op).
-    """
-    global _ALLOCATOR_TUNED
-    if _ALLOCATOR_TUNED:
-        return True
+def _mallopt(trim: int, mmap: int) -> bool:
+    """Set glibc's trim and mmap thresholds; False where there is no glibc."""
     try:
         import ctypes
 
         libc = ctypes.CDLL("libc.so.6")
-        m_trim_threshold, m_mmap_threshold = -1, -3
-        ok = libc.mallopt(m_mmap_threshold, 32 << 20) == 1  # glibc caps it at 32 MB
-        ok = libc.mallopt(m_trim_threshold, 256 << 20) == 1 and ok
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, mmap) == 1
+        return libc.mallopt(_M_TRIM_THRESHOLD, trim) == 1 and ok
     except (OSError, AttributeError):
         return False
-    _ALLOCATOR_TUNED = ok
-    if ok:
+
+
+@contextlib.contextmanager
+def cpu_training_mode() -> Iterator[bool]:
+    """Process-wide CPU settings for the training loop, restored on leaving (even on error).
+
+    - glibc keeps freed buffers of a few MB inside the process (``mallopt``): each step
+      allocates and frees activations of ``[G, B, D]`` (0.5 MB for TFA-LT) and more; glibc
+      hands buffers over 128 KB back to the OS at once, so every step would pay fresh page
+      faults, which on the CPU cost as much as the step's matmuls. On leaving, both
+      thresholds go back to glibc's documented default (128 KB).
+    - denormals are flushed to zero: late-epoch gradients underflow, and denormal arithmetic
+      is ~100× slower on x86. On leaving, torch's default (off) is restored.
+
+    Yields whether the allocator setting applied (glibc only; elsewhere a no-op).
+    """
+    tuned = _mallopt(256 << 20, 32 << 20)  # glibc caps the mmap threshold at 32 MB
+    if tuned:
         log.debug("glibc mmap/trim thresholds raised for the CPU training loop")
-    return ok
+    torch.set_flush_denormal(True)
+    try:
+        yield tuned
+    finally:
+        torch.set_flush_denormal(False)
+        if tuned:
+            _mallopt(_GLIBC_DEFAULT_THRESHOLD, _GLIBC_DEFAULT_THRESHOLD)
 
 
 def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -181,7 +196,7 @@ def train_members(
     ``share_batches=True`` (a grid's linear-eval style): adjacent members that draw the same
     batches (:func:`stream_key`: same seed, random stream, sampler, batch size and pool, e.g.
     configurations that differ only in lr or weight decay) read ONE gather ``[B, D]`` per
-    step, and a head that provides :meth:`~heads.base.Head.forward_shared` computes all of
+    step, and a head that provides :meth:`~featcache.heads.base.Head.forward_shared` computes all of
     them in one matrix product. Every member still gets exactly its own batches, so the result
     equals training it alone up to float rounding of the batched product. Needs ``[N, D]``
     inputs; otherwise (or for heads without ``forward_shared``) it has no effect.
@@ -262,11 +277,6 @@ def train_members(
         for name, gs in by_loss.items()
     ]
     member_idx = torch.arange(G, device=dev)[:, None]  # [G, 1] for per-member inputs
-    if dev.type == "cpu":
-        tune_cpu_allocator()
-        # flush denormals to zero while training (restored to torch's default after):
-        # late-epoch gradients underflow, and denormal arithmetic is ~100x slower on x86
-        torch.set_flush_denormal(True)
     hist_dev = torch.zeros(S, G, device=dev)  # [S, G] loss of every step, read once at the end
     # shared inputs: every step's gather lands in one buffer (index_select with out=)
     x_buf = inputs.new_empty(K * width, inputs.shape[-1]) if shared else None
@@ -300,7 +310,8 @@ def train_members(
 
     graphs = _StepGraphs(step, dev, K, G, width) if cuda_graphs else None
     head.train()
-    with head.matmul_precision(dtype):  # fp32: the head is left exactly as it is
+    cpu_mode = cpu_training_mode() if dev.type == "cpu" else contextlib.nullcontext()
+    with cpu_mode, head.matmul_precision(dtype):  # fp32: the head is left exactly as it is
         for c0 in range(0, S, chunk_steps):
             n = min(chunk_steps, S - c0)
             taken = [st.take(n) for st in streams]
@@ -316,8 +327,6 @@ def train_members(
                 else:
                     graphs.run(idx_c[j], w_c[j], lr_c[j], act_c[j], bool(all_active[c0 + j]), c0 + j)
     head.eval()
-    if dev.type == "cpu":
-        torch.set_flush_denormal(False)
     hist = hist_dev.cpu().numpy()
     epoch_loss = [
         hist[: totals[g], g].reshape(members[g].epochs, per_epoch[g]).mean(1).tolist()
