@@ -37,7 +37,7 @@ from featcache.cache import CacheWriteError, OutputLock, ShardStore, open_cache
 from featcache.cli import main
 from featcache.datasets.base import decode_rgb
 from featcache.errors import CacheError, DataError
-from pipelines.extract import ExtractConfig, run
+from featcache.pipelines.extract import ExtractConfig, run
 
 REPO = Path(__file__).resolve().parents[1]
 _HELD: list[OutputLock] = []  # locks a builder holds for the duration of its case
@@ -463,9 +463,11 @@ def test_lock_names_holder_and_is_released(tmp_path: Path) -> None:
     OutputLock(out).acquire().release()
 
 
+@pytest.mark.slow
 def test_two_extractions_at_once_one_is_refused_and_cache_is_whole(tmp_path: Path) -> None:
-    """Two processes into one --out, started together on an unfinished extraction (both reach
-    assembly at once without the lock): one is refused naming the other, the cache is correct."""
+    """Two processes into one --out: while the first holds the output (it is paused with
+    SIGSTOP once its lock names it, so the overlap does not depend on the machine's speed),
+    the second is refused naming the first's process; the first then finishes a correct cache."""
     out = tmp_path / "c.h5"
     args = ["extract", "--dataset", "synthetic-lt", "--option", "max_per_class=400", "--workers", "0",
             "--batch-size", "16", "--chunk-size", "64", "--out", str(out)]
@@ -473,13 +475,20 @@ def test_two_extractions_at_once_one_is_refused_and_cache_is_whole(tmp_path: Pat
     assert CliRunner().invoke(main, [*args[:-1], str(ref)]).exit_code == 0
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-m", "featcache", *args]
-    procs = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env) for _ in range(2)]
-    results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
-    codes = sorted(rc for rc, _ in results)
-    assert codes == [0, 2], results
-    refused = next(err for rc, err in results if rc == 2)
-    winner = next(p for p, (rc, _) in zip(procs, results, strict=True) if rc == 0)
-    assert f"process {winner.pid} on" in refused and "Traceback" not in refused
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=REPO, env=env)
+    lock = Path(str(out) + ".lock")
+    deadline = time.monotonic() + 120
+    while not (lock.exists() and lock.read_text().startswith(str(first.pid))):
+        assert first.poll() is None and time.monotonic() < deadline, first.stderr.read().decode()
+        time.sleep(0.01)
+    first.send_signal(signal.SIGSTOP)
+    try:
+        second = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+    finally:
+        first.send_signal(signal.SIGCONT)
+    assert first.wait(timeout=300) == 0, first.stderr.read().decode()
+    assert second.returncode == 2, second.stderr
+    assert f"process {first.pid} on" in second.stderr and "Traceback" not in second.stderr
     a, b = open_cache(ref), open_cache(out)
     assert a.ids == b.ids and np.array_equal(a.labels, b.labels)
     assert np.array_equal(a.features().numpy(), b.features().numpy())
@@ -513,8 +522,8 @@ def test_sixteen_bit_grey_png_is_scaled_not_clipped() -> None:
 
 
 def test_import_one_hot_and_column_labels_become_indices(tmp_path: Path) -> None:
-    from pipelines.import_features import ImportConfig
-    from pipelines.import_features import run as import_run
+    from featcache.pipelines.import_features import ImportConfig
+    from featcache.pipelines.import_features import run as import_run
 
     np.savez(tmp_path / "a.npz", features=_F, labels=np.eye(3, dtype=np.float32)[_L])
     c = open_cache(import_run(ImportConfig(source=str(tmp_path / "a.npz"))))
