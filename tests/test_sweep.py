@@ -8,7 +8,8 @@ file present before the command (earlier outputs, the inputs) is byte-identical 
 A case may add its own ``check(inputs)`` (for instance: a payload's marker file does not
 exist). Commands run in-process through click's ``CliRunner``.
 
-To add a case: write a builder (a few lines using :class:`Inputs`) and one row in ``CASES``.
+To add a case: write a builder (a few lines using :class:`Inputs`) and one row in ``CASES``
+(or a ``(id, builder, args, fragment)`` row in tests/sweep_cache_cases.py).
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ import torch
 from click.testing import CliRunner
 from fixtures_cache import make_feature_cache
 from fixtures_data import write_cifar100, write_csv_list, write_folder, write_image
+from sweep_cache_cases import CASES as CACHE_ROWS
+from sweep_cache_cases import release_held
 
 from featcache.cli import main
 
@@ -38,6 +41,7 @@ class Inputs:
 
     def __init__(self, tmp: Path, shared: Path) -> None:
         self.tmp, self.shared = tmp, shared
+        self.placeholders: dict[str, str] | None = None  # set by a row's builder (from_row)
 
     def cache(self, name: str = "c.h5", **kw: object) -> Path:
         """A synthetic feature cache (built once per distinct ``kw``), copied to ``tmp/name``."""
@@ -61,17 +65,32 @@ class Inputs:
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file under ``root`` (links and an output's ``.lock`` file, which a run takes and
+    removes, left out)."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+            if p.is_file() and not p.is_symlink() and not p.name.endswith(".lock")}
 
 
 @dataclass(frozen=True)
 class Case:
-    """One hostile input: ``build(inputs) -> args``; stderr must hold every ``expect`` fragment."""
+    """One hostile input: ``build(inputs) -> args``; stderr must hold every ``expect`` fragment
+    (formatted with ``inputs.placeholders`` when the builder set them)."""
 
     id: str
     build: Callable[[Inputs], list[str]]
     expect: tuple[str, ...]
     check: Callable[[Inputs], None] | None = None
+
+
+def from_row(row: tuple) -> Case:
+    """A ``(case id, builder(tmp) -> placeholders, args, fragment)`` row as a :class:`Case`."""
+    case_id, build, args, fragment = row
+
+    def build_args(inputs: Inputs) -> list[str]:
+        inputs.placeholders = build(inputs.tmp)
+        return [a.format(**inputs.placeholders) for a in args]
+
+    return Case(case_id, build_args, (fragment,))
 
 
 # --------------------------------------------------------------------------------------
@@ -328,6 +347,8 @@ CASES += [
     Case("non-utf8-file-name", non_utf8_file_name, ("caf\\xe9.png", "not valid UTF-8", "rename")),
     Case("report-malformed-json", report_malformed_json, ("metrics.json is not valid JSON", "line 1")),
     Case("report-json-not-an-object", report_json_not_object, ("metrics.json holds a JSON list",)),
+    # the cache contract, import-features and extraction (tests/sweep_cache_cases.py)
+    *(from_row(row) for row in CACHE_ROWS),
 ]
 
 
@@ -344,13 +365,18 @@ def shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_case(case: Case, tmp_path: Path, shared: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # default outputs (runs/...) land in the case's folder
     inputs = Inputs(tmp_path, shared)
-    args = case.build(inputs)
-    before = _snapshot(tmp_path)
-    res = CliRunner().invoke(main, [str(a) for a in args])
+    try:
+        args = case.build(inputs)
+        before = _snapshot(tmp_path)
+        res = CliRunner().invoke(main, [str(a) for a in args])
+    finally:
+        release_held()
     stderr, out = res.stderr, res.output
     assert res.exit_code != 0, f"exit 0 for {case.id}:\n{out}"
     assert isinstance(res.exception, SystemExit), f"{case.id} raised {res.exception!r}"
     for fragment in case.expect:
+        if inputs.placeholders is not None:
+            fragment = fragment.format(**inputs.placeholders)
         assert fragment in stderr, f"{fragment!r} not in stderr of {case.id}:\n{stderr}"
     assert "Traceback" not in out and "this is a bug" not in out.lower(), out
     after = _snapshot(tmp_path)
