@@ -193,7 +193,8 @@ class GridConfig:
 
     def __post_init__(self) -> None:
         cls = type(self.base)
-        allowed = grid_knobs(cls)
+        # a head's own knobs are gridded by their names (--param hidden=...), never as a tuple
+        allowed = [k for k in grid_knobs(cls) if k != "head_options"]
         if not self.params:
             raise FeatcacheError("The grid is empty: give at least one --param NAME=V1,V2,... "
                                  f"(knobs: {', '.join(allowed)}).")
@@ -202,6 +203,10 @@ class GridConfig:
         head_knobs = ({f.name: f for f in HEADS.get(self.base.head).knob_fields()}
                       if hasattr(self.base, "head") else {})
         for name, values in self.params:
+            if name == "head_options":
+                raise FeatcacheError("Grid a head's own knob by its name, e.g. --param hidden=64,256"
+                                     f" (knobs of head '{self.base.head}': "
+                                     f"{', '.join(head_knobs) or 'none'}).")
             if name in head_knobs and name not in allowed:  # a knob the head declares
                 values = tuple(values)
                 if name in seen or not values:
@@ -216,9 +221,12 @@ class GridConfig:
             if name in RUN_LEVEL and name in cls.knobs():
                 raise FeatcacheError(f"Knob '{name}' cannot be gridded: {RUN_LEVEL[name]}.")
             if name not in allowed:
+                own = (f" Knobs of head '{self.base.head}': {', '.join(head_knobs)}."
+                       if head_knobs else "")
                 raise FeatcacheError(
-                    f"Unknown knob '{name}'.{did_you_mean(name, allowed)} Knobs of "
-                    f"{'TFA-LT' if cls is tfa_lt.TfaLtConfig else 'train-head'}: {', '.join(allowed)}."
+                    f"Unknown knob '{name}'.{did_you_mean(name, [*allowed, *head_knobs])} Knobs of "
+                    f"{'TFA-LT' if cls is tfa_lt.TfaLtConfig else 'train-head'}: "
+                    f"{', '.join(allowed)}.{own}"
                 )
             if name in seen:
                 raise FeatcacheError(f"Knob '{name}' is given twice; list all its values in one "
@@ -442,10 +450,9 @@ def _data_key(cfg: PipelineConfig) -> tuple:
 
 def _knob_row(cfg: PipelineConfig, data: CachedData) -> dict:
     """Every knob of ``cfg`` (run-level settings left out; ``tau`` resolved)."""
-    d = {k: v for k, v in asdict(cfg).items() if k not in RUN_LEVEL}
+    d = {k: v for k, v in asdict(cfg).items() if k not in RUN_LEVEL and k != "head_options"}
     d["tau"] = data.tau_for(cfg.tau)
-    if "head_options" in d:  # one column per knob the head declares, resolved
-        d.pop("head_options")
+    if hasattr(cfg, "head_options"):  # one column per knob the head declares, resolved
         d.update(asdict(HEADS.get(cfg.head).resolve_knobs(cfg.head_options)))
     return d
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -131,7 +131,6 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
     if overwrite:
         clear_run(out_dir)
     config = resolved_config(cfg, data, setups, "train-head")
-    config["head_options"] = asdict(head_cls.resolve_knobs(cfg.head_options))
     writer = RunWriter(out_dir, config, data.cache.class_names, method=cfg.method or cfg.head)
     for g, setup in enumerate(setups):
         member = head.member(g)

@@ -239,3 +239,17 @@ def test_grid_over_a_per_member_head_knob_trains_one_head(cache, tmp_path) -> No
     assert res.table.height == 6 and set(res.table["beta"].to_list()) == {1.0, 5.5}
     config = json.loads((tmp_path / "g" / "config.json").read_text())
     assert config["grid"] == {"alpha": [0.0, 1.0, 2.0], "beta": [1.0, 5.5]}
+    assert config["head_options"] == {"alpha": 1.0, "beta": 5.5}  # the base, resolved
+    sel = spec.configs[res.selected]
+    assert config["selected_config"]["alpha"] == dict(sel.head_options)["alpha"]
+
+
+def test_grid_refuses_unknown_head_knobs_with_a_hint(cache) -> None:  # noqa: ANN001
+    base = train_head.TrainHeadConfig(cache=str(cache), head="mlp", device="cpu", seeds=(0,),
+                                      val_fraction=0.2)
+    with pytest.raises(FeatcacheError, match="Did you mean 'hidden'.*Knobs of head 'mlp': hidden"):
+        grid.make_grid(base, ["hiden=4,8"])
+    with pytest.raises(FeatcacheError, match="by its name"):
+        grid.make_grid(base, ["head_options=x"])
+    with pytest.raises(FeatcacheError, match="hidden=0 is invalid"):
+        grid.make_grid(base, ["hidden=0,4"])
