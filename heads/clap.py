@@ -2,14 +2,18 @@
 Vision-Language Models", CVPR 2024 (CLAP: Class-Adaptive linear Probe).
 
     logits_c = cos(f, w_c) / τ,   W initialised to the zero-shot text classifier T
-    loss     = CE + Σ_c λ_c ‖w_c − t_c‖²                 # the class-adaptive penalty
+    loss     = CE + (1/C) Σ_c λ_c ‖w_c − t_c‖²           # the class-adaptive penalty
 
-λ_c are class-adaptive: the mean zero-shot softmax probability of class c on its own training
-(support) samples (the paper's zero-shot initialisation of the multipliers; jusiro/CLAP), so
-classes the zero-shot classifier already gets right stay closer to their text prototype.
+As jusiro/CLAP ``trainers/adapters.py``: ``init_MultiModal`` (W = the text features),
+``zero_shot_constraint`` (``torch.mean(self.alpha_constraint * disimilitude)``, the l2
+dissimilitude ``(prototypes - base_text_features).pow(2).sum(-1)``, added to each batch's
+loss), ``init_lagrangian_multipliers`` (λ_c = the mean zero-shot softmax probability of class c
+on its own training (support) samples: ``diag(softmax(logits).T @ onehot) / onehot.sum(0)``),
+and logits from L2-normalised features and prototypes times CLIP's logit scale (1/τ). Classes
+the zero-shot classifier already gets right stay closer to their text prototype.
 ``penalty_scale`` multiplies every λ_c (default 1); ``inf`` keeps W at T exactly (zero-shot).
 The paper refines λ with an augmented-Lagrangian scheme; featcache keeps the initial λ fixed
-(not reproduced). The penalty enters as a gradient ``2 λ_c (w_c − t_c)`` added in backward
+(not reproduced). The penalty enters as a gradient ``2 λ_c (w_c − t_c) / C`` added in backward
 (:class:`_Penalty`), so the run's SGD trainer optimises CE + penalty; SGD is stable for
 ``2 · lr · λ_c < 2``.
 """
@@ -48,7 +52,7 @@ class ClapHead(Head):
     def __init__(self, ctx, members, *, device=None, dtype=None) -> None:  # noqa: ANN001
         super().__init__(ctx, members, device=device, dtype=dtype)
         G, C = self.num_members, self.num_classes
-        self.register_buffer("penalty", torch.ones(G, C, device=device))  # λ_c, before data
+        self.register_buffer("penalty", torch.full((G, C), 1.0 / C, device=device))  # λ_c / C
         scale = torch.tensor([k.penalty_scale for k in self.knobs], device=device)
         self.register_buffer("penalty_scale", scale)
 
@@ -56,7 +60,7 @@ class ClapHead(Head):
         return {"weight": self.prototypes[g].detach().float().cpu().clone()}  # W [C, D] = T
 
     def attach_data(self, inputs, labels, pools) -> None:  # noqa: ANN001
-        """λ_c = mean zero-shot probability of class c on its own training rows."""
+        """λ_c / C: λ_c the mean zero-shot probability of class c on its own training rows."""
         if labels.dim() != 1:
             raise FeatcacheError("Head 'clap' needs single-label data.")
         with torch.no_grad():
@@ -67,7 +71,7 @@ class ClapHead(Head):
                 p = z.softmax(-1).gather(1, y[:, None])[:, 0]  # [n]
                 sums = torch.zeros(self.num_classes, device=p.device).index_add_(0, y, p)
                 counts = torch.bincount(y, minlength=self.num_classes).clamp_min(1)
-                self.penalty[g] = sums / counts
+                self.penalty[g] = sums / counts / self.num_classes  # torch.mean over classes
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
         self.check_input(x)

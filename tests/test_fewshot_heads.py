@@ -98,7 +98,7 @@ def test_clap_with_infinite_penalty_stays_at_zero_shot() -> None:
     # the class-adaptive multipliers: each class's mean zero-shot probability on its rows
     p = (F.normalize(x, dim=-1) @ ctx.prototypes.T / 0.05).softmax(-1)[torch.arange(labels.numel()), labels]
     want = torch.stack([p[labels == c].mean() for c in range(C)])
-    torch.testing.assert_close(free.penalty[0], want)
+    torch.testing.assert_close(free.penalty[0], want / C)  # the penalty is a mean over classes
 
 
 def test_clap_penalty_pulls_weights_towards_text() -> None:
@@ -253,3 +253,16 @@ def test_grid_refuses_unknown_head_knobs_with_a_hint(cache) -> None:  # noqa: AN
         grid.make_grid(base, ["head_options=x"])
     with pytest.raises(FeatcacheError, match="hidden=0 is invalid"):
         grid.make_grid(base, ["hidden=0,4"])
+
+
+def test_lp_pp_starts_from_centroids_and_its_alpha_init() -> None:
+    x, labels, ctx = _data(seed=3)
+    head = build_head("lp++", ctx, [_spec("lp++")])
+    head.attach_data(x, labels, [torch.arange(labels.numel())])
+    f = F.normalize(x, dim=-1)
+    cent = torch.stack([f[labels == c].mean(0) for c in range(C)])
+    torch.testing.assert_close(head.visual[0], cent)
+    torch.testing.assert_close(head.text_scale[0], torch.full((C,), 250 * (cent @ ctx.prototypes.T).mean()))
+    q = torch.randn(5, D)
+    want = F.normalize(q, dim=-1) @ (cent + head.text_scale[0, :, None] * ctx.prototypes).T
+    torch.testing.assert_close(predict_logits(head, q[None])[0], want, rtol=1e-5, atol=1e-5)
