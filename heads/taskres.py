@@ -3,9 +3,14 @@
     W = T + α · R,   R learnable, initialised to zero   # paper eq. (3)
     logits_c = cos(f, w_c) / τ
 
-T the text classifier (frozen), R the task residual; α = 0.5 (the paper's §4.1 default
-"α = 0.5" for most data sets; geekyutao/TaskRes ``trainers/taskres.py``, ``TaskRes``'s
-``alpha`` from the config). With R = 0 the head is zero-shot CLIP exactly.
+T the text classifier (frozen), R the task residual; α = 0.5 (the paper's default scale).
+As geekyutao/TaskRes ``trainers/taskres.py``: ``TaskResLearner.forward`` returns
+``base_text_features + self.alpha * self.text_feature_residuals`` (R = ``zeros_like``, α =
+``cfg.TRAINER.TaskRes.RESIDUAL_SCALE``) and ``CustomCLIP.forward`` L2-normalises image and
+text features and multiplies by ``logit_scale.exp()`` (1/τ here). With R = 0 the head is
+zero-shot CLIP exactly. Difference: TaskRes's base T is the un-normalised mean of its
+templates' text features; featcache's prototypes are L2-normalised (the scale of α·R relative
+to T differs by |T|).
 """
 
 from __future__ import annotations
