@@ -37,7 +37,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
-from featcache.errors import FeatcacheError, did_you_mean
+from featcache.errors import FeatcacheError, did_you_mean, number_problem
 from featcache.registry import Registry
 
 SCHEDULES = ("cosine", "constant")
@@ -167,12 +167,12 @@ def _knob_value(head: str, f: Any, value: Any) -> Any:
                 return {"true": True, "1": True, "yes": True, "false": False, "0": False,
                         "no": False}[text.lower()]
             if base is int:
-                return int(text)
-            if base is float:
-                out = float(text)
-                if not math.isfinite(out):
+                out = int(text)
+                if number_problem(out):
                     raise ValueError
                 return out
+            if base is float:  # inf is a value some knobs allow (clap's penalty_scale)
+                return float(text)  # each head's Knobs.__post_init__ says what it accepts
         except (KeyError, ValueError):
             raise bad from None
         return text

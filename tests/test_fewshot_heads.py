@@ -162,6 +162,11 @@ def test_head_options_are_parsed_against_the_heads_knobs() -> None:
         HEADS.get("linear").parse_options({"hidden": 3})
     with pytest.raises(FeatcacheError, match="k=0 is invalid"):
         HEADS.get("knn").parse_options({"k": "0"})
+    with pytest.raises(FeatcacheError, match="temperature=nan is invalid"):
+        HEADS.get("knn").parse_options({"temperature": "nan"})
+    with pytest.raises(FeatcacheError, match="beta=inf is invalid"):
+        HEADS.get("tip-adapter").parse_options({"beta": "inf"})
+    assert HEADS.get("clap").parse_options({"penalty_scale": "inf"}) == (("penalty_scale", math.inf),)
     # every declared knob has help text and a source
     for name in HEADS.names():
         for f in HEADS.get(name).knob_fields():

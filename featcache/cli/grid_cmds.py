@@ -33,7 +33,9 @@ def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
 @_grid_command
 @click.option("--param", "params", multiple=True,
               help="NAME=V1,V2,... a knob to vary (train-head's long option name with "
-                   "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...). Repeatable.")
+                   "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...), or a "
+                   "knob the --head declares (mlp: hidden; knn: k, temperature; tip-adapter: "
+                   "alpha, beta; ...). Repeatable.")
 @click.option("--select", default="balanced_acc", show_default=True,
               help="Validation metric that chooses the configuration.")
 @click.option("--top", type=int, default=10, show_default=True, help="Configurations to print.")
