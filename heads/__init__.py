@@ -1,11 +1,25 @@
 """Pluggable heads, losses and samplers for cached features (each a registry).
 
-``HEADS`` (zeroshot, linear, cosine, logreg, adapter, ensemble-logit, ensemble-feature), ``LOSSES``
+``HEADS`` (zeroshot, linear, cosine, logreg, adapter, ensemble-logit, ensemble-feature, mlp, knn,
+tip-adapter, tip-adapter-f, clip-adapter, lp++, clap, taskres), ``LOSSES``
 (ce, focal, la, bs, cb, bce) and ``SAMPLERS`` (instance, wrs, rus, rus-fixed, sqrt). Heads are batched
 over members (see :mod:`featcache.heads.base`); :mod:`featcache.heads.training` trains them.
 """
 
-from featcache.heads import adapter, ensemble, linear, logreg, zeroshot  # noqa: F401  (registers the heads)
+from featcache.heads import (  # noqa: F401  (registers the heads)
+    adapter,
+    clap,
+    clip_adapter,
+    ensemble,
+    knn,
+    linear,
+    logreg,
+    lp_pp,
+    mlp,
+    taskres,
+    tip_adapter,
+    zeroshot,
+)
 from featcache.heads.base import (
     HEADS,
     Head,

@@ -30,14 +30,14 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, fields, replace
-from typing import ClassVar
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
-from featcache.errors import FeatcacheError
+from featcache.errors import FeatcacheError, did_you_mean, number_problem
 from featcache.registry import Registry
 
 SCHEDULES = ("cosine", "constant")
@@ -76,8 +76,13 @@ class MemberSpec:
     tau: float = 0.01  # cosine-logit temperature (DESIGN.md §1: 1/logit_scale)
     sigma: float = 25.0  # cosine classifier scale (DESIGN.md §2: σ = 25)
     init: str = "random"
+    # the head's own knobs (:attr:`Head.Knobs`), as given: ((name, value), ...) sorted by name
+    head_options: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "head_options",
+                           tuple(sorted((str(k), v) for k, v in self.head_options)))
+
         def bad(name: str, why: str) -> FeatcacheError:
             return FeatcacheError(f"{name}={getattr(self, name)!r} is invalid: {why}.")
 
@@ -123,11 +128,59 @@ class MemberSpec:
     def from_dict(cls, d: dict) -> MemberSpec:
         """Rebuild from :meth:`to_dict` output (unknown keys are ignored, for older files)."""
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+        d = {k: v for k, v in d.items() if k in names}
+        if "head_options" in d:  # JSON/asdict turned the pairs into lists
+            d["head_options"] = tuple((str(k), v) for k, v in d["head_options"])
+        return cls(**d)
 
     def with_(self, **changes: object) -> MemberSpec:
         """A copy with some knobs changed (validated again)."""
         return replace(self, **changes)
+
+
+def knob(default: Any, help: str, source: str, *, shape: bool = False) -> Any:  # noqa: A002
+    """A field of a head's :attr:`Head.Knobs` dataclass: its default, a one-line ``help`` and the
+    ``source`` of the default (paper + section/equation, or repo file/line). ``shape=True`` marks
+    a knob that changes the parameters' shapes (an MLP's width): the members of one batched head
+    must agree on it, so ``featcache grid`` trains each of its values as a separate head."""
+    return field(default=default, metadata={"help": help, "source": source, "shape": shape})
+
+
+@dataclass(frozen=True)
+class NoKnobs:
+    """The knobs of a head that declares none."""
+
+
+_KNOB_TYPES = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+
+
+def _knob_value(head: str, f: Any, value: Any) -> Any:
+    """``value`` (a CLI string or a Python value) as knob ``f``'s declared type, or an error."""
+    base = f.type if isinstance(f.type, type) else {"int": int, "float": float, "str": str,
+                                                   "bool": bool}.get(str(f.type), str)
+    bad = FeatcacheError(f"Head '{head}' knob '{f.name}' expects {_KNOB_TYPES.get(base, base)}, "
+                         f"got {value!r} (e.g. --head-option {f.name}={f.default}).")
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            if base is bool:
+                return {"true": True, "1": True, "yes": True, "false": False, "0": False,
+                        "no": False}[text.lower()]
+            if base is int:
+                out = int(text)
+                if number_problem(out):
+                    raise ValueError
+                return out
+            if base is float:  # inf is a value some knobs allow (clap's penalty_scale)
+                return float(text)  # each head's Knobs.__post_init__ says what it accepts
+        except (KeyError, ValueError):
+            raise bad from None
+        return text
+    if base is float and isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, base) and not (base is int and isinstance(value, bool)):
+        return value
+    raise bad
 
 
 @dataclass(frozen=True)
@@ -152,6 +205,16 @@ class Head(nn.Module):
     name: ClassVar[str] = ""
     trainable: ClassVar[bool] = True
     needs_prototypes: ClassVar[bool] = False
+    # True for methods whose paper needs the cache's text features (Tip-Adapter, CLIP-Adapter,
+    # LP++, CLAP, TaskRes): a run refuses class-mean prototypes for them.
+    needs_text: ClassVar[bool] = False
+    # The head's own knobs: a frozen dataclass of :func:`knob` fields (defaults, help, source),
+    # validated in its ``__post_init__``; each member carries its values
+    # (``MemberSpec.head_options``, ``--head-option NAME=VALUE``, a ``grid --param`` axis).
+    Knobs: ClassVar[type] = NoKnobs
+    # Parameters/buffers whose shape depends on the training data (a k-NN's stored training
+    # features): set by :meth:`attach_data`, and resized to a checkpoint's shape on loading.
+    data_shaped: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -169,6 +232,13 @@ class Head(nn.Module):
         self.in_dim = ctx.in_dim
         self.num_classes = ctx.num_classes
         G = len(self.members)
+        self.knobs = [self.resolve_knobs(m.head_options) for m in self.members]
+        for f in fields(self.Knobs):
+            if f.metadata.get("shape") and len({getattr(k, f.name) for k in self.knobs}) > 1:
+                raise FeatcacheError(
+                    f"Head '{self.name}': knob '{f.name}' changes the parameters' shape, so the "
+                    "members of one batched head must share it; got "
+                    f"{sorted({getattr(k, f.name) for k in self.knobs})}.")
         if self.needs_prototypes:
             if ctx.prototypes is None:
                 raise FeatcacheError(
@@ -196,6 +266,67 @@ class Head(nn.Module):
         for key in values[0]:
             stacked = torch.stack([v[key] for v in values]).to(device=device, dtype=dtype)
             self.register_parameter(key, nn.Parameter(stacked))
+
+    # -- the head's own knobs ----------------------------------------------------------------
+    @classmethod
+    def knob_fields(cls) -> list:
+        """The dataclass fields of :attr:`Knobs` (name, type, default, metadata help/source/shape)."""
+        return list(fields(cls.Knobs))
+
+    @classmethod
+    def parse_options(cls, options: Mapping[str, Any] | Sequence[tuple[str, Any]]) -> tuple:
+        """``{name: value}`` (CLI strings or Python values) checked against :attr:`Knobs`:
+        unknown names get a did-you-mean error, values their declared type, and the whole is
+        validated by the Knobs' ``__post_init__``. Returns sorted ``((name, value), ...)``."""
+        items = dict(options.items() if isinstance(options, Mapping) else options)
+        by_name = {f.name: f for f in cls.knob_fields()}
+        out = []
+        for name, value in items.items():
+            key = str(name).strip().replace("-", "_")
+            if key not in by_name:
+                known = ", ".join(by_name) or "none"
+                raise FeatcacheError(
+                    f"Head '{cls.name}' has no knob '{name}'.{did_you_mean(key, by_name)} "
+                    f"Its knobs: {known}.")
+            out.append((key, _knob_value(cls.name, by_name[key], value)))
+        out = tuple(sorted(out))
+        cls.resolve_knobs(out)  # validated here, before any work
+        return out
+
+    @classmethod
+    def resolve_knobs(cls, options: Sequence[tuple[str, Any]] = ()) -> Any:
+        """The :attr:`Knobs` instance for ``options`` (defaults for what is not given)."""
+        try:
+            return cls.Knobs(**dict(options))
+        except TypeError as e:
+            names = ", ".join(f.name for f in fields(cls.Knobs)) or "none"
+            raise FeatcacheError(f"Head '{cls.name}': {e} (its knobs: {names}).") from None
+
+    @classmethod
+    def shape_knobs(cls, options: Sequence[tuple[str, Any]] = ()) -> tuple:
+        """The resolved values of the knobs that change parameter shapes (a grid's group key)."""
+        k = cls.resolve_knobs(options)
+        return tuple((f.name, getattr(k, f.name)) for f in fields(cls.Knobs)
+                     if f.metadata.get("shape"))
+
+    def attach_data(self, inputs: torch.Tensor, labels: torch.Tensor,
+                    pools: list[torch.Tensor]) -> None:
+        """Called by the trainer before training (also for heads with nothing to train):
+        heads that keep training rows (k-NN, Tip-Adapter's cache) store them here. ``inputs``
+        ``[N, D]`` or ``[G, N, D]``, ``labels`` ``[N]``, ``pools[g]`` member g's rows."""
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        for name in self.data_shaped:  # resize data-shaped tensors to the checkpoint's
+            src = state_dict.get(prefix + name)
+            cur = getattr(self, name, None)
+            if src is None or cur is None or cur.shape == src.shape:
+                continue
+            new = torch.zeros(src.shape, dtype=cur.dtype, device=cur.device)
+            if name in self._parameters:
+                self._parameters[name] = nn.Parameter(new, requires_grad=cur.requires_grad)
+            else:
+                self._buffers[name] = new
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # -- what a subclass provides ----------------------------------------------------------
     def init_params(self, g: int, gen: torch.Generator) -> dict[str, torch.Tensor]:

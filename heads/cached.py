@@ -27,7 +27,7 @@ import torch
 from featcache.cache import FeatureCache, open_cache
 from featcache.device import PRECISIONS, resolve_device, resolve_precision
 from featcache.errors import FeatcacheError, number_problem
-from featcache.heads.base import SCHEDULES, load_head
+from featcache.heads.base import HEADS, SCHEDULES, load_head
 from featcache.heads.losses import ClassPrior, posthoc_adjust
 from featcache.heads.text import prototypes_for
 from featcache.heads.training import predict_logits
@@ -308,6 +308,8 @@ def resolved_config(cfg: object, data: CachedData, setups: list[SeedSetup], pipe
         in_dim=int(data.feats.shape[-1]),
         torch_version=torch.__version__,
     )
+    if getattr(cfg, "head", None) and hasattr(cfg, "head_options"):  # the head's knobs, resolved
+        d["head_options"] = asdict(HEADS.get(cfg.head).resolve_knobs(cfg.head_options))
     return d
 
 

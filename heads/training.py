@@ -234,6 +234,7 @@ def train_members(
                 f"{'multi-label' if multi else 'single-label'} labels; use "
                 f"{'bce' if multi else 'ce, focal, la, bs or cb'}."
             )
+    head.attach_data(inputs, labels, pools)  # heads that keep training rows (k-NN, Tip-Adapter)
     params = [p for p in head.parameters() if p.requires_grad]
     if not head.trainable or not params:
         return TrainResult([[] for _ in members], [0] * G, 0.0)

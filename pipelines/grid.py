@@ -193,19 +193,40 @@ class GridConfig:
 
     def __post_init__(self) -> None:
         cls = type(self.base)
-        allowed = grid_knobs(cls)
+        # a head's own knobs are gridded by their names (--param hidden=...), never as a tuple
+        allowed = [k for k in grid_knobs(cls) if k != "head_options"]
         if not self.params:
             raise FeatcacheError("The grid is empty: give at least one --param NAME=V1,V2,... "
                                  f"(knobs: {', '.join(allowed)}).")
         seen: set[str] = set()
         parsed = []
+        head_knobs = ({f.name: f for f in HEADS.get(self.base.head).knob_fields()}
+                      if hasattr(self.base, "head") else {})
         for name, values in self.params:
+            if name == "head_options":
+                raise FeatcacheError("Grid a head's own knob by its name, e.g. --param hidden=64,256"
+                                     f" (knobs of head '{self.base.head}': "
+                                     f"{', '.join(head_knobs) or 'none'}).")
+            if name in head_knobs and name not in allowed:  # a knob the head declares
+                values = tuple(values)
+                if name in seen or not values:
+                    raise FeatcacheError(f"--param {name}: give its values once, non-empty.")
+                seen.add(name)
+                typed = tuple(dict(HEADS.get(self.base.head).parse_options({name: v}))[name]
+                              for v in values)
+                if len(set(typed)) != len(typed):
+                    raise FeatcacheError(f"--param {name} lists a value twice: {list(values)}.")
+                parsed.append((name, typed))
+                continue
             if name in RUN_LEVEL and name in cls.knobs():
                 raise FeatcacheError(f"Knob '{name}' cannot be gridded: {RUN_LEVEL[name]}.")
             if name not in allowed:
+                own = (f" Knobs of head '{self.base.head}': {', '.join(head_knobs)}."
+                       if head_knobs else "")
                 raise FeatcacheError(
-                    f"Unknown knob '{name}'.{did_you_mean(name, allowed)} Knobs of "
-                    f"{'TFA-LT' if cls is tfa_lt.TfaLtConfig else 'train-head'}: {', '.join(allowed)}."
+                    f"Unknown knob '{name}'.{did_you_mean(name, [*allowed, *head_knobs])} Knobs of "
+                    f"{'TFA-LT' if cls is tfa_lt.TfaLtConfig else 'train-head'}: "
+                    f"{', '.join(allowed)}.{own}"
                 )
             if name in seen:
                 raise FeatcacheError(f"Knob '{name}' is given twice; list all its values in one "
@@ -228,6 +249,11 @@ class GridConfig:
         configs = []
         for combo in itertools.product(*(v for _, v in parsed)):
             changes = dict(zip((n for n, _ in parsed), combo, strict=True))
+            heads_given = {n: changes.pop(n) for n in list(changes) if n in head_knobs
+                           and n not in allowed}
+            if heads_given:
+                changes["head_options"] = tuple({**dict(self.base.head_options),
+                                                 **heads_given}.items())
             try:
                 configs.append(replace(self.base, **changes))
             except FeatcacheError as e:
@@ -409,9 +435,12 @@ def _group_key(cfg: PipelineConfig) -> tuple:
     """Configurations with equal keys train as members of one batched run: every knob that
     is not per-member (MemberSpec fields, TFA-LT's ``ensemble_*`` stage-II knobs), not
     evaluation-only and not run-level, e.g. ``head`` (a new setting lands here, safely)."""
-    return tuple((k, getattr(cfg, k)) for k in cfg.knobs()
-                 if k not in MEMBER_KNOBS and k not in EVAL_ONLY and k not in RUN_LEVEL
-                 and not k.startswith("ensemble_"))
+    key = tuple((k, getattr(cfg, k)) for k in cfg.knobs()
+                if k not in MEMBER_KNOBS and k not in EVAL_ONLY and k not in RUN_LEVEL
+                and not k.startswith("ensemble_"))
+    if hasattr(cfg, "head"):  # a head's own knobs are per member, unless they change shapes
+        key += (("head_shape", HEADS.get(cfg.head).shape_knobs(cfg.head_options)),)
+    return key
 
 
 def _data_key(cfg: PipelineConfig) -> tuple:
@@ -421,8 +450,10 @@ def _data_key(cfg: PipelineConfig) -> tuple:
 
 def _knob_row(cfg: PipelineConfig, data: CachedData) -> dict:
     """Every knob of ``cfg`` (run-level settings left out; ``tau`` resolved)."""
-    d = {k: v for k, v in asdict(cfg).items() if k not in RUN_LEVEL}
+    d = {k: v for k, v in asdict(cfg).items() if k not in RUN_LEVEL and k != "head_options"}
     d["tau"] = data.tau_for(cfg.tau)
+    if hasattr(cfg, "head_options"):  # one column per knob the head declares, resolved
+        d.update(asdict(HEADS.get(cfg.head).resolve_knobs(cfg.head_options)))
     return d
 
 
@@ -459,6 +490,9 @@ def run(grid: GridConfig, *, progress: Callable[[str], None] | None = None) -> G
             HEADS.get(c.head).needs_prototypes or c.init == "text"
             for c in configs if _data_key(c) == key)
         setups = seed_setups(data, cfg, need_prototypes=need)
+        for c in configs:
+            if _data_key(c) == key and hasattr(c, "head"):
+                train_head.refuse_without_text(HEADS.get(c.head), setups[0].prototypes_from)
         for s in setups:
             if s.split.val.size == 0:
                 raise FeatcacheError(
@@ -589,7 +623,8 @@ def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
     cfg = grid.configs[selected]
     data, setups = loaded[_data_key(cfg)]
     trained = trained_of[selected]
-    shown = ", ".join(f"{n}={getattr(cfg, n)}" for n in grid.names)
+    shown = ", ".join(f"{n}={getattr(cfg, n, dict(getattr(cfg, 'head_options', ())).get(n))}"
+                      for n in grid.names)
     writer = RunWriter(out_dir, config, data.cache.class_names, method=f"grid best ({shown})")
     pipeline = "tfa-lt" if grid.pipeline == "tfa-lt" else "train-head"
     for j, setup in enumerate(setups):

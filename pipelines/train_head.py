@@ -61,9 +61,13 @@ class TrainHeadConfig(RunSettings):
     la_tau: float = 1.0
     cb_beta: float = 0.9999
     init: str = "random"
+    head_options: tuple[tuple[str, object], ...] = ()  # the head's own knobs (--head-option)
 
     def __post_init__(self) -> None:
         HEADS.get(self.head), LOSSES.get(self.loss), SAMPLERS.get(self.sampler)
+        opts = self.head_options
+        object.__setattr__(self, "head_options", HEADS.get(self.head).parse_options(
+            opts.items() if isinstance(opts, dict) else tuple(opts)))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         check_run_settings(self)
         if self.init not in INITS:
@@ -78,8 +82,18 @@ class TrainHeadConfig(RunSettings):
             loss=self.loss, lr=self.lr, weight_decay=self.weight_decay, momentum=self.momentum,
             epochs=self.epochs, batch_size=self.batch_size, schedule=self.schedule,
             gamma=self.gamma, la_tau=self.la_tau, cb_beta=self.cb_beta, tau=tau,
-            sigma=self.sigma, init=self.init,
+            sigma=self.sigma, init=self.init, head_options=self.head_options,
         )
+
+
+def refuse_without_text(head_cls: type, prototypes_from: str) -> None:
+    """Methods whose paper needs text features refuse class-mean prototypes."""
+    if head_cls.needs_text and not prototypes_from.startswith("prompts"):
+        raise FeatcacheError(
+            f"Head '{head_cls.name}' adapts CLIP's text classifier, but this run's prototypes are "
+            f"{prototypes_from or 'none'} (the cache holds no text features, or --text-source "
+            "class-mean was given). Use a cache extracted with text features and --text-source "
+            "auto|prompts, or a head that needs no text (linear, cosine, mlp, knn, logreg).")
 
 
 # --------------------------------------------------------------------------------------
@@ -100,6 +114,7 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
     head_cls = HEADS.get(cfg.head)
     need = head_cls.needs_prototypes or cfg.init == "text"
     setups = seed_setups(data, cfg, need_prototypes=need)
+    refuse_without_text(head_cls, setups[0].prototypes_from)
     members = [cfg.member(s.seed, tau=data.tau) for s in setups]
     ctx = HeadContext(
         in_dim=int(data.feats.shape[-1]),

@@ -33,7 +33,9 @@ def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
 @_grid_command
 @click.option("--param", "params", multiple=True,
               help="NAME=V1,V2,... a knob to vary (train-head's long option name with "
-                   "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...). Repeatable.")
+                   "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...), or a "
+                   "knob the --head declares (mlp: hidden; knn: k, temperature; tip-adapter: "
+                   "alpha, beta; ...). Repeatable.")
 @click.option("--select", default="balanced_acc", show_default=True,
               help="Validation metric that chooses the configuration.")
 @click.option("--top", type=int, default=10, show_default=True, help="Configurations to print.")
@@ -48,6 +50,12 @@ def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> 
     ctx = click.get_current_context()
     given = {k for k in opts if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     opts["seeds"] = parse_seeds(opts["seeds"])
+    from featcache.cli.head_cmds import parse_head_options
+
+    head_options = parse_head_options(opts.pop("head_option"))
+    given.discard("head_option")
+    if head_options:
+        opts["head_options"] = head_options
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
     if ensemble is None:
         cls = train_head.TrainHeadConfig
@@ -61,6 +69,8 @@ def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> 
         opts.update(ensemble=ensemble, adapters=not no_adapters)
         opts.pop("head")
     names = {f.name for f in fields(cls)}
+    if ensemble is not None and head_options:
+        raise FeatcacheError("--head-option sets a knob of --head; TFA-LT (--ensemble) has none.")
     for key in sorted(given - names - {"head", "ensemble", "no_adapters"}):
         raise FeatcacheError(f"--{key.replace('_', '-')} is not an option of "
                              f"{'TFA-LT' if ensemble else 'train-head'}; drop it.")

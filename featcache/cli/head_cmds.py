@@ -15,9 +15,24 @@ from featcache.cli import main
 from featcache.cli.common import console, parse_seeds
 from featcache.device import DEVICES, PRECISIONS
 from featcache.errors import FeatcacheError
+from featcache.heads import HEADS
 
 _PRECISION_HELP = ("Training precision of the heads' weight products: bf16 (or fp16, GPU only) "
                    "is mixed precision with fp32 master weights and losses; evaluation is fp32.")
+
+
+def parse_head_options(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``("hidden=256", ...)`` -> ``(("hidden", "256"), ...)`` (typed later, by the head)."""
+    out = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        name = name.strip().replace("-", "_")
+        if not sep or not name or not value.strip():
+            raise FeatcacheError(f"--head-option expects NAME=VALUE (e.g. hidden=256), got '{item}'.")
+        if name in out:
+            raise FeatcacheError(f"--head-option {name} is given twice.")
+        out[name] = value.strip()
+    return tuple(out.items())
 
 
 def _show(out_dir: Path, metrics: dict, title: str) -> None:
@@ -31,7 +46,8 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 
 @main.command("train-head")
 @click.option("--cache", required=True, help="Feature cache (.h5) to train from.")
-@click.option("--head", default=None, help="Head to train: zeroshot|linear|cosine|logreg|adapter|... (default linear; logreg = CLIP's L-BFGS linear probe).")
+@click.option("--head", default=None, help="Head to train: " + "|".join(HEADS.names())
+              + " (default linear; logreg = CLIP's L-BFGS linear probe; few-shot heads: README).")
 @click.option("--ensemble", type=click.Choice(["logit", "feature", "mean"]), default=None,
               help="Run TFA-LT: two stage-I adapters (WRS, RUS), then this ensembler (mean = adapters only).")
 @click.option("--no-adapters", is_flag=True, help="TFA-LT ablation: ensembler on frozen features.")
@@ -57,6 +73,9 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--cb-beta", type=float, default=0.9999, show_default=True, help="Class-balanced loss β.")
 @click.option("--init", type=click.Choice(["random", "text", "class-mean"]), default="random", show_default=True,
               help="Cosine head initialisation.")
+@click.option("--head-option", "head_option", multiple=True, metavar="NAME=VALUE",
+              help="A knob the head declares itself (e.g. mlp hidden=256, knn k=20, tip-adapter "
+                   "alpha=1); repeatable. See README 'Few-shot heads'.")
 @click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto", show_default=True)
 @click.option("--template", default="auto", show_default=True, help="Prompt template: auto|mean|part of one.")
 @click.option("--view", default="standard", show_default=True, help="Cached view to train on.")
@@ -76,6 +95,11 @@ def train_head_cmd(**opts: object) -> None:
     opts["seeds"] = parse_seeds(opts["seeds"])
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
     overwrite = opts.pop("overwrite")
+    head_options = parse_head_options(opts.pop("head_option"))
+    if head_options and ensemble is not None:
+        raise FeatcacheError("--head-option sets a knob of --head; TFA-LT (--ensemble) has none.")
+    if ensemble is None:
+        opts["head_options"] = head_options
     if ensemble is None:
         from featcache.pipelines import train_head
 
