@@ -502,20 +502,27 @@ def markdown_table(frame: pl.DataFrame, *, title_column: str = "method", title_h
 def rich_table(frame: pl.DataFrame, *, title: str = "", title_column: str = "method",  # noqa: ANN201
                title_header: str = "Method",
                columns: tuple[tuple[str, str], ...] = PAPER_COLUMNS,
-               knobs: list[str] | tuple[str, ...] = ()):
+               knobs: list[str] | tuple[str, ...] = (), std: bool = True):
     """A rich Table in the paper's layout for the terminal (the CLI prints it); ``columns``
-    and ``knobs`` as in :func:`markdown_table`."""
+    and ``knobs`` as in :func:`markdown_table`; ``std=False`` shows means only (for narrow
+    terminals). Number and knob cells never wrap or shrink: on a narrow terminal only the
+    title column folds."""
     from rich.table import Table
 
+    rows = [[str(row[title_column]), *(str(row[k]) for k in knobs),
+             *(_pct(row[k], row.get(f"{k}_std") if std else None) for _, k in columns)]
+            for row in frame.iter_rows(named=True)]
+    heads = [title_header, *(k.removeprefix("config_") for k in knobs), *(c for c, _ in columns)]
     table = Table(title=title or None)
-    table.add_column(title_header)
-    for k in knobs:
-        table.add_column(k.removeprefix("config_"))
-    for c, _ in columns:
-        table.add_column(c, justify="right")
-    for row in frame.iter_rows(named=True):
-        table.add_row(str(row[title_column]), *(str(row[k]) for k in knobs),
-                      *[_pct(row[k], row.get(f"{k}_std")) for _, k in columns])
+    for i, head in enumerate(heads):
+        if i == 0:
+            table.add_column(head, overflow="fold")
+            continue
+        width = max([len(head), *(len(r[i]) for r in rows)])
+        table.add_column(head, justify="right" if i > len(knobs) else "left",
+                         min_width=width, no_wrap=True)
+    for r in rows:
+        table.add_row(*r)
     return table
 
 

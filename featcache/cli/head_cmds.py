@@ -159,6 +159,30 @@ def reproduce_tfa_lt_cmd(**opts: object) -> None:
                f"metrics.json; one run directory per row under {out}/rows.")
 
 
+def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
+    """The report table at the terminal's width: with the differing knobs as columns and
+    mean ± std when that fits; else the knobs as one line per run below; else means only
+    (said in the title). Numbers are never cut."""
+    from rich.measure import Measurement
+
+    from featcache.runs import REPORT_COLUMNS, rich_table
+
+    con = console()
+    for with_knobs, std in ((True, True), (False, True), (False, False)):
+        title = "" if std else "means over seeds, %; ± std: widen the terminal, or --out/--html"
+        table = rich_table(frame, title=title, title_column="name", title_header="Run",
+                           columns=REPORT_COLUMNS, knobs=knobs if with_knobs else (), std=std)
+        wide = con.options.update(width=10_000, max_width=10_000)  # the table's own width
+        if Measurement.get(con, wide, table).maximum <= con.width:
+            break
+    con.print(table)
+    if knobs and not with_knobs:
+        click.echo("Settings that differ:")
+        for row in frame.iter_rows(named=True):
+            shown = ", ".join(f"{k.removeprefix('config_')}={row[k]}" for k in knobs)
+            click.echo(f"  {row['name']}: {shown}")
+
+
 @main.command("report")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", default=None, help="Also write the table as OUT.parquet, OUT.csv and OUT.md.")
@@ -174,13 +198,13 @@ def report_cmd(runs: tuple[str, ...], out: str | None, html: str | None) -> None
     refused (read their table.md). Example: featcache report runs/* --html report.html
     """
     from featcache.report import collect_runs, report_frame, write_html
-    from featcache.runs import REPORT_COLUMNS, markdown_table, rich_table
+    from featcache.runs import REPORT_COLUMNS, markdown_table
 
     collected = collect_runs(runs)
     for note in collected.notes():
         click.echo(f"note: {note}", err=True)
     frame, knobs = report_frame(collected.runs)
-    console().print(rich_table(frame, title_column="name", title_header="Run", columns=REPORT_COLUMNS, knobs=knobs))
+    _print_report(frame, knobs)
     written = []
     if out:
         base = Path(out)
