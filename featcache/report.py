@@ -362,8 +362,9 @@ def confusion_figure(view: RunView) -> str | None:
 
 def reliability(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict:
     """Reliability of the top-1 softmax probability in ``bins`` equal-width bins: per bin the
-    mean confidence, the accuracy and the count, and the expected calibration error (ECE,
-    Guo et al. 2017: the count-weighted mean of |accuracy − confidence| over bins)."""
+    mean confidence, the accuracy and the count, and the expected calibration error. Both as
+    in Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017), §2: bin m holds the
+    rows with confidence in ((m−1)/M, m/M], and ECE = Σ_m |B_m|/n · |acc(B_m) − conf(B_m)|."""
     prob = softmax(scores)
     conf, correct = prob.max(1), (prob.argmax(1) == labels).astype(float)
     edges = np.linspace(0.0, 1.0, bins + 1)

@@ -435,15 +435,23 @@ def run_knobs(run: dict) -> dict[str, str]:
 
 
 def differing_knobs(runs: list[dict]) -> list[str]:
-    """The knobs whose shown value is not the same in every run (a knob one run lacks counts
-    as differing), in the order the first run that has each one lists them."""
+    """The knobs whose shown value is not the same in every run that has them, in the order
+    the first run that has each one lists them. A knob only some runs have (a TFA-LT run's
+    ``ensemble_lr`` beside a linear head) is not a difference by itself; ``pipeline`` is, so
+    runs of different commands are always told apart."""
     knobs = [run_knobs(r) for r in runs]
     order: list[str] = []
     for k in knobs:
         order += [name for name in k if name not in order]
     if len(runs) < 2:
         return []
-    return [name for name in order if len({k.get(name, "–") for k in knobs}) > 1]
+    out = []
+    for name in order:
+        values = [k.get(name) for k in knobs]
+        present = {v for v in values if v is not None}
+        if len(present) > 1 or (name == "pipeline" and None in values):
+            out.append(name)
+    return out
 
 
 def runs_frame(runs: list[dict], *, knobs: list[str] | tuple[str, ...] = ()) -> pl.DataFrame:
