@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -198,7 +199,8 @@ def load_view(run: dict, name: str, memo: dict | None = None) -> RunView:
     view = RunView(name=name, run=run, class_names=class_names, notes=notes)
     if accs and len({len(a) for a in accs}) == 1:
         arr = np.array([[np.nan if v is None else v for v in a] for a in accs], dtype=float)
-        with np.errstate(invalid="ignore"), _quiet():
+        with warnings.catch_warnings():  # a class missing from every seed: NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
             view.per_class_mean, view.per_class_std = np.nanmean(arr, 0), np.nanstd(arr, 0)
     splits_path = view.dir / "splits.parquet"
     if cache is not None and cache.labels.ndim == 1 and splits_path.is_file():
@@ -221,20 +223,6 @@ def load_view(run: dict, name: str, memo: dict | None = None) -> RunView:
         else:
             notes.append("multi-label predictions: no confusion matrix or reliability diagram")
     return view
-
-
-class _quiet:
-    """Silence numpy's 'mean of empty slice' for classes missing from every seed."""
-
-    def __enter__(self) -> None:
-        import warnings
-
-        self._w = warnings.catch_warnings()
-        self._w.__enter__()
-        warnings.simplefilter("ignore", RuntimeWarning)
-
-    def __exit__(self, *exc: object) -> None:
-        self._w.__exit__(*exc)
 
 
 # --------------------------------------------------------------------------------------
