@@ -26,7 +26,7 @@ from featcache.errors import FeatcacheError
 from featcache.report import collect_runs, reliability, report_frame, shots_figure, write_html
 from featcache.runs import differing_knobs, read_run, run_knobs
 
-HOSTILE = '<img src=x onerror="alert(1)">&'  # a folder name that is HTML
+HOSTILE = '<img src=x onerror="alert(1)">&$^$'  # a folder name that is HTML (and mathtext)
 FAST = dict(epochs=2, seeds=(0, 1), device="cpu")
 
 
@@ -95,6 +95,20 @@ def test_bench_folder_is_refused_before_any_table(three_runs: dict[str, Path], t
     assert "Many" not in res.stdout  # no table printed
 
 
+@pytest.mark.slow
+def test_reproduce_folder_is_skipped_and_its_rows_are_runs(tmp_path: Path) -> None:
+    from featcache.pipelines.reproduce import ReproduceConfig, run
+
+    cache = make_feature_cache(tmp_path / "c.h5", num_classes=4, dim=8)
+    out, _ = run(ReproduceConfig(cache=str(cache), seeds=(0,), epochs=1, ensemble_epochs=1,
+                                 baseline_epochs=1, device="cpu", out=str(tmp_path / "repro")))
+    rows = sorted(str(p) for p in (Path(out) / "rows").iterdir())
+    found = collect_runs([str(out), *rows[:2]])
+    assert len(found.runs) == 2 and found.skipped[0][0] == str(out)
+    assert "a `reproduce tfa-lt` folder (a table of runs)" in found.skipped[0][1]
+    assert f"{Path(out) / 'rows'}/*" in found.skipped[0][1]
+
+
 # --------------------------------------------------------------------------------------
 # Columns
 
@@ -155,7 +169,7 @@ def test_html_is_self_contained_escaped_and_complete(three_runs: dict[str, Path]
     assert not re.search(r'(src|href)="(?!data:|#)', html)
     assert "<link" not in html and "@import" not in html and "<script src" not in html
     # user text is escaped: the folder named as an <img> tag is text, not an element
-    assert HOSTILE not in html and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;" in html
+    assert HOSTILE not in html and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;$^$" in html
     # group bars (1), per run: per-class, confusion, reliability (3 × 3), the grid's heatmap (1)
     srcs = _images(html)
     assert len(srcs) == 11
