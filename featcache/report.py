@@ -29,6 +29,7 @@ import io
 import json
 import logging
 import math
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,19 @@ def _open_cache(config: dict, notes: list[str], memo: dict):  # noqa: ANN202
     return cache
 
 
+def _descriptor_names(dataset: object, num_classes: object) -> list[str] | None:
+    """Class names of a shipped data set descriptor (a run without a cache, e.g. ``finetune``),
+    when it has the run's number of classes."""
+    if not isinstance(dataset, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", dataset):
+        return None
+    from featcache.datasets import load_descriptor
+
+    desc = load_descriptor(dataset)
+    if desc is None or not desc.class_names or desc.num_classes != num_classes:
+        return None
+    return list(desc.class_names)
+
+
 def load_view(run: dict, name: str, memo: dict | None = None) -> RunView:
     """Read what the figures need from ``run``'s directory (see the module docstring)."""
     memo = {} if memo is None else memo
@@ -195,7 +209,8 @@ def load_view(run: dict, name: str, memo: dict | None = None) -> RunView:
     cache = _open_cache(config, notes, memo)
     class_names = (list(config["class_names"]) if isinstance(config.get("class_names"), list)
                    else cache.class_names if cache is not None
-                   else [str(c) for c in range(int(num_classes or 0))])
+                   else _descriptor_names(config.get("dataset"), num_classes)
+                   or [str(c) for c in range(int(num_classes or 0))])
     view = RunView(name=name, run=run, class_names=class_names, notes=notes)
     if accs and len({len(a) for a in accs}) == 1:
         arr = np.array([[np.nan if v is None else v for v in a] for a in accs], dtype=float)

@@ -181,6 +181,24 @@ def test_html_is_self_contained_escaped_and_complete(three_runs: dict[str, Path]
     assert html.count("<tbody>") == 1 and len(re.findall(r"<tr>", html)) == 4  # header + 3 runs
 
 
+def test_class_names_come_from_the_cache_else_the_descriptor(three_runs: dict[str, Path], tmp_path: Path) -> None:
+    from featcache.report import load_view
+
+    view = load_view(read_run(three_runs["linear"]), "lin")
+    assert view.class_names == [f"class {c}" for c in range(5)]
+    assert view.train_counts is not None and view.train_counts.sum() > 0
+    # a run whose cache is gone (or a finetune run, which has none): the shipped descriptor's
+    # names when the class count matches, and no training counts
+    run = tmp_path / "moved"
+    shutil.copytree(three_runs["linear"], run)
+    config = json.loads((run / "config.json").read_text())
+    config.update(cache=str(tmp_path / "gone.h5"), dataset="aptos2019")
+    (run / "config.json").write_text(json.dumps(config))
+    view = load_view(read_run(run), "moved")
+    assert view.class_names[0] == "no DR" and view.train_counts is None
+    assert any("not readable here" in n for n in view.notes)
+
+
 def test_reliability_follows_its_definition() -> None:
     # two rows sure (p ≈ 1) and right, two at p = 0.5 with one right: ECE = 0.5 · |0.5 − 0.5| + 0.5 · |1 − 1|
     big = 50.0
