@@ -536,10 +536,16 @@ def write_html(collected: Collected, out: str | Path, *, title: str = "featcache
     confusion matrices, reliability diagrams, accuracy against shots and grid heatmaps when
     the runs have them, and each run's full configuration."""
     out = Path(out)
+    if out.is_dir():
+        raise FeatcacheError(f"--html {out} is a folder; give the page's file name, e.g. {out / 'report.html'}.")
     page = render_html(collected, title=title)
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(page, encoding="utf-8")
-    tmp.replace(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as e:
+        raise FeatcacheError(f"Could not write the report {out} ({e.strerror or e}); choose another "
+                             "--html path.") from None
     log.info("wrote report %s", out)
     return out

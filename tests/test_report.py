@@ -179,6 +179,8 @@ def test_html_is_self_contained_escaped_and_complete(three_runs: dict[str, Path]
     assert html.count('<details class="config">') == 3
     assert '&#34;head&#34;: &#34;cosine&#34;' in html  # each run's full config.json
     assert html.count("<tbody>") == 1 and len(re.findall(r"<tr>", html)) == 4  # header + 3 runs
+    res = CliRunner().invoke(main, ["report", str(three_runs["linear"]), "--html", str(tmp_path)])
+    assert res.exit_code != 0 and f"--html {tmp_path} is a folder" in res.stderr
 
 
 def test_class_names_come_from_the_cache_else_the_descriptor(three_runs: dict[str, Path], tmp_path: Path) -> None:
