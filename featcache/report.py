@@ -468,19 +468,20 @@ def _table(frame: pl.DataFrame, knob_cols: list[str]) -> dict:
                *(t for t, _ in _METRIC_TITLES)]
     rows = []
     for row in frame.iter_rows(named=True):
-        cells = [(row["name"], row["name"]), (row["method"], row["method"]),
-                 (str(row["seeds"]), row["seeds"])]
+        cells = [{"text": row["name"], "key": row["name"]}, {"text": row["method"], "key": row["method"]},
+                 {"text": str(row["seeds"]), "key": row["seeds"]}]
         for k in knob_cols:
-            text = row[k]
             try:
-                key: object = float(text)
+                key: object = float(row[k])
             except ValueError:
-                key = text
-            cells.append((text, key))
-        for _, k in _METRIC_TITLES:
+                key = row[k]
+            cells.append({"text": row[k], "key": key})
+        for _, k in _METRIC_TITLES:  # percent; the std on a line of its own keeps columns narrow
             mean, std = row[k], row[f"{k}_std"]
-            cells.append((_runs._pct(mean, std), "" if mean is None else f"{mean:.6f}"))
-        rows.append([{"text": t, "key": k} for t, k in cells])
+            cells.append({"text": _runs._pct(mean, None),
+                          "sd": "" if mean is None or std is None else f"± {100 * std:.2f}",
+                          "key": "" if mean is None else f"{mean:.6f}"})
+        rows.append(cells)
     return {"headers": headers, "rows": rows}
 
 

@@ -273,8 +273,10 @@ def test_page_renders_in_chromium_and_the_table_sorts(three_runs: dict[str, Path
         def click(title: str) -> None:
             browser.find_elements(By.CSS_SELECTOR, "#metric-table th")[headers.index(title)].click()
 
-        def value(cell: str) -> float:
-            return float(cell.split(" ± ")[0])
+        def value(cell: str) -> float:  # "62.50" over "± 2.50"
+            mean, std = cell.split("\n")
+            assert std.startswith("± ")
+            return float(mean)
 
         assert column("Run") == ["lin", HOSTILE, "grid"]  # the order given
         click("AUC")
