@@ -38,6 +38,9 @@ _LAZY: dict[str, tuple[str, str]] = {
     "build_manifest": ("featcache.datasets.base", "build_manifest"),
     "load_descriptor": ("featcache.datasets.base", "load_descriptor"),
     "compute_metrics": ("featcache.metrics", "compute_metrics"),
+    # comparing runs: which folders are runs, and the HTML report
+    "collect_runs": ("featcache.report", "collect_runs"),
+    "write_html_report": ("featcache.report", "write_html"),
     # registries of components
     "HEADS": ("featcache.heads.base", "HEADS"),
     "LOSSES": ("featcache.heads.losses", "LOSSES"),

@@ -388,8 +388,76 @@ def _read_json_object(path: Path) -> dict:
     return obj
 
 
-def runs_frame(runs: list[dict]) -> pl.DataFrame:
-    """One row per run: run, method, seeds and every metric with its std."""
+# Entries of config.json that say where, when or on what a run was made rather than what it
+# is: never shown as knobs (the cache is shown by file name; a grid's search space and
+# bookkeeping are summarised by the knobs of its selected configuration).
+NOT_KNOBS = frozenset({
+    "out", "method", "device", "device_requested", "torch_version", "featcache_version",
+    "version", "command", "command_line", "argv", "cwd", "timestamp", "created", "created_at",
+    "started", "finished", "host", "hostname", "user", "grouping", "notes", "grid",
+    "n_configurations", "selected", "selected_config", "select", "seconds", "train_seconds",
+})
+
+
+def _knob_text(key: str, value: object) -> str | None:
+    """A config value as a table cell (``None``: not a knob, e.g. a nested dict). Floats in
+    ``%g`` so 5e-4 reads as such and is never rounded to 0.00."""
+    if isinstance(value, dict):
+        return None
+    if key == "cache" and isinstance(value, str):
+        return Path(value).name
+    if isinstance(value, list | tuple):
+        parts = [_knob_text(key, v) for v in value]
+        return None if any(p is None for p in parts) else ",".join(parts)
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def run_knobs(run: dict) -> dict[str, str]:
+    """The settings of a run (:func:`read_run`'s dict) as table cells: the scalar entries of
+    its ``config.json``, a grid's selected configuration over its base settings, without the
+    entries of :data:`NOT_KNOBS` and without fingerprints."""
+    config = run.get("config") or {}
+    merged = dict(config)
+    if isinstance(config.get("selected_config"), dict):
+        merged.update(config["selected_config"])
+    out = {}
+    for k, v in merged.items():
+        if k in NOT_KNOBS or k.endswith(("_fingerprint", "_version")):
+            continue
+        text = _knob_text(k, v)
+        if text is not None:
+            out[k] = text
+    return out
+
+
+def differing_knobs(runs: list[dict]) -> list[str]:
+    """The knobs whose shown value is not the same in every run that has them, in the order
+    the first run that has each one lists them. A knob only some runs have (a TFA-LT run's
+    ``ensemble_lr`` beside a linear head) is not a difference by itself; ``pipeline`` is, so
+    runs of different commands are always told apart."""
+    knobs = [run_knobs(r) for r in runs]
+    order: list[str] = []
+    for k in knobs:
+        order += [name for name in k if name not in order]
+    if len(runs) < 2:
+        return []
+    out = []
+    for name in order:
+        values = [k.get(name) for k in knobs]
+        present = {v for v in values if v is not None}
+        if len(present) > 1 or (name == "pipeline" and None in values):
+            out.append(name)
+    return out
+
+
+def runs_frame(runs: list[dict], *, knobs: list[str] | tuple[str, ...] = ()) -> pl.DataFrame:
+    """One row per run: run, method, seeds, every metric with its std, then the config
+    entries named in ``knobs`` as text (e.g. :func:`differing_knobs`; a knob whose name is
+    taken by a column above is called ``config_<name>``)."""
     rows = []
     for r in runs:
         m = r["metrics"]
@@ -398,8 +466,20 @@ def runs_frame(runs: list[dict]) -> pl.DataFrame:
         for k in METRIC_KEYS:
             row[k] = _float(m.get(k))
             row[f"{k}_std"] = _float(m.get(f"{k}_std"))
+        shown = run_knobs(r) if knobs else {}
+        for k in knobs:
+            row[knob_column(k)] = shown.get(k, "–")
         rows.append(row)
     return pl.DataFrame(rows)
+
+
+_FRAME_COLUMNS = frozenset({"run", "method", "seeds", *METRIC_KEYS, *(f"{k}_std" for k in METRIC_KEYS)})
+
+
+def knob_column(knob: str) -> str:
+    """The column :func:`runs_frame` gives ``knob``: its name, or ``config_<name>`` when a
+    metric or bookkeeping column already has that name (e.g. ``seeds``, the seed count)."""
+    return f"config_{knob}" if knob in _FRAME_COLUMNS else knob
 
 
 def _pct(mean: float | None, std: float | None) -> str:
@@ -408,26 +488,49 @@ def _pct(mean: float | None, std: float | None) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
-def markdown_table(frame: pl.DataFrame, *, title_column: str = "method") -> str:
-    """The paper's layout (Method | Many | Med | Few | Total | F1), percent, mean ± std."""
-    head = "| Method | " + " | ".join(c for c, _ in PAPER_COLUMNS) + " |"
-    lines = [head, "|" + "---|" * (len(PAPER_COLUMNS) + 1)]
+# Columns of ``featcache report``: the paper's, then balanced accuracy and AUC.
+REPORT_COLUMNS = PAPER_COLUMNS + (("Bal.", "balanced_acc"), ("AUC", "auc"))
+
+
+def markdown_table(frame: pl.DataFrame, *, title_column: str = "method", title_header: str = "Method",
+                   columns: tuple[tuple[str, str], ...] = PAPER_COLUMNS,
+                   knobs: list[str] | tuple[str, ...] = ()) -> str:
+    """The paper's layout (Method | Many | Med | Few | Total | F1), percent, mean ± std;
+    ``columns`` (title, metric key) replace the metric columns, ``knobs`` (columns of
+    ``frame``) follow the title column (``title_column``, headed ``title_header``)."""
+    titles = [title_header, *(k.removeprefix("config_") for k in knobs), *(c for c, _ in columns)]
+    lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for row in frame.iter_rows(named=True):
-        cells = [_pct(row[k], row.get(f"{k}_std")) for _, k in PAPER_COLUMNS]
-        lines.append(f"| {row[title_column]} | " + " | ".join(cells) + " |")
+        cells = [str(row[title_column]), *(str(row[k]) for k in knobs),
+                 *(_pct(row[k], row.get(f"{k}_std")) for _, k in columns)]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def rich_table(frame: pl.DataFrame, *, title: str = "", title_column: str = "method"):  # noqa: ANN201
-    """A rich Table in the paper's layout for the terminal (the CLI prints it)."""
+def rich_table(frame: pl.DataFrame, *, title: str = "", title_column: str = "method",  # noqa: ANN201
+               title_header: str = "Method",
+               columns: tuple[tuple[str, str], ...] = PAPER_COLUMNS,
+               knobs: list[str] | tuple[str, ...] = (), std: bool = True):
+    """A rich Table in the paper's layout for the terminal (the CLI prints it); ``columns``
+    and ``knobs`` as in :func:`markdown_table`; ``std=False`` shows means only (for narrow
+    terminals). Number and knob cells never wrap or shrink: on a narrow terminal only the
+    title column folds."""
     from rich.table import Table
 
+    rows = [[str(row[title_column]), *(str(row[k]) for k in knobs),
+             *(_pct(row[k], row.get(f"{k}_std") if std else None) for _, k in columns)]
+            for row in frame.iter_rows(named=True)]
+    heads = [title_header, *(k.removeprefix("config_") for k in knobs), *(c for c, _ in columns)]
     table = Table(title=title or None)
-    table.add_column("Method")
-    for c, _ in PAPER_COLUMNS:
-        table.add_column(c, justify="right")
-    for row in frame.iter_rows(named=True):
-        table.add_row(str(row[title_column]), *[_pct(row[k], row.get(f"{k}_std")) for _, k in PAPER_COLUMNS])
+    for i, head in enumerate(heads):
+        if i == 0:
+            table.add_column(head, overflow="fold")
+            continue
+        width = max([len(head), *(len(r[i]) for r in rows)])
+        table.add_column(head, justify="right" if i > len(knobs) else "left",
+                         min_width=width, no_wrap=True)
+    for r in rows:
+        table.add_row(*r)
     return table
 
 

@@ -54,6 +54,7 @@ def test_wheel_has_one_top_level_package(tmp_path: Path) -> None:
     assert {n.split("/")[0] for n in names} == {"featcache", wheel.name.split("-py")[0] + ".dist-info"}
     assert "featcache/data/datasets/isic2018.json" in names
     assert "featcache/model_configs/tiny-clip.json" in names
+    assert "featcache/templates/report.html.j2" in names  # featcache report --html
     assert "featcache/heads/base.py" in names and "featcache/pipelines/train_head.py" in names
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)

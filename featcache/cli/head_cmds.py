@@ -183,21 +183,65 @@ def reproduce_tfa_lt_cmd(**opts: object) -> None:
                f"metrics.json; one run directory per row under {out}/rows.")
 
 
+def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
+    """The report table at the terminal's width: with the differing knobs as columns and
+    mean ± std when that fits; else the knobs as one line per run below; else means only
+    (said in the title). Numbers are never cut."""
+    from rich.measure import Measurement
+
+    from featcache.runs import REPORT_COLUMNS, rich_table
+
+    con = console()
+    for with_knobs, std in ((True, True), (False, True), (False, False)):
+        title = "" if std else "means over seeds, %; ± std: widen the terminal, or --out/--html"
+        table = rich_table(frame, title=title, title_column="name", title_header="Run",
+                           columns=REPORT_COLUMNS, knobs=knobs if with_knobs else (), std=std)
+        wide = con.options.update(width=10_000, max_width=10_000)  # the table's own width
+        if Measurement.get(con, wide, table).maximum <= con.width:
+            break
+    con.print(table)
+    if knobs and not with_knobs:
+        click.echo("Settings that differ:")
+        for row in frame.iter_rows(named=True):
+            shown = ", ".join(f"{k.removeprefix('config_')}={row[k]}" for k in knobs)
+            click.echo(f"  {row['name']}: {shown}")
+
+
 @main.command("report")
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", default=None, help="Also write the table as OUT.parquet, OUT.csv and OUT.md.")
-def report_cmd(runs: tuple[str, ...], out: str | None) -> None:
-    """Collect run directories into one table (Many, Med, Few, Total, F1)."""
-    from featcache.runs import markdown_table, read_run, rich_table, runs_frame
+@click.option("--html", "html", default=None, metavar="FILE.html",
+              help="Also write one self-contained HTML page comparing the runs: sortable table, "
+                   "group bars, per-class accuracy, confusion matrices, reliability diagrams, "
+                   "shots curves and grid heatmaps when present, every run's configuration.")
+def report_cmd(runs: tuple[str, ...], out: str | None, html: str | None) -> None:
+    """Collect run directories into one table: Many, Med, Few, Total, balanced accuracy, F1,
+    AUC, and the settings that differ between the runs.
 
-    frame = runs_frame([read_run(r) for r in runs])
-    console().print(rich_table(frame))
+    Folders that are not head runs are skipped with a note; `bench medmnist` folders are
+    refused (read their table.md). Example: featcache report runs/* --html report.html
+    """
+    from featcache.report import collect_runs, report_frame, write_html
+    from featcache.runs import REPORT_COLUMNS, markdown_table
+
+    collected = collect_runs(runs)
+    for note in collected.notes():
+        click.echo(f"note: {note}", err=True)
+    frame, knobs = report_frame(collected.runs)
+    _print_report(frame, knobs)
+    written = []
     if out:
         base = Path(out)
         base.parent.mkdir(parents=True, exist_ok=True)
         frame.write_parquet(base.with_suffix(".parquet"))
         frame.write_csv(base.with_suffix(".csv"))
-        base.with_suffix(".md").write_text(markdown_table(frame))
-        click.echo(f"Wrote {base.with_suffix('.parquet')}, {base.with_suffix('.csv')} and {base.with_suffix('.md')}.")
+        base.with_suffix(".md").write_text(markdown_table(frame, title_column="name", title_header="Run",
+                                                          columns=REPORT_COLUMNS, knobs=knobs))
+        written += [base.with_suffix(".parquet"), base.with_suffix(".csv"), base.with_suffix(".md")]
+    if html:
+        written.append(write_html(collected, html))
+    n = len(collected.runs)
+    if written:
+        click.echo(f"Read {n} run(s); wrote {', '.join(map(str, written))}.")
     else:
-        click.echo(f"Read {len(runs)} run(s); nothing written (pass --out to save the table).")
+        click.echo(f"Read {n} run(s); nothing written (pass --out or --html to save the table).")

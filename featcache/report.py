@@ -1,0 +1,552 @@
+"""Comparing runs: which folders are head runs, the comparison table, and one HTML page.
+
+``featcache report RUN...`` reads run directories (DESIGN.md §5) through
+:func:`featcache.runs.read_run` and :func:`featcache.runs.runs_frame`:
+
+- :func:`collect_runs` sorts the folders it is given: head runs (``train-head``, TFA-LT,
+  ``grid``, ``finetune``, ``predict``) are kept; folders that are not runs, or are a table of
+  runs (``reproduce``), are skipped with a note; a ``bench medmnist`` folder is refused, since
+  its ``metrics.json`` averages many data sets and backbones and one Many/Med/Few row of it
+  would mean nothing.
+- :func:`report_frame`: one row per run with every metric and the knobs that differ.
+- :func:`write_html`: one self-contained page (figures embedded as base64 PNG, no network,
+  a few lines of inline JavaScript to sort the table) rendered from the Jinja2 template
+  ``featcache/templates/report.html.j2`` with autoescaping on (run and class names are user
+  text). Figures are drawn with matplotlib from the run's own files: group bars from
+  ``metrics.json``; per-class accuracy against the training count from ``per_seed`` and
+  ``splits.parquet`` with the cache's labels (when the cache named in ``config.json`` is
+  still there and has the recorded fingerprint; else the run's ``per_class_acc.png``);
+  row-normalised confusion matrices and reliability diagrams from ``predictions.parquet``
+  (a run's own ``reliability*.png`` is used when it has one); accuracy against shots when
+  the runs differ in a shots knob; a grid's ``heatmap_*.png``.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import io
+import json
+import logging
+import math
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from featcache import runs as _runs
+from featcache.errors import FeatcacheError
+from featcache.metrics import GROUPS, groups_from_counts, softmax
+
+log = logging.getLogger(__name__)
+
+TEMPLATE = "report.html.j2"
+TEMPLATE_DIR = Path(__file__).with_name("templates")
+# Knobs that count training images per class: runs that differ in one get an accuracy-vs-shots
+# curve (one line per combination of the other differing knobs).
+SHOT_KNOBS = ("shots", "per_class", "train_per_class", "n_per_class", "max_per_class")
+DPI = 150
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------
+# Which folders are head runs
+
+
+@dataclass
+class Collected:
+    """What :func:`collect_runs` found: ``runs`` (:func:`read_run` dicts, in the order given)
+    and ``skipped`` (path, why) for every folder left out."""
+
+    runs: list[dict] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+    def notes(self) -> list[str]:
+        """One line per skipped folder, for the terminal and the page."""
+        return [f"skipped {path}: {why}" for path, why in self.skipped]
+
+
+def _is_bench(run: dict) -> bool:
+    config, metrics = run["config"], run["metrics"]
+    return ("cells" in metrics or str(config.get("pipeline", "")).startswith("bench")
+            or ("backbones" in config and "datasets" in config))
+
+
+def collect_runs(paths: list[str] | tuple[str, ...]) -> Collected:
+    """Read every path that is a head run; skip (with the reason) what is not one.
+
+    A folder without ``metrics.json`` (or a path that is no folder) and a ``reproduce`` folder
+    (a table of runs: its rows are under ``rows/``) are skipped. A damaged ``metrics.json``
+    or ``config.json`` and a ``bench medmnist`` folder raise :class:`FeatcacheError`, as does
+    a list in which nothing is left.
+    """
+    found = Collected()
+    for p in paths:
+        path = Path(p)
+        try:
+            run = _runs.read_run(path)
+        except FeatcacheError:
+            if (path / "metrics.json").is_file():
+                raise  # a run, but damaged: the message says which file and where
+            why = ("no such file or folder" if not path.exists() else
+                   "not a folder" if not path.is_dir() else "not a run directory (no metrics.json)")
+            found.skipped.append((str(p), why))
+            continue
+        if _is_bench(run):
+            raise FeatcacheError(
+                f"{path} is a `featcache bench medmnist` folder: its metrics.json averages "
+                "every data set × backbone × size cell, so one row of Many/Med/Few/Total would "
+                "mean nothing. Read its table.md or summary.csv instead; `report` compares "
+                "head runs (train-head, grid, finetune, predict).")
+        pipeline = str(run["config"].get("pipeline", ""))
+        if pipeline.startswith("reproduce"):
+            found.skipped.append((str(p), f"a `{pipeline}` folder (a table of runs), not one run; "
+                                          f"pass its rows ({path / 'rows'}/*) to compare them"))
+            continue
+        per_seed = run["metrics"].get("per_seed")
+        if not per_seed or not all(isinstance(s, dict) for s in per_seed):
+            found.skipped.append((str(p), "its metrics.json has no per-seed figures (not a head run)"))
+            continue
+        found.runs.append(run)
+    if not found.runs:
+        detail = "; ".join(found.notes()) or "no paths given"
+        raise FeatcacheError(f"None of the {len(paths)} path(s) is a head run ({detail}). "
+                             "Pass run directories written by train-head, grid, finetune or predict.")
+    return found
+
+
+def run_names(runs: list[dict]) -> list[str]:
+    """A short unique name per run: its folder's name, or more of its path where two share one."""
+    paths = [Path(r["run"]).resolve() for r in runs]
+    depth = 1
+    while True:
+        names = ["/".join(p.parts[-depth:]) for p in paths]
+        if len(set(names)) == len(names) or depth >= max(len(p.parts) for p in paths):
+            return names
+        depth += 1
+
+
+def report_frame(runs: list[dict]) -> tuple[pl.DataFrame, list[str]]:
+    """:func:`featcache.runs.runs_frame` with the knobs that differ between ``runs`` and a
+    ``name`` column (:func:`run_names`); returns the frame and its knob columns."""
+    knobs = _runs.differing_knobs(runs)
+    frame = _runs.runs_frame(runs, knobs=knobs).with_columns(pl.Series("name", run_names(runs)))
+    return frame, [_runs.knob_column(k) for k in knobs]
+
+
+# --------------------------------------------------------------------------------------
+# What a run holds, for the figures
+
+
+@dataclass
+class RunView:
+    """One run's figures' inputs, read from its directory (and its cache, when reachable)."""
+
+    name: str
+    run: dict
+    class_names: list[str]
+    per_class_mean: np.ndarray | None = None  # [C] mean over seeds
+    per_class_std: np.ndarray | None = None  # [C]
+    train_counts: np.ndarray | None = None  # [C] mean over seeds
+    groups: dict[str, list[int]] | None = None
+    labels: np.ndarray | None = None  # [N] test rows over all seeds
+    scores: np.ndarray | None = None  # [N, C]
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def dir(self) -> Path:
+        return Path(self.run["run"])
+
+
+def _open_cache(config: dict, notes: list[str], memo: dict):  # noqa: ANN202
+    """The cache named in ``config`` if it is still there with the recorded fingerprint."""
+    path = config.get("cache")
+    if not isinstance(path, str):
+        return None
+    if path not in memo:
+        from featcache.cache import open_cache
+
+        try:
+            memo[path] = open_cache(path)
+        except (FeatcacheError, OSError) as e:
+            memo[path] = None
+            log.info("cache %s not readable: %s", path, e)
+    cache = memo[path]
+    if cache is None:
+        notes.append(f"its cache {path} is not readable here: class names and training counts unknown")
+        return None
+    want = config.get("cache_fingerprint")
+    if want and cache.fingerprint != want:
+        notes.append(f"{path} is not the cache the run was trained on (other fingerprint)")
+        return None
+    return cache
+
+
+def _descriptor_names(dataset: object, num_classes: object) -> list[str] | None:
+    """Class names of a shipped data set descriptor (a run without a cache, e.g. ``finetune``),
+    when it has the run's number of classes."""
+    if not isinstance(dataset, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", dataset):
+        return None
+    from featcache.datasets import load_descriptor
+
+    desc = load_descriptor(dataset)
+    if desc is None or not desc.class_names or desc.num_classes != num_classes:
+        return None
+    return list(desc.class_names)
+
+
+def load_view(run: dict, name: str, memo: dict | None = None) -> RunView:
+    """Read what the figures need from ``run``'s directory (see the module docstring)."""
+    memo = {} if memo is None else memo
+    config, metrics = run["config"], run["metrics"]
+    notes: list[str] = []
+    per_seed = metrics.get("per_seed") or []
+    accs = [s.get("per_class_acc") for s in per_seed if isinstance(s.get("per_class_acc"), list)]
+    num_classes = config.get("num_classes") or (len(accs[0]) if accs else None)
+    cache = _open_cache(config, notes, memo)
+    class_names = (list(config["class_names"]) if isinstance(config.get("class_names"), list)
+                   else cache.class_names if cache is not None
+                   else _descriptor_names(config.get("dataset"), num_classes)
+                   or [str(c) for c in range(int(num_classes or 0))])
+    view = RunView(name=name, run=run, class_names=class_names, notes=notes)
+    if accs and len({len(a) for a in accs}) == 1:
+        arr = np.array([[np.nan if v is None else v for v in a] for a in accs], dtype=float)
+        with warnings.catch_warnings():  # a class missing from every seed: NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
+            view.per_class_mean, view.per_class_std = np.nanmean(arr, 0), np.nanstd(arr, 0)
+    splits_path = view.dir / "splits.parquet"
+    if cache is not None and cache.labels.ndim == 1 and splits_path.is_file():
+        splits = pl.read_parquet(splits_path)
+        C = len(class_names)
+        counts = [np.bincount(cache.labels[part["row"].to_numpy()], minlength=C)
+                  for _, part in splits.filter(pl.col("split") == "train").group_by("seed")]
+        if counts:
+            view.train_counts = np.mean(counts, axis=0)
+            named = cache.descriptor.groups
+            ids = list(cache.descriptor.class_ids)
+            view.groups = ({g: [ids.index(c) for c in named.get(g, ()) if c in ids] for g in GROUPS}
+                           if named else groups_from_counts(view.train_counts))
+    pred_path = view.dir / "predictions.parquet"
+    if pred_path.is_file():
+        preds = pl.read_parquet(pred_path, columns=["label", "scores"])
+        if preds["label"].dtype.is_integer() and preds.height:
+            view.labels = preds["label"].to_numpy()
+            view.scores = np.asarray(preds["scores"].to_list(), dtype=np.float64)
+        else:
+            notes.append("multi-label predictions: no confusion matrix or reliability diagram")
+    return view
+
+
+# --------------------------------------------------------------------------------------
+# Figures (matplotlib, Agg), each returned as a data: URI
+
+
+def _plt():  # noqa: ANN202
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _text(s: object) -> str:
+    """User text for matplotlib: a ``$`` would start mathtext (and fail on an odd count)."""
+    return str(s).replace("$", r"\$")
+
+
+def _uri(fig) -> str:  # noqa: ANN001
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    _plt().close(fig)
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _png_uri(path: Path) -> str | None:
+    data = path.read_bytes()
+    if not data.startswith(_PNG):
+        log.warning("%s is not a PNG file; left out of the report", path)
+        return None
+    return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+
+
+def groups_figure(frame: pl.DataFrame) -> str | None:
+    """Grouped bars: Many / Medium / Few / Total / Balanced per run, mean ± std over seeds."""
+    keys = [("Many", "many_acc"), ("Medium", "medium_acc"), ("Few", "few_acc"),
+            ("Total", "acc"), ("Balanced", "balanced_acc")]
+    keys = [(t, k) for t, k in keys if frame[k].is_not_null().any()]
+    if not keys:
+        return None
+    plt = _plt()
+    n = frame.height
+    width = 0.8 / n
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(keys) + 0.35 * n * len(keys)), 4.0))
+    for i, row in enumerate(frame.iter_rows(named=True)):
+        x = np.arange(len(keys)) + (i - (n - 1) / 2) * width
+        mean = [100 * (row[k] if row[k] is not None else np.nan) for _, k in keys]
+        std = [100 * (row[f"{k}_std"] or 0.0) for _, k in keys]
+        ax.bar(x, mean, width, yerr=std, capsize=3, label=_text(row["name"]))
+    ax.set_xticks(range(len(keys)), [t for t, _ in keys])
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Accuracy by class group (mean ± std over seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _uri(fig)
+
+
+_GROUP_COLOURS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+
+
+def per_class_figure(view: RunView) -> str | None:
+    """Per-class test accuracy (mean ± std over seeds) against training images per class,
+    coloured by many/medium/few; class names label the points when there are at most 30."""
+    if view.per_class_mean is None or view.train_counts is None:
+        own = view.dir / "per_class_acc.png"
+        return _png_uri(own) if own.is_file() else None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    counts = np.maximum(view.train_counts, 1)
+    mean, std = 100 * view.per_class_mean, 100 * view.per_class_std
+    member = {c: g for g, cs in (view.groups or {}).items() for c in cs}
+    for g in (*GROUPS, None):
+        idx = [c for c in range(len(mean)) if member.get(c) == g]
+        if idx:
+            ax.errorbar(counts[idx], mean[idx], yerr=std[idx], fmt="o", capsize=3,
+                        color=_GROUP_COLOURS.get(g, "tab:gray"), label=g or "no group")
+    if len(mean) <= 30:
+        for c, name in enumerate(view.class_names[: len(mean)]):
+            if math.isfinite(mean[c]):
+                ax.annotate(_text(name), (counts[c], mean[c]), textcoords="offset points",
+                            xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("training images per class (mean over seeds)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(-3, 105)
+    ax.grid(alpha=0.3)
+    ax.set_title(_text(f"{view.name}: per-class accuracy vs training count"), fontsize=10)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _uri(fig)
+
+
+def confusion_figure(view: RunView) -> str | None:
+    """Row-normalised confusion matrix over every seed's test rows, with a colorbar."""
+    if view.labels is None or view.scores is None:
+        own = view.dir / "confusion.png"
+        return _png_uri(own) if own.is_file() else None
+    from featcache.metrics import confusion_matrix
+
+    C = view.scores.shape[1]
+    cm = confusion_matrix(view.labels, view.scores.argmax(1), C).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = cm / cm.sum(1, keepdims=True)
+    plt = _plt()
+    side = min(2.5 + 0.45 * C, 14.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
+    names = [_text(n) for n in (view.class_names if len(view.class_names) == C else range(C))]
+    if C <= 40:
+        ax.set_xticks(range(C), names, rotation=90, fontsize=7)
+        ax.set_yticks(range(C), names, fontsize=7)
+    if C <= 20:
+        for (i, j), v in np.ndenumerate(norm):
+            if math.isfinite(v):
+                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if v > 0.5 else "black")
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(_text(f"{view.name}: confusion (row %, all seeds)"), fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
+    return _uri(fig)
+
+
+def reliability(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict:
+    """Reliability of the top-1 softmax probability in ``bins`` equal-width bins: per bin the
+    mean confidence, the accuracy and the count, and the expected calibration error. Both as
+    in Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017), §2: bin m holds the
+    rows with confidence in ((m−1)/M, m/M], and ECE = Σ_m |B_m|/n · |acc(B_m) − conf(B_m)|."""
+    prob = softmax(scores)
+    conf, correct = prob.max(1), (prob.argmax(1) == labels).astype(float)
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
+    count = np.bincount(which, minlength=bins)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        acc = np.bincount(which, weights=correct, minlength=bins) / count
+        mean_conf = np.bincount(which, weights=conf, minlength=bins) / count
+    ece = float(np.nansum(count * np.abs(acc - mean_conf)) / max(count.sum(), 1))
+    return {"edges": edges, "acc": acc, "conf": mean_conf, "count": count, "ece": ece}
+
+
+def reliability_figure(view: RunView) -> str | None:
+    """The run's own reliability PNG if it wrote one; else a reliability diagram drawn from
+    its predictions (softmax of the stored scores, all seeds' test rows)."""
+    own = sorted(view.dir.glob("reliability*.png"))
+    if own:
+        return _png_uri(own[0])
+    if view.labels is None or view.scores is None:
+        return None
+    r = reliability(view.labels, view.scores)
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(4.6, 4.4))
+    centres = (r["edges"][:-1] + r["edges"][1:]) / 2
+    w = r["edges"][1] - r["edges"][0]
+    ok = r["count"] > 0
+    ax.bar(centres[ok], r["acc"][ok], width=w * 0.95, color="tab:blue", alpha=0.85, label="accuracy")
+    # the gap between accuracy and mean confidence, hatched over the bar (either direction)
+    low = np.minimum(r["acc"], r["conf"])[ok]
+    ax.bar(centres[ok], np.abs(r["conf"] - r["acc"])[ok], bottom=low, width=w * 0.95,
+           facecolor="none", edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap to confidence")
+    for x, n, top in zip(centres[ok], r["count"][ok], np.maximum(r["acc"], r["conf"])[ok], strict=True):
+        ax.text(x, min(top + 0.01, 0.97), str(int(n)), ha="center", va="bottom", fontsize=6, color="0.3")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 softmax probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(_text(f"{view.name}: reliability, ECE {100 * r['ece']:.1f}%\n"
+                       f"(10 bins, all seeds' test rows; numbers: rows per bin)"), fontsize=9)
+    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    return _uri(fig)
+
+
+def shots_figure(runs: list[dict], names: list[str], knobs: list[str]) -> str | None:
+    """Accuracy (and balanced accuracy) against a shots knob that differs between the runs,
+    one line per combination of the other differing knobs; ``None`` when none differs."""
+    shot = next((k for k in knobs if k in SHOT_KNOBS), None)
+    if shot is None:
+        return None
+    others = [k for k in knobs if k != shot and k not in ("cache", "out")]
+    lines: dict[str, list[tuple[float, dict]]] = {}
+    for run in runs:
+        shown = _runs.run_knobs(run)
+        try:
+            x = float(shown.get(shot, "nan"))
+        except ValueError:
+            continue
+        if not math.isfinite(x):
+            continue
+        label = ", ".join(f"{k}={shown.get(k, '–')}" for k in others) or "runs"
+        lines.setdefault(label, []).append((x, run["metrics"]))
+    if not any(len(v) > 1 for v in lines.values()):
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), sharey=True)
+    for ax, (title, key) in zip(axes, (("Total accuracy", "acc"), ("Balanced accuracy", "balanced_acc")), strict=True):
+        for label, pts in lines.items():
+            pts.sort(key=lambda p: p[0])
+            xs = [p[0] for p in pts]
+            ys = [100 * (_num(m.get(key))) for _, m in pts]
+            es = [100 * (_num(m.get(f"{key}_std"), 0.0)) for _, m in pts]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=_text(label))
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{shot} (training images per class)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return _uri(fig)
+
+
+def _num(v: object, default: float = math.nan) -> float:
+    return default if v is None else float(v)
+
+
+# --------------------------------------------------------------------------------------
+# The page
+
+
+_METRIC_TITLES = (("Many", "many_acc"), ("Med", "medium_acc"), ("Few", "few_acc"),
+                  ("Total", "acc"), ("Bal.", "balanced_acc"), ("F1", "macro_f1"), ("AUC", "auc"))
+
+
+def _table(frame: pl.DataFrame, knob_cols: list[str]) -> dict:
+    """The metric table as data for the template: headers and cells (text, sort key)."""
+    headers = ["Run", "Method", "Seeds", *(k.removeprefix("config_") for k in knob_cols),
+               *(t for t, _ in _METRIC_TITLES)]
+    rows = []
+    for row in frame.iter_rows(named=True):
+        cells = [{"text": row["name"], "key": row["name"]}, {"text": row["method"], "key": row["method"]},
+                 {"text": str(row["seeds"]), "key": row["seeds"]}]
+        for k in knob_cols:
+            try:
+                key: object = float(row[k])
+            except ValueError:
+                key = row[k]
+            cells.append({"text": row[k], "key": key})
+        for _, k in _METRIC_TITLES:  # percent; the std on a line of its own keeps columns narrow
+            mean, std = row[k], row[f"{k}_std"]
+            cells.append({"text": _runs._pct(mean, None),
+                          "sd": "" if mean is None or std is None else f"± {100 * std:.2f}",
+                          "key": "" if mean is None else f"{mean:.6f}"})
+        rows.append(cells)
+    return {"headers": headers, "rows": rows}
+
+
+def render_html(collected: Collected, *, title: str = "featcache report") -> str:
+    """The report page as a string (see :func:`write_html`)."""
+    import jinja2
+
+    runs = collected.runs
+    frame, knob_cols = report_frame(runs)
+    names = frame["name"].to_list()
+    memo: dict = {}
+    views = [load_view(r, n, memo) for r, n in zip(runs, names, strict=True)]
+    figures = {
+        "groups": groups_figure(frame),
+        "shots": shots_figure(runs, names, _runs.differing_knobs(runs)),
+    }
+    per_run = []
+    for v in views:
+        heatmaps = [{"name": p.stem.removeprefix("heatmap_").replace("__", " × "), "src": _png_uri(p)}
+                    for p in sorted(v.dir.glob("heatmap_*.png"))]
+        per_run.append({
+            "name": v.name,
+            "path": v.run["run"],
+            "method": v.run["metrics"].get("method") or "",
+            "notes": v.notes,
+            "per_class": per_class_figure(v),
+            "confusion": confusion_figure(v),
+            "reliability": reliability_figure(v),
+            "heatmaps": [h for h in heatmaps if h["src"]],
+            "config": json.dumps(v.run["config"], indent=2, ensure_ascii=False),
+            "metrics": json.dumps({k: x for k, x in v.run["metrics"].items() if k != "per_seed"},
+                                  indent=2, ensure_ascii=False),
+        })
+    from featcache import __version__
+
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(TEMPLATE_DIR), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template(TEMPLATE).render(
+        title=title,
+        generated=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        version=__version__,
+        table=_table(frame, knob_cols),
+        knobs=[k.removeprefix("config_") for k in knob_cols],
+        notes=collected.notes(),
+        figures=figures,
+        runs=per_run,
+    )
+
+
+def write_html(collected: Collected, out: str | Path, *, title: str = "featcache report") -> Path:
+    """Write the self-contained report page of ``collected`` (:func:`collect_runs`) to ``out``:
+    the sortable metric table, group bars, per-class accuracy against training count,
+    confusion matrices, reliability diagrams, accuracy against shots and grid heatmaps when
+    the runs have them, and each run's full configuration."""
+    out = Path(out)
+    if out.is_dir():
+        raise FeatcacheError(f"--html {out} is a folder; give the page's file name, e.g. {out / 'report.html'}.")
+    page = render_html(collected, title=title)
+    tmp = out.with_name(out.name + ".tmp")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(page, encoding="utf-8")
+        tmp.replace(out)
+    except OSError as e:
+        raise FeatcacheError(f"Could not write the report {out} ({e.strerror or e}); choose another "
+                             "--html path.") from None
+    log.info("wrote report %s", out)
+    return out
