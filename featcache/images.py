@@ -233,3 +233,89 @@ def image_manifest(paths: list[Path], class_names: list[str] | tuple[str, ...]) 
     desc = Descriptor(name="images", class_ids=tuple(class_names), class_names=tuple(class_names))
     return Manifest(descriptor=desc, ids=ids, sources=ids, labels=np.full(len(ids), -1, dtype=np.int64),
                     splits=[""] * len(ids), loader=PathLoader([Path(p) for p in ids]))
+
+
+def backbone_for_cache(meta: dict, *, pretrained: str | None = None, views: tuple[str, ...] = ("standard",),
+                       device: torch.device | str = "cpu") -> tuple[models.Backbone, Preprocessing, torch.dtype]:
+    """The backbone, preprocessing and precision a cache was extracted with (its ``meta``).
+
+    The weights are the recorded ones: the open_clip tag, hub id or ``random`` as recorded;
+    for a cache made from a checkpoint file, ``pretrained`` (else the recorded path, if it is
+    still there), which must hash to the recorded ``sha256:``. QuickGELU must be built as
+    recorded. ``views``: the views to produce (the TTE crops need ``tte``). Anything that does
+    not match is refused with a ``FeatcacheError`` naming what differs.
+    """
+    from featcache.device import resolve_precision
+    from featcache.errors import FeatcacheError
+
+    name, recorded, weights_id = meta["model"], meta.get("pretrained"), meta["weights_id"]
+    if weights_id.startswith("sha256:"):
+        weights = pretrained or (recorded if recorded and Path(recorded).exists() else None)
+        if weights is None:
+            raise FeatcacheError(
+                f"The cache was extracted with {name} from the weights file {recorded} "
+                f"({weights_id}), which is not there; pass --pretrained FILE (the same file).")
+    else:
+        if pretrained not in (None, recorded):
+            raise FeatcacheError(
+                f"The cache was extracted with {name} weights '{recorded}', not '{pretrained}'; "
+                "drop --pretrained (it is for runs whose weights came from a file).")
+        weights = recorded
+    backbone = models.load_backbone(name, weights, device=device)
+    if backbone.weights_id != weights_id:
+        raise FeatcacheError(
+            f"The weights {weights} are {backbone.weights_id}, but the cache was extracted from "
+            f"{weights_id}; features of other weights are meaningless to the run's heads. Pass "
+            "the file the cache was made from.")
+    if backbone.quick_gelu != bool(meta.get("quick_gelu")):
+        raise FeatcacheError(
+            f"{name} built with {'QuickGELU' if backbone.quick_gelu else 'nn.GELU'}, but the cache "
+            f"was extracted with {'QuickGELU' if meta.get('quick_gelu') else 'nn.GELU'}.")
+    p = meta["preprocessing"]
+    prep = Preprocessing(
+        size=int(p["size"]), mean=tuple(p["mean"]), std=tuple(p["std"]), interpolation=p["interpolation"],
+        resize_mode=p["resize_mode"], resize=p.get("resize", "scale"),
+        tte=any(v != "standard" for v in views), tte_expand=int(p.get("tte_expand", 24)))
+    return backbone, prep, resolve_precision(meta.get("precision", "fp32"), torch.device(device))
+
+
+def encode_images(
+    manifest: Manifest, backbone: models.Backbone, prep: Preprocessing, dtype: torch.dtype, *,
+    views: tuple[str, ...], feature: str, device: torch.device, batch_size: int = 64,
+    workers: int = 0, skip_bad: bool = False, jpeg_decode: JpegDecoder | None = None, progress: bool = True,
+) -> tuple[list[int], list[torch.Tensor], list[tuple[str, str]]]:
+    """Encode every image of ``manifest`` as extraction does (:func:`image_batches`,
+    :func:`encode_views`): returns (rows encoded, features [n, D] per view of ``views``,
+    skipped ``(source, reason)``). An unreadable image is an error naming it, unless
+    ``skip_bad`` (then it is listed in the skipped and left out)."""
+    from tqdm.auto import tqdm
+
+    visual = backbone.visual
+    if dtype != torch.float32 and device.type == "cuda":
+        visual = visual.to(dtype)  # as extraction does (half weights on a GPU)
+    kind = 0 if feature == "embed" else 1
+    order = list(range(len(manifest)))
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rows_out: list[int] = []
+    feats: dict[str, list[torch.Tensor]] = {v: [] for v in views}
+    skipped: list[tuple[str, str]] = []
+    bar = tqdm(total=len(order), unit="img", desc="encode", disable=not progress, dynamic_ncols=True)
+    with torch.inference_mode():
+        for rows, std, tte, errs in image_batches(manifest, prep, batches, workers, device, jpeg_decode):
+            rows_l = rows.tolist()
+            bad = [(manifest.sources[r], e) for r, e in zip(rows_l, errs, strict=True) if e]
+            if bad and not skip_bad:
+                raise DataError(f"{bad[0][1]} Pass --skip-bad to skip unreadable images and go on.")
+            skipped += bad
+            good = [j for j, e in enumerate(errs) if not e]
+            if good:
+                out = encode_views(visual, prep, std, tte, device, dtype)
+                keep = torch.as_tensor(good, device=device)
+                for v in views:
+                    feats[v].append(out[v][kind][keep].float())
+                rows_out += [rows_l[j] for j in good]
+            bar.update(len(rows_l))
+    bar.close()
+    if not rows_out:
+        raise DataError(f"None of the {len(order)} images could be read (first: {skipped[0][0]}: {skipped[0][1]}).")
+    return rows_out, [torch.cat(feats[v]) for v in views], skipped
