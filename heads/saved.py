@@ -127,3 +127,64 @@ def load_saved_run(run_dir: str | Path, device: torch.device) -> SavedRun:
                                ClassPrior.from_counts(counts).log_prior[0], float(ck["posthoc_tau"]),
                                _temperature(ck, config)))
     return SavedRun(run_dir, config, seeds, class_ids)
+
+
+class RunClassifier(torch.nn.Module):
+    """Pixels to a run's prediction in one module (for ``featcache export``).
+
+    ``forward(views)``: ``views`` uint8 ``[B, V, 3, S, S]`` -- the preprocessed image(s), V = 1
+    (the standard view: shorter side resized to S, centre crop) or V = 5 (the TTE crops in
+    :data:`featcache.preprocess.TTE_VIEWS` order) -- to ``(logits [B, C], probs [B, C])``:
+    the mean over seeds of each seed's adjusted logits, and of its softmax (``predict``'s
+    ``logits`` and ``prob_<class>`` columns). Normalisation (``x/255``, mean, std) and the
+    image encoder (:func:`featcache.models.image_features`) are inside; every seed's head is
+    applied as :meth:`SeedModel.logits` applies it, written out without ``predict_logits``'s
+    Python batching loop so that ``torch.export`` traces it with a symbolic batch size.
+    """
+
+    def __init__(self, visual: torch.nn.Module, run: SavedRun, mean: tuple[float, ...],
+                 std: tuple[float, ...]) -> None:
+        super().__init__()
+        self.visual = visual
+        self.kind = run.first["model"]["kind"]
+        self.combine = run.first["model"].get("combine")
+        self.feature = run.feature
+        self.heads = torch.nn.ModuleList()
+        for s in run.seeds:
+            p = s.predictor
+            parts = {"head": p.head} if p.kind == "head" else {"branches": p.branches}
+            if p.kind == "tfa-lt" and p.ensembler is not None:
+                parts["ensembler"] = p.ensembler
+            for m in parts.values():
+                m.eval()
+            self.heads.append(torch.nn.ModuleDict(parts))
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("log_prior", torch.stack([s.log_prior.float().cpu() for s in run.seeds]))  # [S, C]
+        self.posthoc = [s.posthoc_tau for s in run.seeds]
+
+    def _seed_logits(self, parts: torch.nn.ModuleDict, f: torch.Tensor) -> torch.Tensor:  # [N, D] -> [N, C]
+        if self.kind == "head":
+            return parts["head"](f[None])[0]
+        # TFA-LT inference as heads/cached.py combine_branches: two branches, then the ensembler
+        x = f[None].expand(2, *f.shape)  # [2, N, D]
+        if self.combine == "mean":
+            return parts["branches"](x).mean(0)
+        z = parts["branches"](x) if self.combine == "logit" else parts["branches"].features(x)
+        return parts["ensembler"](torch.cat([z[0], z[1]], -1)[None])[0]
+
+    def forward(self, views: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        from featcache.models import image_features
+
+        B, V = views.shape[0], views.shape[1]
+        x = (views.flatten(0, 1).float() / 255.0 - self.mean) / self.std  # [B*V, 3, S, S]
+        emb, cls = image_features(self.visual, x)
+        f = (emb if self.feature == "embed" else cls).float().reshape(B, V, -1)  # [B, V, D]
+        per_seed = []
+        for k, parts in enumerate(self.heads):
+            logits = torch.stack([self._seed_logits(parts, f[:, v]) for v in range(V)]).mean(0)  # [B, C]
+            if self.posthoc[k] != 0:
+                logits = logits - self.posthoc[k] * self.log_prior[k]
+            per_seed.append(logits)
+        z = torch.stack(per_seed)  # [S, B, C]
+        return z.mean(0), torch.softmax(z, -1).mean(0)
