@@ -66,7 +66,7 @@ def build_classifier(run_dir: str | Path, *, cache: str | None = None,
     run = load_saved_run(run_dir, dev)
     source = run.source_cache(cache)
     backbone, prep, _ = backbone_for_cache(source.meta, pretrained=pretrained, views=run.views, device=dev)
-    module = RunClassifier(backbone.visual.float(), run, prep.mean, prep.std).eval()
+    module = RunClassifier(backbone.visual.float(), run, prep.mean, prep.std).eval().requires_grad_(False)
     metadata = {
         "format": "featcache-classifier/1",
         "class_names": list(source.class_names),
