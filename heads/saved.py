@@ -114,6 +114,11 @@ def load_saved_run(run_dir: str | Path, device: torch.device) -> SavedRun:
     seeds, class_ids = [], None
     for path in ckpts:
         ck = load_checkpoint(path)  # a crafted pickle is refused, not run
+        if "model" not in ck or "class_ids" not in ck:  # e.g. a finetune checkpoint (trainable tower weights)
+            raise FeatcacheError(
+                f"Checkpoint {path} comes from '{ck.get('pipeline', 'an unknown pipeline')}', not from "
+                "train-head or TFA-LT; predict and export take head runs on cached features (LIFT "
+                "fine-tuned and MedMNIST benchmark runs are not supported yet).")
         try:
             seed = int(path.stem.split("-")[1])
         except ValueError:

@@ -147,3 +147,63 @@ def test_predict_cache_case_insensitive_classes_and_cli(setup: dict, tmp_path: P
     named = r.output.split("Wrote ")[-1].strip().rstrip(".").split(", ")
     assert all(Path(p).exists() for p in named) and "splits.parquet" not in r.output
     assert "checkpoints" not in r.output
+
+
+def test_predict_on_a_set_without_source_splits_uses_the_runs_rows_and_groups(tmp_path: Path) -> None:
+    """tfa-lt protocol: every seed holds out other rows; descriptor groups (not count groups);
+    a checkpoint from before groups were recorded is scored the same way; --split test is
+    refused with a message naming the way out."""
+    from tests.fixtures_cache import make_feature_cache
+
+    cache = make_feature_cache(tmp_path / "lt.h5", num_classes=4, counts=[120, 40, 25, 22], dim=12,
+                               test_per_class=8, groups={"many": ["c0", "c1"], "medium": ["c2"], "few": ["c3"]})  # not the count rule
+    run_dir = train_head.run(train_head.TrainHeadConfig(cache=str(cache), head="linear", seeds=(0, 1, 2),
+                                                        epochs=3, device="cpu", out=str(tmp_path / "r"))).out_dir
+    run_metrics = json.loads((run_dir / "metrics.json").read_text())["per_seed"]
+    assert run_metrics[0]["many_acc"] is not None
+    for k in range(3):  # drop the recorded groups: predict redraws the run's split
+        ck = torch.load(run_dir / "checkpoints" / f"seed-{k}.pt", weights_only=True)
+        assert ck["groups"] == {"many": [0, 1], "medium": [2], "few": [3]}
+        if k == 2:
+            del ck["groups"]
+            torch.save(ck, run_dir / "checkpoints" / f"seed-{k}.pt")
+    res = predict_run(run_dir, str(cache), out=tmp_path / "p", device="cpu", per_seed=True)
+    for theirs, ours in zip(run_metrics, res.metrics["per_seed"], strict=True):
+        for key in ("acc", "macro_f1", "many_acc", "medium_acc", "few_acc"):
+            assert theirs[key] == ours[key], (key, theirs[key], ours[key])
+    splits = pl.read_parquet(run_dir / "splits.parquet").filter(pl.col("split") == "test")
+    assert res.table.height == splits["row"].n_unique()  # one row per image, union over seeds
+    assert res.table["seeds"].max() <= 3 and res.table["seeds"].min() >= 1
+    seed0 = set(splits.filter(pl.col("seed") == 0)["row"].to_list())
+    has0 = [r in seed0 for r in res.table["row"].to_list()]
+    assert [p is not None for p in res.table["pred_seed0"].to_list()] == has0
+    with pytest.raises(FeatcacheError, match="no rows in source split 'test'.*--split heldout"):
+        predict_run(run_dir, str(cache), out=tmp_path / "q", device="cpu", split="test")
+
+
+def test_calibrated_probabilities_use_the_runs_temperature(setup: dict, tmp_path: Path) -> None:
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(setup["linear"], run_dir)
+    for path in (run_dir / "checkpoints").glob("seed-*.pt"):
+        ck = torch.load(path, weights_only=True)
+        ck["temperature"] = 2.0
+        torch.save(ck, path)
+    res = predict_run(run_dir, str(setup["cache"]), out=tmp_path / "p", device="cpu", per_seed=True)
+    cal = res.table.select([f"calibrated_prob_{c}" for c in CLASSES]).to_numpy()
+    plain = predict_run(setup["linear"], str(setup["cache"]), out=tmp_path / "q", device="cpu").table
+    assert "calibrated_prob_mel" not in plain.columns
+    logits = np.array([[res.table[f"prob_{c}_seed{s}"].to_numpy() for c in CLASSES] for s in (0, 1)])  # [S, C, N]
+    z = np.log(logits) / 2.0  # log-softmax / T = logits / T up to a per-row constant
+    want = np.exp(z - z.max(1, keepdims=True))
+    want = (want / want.sum(1, keepdims=True)).mean(0).T
+    np.testing.assert_allclose(cal, want, atol=1e-6)
+
+
+def test_finetune_runs_are_refused_clearly(tmp_path: Path) -> None:
+    run_dir = tmp_path / "ft"
+    (run_dir / "checkpoints").mkdir(parents=True)
+    torch.save({"pipeline": "finetune", "trainable": {}, "train_counts": [1, 2]}, run_dir / "checkpoints" / "seed-0.pt")
+    with pytest.raises(FeatcacheError, match="LIFT fine-tuned"):
+        predict_images(run_dir, [str(tmp_path)], out=tmp_path / "o", device="cpu")
