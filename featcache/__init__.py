@@ -61,6 +61,11 @@ _LAZY: dict[str, tuple[str, str]] = {
     "reproduce": ("featcache.pipelines.reproduce", "run"),
     "FinetuneConfig": ("featcache.pipelines.finetune", "FinetuneConfig"),
     "finetune": ("featcache.pipelines.finetune", "run"),
+    "predict_run": ("featcache.pipelines.predict", "predict_run"),
+    "predict_images": ("featcache.pipelines.predict", "predict_images"),
+    "ExportConfig": ("featcache.pipelines.export", "ExportConfig"),
+    "export": ("featcache.pipelines.export", "run"),
+    "load_saved_run": ("featcache.heads.saved", "load_saved_run"),
     "BenchConfig": ("featcache.pipelines.bench_medmnist", "BenchConfig"),
     "bench_medmnist": ("featcache.pipelines.bench_medmnist", "run"),
 }

@@ -288,6 +288,8 @@ def checkpoint_for(pipeline: str, model: dict, cfg: object, data: CachedData, se
         "class_ids": list(data.cache.descriptor.class_ids),
         "train_counts": setup.split.train_counts.tolist(),
         "posthoc_tau": cfg.posthoc_tau,
+        # the many/medium/few classes this seed was scored with (``predict`` scores the same way)
+        "groups": {g: [int(c) for c in v] for g, v in setup.split.groups.items()},
     }
 
 

@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from featcache import models
@@ -51,17 +50,12 @@ from featcache.cache import (
 )
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
-from featcache.decode import (
-    FileBytes,
-    JpegDecoder,
-    collate_file_bytes,
-    decode_on_device,
-    jpeg_decoder,
-)
-from featcache.device import autocast, resolve_device, resolve_precision, synchronize
+from featcache.decode import JpegDecoder, jpeg_decoder
+from featcache.device import resolve_device, resolve_precision, synchronize
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
-from featcache.preprocess import TTE_VIEWS, Preprocessing, as_rgb, five_crops, pil_to_uint8
+from featcache.images import encode_views, image_batches
+from featcache.preprocess import Preprocessing
 from featcache.prompts import fill_prompt, render_templates
 
 log = logging.getLogger(__name__)
@@ -153,126 +147,6 @@ def library_versions() -> dict[str, str]:
         except importlib.metadata.PackageNotFoundError:
             out[name] = "absent"
     return out
-
-
-# --------------------------------------------------------------------------------------
-# Decoding (CPU workers): manifest row -> uint8 tensors, or the reason it failed
-
-
-class _Images(Dataset):
-    """Row i -> (i, standard uint8 [3,S,S], TTE crops uint8 [5,3,S,S] or empty, error text)."""
-
-    def __init__(self, manifest: Manifest, prep: Preprocessing) -> None:
-        self.manifest = manifest
-        self.prep = prep
-        self.standard, self.tte = prep.pil_transforms()
-
-    def __len__(self) -> int:
-        return len(self.manifest)
-
-    def __getitem__(self, i: int) -> tuple[int, torch.Tensor, torch.Tensor, str]:
-        s = self.prep.size
-        n_crops = 5 if self.tte else 0
-        try:
-            im = self.manifest.load(i)
-        except DataError as e:
-            blank = torch.zeros(n_crops, 3, s, s, dtype=torch.uint8)
-            return i, torch.zeros(3, s, s, dtype=torch.uint8), blank, str(e)
-        if self.tte:  # one decode; crops cut here because resized images differ in shape
-            tte = five_crops(pil_to_uint8(self.tte(im))[None], s)[0]  # [5, 3, S, S]
-        else:
-            tte = torch.zeros(0, 3, s, s, dtype=torch.uint8)
-        return i, pil_to_uint8(self.standard(im)), tte, ""
-
-
-def _collate(batch: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, list[str]]:
-    rows, std, tte, errs = zip(*batch, strict=True)
-    return torch.tensor(rows), torch.stack(std), torch.stack(tte), list(errs)
-
-
-def _batches_from_files(
-    manifest: Manifest, prep: Preprocessing, batches: list[list[int]], workers: int, pin: bool
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
-    loader = DataLoader(
-        _Images(manifest, prep),
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=_collate,
-        pin_memory=pin,
-        prefetch_factor=4 if workers else None,
-        persistent_workers=False,
-    )
-    for rows, std, tte, errs in loader:
-        yield rows, std, (tte if prep.tte else None), errs
-
-
-def _batches_decoded_on_device(
-    manifest: Manifest, prep: Preprocessing, batches: list[list[int]], workers: int, device: torch.device,
-    decode: JpegDecoder,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
-    """Workers read file bytes; the device decodes, resizes and cuts the TTE crops."""
-    loader = DataLoader(
-        FileBytes(manifest),
-        batch_sampler=batches,
-        num_workers=workers,
-        collate_fn=collate_file_bytes,
-        pin_memory=device.type == "cuda",
-        prefetch_factor=4 if workers else None,
-    )
-    for rows, payloads, is_jpeg, errs in loader:
-        sources = [manifest.sources[r] for r in rows.tolist()]
-        images = decode_on_device(decode, payloads, is_jpeg, sources, errs, device)
-        std, tte = prep.views_of_images(images)
-        yield rows, std, tte, errs
-
-
-def _batches_from_arrays(
-    manifest: Manifest, prep: Preprocessing, batches: list[list[int]], device: torch.device
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
-    """Pre-decoded [N, H, W, C] uint8 arrays: no PIL, no workers; resized and cropped on the device
-    (grey arrays travel as one channel and are broadcast to three there).
-
-    On a GPU each batch is staged in one of two pinned host buffers and copied with
-    ``non_blocking=True``, so the copy of batch b+1 overlaps the encoding of batch b; a buffer
-    is refilled only after the copy out of it has finished (its CUDA event).
-    """
-    arrays = manifest.arrays
-    pinned: list[torch.Tensor] = []
-    copied: list[torch.cuda.Event | None] = [None, None]
-    if device.type == "cuda":
-        shape = (max(len(b) for b in batches), *arrays.shape[1:])
-        pinned = [torch.empty(shape, dtype=torch.uint8).pin_memory() for _ in range(2)]
-    for j, rows in enumerate(batches):
-        host = torch.from_numpy(np.ascontiguousarray(arrays[rows[0] : rows[-1] + 1]))  # rows are contiguous
-        if pinned:
-            slot = j % 2
-            if copied[slot] is not None:
-                copied[slot].synchronize()
-            host = pinned[slot][: len(rows)].copy_(host)
-        x = as_rgb(host.to(device, non_blocking=True).permute(0, 3, 1, 2))  # [B, 3, H, W] uint8
-        if pinned:
-            copied[slot] = torch.cuda.Event()
-            copied[slot].record()
-        std, tte = prep.views_of_batch(x)  # resized and cropped on the device
-        yield torch.tensor(rows), std, tte, [""] * len(rows)
-
-
-def image_batches(
-    manifest: Manifest,
-    prep: Preprocessing,
-    batches: list[list[int]],
-    workers: int,
-    device: torch.device,
-    jpeg_decode: JpegDecoder | None = None,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, list[str]]]:
-    """The input side of extraction: ``(rows, standard uint8 [B,3,S,S], TTE crops
-    [B,5,3,S,S] | None, error texts)`` per batch of ``batches``, from arrays, from PIL
-    workers, or (``jpeg_decode`` given) decoded on the device."""
-    if manifest.arrays is not None:
-        return _batches_from_arrays(manifest, prep, batches, device)
-    if jpeg_decode is not None:
-        return _batches_decoded_on_device(manifest, prep, batches, workers, device, jpeg_decode)
-    return _batches_from_files(manifest, prep, batches, workers, device.type == "cuda")
 
 
 # --------------------------------------------------------------------------------------
@@ -569,17 +443,7 @@ def _encode_chunks(
                     f"{bad[0][1]} (row {bad[0][0]}). Pass --skip-bad to record unreadable images in "
                     "the cache and go on; the chunks finished so far are kept."
                 )
-            views: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-            with autocast(device, dtype):
-                x = prep.normalize(std.to(device, non_blocking=True), dtype)
-                views["standard"] = encode(visual, x)
-                if tte is not None:
-                    crops = tte.to(device, non_blocking=True)  # [B, 5, 3, S, S] uint8
-                    B = crops.shape[0]
-                    emb, cls = encode(visual, prep.normalize(crops.flatten(0, 1), dtype))  # [B*5, .]
-                    emb, cls = emb.view(B, 5, -1), cls.view(B, 5, -1)
-                    for j, name in enumerate(TTE_VIEWS):
-                        views[name] = (emb[:, j], cls[:, j])
+            views = encode_views(visual, prep, std, tte, device, dtype, encode)  # {view: (embed, cls)}
             # On a GPU this batch is only queued; copying the previous batch's results to the
             # host now overlaps that copy (and the shard writing) with this batch's compute.
             if previous is not None:

@@ -86,7 +86,7 @@ def test_predict_applies_heads_and_refuses_another_model(lt_cache, tmp_path) -> 
     own = pl.read_parquet(run / "predictions.parquet").sort("row")
     new = pl.read_parquet(tmp_path / "p" / "predictions.parquet")
     new = new.filter(pl.col("row").is_in(own["row"].to_list())).sort("row")
-    assert own["pred"].to_list() == new["pred"].to_list()
+    assert own["pred"].to_list() == new["pred_index"].to_list()  # predict: class index beside the name
     other = make_feature_cache(tmp_path / "other.h5", num_classes=6, dim=24, model_tag="another-model")
     res = CliRunner().invoke(main, ["predict", "--run", str(run), "--cache", str(other), "--device", "cpu"])
     assert res.exit_code == 2 and "different model" in res.output

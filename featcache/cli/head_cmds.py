@@ -130,18 +130,71 @@ def train_head_cmd(**opts: object) -> None:
 
 
 @main.command("predict")
-@click.option("--run", "run_dir", required=True, help="A train-head run directory.")
-@click.option("--cache", required=True, help="Cache to predict on (same model fingerprint).")
-@click.option("--split", default="all", show_default=True, help="all|train|val|test rows of that cache.")
+@click.option("--run", "run_dir", required=True, help="A train-head or TFA-LT run directory.")
+@click.option("--cache", default=None,
+              help="Cache to predict on (same model fingerprint). With --images: the run's cache, "
+                   "whose metadata names the backbone (default: the one in the run's config.json).")
+@click.option("--images", multiple=True,
+              help="Image files, folders of images, or CSVs of paths (a 'path' column, else the first) "
+                   "to predict from pixels; repeat for several.")
+@click.option("--split", type=click.Choice(["auto", "heldout", "all", "train", "val", "test"]), default="auto",
+              show_default=True,
+              help="Cache rows: auto = heldout on the run's own cache (its test rows per seed, scored as "
+                   "the run scored them), else all; train|val|test = the cache's source split.")
+@click.option("--pretrained", default=None,
+              help="With --images, for runs whose weights came from a file: that file (its SHA-256 must "
+                   "be the one recorded).")
+@click.option("--per-seed", is_flag=True, help="Also write each seed's prediction and probabilities.")
+@click.option("--skip-bad", is_flag=True, help="With --images: skip (and list) unreadable files.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per batch (--images).")
+@click.option("--workers", type=int, default=0, show_default=True, help="Decoding processes (--images).")
 @click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
-@click.option("--out", default=None, help="Output directory, outside the run (default <RUN>-predict-<cache>).")
+@click.option("--out", default=None,
+              help="Output directory, outside the run (default <RUN>-predict-<cache> or <RUN>-predict-images).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier prediction in --out.")
-def predict_cmd(run_dir: str, cache: str, split: str, device: str, out: str | None, overwrite: bool) -> None:
-    """Apply a run's trained heads to another cache made with the same model."""
-    from featcache.pipelines.predict import predict_run
+def predict_cmd(run_dir: str, cache: str | None, images: tuple[str, ...], split: str, pretrained: str | None,
+                per_seed: bool, skip_bad: bool, batch_size: int, workers: int, device: str, out: str | None,
+                overwrite: bool) -> None:
+    """Apply a run's trained heads to a cache, or (--images) to image files.
 
-    result = predict_run(run_dir, cache, out=out, device=device, split=split, overwrite=overwrite)
-    _show(result.out_dir, result.metrics, f"predict {Path(cache).name}")
+    One row per image: the predicted class, every class's probability (mean over seeds), and
+    calibrated probabilities when the run fitted a temperature.
+
+    \b
+    Examples:
+      featcache predict --run runs/isic-tfa --cache caches/isic.h5
+      featcache predict --run runs/isic-tfa --images new_images/ --skip-bad
+    """
+    from featcache.pipelines.predict import predict_images, predict_run
+
+    if images:
+        if split != "auto":
+            raise FeatcacheError("--split chooses rows of a cache; it does not apply to --images.")
+        if batch_size < 1 or workers < 0:
+            raise FeatcacheError("--batch-size must be >= 1 and --workers >= 0.")
+        result = predict_images(run_dir, images, out=out, cache=cache, pretrained=pretrained, device=device,
+                                batch_size=batch_size, workers=workers, skip_bad=skip_bad, per_seed=per_seed,
+                                overwrite=overwrite)
+        for source, why in result.skipped:
+            click.echo(f"skipped {source}: {why}", err=True)
+        click.echo(f"Predicted {result.table.height} image(s)"
+                   f"{f', skipped {len(result.skipped)}' if result.skipped else ''}.")
+    else:
+        if cache is None:
+            raise FeatcacheError("Pass --cache C (a cache to predict on) or --images PATH...")
+        if pretrained or skip_bad:
+            raise FeatcacheError("--pretrained and --skip-bad apply to --images only.")
+        result = predict_run(run_dir, cache, out=out, device=device, split=split, per_seed=per_seed,
+                             overwrite=overwrite)
+        if result.metrics is not None:
+            _show_metrics(result.out_dir, f"predict {Path(cache).name}")
+    click.echo(f"Wrote {', '.join(str(f) for f in result.files)}.")
+
+
+def _show_metrics(out_dir: Path, title: str) -> None:
+    from featcache.runs import read_run, rich_table, runs_frame
+
+    console().print(rich_table(runs_frame([read_run(out_dir)]), title=title))
 
 
 @main.group("reproduce")

@@ -85,9 +85,9 @@ class Descriptor:
         """Index of ``class_id`` (exact first, then case-insensitive); unknown ids raise ``DataError``."""
         if class_id in self.class_ids:
             return self.class_ids.index(class_id)
-        lowered = [c.lower() for c in self.class_ids]
-        if class_id.strip().lower() in lowered:
-            return lowered.index(class_id.strip().lower())
+        lowered = [class_key(c) for c in self.class_ids]
+        if class_key(class_id) in lowered:
+            return lowered.index(class_key(class_id))
         at = f" in {where}" if where else ""
         raise DataError(
             f"Unknown class '{class_id}'{at} for data set {self.name}; "
@@ -134,6 +134,12 @@ def load_descriptor(name: str) -> Descriptor | None:
 
 
 ImageLoader = Callable[[int], Image.Image]
+
+
+def class_key(class_id: str) -> str:
+    """The one rule by which class ids are matched everywhere (``import-features`` labels,
+    ``predict`` against a run): surrounding spaces and case ignored (``mel`` is ``MEL``)."""
+    return str(class_id).strip().casefold()
 
 
 @dataclass

@@ -1,0 +1,122 @@
+"""``featcache export --run RUN --out model.pt2|model.onnx``: one self-contained artefact.
+
+Read top to bottom: load the run (:func:`featcache.heads.saved.load_saved_run`) and the
+backbone its cache was extracted with (:func:`featcache.images.backbone_for_cache`: the
+recorded weights, checked by hash); put the frozen image encoder, normalisation and every
+seed's head into one module (:class:`featcache.heads.saved.RunClassifier`); export it with
+``torch.export`` (``.pt2``, loaded with ``torch.export.load``) or torch's own ONNX exporter
+(``.onnx``, ``torch.onnx.export(..., dynamo=True)``), with the batch size dynamic. What
+loading needs to know -- class names, input size, mean/std (already applied inside),
+interpolation, the views, the run -- travels inside the file: ``featcache.json`` in the
+``.pt2``'s extra files, ``featcache`` in the ONNX model's metadata.
+
+The artefact's input is uint8 ``[B, V, 3, S, S]`` (V = 1, or 5 TTE crops); its outputs are
+``logits`` and ``probs`` ``[B, C]`` (means over seeds, as ``predict`` writes them). Weights
+are exported in fp32, whatever precision the cache was extracted in.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from featcache.device import resolve_device
+from featcache.errors import FeatcacheError
+from featcache.heads.saved import RunClassifier, load_saved_run
+
+log = logging.getLogger(__name__)
+
+FORMATS = (".pt2", ".onnx")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """``featcache export``: the run, the artefact (suffix chooses the format), the weights."""
+
+    run: str
+    out: str
+    cache: str | None = None  # the run's cache (default: the one its config.json names)
+    pretrained: str | None = None  # the weights file, for runs extracted from a file
+    overwrite: bool = False
+
+    def __post_init__(self) -> None:
+        if Path(self.out).suffix not in FORMATS:
+            raise FeatcacheError(f"--out {self.out}: the artefact must end in .pt2 (torch.export) or "
+                                 ".onnx (ONNX).")
+
+
+@dataclass
+class ExportResult:
+    """The artefact written and its metadata."""
+
+    out: Path
+    metadata: dict
+
+
+def build_classifier(run_dir: str | Path, *, cache: str | None = None,
+                     pretrained: str | None = None) -> tuple[RunClassifier, dict]:
+    """The run as one CPU fp32 module (pixels -> logits, probs) and its metadata."""
+    from featcache.images import backbone_for_cache
+
+    dev = resolve_device("cpu")
+    run = load_saved_run(run_dir, dev)
+    source = run.source_cache(cache)
+    backbone, prep, _ = backbone_for_cache(source.meta, pretrained=pretrained, views=run.views, device=dev)
+    module = RunClassifier(backbone.visual.float(), run, prep.mean, prep.std).eval().requires_grad_(False)
+    metadata = {
+        "format": "featcache-classifier/1",
+        "class_names": list(source.class_names),
+        "class_ids": list(run.class_ids),
+        "input": "uint8 [B, V, 3, S, S]: V = 1 (standard view) or 5 (TTE crops)",
+        "outputs": ["logits [B, C]: mean over seeds", "probs [B, C]: mean over seeds of softmax"],
+        "size": prep.size,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "interpolation": prep.interpolation,
+        "resize_mode": prep.resize_mode,
+        "resize": prep.resize,
+        "views": list(run.views),
+        "tte_expand": prep.tte_expand,
+        "model": source.meta["model"],
+        "weights_id": source.meta["weights_id"],
+        "run": str(Path(run_dir)),
+        "seeds": [s.seed for s in run.seeds],
+    }
+    return module, metadata
+
+
+def run(cfg: ExportConfig) -> ExportResult:
+    """Export ``cfg.run`` to ``cfg.out`` (``.pt2`` or ``.onnx``)."""
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
+        raise FeatcacheError(f"{out} already exists; choose another --out or pass --overwrite.")
+    module, metadata = build_classifier(cfg.run, cache=cfg.cache, pretrained=cfg.pretrained)
+    V, S = len(metadata["views"]), metadata["size"]
+    example = torch.randint(0, 256, (2, V, 3, S, S), dtype=torch.uint8)
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f"{out.stem}.tmp{out.suffix}")  # torch.export.save wants a .pt2 name
+    with torch.no_grad():
+        if out.suffix == ".pt2":
+            program = torch.export.export(module, (example,), dynamic_shapes=({0: batch},))
+            torch.export.save(program, tmp, extra_files={"featcache.json": json.dumps(metadata)})
+        else:
+            try:
+                onnx_program = torch.onnx.export(module, (example,), dynamo=True, dynamic_shapes=({0: batch},),
+                                                 input_names=["views"], output_names=["logits", "probs"])
+            except ImportError as e:
+                raise FeatcacheError(f"ONNX export needs the onnx and onnxscript packages ({e}); "
+                                     "pip install 'featcache[onnx]'.") from None
+            model = onnx_program.model_proto
+            entry = model.metadata_props.add()
+            entry.key, entry.value = "featcache", json.dumps(metadata)
+            import onnx
+
+            onnx.save_model(model, tmp)
+    tmp.replace(out)
+    log.info("exported %s to %s", cfg.run, out)
+    return ExportResult(out, metadata)
