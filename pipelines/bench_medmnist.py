@@ -65,7 +65,7 @@ from featcache import models, timm_backbones
 from featcache.cache import open_cache
 from featcache.datasets import build_manifest
 from featcache.datasets.medmnist import SIZES, SUBSETS, find_npz, medmnist_descriptor
-from featcache.device import autocast, resolve_device
+from featcache.device import autocast, resolve_device, resolve_precision
 from featcache.errors import DataError, FeatcacheError, did_you_mean, unknown
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import extract
@@ -661,7 +661,7 @@ def finetune_once(
     )
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, [lambda t: multiplier_at(t, cfg.lr_decay, cfg.decay_every), lambda t: 1.0])
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    dtype = resolve_precision("auto", device)  # featcache.device: bf16 on a GPU, fp32 on the CPU
     y_all = torch.from_numpy(labels).to(device)
     y_all = y_all.float() if multi or bce else y_all.long()
 

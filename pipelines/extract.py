@@ -58,7 +58,13 @@ from featcache.decode import (
     decode_on_device,
     jpeg_decoder,
 )
-from featcache.device import autocast, resolve_device, resolve_precision, synchronize
+from featcache.device import (
+    autocast,
+    precision_name,
+    resolve_device,
+    resolve_precision,
+    synchronize,
+)
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.preprocess import TTE_VIEWS, Preprocessing, as_rgb, five_crops, pil_to_uint8
@@ -450,7 +456,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     device = resolve_device(cfg.device)
     init_distributed(device)
     rank = dist_info()[0]
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = precision_name(cfg.precision, device)  # featcache.device: auto -> bf16 on a GPU
     dtype = resolve_precision(precision, device)
     manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
     backbone = models.load_backbone(cfg.model, cfg.pretrained, device=device)

@@ -60,7 +60,7 @@ from featcache import models
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.datasets.lt_lists import has_placeholder_names
-from featcache.device import autocast, resolve_device, resolve_precision
+from featcache.device import autocast, precision_name, resolve_device, resolve_precision
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import FeatcacheError
 from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
@@ -898,7 +898,7 @@ def run(cfg: FinetuneConfig) -> RunResult:
     if cfg.cache is not None:
         return run_from_cache(cfg)
     device = resolve_device(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = precision_name(cfg.precision, device)  # featcache.device: auto -> bf16 on a GPU
     dtype = resolve_precision(precision, device)
     joined = init_distributed(device)
     try:
