@@ -29,7 +29,7 @@ master weights, their gradients and the optimiser state are fp32, and logits, so
 losses are fp32. ``"fp32"`` (the default) runs the exact fp32 arithmetic, unchanged.
 
 SGD follows ``torch.optim.SGD`` (dampening 0, no Nesterov): d = g + wd·p; buf = m·buf + d
-(buf = d at the first step); p = p − lr·buf. The cosine schedule is per epoch, as
+(buf = d at the first step); p = p − lr·buf. The cosine schedule (featcache.schedules) is per epoch, as
 ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch: lr_e = lr·(1 + cos(π e / E)) / 2.
 """
 
