@@ -18,7 +18,8 @@ benchmark's subset draw (``numpy_generator(seed, n, 0x4D4544)``), batch plan
 (``numpy_generator(seed, 0x42415443)``) and probe init (``torch_generator(seed)``);
 ``finetune``'s per-image augmentation (``numpy_generator(seed, epoch, row, 0x11F7)``) and its
 on-device crops (:func:`mixed_seed`, its older arithmetic mix of (seed, purpose, epoch));
-FMMIC's first-n ChestMNIST draw (:func:`legacy_random_state`, numpy's ``RandomState`` as
+the split draws of :mod:`featcache.splits` (``numpy_generator(seed, Σ ord(purpose),
+len(purpose))``); FMMIC's first-n ChestMNIST draw (:func:`legacy_random_state`, numpy's ``RandomState`` as
 FMMIC's dataset.py l. 236-239). New code uses :func:`stream_generator` / :func:`numpy_generator`
 with string stream names.
 

@@ -54,3 +54,10 @@ def test_benchmark_and_finetune_keep_their_numbers() -> None:
     got = bench_medmnist.per_class_subset(labels, rows, 3, 7)
     want = np.unique(np.concatenate([old_sub.choice(rows[labels == c], size=3, replace=False) for c in (0, 1)]))
     assert np.array_equal(got, want)
+
+
+def test_split_draws_keep_their_numbers() -> None:
+    from featcache import splits
+
+    old = np.random.default_rng([5, sum(map(ord, "val")), 3]).random(4)
+    assert np.array_equal(splits._rng(5, "val").random(4), old)
