@@ -40,11 +40,24 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def precision_name(precision: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a GPU, ``fp32`` on the CPU; any other name is returned as is.
+
+    The one place ``auto`` is resolved (extraction, ``finetune`` and the MedMNIST benchmark's
+    fine-tuning all ask here)."""
+    if precision == "auto":
+        return "bf16" if device.type == "cuda" else "fp32"
+    return precision
+
+
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
-    """Map ``fp32|bf16|fp16`` to a dtype; half precisions need a GPU (fp16 on CPU is refused)."""
+    """Map ``auto|fp32|bf16|fp16`` to a dtype (``auto``: :func:`precision_name`); half
+    precisions need a GPU (fp16 on CPU is refused)."""
+    precision = precision_name(precision, device)
     if precision not in DTYPES:
         raise FeatcacheError(
-            f"Unknown precision '{precision}'. Choose from: {', '.join(PRECISIONS)}."
+            f"Unknown precision '{precision}'. Choose from: {', '.join(PRECISIONS)}, or auto "
+            "(bf16 on a GPU, fp32 on the CPU)."
         )
     if precision == "fp16" and device.type == "cpu":
         raise FeatcacheError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU.")

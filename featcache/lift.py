@@ -31,8 +31,10 @@ __all__ = [
     "TTE_VIEWS",
     "CosineClassifier",
     "five_crop_boxes",
+    "cosine_logits",
     "five_crops",
     "pre_projection_features",
+    "project_text",
     "semantic_init_weights",
     "tte_logits",
 ]
@@ -41,20 +43,48 @@ __all__ = [
 # the order five_crop_boxes / five_crops return them) have their home in featcache.preprocess.
 
 
+def cosine_logits(
+    feats: torch.Tensor,
+    weight: torch.Tensor,
+    scale: float | torch.Tensor | None,
+    matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear,
+) -> torch.Tensor:
+    """``scale · cos(f, w_c)`` for every class ``c``: the one cosine classifier's forward.
+
+    ``feats`` ``[..., B, D]`` and ``weight`` ``[..., C, D]`` are L2-normalised along the last
+    dim, then ``matmul(f̂, ŵ)`` gives ``f̂ ŵ^T`` ``[..., B, C]`` (default ``F.linear``;
+    :class:`featcache.heads.linear.CosineHead` passes its batched, mixed-precision product) and
+    the result is multiplied by ``scale`` (a number or a broadcastable tensor; ``None``: not
+    scaled, for callers that scale after a reshape). Serves :class:`CosineClassifier` (LIFT's
+    head in ``finetune``) and the ``cosine`` head of :mod:`featcache.heads`.
+    """
+    f = F.normalize(feats, dim=-1)
+    w = F.normalize(weight, dim=-1)
+    logits = matmul(f, w)
+    return logits if scale is None else logits * scale
+
+
+def project_text(text_unit: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
+    """Unit text embeddings ``[C, E]`` into the pre-projection image space: ``normalize(t proj^T)``
+    ``[C, W]`` (``proj`` is the visual projection ``[W, E]``). The one text-initialisation step,
+    used by :func:`semantic_init_weights` and by :func:`featcache.heads.text.text_prototypes`
+    (``--feature cls``)."""
+    if text_unit.ndim != 2 or proj.ndim != 2 or text_unit.shape[1] != proj.shape[1]:
+        raise FeatcacheError(
+            f"Text features {tuple(text_unit.shape)} do not match the visual projection "
+            f"{tuple(proj.shape)}: expected [C, E] and [W, E] with the same E. Use the text "
+            "features of the same backbone as the image tower."
+        )
+    return F.normalize(text_unit @ proj.float().t(), dim=-1)  # [C, W]
+
+
 def semantic_init_weights(text_feats: torch.Tensor, proj: torch.Tensor) -> torch.Tensor:
     """LIFT's semantic-aware head weights ``[C, W]`` from text embeddings ``[C, E]``.
 
     ``proj`` is the visual projection ``[W, E]`` (``visual.proj``): ``normalize(normalize(t) @ proj^T)``,
     as LIFT's ``init_head_text_feat`` (its text features are normalised before and after).
     """
-    if text_feats.ndim != 2 or proj.ndim != 2 or text_feats.shape[1] != proj.shape[1]:
-        raise FeatcacheError(
-            f"Text features {tuple(text_feats.shape)} do not match the visual projection "
-            f"{tuple(proj.shape)}: expected [C, E] and [W, E] with the same E. Use the text "
-            "features of the same backbone as the image tower."
-        )
-    text = F.normalize(text_feats.float(), dim=-1)  # [C, E]
-    return F.normalize(text @ proj.float().t(), dim=-1)  # [C, W]
+    return project_text(F.normalize(text_feats.float(), dim=-1), proj)  # [C, W]
 
 
 class CosineClassifier(nn.Module):
@@ -110,8 +140,7 @@ class CosineClassifier(nn.Module):
                 f"CosineClassifier expects features of width {self.in_dim}, got {feats.shape[-1]}."
             )
         with torch.autocast(feats.device.type, enabled=False):
-            weight = F.normalize(self.weight.float(), dim=-1)  # [C, W]
-            return F.linear(F.normalize(feats.float(), dim=-1), weight) * self.scale  # [B, C] fp32
+            return cosine_logits(feats.float(), self.weight.float(), self.scale)  # [B, C] fp32
 
     def extra_repr(self) -> str:
         return f"in_dim={self.in_dim}, num_classes={self.num_classes}, scale={self.scale}"

@@ -27,6 +27,7 @@ import polars as pl
 from featcache.datasets.base import Descriptor
 from featcache.errors import FeatcacheError
 from featcache.metrics import groups_from_counts
+from featcache.seeding import numpy_generator
 
 PROTOCOLS = ("tfa-lt", "official", "lift")
 
@@ -78,7 +79,7 @@ def resolve_protocol(protocol: str | None, source_splits: np.ndarray, descriptor
 
 
 def _rng(seed: int, purpose: str) -> np.random.Generator:
-    return np.random.default_rng([seed, sum(map(ord, purpose)), len(purpose)])
+    return numpy_generator(seed, sum(map(ord, purpose)), len(purpose))  # featcache.seeding (numbers as before)
 
 
 def _counts(labels: np.ndarray, rows: np.ndarray, num_classes: int) -> np.ndarray:

@@ -28,7 +28,6 @@ it (the default, and evaluation) everything is fp32.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -39,8 +38,10 @@ from torch import nn
 
 from featcache.errors import FeatcacheError, did_you_mean, number_problem
 from featcache.registry import Registry
+from featcache.schedules import EPOCH_SCHEDULES
+from featcache.seeding import stream_seed, torch_generator
 
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = EPOCH_SCHEDULES  # featcache.schedules
 # Weights with fewer elements than this (per product) keep fp32 products under bf16/fp16: a
 # 7-class classifier's product is bound by per-operation overhead, and casting its operands
 # only adds time (measured on 2 CPU cores: TFA-LT's [7, 14] ensembler step 0.55 -> 0.7 ms).
@@ -111,14 +112,11 @@ class MemberSpec:
 
     def rng_seed(self, purpose: str) -> int:
         """A 63-bit seed for this member's ``purpose`` stream ("init" or "sample")."""
-        key = f"{self.seed}|{self.stream}|{purpose}".encode()
-        return int(hashlib.sha256(key).hexdigest()[:15], 16)
+        return stream_seed(self.seed, self.stream, purpose)  # featcache.seeding
 
     def generator(self, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
         """A fresh generator on ``device`` for this member's ``purpose`` stream."""
-        gen = torch.Generator(device=device)
-        gen.manual_seed(self.rng_seed(purpose))
-        return gen
+        return torch_generator(self.rng_seed(purpose), device)  # featcache.seeding
 
     def to_dict(self) -> dict:
         """Every knob as a plain dict (JSON-safe)."""

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 
 from featcache.errors import FeatcacheError
 from featcache.heads.base import Head, product, register_head, uniform_
+from featcache.lift import cosine_logits
 
 
 @register_head("linear")
@@ -68,17 +69,18 @@ class CosineHead(Head):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
         self.check_input(x)
-        f = F.normalize(x, dim=-1)
-        w = F.normalize(self.weight, dim=-1)
-        dtype = self.product_dtype(w[0].numel())
-        return product(torch.bmm, f, w.transpose(1, 2), dtype) * self.sigma[:, None, None]
+        dtype = self.product_dtype(self.weight[0].numel())
+        return cosine_logits(  # featcache.lift: the one cosine classifier
+            x, self.weight, self.sigma[:, None, None], lambda f, w: product(torch.bmm, f, w.transpose(1, 2), dtype)
+        )
 
     def forward_shared(self, x: torch.Tensor, members: slice = slice(None)) -> torch.Tensor:
         w = _rows(self.weight, members)
         g, C, D = w.shape
-        f = F.normalize(x, dim=-1)  # [B, D]
-        w = F.normalize(w, dim=-1).reshape(g * C, D)
-        logits = product(torch.mm, f, w.T, self.product_dtype(w.numel()))  # [B, g·C]
+        dtype = self.product_dtype(w.numel())
+        logits = cosine_logits(  # featcache.lift; [B, D] x [g, C, D] -> [B, g·C], scaled below
+            x, w, None, lambda f, w: product(torch.mm, f, w.reshape(g * C, D).T, dtype)
+        )
         logits = logits.view(-1, g, C).transpose(0, 1) * self.sigma[members, None, None]
         return logits.contiguous()  # see LinearHead.forward_shared
 

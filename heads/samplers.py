@@ -22,6 +22,7 @@ import torch
 
 from featcache.errors import FeatcacheError
 from featcache.registry import Registry
+from featcache.seeding import torch_generator
 
 
 class Sampler:
@@ -138,7 +139,7 @@ class FixedUnderSampler(UnderSampler):
         seed = gen.initial_seed()
         subset = self._subsets.get(seed)
         if subset is None:
-            once = torch.Generator(device=self.labels.device).manual_seed(seed)
+            once = torch_generator(seed, self.labels.device)  # featcache.seeding
             subset = self._subsets[seed] = super().draw(once)
         perm = torch.randperm(subset.numel(), generator=gen, device=self.labels.device)
         return subset[perm]

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from featcache.errors import FeatcacheError
+from featcache.lift import project_text
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ def text_prototypes(
                 "Text prototypes for --feature cls need the cache's visual projection, which "
                 "this cache does not hold; use --feature embed or --text-source class-mean."
             )
-        protos = F.normalize(protos @ projection.float().T, dim=-1)  # [C, W]
+        protos = project_text(protos, projection)  # [C, W], featcache.lift (LIFT's text init)
     return protos
 
 

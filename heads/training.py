@@ -29,7 +29,7 @@ master weights, their gradients and the optimiser state are fp32, and logits, so
 losses are fp32. ``"fp32"`` (the default) runs the exact fp32 arithmetic, unchanged.
 
 SGD follows ``torch.optim.SGD`` (dampening 0, no Nesterov): d = g + wd·p; buf = m·buf + d
-(buf = d at the first step); p = p − lr·buf. The cosine schedule is per epoch, as
+(buf = d at the first step); p = p − lr·buf. The cosine schedule (featcache.schedules) is per epoch, as
 ``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch: lr_e = lr·(1 + cos(π e / E)) / 2.
 """
 
@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -50,6 +49,7 @@ from featcache.errors import FeatcacheError
 from featcache.heads.base import Head, MemberSpec
 from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
 from featcache.heads.samplers import SAMPLERS, Sampler
+from featcache.schedules import epoch_lr
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +65,7 @@ class TrainResult:
 
 def lr_at_epoch(spec: MemberSpec, epoch: int) -> float:
     """Learning rate of ``spec`` during ``epoch`` (0-based)."""
-    if spec.schedule == "constant" or spec.epochs == 0:
-        return spec.lr
-    return spec.lr * (1 + math.cos(math.pi * epoch / spec.epochs)) / 2
+    return epoch_lr(spec.schedule, spec.lr, epoch, spec.epochs)  # featcache.schedules
 
 
 class _Stream:

@@ -65,11 +65,13 @@ from featcache import models, timm_backbones
 from featcache.cache import open_cache
 from featcache.datasets import build_manifest
 from featcache.datasets.medmnist import SIZES, SUBSETS, find_npz, medmnist_descriptor
-from featcache.device import autocast, resolve_device
+from featcache.device import autocast, resolve_device, resolve_precision
 from featcache.errors import DataError, FeatcacheError, did_you_mean, unknown
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import extract
 from featcache.preprocess import RESIZE_MODES, Preprocessing, array_batch
+from featcache.schedules import multiplier_at, step_decay_lr
+from featcache.seeding import legacy_random_state, numpy_generator, seed_global, torch_generator
 
 log = logging.getLogger(__name__)
 
@@ -383,12 +385,12 @@ def per_class_subset(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: i
     """
     if draw not in PER_CLASS_DRAWS:
         raise unknown("per-class draw", draw, PER_CLASS_DRAWS)
-    rng = np.random.default_rng([int(seed), int(n), 0x4D4544])
+    rng = numpy_generator(seed, n, 0x4D4544)  # featcache.seeding (numbers as before)
     sel = labels[train_rows]
     if draw == "first":
         if sel.ndim == 2:
             k = min(n * sel.shape[1], len(train_rows))
-            return np.sort(np.random.RandomState(int(seed)).choice(train_rows, size=k, replace=False)).astype(np.int64)
+            return np.sort(legacy_random_state(seed).choice(train_rows, size=k, replace=False)).astype(np.int64)
         firsts = [train_rows[sel == c][:n] for c in range(int(sel.max()) + 1 if sel.size else 0)]
         return np.sort(np.concatenate(firsts)).astype(np.int64) if firsts else np.zeros(0, np.int64)
     if sel.ndim == 2:
@@ -422,12 +424,12 @@ class ProbeRecipe:
 
     def lr_at(self, lr: float | torch.Tensor, it: int) -> float | torch.Tensor:
         """Learning rate at iteration ``it`` (0-based): lr · decay^⌊it / every⌋."""
-        return lr * self.lr_decay ** (it // self.decay_every)
+        return step_decay_lr(lr, it, self.lr_decay, self.decay_every)  # featcache.schedules
 
 
 def linear_init(in_dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     """nn.Linear's default initial values (U(±1/√D)) from a generator seeded by ``seed``."""
-    gen = torch.Generator().manual_seed(int(seed))
+    gen = torch_generator(seed)
     bound = 1.0 / math.sqrt(in_dim)
     weight = (torch.rand(num_classes, in_dim, generator=gen) * 2 - 1) * bound  # [C, D]
     bias = (torch.rand(num_classes, generator=gen) * 2 - 1) * bound  # [C]
@@ -438,7 +440,7 @@ def batch_plan(pool: np.ndarray, iterations: int, batch_size: int, seed: int) ->
     """Row indices ``[iterations, b]`` (b = min(batch, pool size)): shuffled epochs, back to back."""
     b = min(batch_size, len(pool))
     need = iterations * b
-    rng = np.random.default_rng([int(seed), 0x42415443])
+    rng = numpy_generator(seed, 0x42415443)
     perms = [pool[rng.permutation(len(pool))] for _ in range(-(-need // len(pool)))]
     return np.concatenate(perms)[:need].reshape(iterations, b)
 
@@ -631,7 +633,7 @@ def finetune_once(
     extraction does. Val ACC is checked at :func:`check_iterations` (``eval_rows["val"]``);
     the best checkpoint (first on ties, FMMIC's ``>``) is restored before scoring.
     """
-    torch.manual_seed(seed)
+    seed_global(seed)
     backbone = _encoder_for_finetuning(spec, num_classes, device)
     prep = Preprocessing.from_open_clip(backbone.preprocess, resize=resize)
     size, interpolation = cfg.input_for(spec)
@@ -657,9 +659,9 @@ def finetune_once(
          {"params": enc_params, "lr": encoder_lr}],
         weight_decay=cfg.weight_decay,
     )
-    decay = ProbeRecipe(lr_decay=cfg.lr_decay, decay_every=cfg.decay_every)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, [lambda t: decay.lr_at(1.0, t), lambda t: 1.0])
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, [lambda t: multiplier_at(t, cfg.lr_decay, cfg.decay_every), lambda t: 1.0])
+    dtype = resolve_precision("auto", device)  # featcache.device: bf16 on a GPU, fp32 on the CPU
     y_all = torch.from_numpy(labels).to(device)
     y_all = y_all.float() if multi or bce else y_all.long()
 

@@ -51,7 +51,7 @@ from featcache.cache import (
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.decode import JpegDecoder, jpeg_decoder
-from featcache.device import resolve_device, resolve_precision, synchronize
+from featcache.device import precision_name, resolve_device, resolve_precision, synchronize
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.images import encode_views, image_batches
@@ -324,7 +324,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     device = resolve_device(cfg.device)
     init_distributed(device)
     rank = dist_info()[0]
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = precision_name(cfg.precision, device)  # featcache.device: auto -> bf16 on a GPU
     dtype = resolve_precision(precision, device)
     manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
     backbone = models.load_backbone(cfg.model, cfg.pretrained, device=device)

@@ -60,7 +60,7 @@ from featcache import models
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.datasets.lt_lists import has_placeholder_names
-from featcache.device import autocast, resolve_device, resolve_precision
+from featcache.device import autocast, precision_name, resolve_device, resolve_precision
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import FeatcacheError
 from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
@@ -70,12 +70,14 @@ from featcache.peft import MethodConfig, apply_method, count_parameters, make_co
 from featcache.preprocess import TTE_EXPAND, Preprocessing, array_batch, five_crops, pil_to_uint8
 from featcache.prompts import LIFT
 from featcache.runs import RunResult, RunWriter, write_json
+from featcache.schedules import EPOCH_SCHEDULES, epoch_lr
+from featcache.seeding import mixed_seed, numpy_generator, seed_global, torch_generator
 from featcache.splits import PROTOCOLS, Split, make_split, resolve_protocol
 
 log = logging.getLogger(__name__)
 
 INITS = ("text", "random")
-SCHEDULES = ("cosine", "constant")
+SCHEDULES = EPOCH_SCHEDULES
 # Settings that may change between an interrupted run and its resumption (they do not change
 # what is trained); every other setting must match the checkpoint's.
 RUNTIME_KNOBS = ("out", "resume", "device", "workers", "progress", "eval_batch_size")
@@ -355,7 +357,7 @@ def rrc_box(height: int, width: int, rng: np.random.Generator,
 
 def _augment_rng(seed: int, epoch: int, row: int) -> np.random.Generator:
     """The generator of one image's augmentation in one epoch (independent of workers and ranks)."""
-    return np.random.default_rng([seed, epoch, row, 0x11F7])
+    return numpy_generator(seed, epoch, row, 0x11F7)  # featcache.seeding (numbers as before)
 
 
 class _EpochTagged(torch.utils.data.Sampler):
@@ -492,9 +494,7 @@ def _passthrough(batch: object) -> object:
 
 def _generator(seed: int, purpose: str, epoch: int, device: torch.device) -> torch.Generator:
     """A generator on ``device`` seeded by (seed, purpose, epoch): resumable at epoch granularity."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed((seed * 1_000_003 + sum(map(ord, purpose)) * 10_007 + epoch) % (2**63))
-    return gen
+    return torch_generator(mixed_seed(seed, purpose, epoch), device)  # featcache.seeding
 
 
 def random_resized_crop(
@@ -627,9 +627,7 @@ def _load_for_resume(path: Path, cfg: FinetuneConfig) -> dict | None:
 
 def lr_at_epoch(cfg: FinetuneConfig, epoch: int) -> float:
     """Learning rate during ``epoch`` (0-based): ``lr (1 + cos(π e / E)) / 2`` (CosineAnnealingLR per epoch)."""
-    if cfg.schedule == "constant":
-        return cfg.lr
-    return cfg.lr * (1 + math.cos(math.pi * epoch / cfg.epochs)) / 2
+    return epoch_lr(cfg.schedule, cfg.lr, epoch, cfg.epochs)  # featcache.schedules
 
 
 def make_loss(cfg: FinetuneConfig, train_counts: np.ndarray, device: torch.device) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
@@ -732,7 +730,7 @@ def train_seed(
 ) -> SeedOutcome:
     """Build, train (or resume) and checkpoint one seed's model; returns it in eval mode."""
     rank, world = dist_info()
-    torch.manual_seed(seed)  # adapters' and random heads' initial values
+    seed_global(seed)  # adapters' and random heads' initial values
     backbone = models.load_backbone(cfg.model, cfg.pretrained, device=device)
     frozen_dtype = dtype if device.type == "cuda" else None
     class_names = list(manifest.descriptor.class_names)
@@ -900,7 +898,7 @@ def run(cfg: FinetuneConfig) -> RunResult:
     if cfg.cache is not None:
         return run_from_cache(cfg)
     device = resolve_device(cfg.device)
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    precision = precision_name(cfg.precision, device)  # featcache.device: auto -> bf16 on a GPU
     dtype = resolve_precision(precision, device)
     joined = init_distributed(device)
     try:

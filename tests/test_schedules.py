@@ -1,0 +1,56 @@
+"""One learning-rate schedule module (featcache.schedules) serves every training loop."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from featcache import schedules
+from featcache.heads.base import MemberSpec
+from featcache.heads.training import lr_at_epoch
+from featcache.pipelines import bench_medmnist, finetune
+
+
+def _torch_rates(make, steps: int, lr: float) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=lr)
+    sched = make(opt)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+@pytest.mark.parametrize("epochs", [1, 3, 10])
+def test_cosine_equals_cosine_annealing_lr_per_epoch(epochs: int) -> None:
+    ref = _torch_rates(lambda o: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=epochs), epochs, 0.1)
+    ours = [schedules.epoch_lr("cosine", 0.1, e, epochs) for e in range(epochs)]
+    assert ours == pytest.approx(ref, rel=1e-12, abs=1e-15)
+
+
+def test_constant_and_unknown() -> None:
+    assert [schedules.epoch_lr("constant", 0.3, e, 5) for e in range(5)] == [0.3] * 5
+    assert schedules.epoch_lr("cosine", 0.3, 0, 0) == 0.3
+    with pytest.raises(ValueError, match="linear"):
+        schedules.epoch_lr("linear", 0.3, 0, 5)
+
+
+def test_step_decay_equals_step_lr_per_iteration() -> None:
+    ref = _torch_rates(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=4, gamma=0.5), 13, 1e-3)
+    ours = [schedules.step_decay_lr(1e-3, t, 0.5, 4) for t in range(13)]
+    assert ours == pytest.approx(ref, rel=1e-12)
+    lrs = torch.tensor([1e-3, 1e-2])
+    assert torch.equal(schedules.step_decay_lr(lrs, 9, 0.9, 4), lrs * 0.9**2)
+    assert schedules.multiplier_at(9, 0.9, 4) == 0.9**2
+
+
+def test_every_loop_reads_the_one_schedule() -> None:
+    """The head trainer, finetune and the MedMNIST probe give exactly the module's rates."""
+    spec = MemberSpec(lr=0.1, epochs=7, schedule="cosine")
+    assert [lr_at_epoch(spec, e) for e in range(7)] == [schedules.epoch_lr("cosine", 0.1, e, 7) for e in range(7)]
+    cfg = finetune.FinetuneConfig(dataset="x", lr=0.01, epochs=5)
+    assert [finetune.lr_at_epoch(cfg, e) for e in range(5)] == [schedules.epoch_lr(cfg.schedule, 0.01, e, 5) for e in range(5)]
+    recipe = bench_medmnist.ProbeRecipe(lr_decay=0.9, decay_every=200)
+    assert [recipe.lr_at(1e-3, t) for t in (0, 199, 200, 401)] == [schedules.step_decay_lr(1e-3, t, 0.9, 200) for t in (0, 199, 200, 401)]
+    assert finetune.SCHEDULES == schedules.EPOCH_SCHEDULES
