@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import click
+
 from featcache.errors import INT64_MAX, FeatcacheError, number_problem
 
 
@@ -68,3 +70,86 @@ def parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
             raise FeatcacheError(f"{flag} {pair}: {key.strip()} {problem}.")
         out[key.strip().replace("-", "_")] = value
     return out
+
+
+class GroupedCommand(click.Command):
+    """A click command whose ``--help`` lists its options under headings and ends with examples.
+
+    ``groups`` maps a heading to option flags (``{"Data": ["--cache", "--view"], ...}``),
+    declared next to the command; each section lists its options in that order, and options
+    in no group (new ones, say) fall into "Other options" with ``--help``, so none is ever
+    hidden. ``examples`` are whole command lines, printed unwrapped under "Examples" (the
+    tests parse each one). An option whose type is a :class:`featcache.cli.choices.NameChoice`
+    gets its valid names (from the registry) appended to its help.
+    """
+
+    def __init__(self, *args, groups: dict[str, list[str]] | None = None,  # noqa: ANN002
+                 examples: tuple[str, ...] | list[str] = (), **kwargs) -> None:  # noqa: ANN003
+        super().__init__(*args, **kwargs)
+        self.groups = dict(groups or {})
+        self.examples = tuple(examples)
+
+    def option_record(self, ctx: click.Context, param: click.Parameter) -> tuple[str, str] | None:
+        """click's (flags, help) for ``param``, with the choices of a registry-backed type."""
+        record = param.get_help_record(ctx)
+        describe = getattr(param.type, "describe", None)
+        if record is None or describe is None:
+            return record
+        flags, text = record
+        own = getattr(param, "help", None) or ""
+        return flags, f"{own} {describe()}".strip() + text[len(own):]
+
+    def grouped_options(self, ctx: click.Context) -> list[tuple[str, list[click.Parameter]]]:
+        """``[(heading, [options...]), ...]``: the groups in order, then "Other options"."""
+        options = [p for p in self.get_params(ctx) if isinstance(p, click.Option)]
+        by_flag = {flag: p for p in options for flag in (*p.opts, *p.secondary_opts)}
+        sections, placed = [], set()
+        for heading, flags in self.groups.items():
+            members = [by_flag[f] for f in flags if f in by_flag and id(by_flag[f]) not in placed]
+            placed.update(id(p) for p in members)
+            if members:
+                sections.append((heading, members))
+        rest = [p for p in options if id(p) not in placed]
+        if rest:
+            sections.append(("Other options" if sections else "Options", rest))
+        return sections
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections = [(heading, [r for r in (self.option_record(ctx, p) for p in members) if r is not None])
+                    for heading, members in self.grouped_options(ctx)]
+        # One column width for all sections (as click's single "Options" list has): the widest
+        # flags, up to click's 30 columns (longer ones put their help on the next line).
+        width = min(max((len(flags) for _, records in sections for flags, _ in records), default=0), 30)
+        for heading, records in sections:
+            if records:
+                with formatter.section(heading):
+                    _write_dl(formatter, records, width)
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        super().format_epilog(ctx, formatter)
+        if self.examples:
+            with formatter.section("Examples"):
+                for line in self.examples:  # unwrapped, so that each can be copied whole
+                    formatter.write(f"{' ' * formatter.current_indent}{line}\n")
+
+
+def _write_dl(formatter: click.HelpFormatter, rows: list[tuple[str, str]], width: int) -> None:
+    """click's ``write_dl`` with a given first-column width, wrapping the help text only at
+    spaces: names like ``clip-adapter`` or ``rus-fixed`` are never split at their hyphen."""
+    import textwrap
+
+    indent = " " * formatter.current_indent
+    text_width = max((formatter.width or 80) - formatter.current_indent - width - 2, 20)
+    for flags, text in rows:
+        lines = textwrap.wrap(text, text_width, break_on_hyphens=False, break_long_words=False)
+        if not lines:
+            formatter.write(f"{indent}{flags}\n")
+            continue
+        if len(flags) > width:  # too wide: the help starts on the next line
+            formatter.write(f"{indent}{flags}\n")
+            lines[0] = " " * (width + 2) + lines[0]
+        else:
+            lines[0] = f"{flags:<{width}}  {lines[0]}"
+        formatter.write(lines[0].join([indent, "\n"]))
+        for line in lines[1:]:
+            formatter.write(f"{indent}{' ' * (width + 2)}{line}\n")

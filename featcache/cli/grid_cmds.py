@@ -15,17 +15,27 @@ import click
 from click.core import ParameterSource
 
 from featcache.cli import main
-from featcache.cli.common import console, parse_seeds
-from featcache.cli.head_cmds import train_head_cmd
+from featcache.cli.choices import NameChoice
+from featcache.cli.common import GroupedCommand, console, parse_seeds
+from featcache.cli.head_cmds import TRAIN_HEAD_GROUPS, train_head_cmd
 from featcache.errors import FeatcacheError
 
 _OWN = {"val_fraction", "method", "out"}  # options the grid defines itself
 _TRAIN_HEAD_OPTIONS = [p for p in train_head_cmd.params if p.name not in _OWN]
+GRID_GROUPS = {
+    "Grid": ["--param", "--select", "--top"],
+    **{heading: [f for f in flags if f != "--method"] for heading, flags in TRAIN_HEAD_GROUPS.items()},
+}
+GRID_EXAMPLES = (
+    "featcache grid --cache caches/isic2018.h5 --head linear --param lr=0.01,0.1 --param weight_decay=0,5e-4",
+    "featcache grid --cache caches/isic2018.h5 --ensemble logit --param tau=0.01,0.05 --select macro_f1",
+    "featcache grid --cache caches/isic2018.h5 --head mlp --param hidden=128,512 --param lr=0.01,0.1 --top 4",
+)
 
 
 def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
     """Attach train-head's options (shared objects) after the grid's own ones."""
-    f = main.command("grid")(f)
+    f = main.command("grid", cls=GroupedCommand, groups=GRID_GROUPS, examples=GRID_EXAMPLES)(f)
     f.params.extend(_TRAIN_HEAD_OPTIONS)
     return f
 
@@ -36,7 +46,7 @@ def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
                    "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...), or a "
                    "knob the --head declares (mlp: hidden; knn: k, temperature; tip-adapter: "
                    "alpha, beta; ...). Repeatable.")
-@click.option("--select", default="balanced_acc", show_default=True,
+@click.option("--select", default="balanced_acc", show_default=True, type=NameChoice("selection metric"),
               help="Validation metric that chooses the configuration.")
 @click.option("--top", type=int, default=10, show_default=True, help="Configurations to print.")
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,

@@ -12,10 +12,10 @@ from pathlib import Path
 import click
 
 from featcache.cli import main
-from featcache.cli.common import console, parse_seeds
+from featcache.cli.choices import NameChoice
+from featcache.cli.common import GroupedCommand, console, parse_seeds
 from featcache.device import DEVICES, PRECISIONS
 from featcache.errors import FeatcacheError
-from featcache.heads import HEADS
 
 _PRECISION_HELP = ("Training precision of the heads' weight products: bf16 (or fp16, GPU only) "
                    "is mixed precision with fp32 master weights and losses; evaluation is fp32.")
@@ -44,28 +44,47 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
                "predictions.parquet, splits.parquet, checkpoints/, PNGs).")
 
 
-@main.command("train-head")
+TRAIN_HEAD_GROUPS = {
+    "Data and splits": ["--cache", "--view", "--feature", "--protocol", "--test-per-class", "--val-fraction",
+                        "--seeds"],
+    "Head": ["--head", "--head-option", "--sigma", "--tau", "--init", "--text-source", "--template"],
+    "Long tail: loss and sampling": ["--loss", "--gamma", "--la-tau", "--cb-beta", "--sampler"],
+    "TFA-LT (--ensemble)": ["--ensemble", "--no-adapters", "--ensemble-loss", "--ensemble-epochs",
+                            "--ensemble-lr", "--rus"],
+    "Optimisation": ["--epochs", "--batch-size", "--lr", "--weight-decay", "--momentum", "--schedule",
+                     "--precision"],
+    "Evaluation": ["--tte", "--posthoc-tau"],
+    "Output and device": ["--out", "--overwrite", "--method", "--device"],
+}
+TRAIN_HEAD_EXAMPLES = (
+    "featcache train-head --cache caches/isic2018.h5 --ensemble logit          # TFA-LT",
+    "featcache train-head --cache caches/isic2018.h5 --head cosine --loss la --init text",
+    "featcache train-head --cache caches/isic2018.h5 --head mlp --head-option hidden=256 --sampler wrs --tte",
+)
+
+
+@main.command("train-head", cls=GroupedCommand, groups=TRAIN_HEAD_GROUPS, examples=TRAIN_HEAD_EXAMPLES)
 @click.option("--cache", required=True, help="Feature cache (.h5) to train from.")
-@click.option("--head", default=None, help="Head to train: " + "|".join(HEADS.names())
-              + " (default linear; logreg = CLIP's L-BFGS linear probe; few-shot heads: README).")
+@click.option("--head", default=None, type=NameChoice("head"), help="Head to train"
+              " (default linear; logreg = CLIP's L-BFGS linear probe; few-shot heads: README).")
 @click.option("--ensemble", type=click.Choice(["logit", "feature", "mean"]), default=None,
               help="Run TFA-LT: two stage-I adapters (WRS, RUS), then this ensembler (mean = adapters only).")
 @click.option("--no-adapters", is_flag=True, help="TFA-LT ablation: ensembler on frozen features.")
-@click.option("--loss", default="ce", show_default=True, help="ce|focal|la|bs|cb|bce (TFA-LT: stage I).")
-@click.option("--ensemble-loss", default="focal", show_default=True, help="TFA-LT stage II loss.")
+@click.option("--loss", default="ce", show_default=True, type=NameChoice("loss"), help="Training loss (TFA-LT: stage I's): ce cross-entropy, focal, la logit-adjusted, bs balanced softmax, cb class-balanced, bce binary CE (multi-label).")
+@click.option("--ensemble-loss", default="focal", show_default=True, type=NameChoice("loss"), help="TFA-LT stage II loss.")
 @click.option("--rus", type=click.Choice(["fixed", "fresh"]), default="fixed", show_default=True,
               help="TFA-LT stage I RUS: one under-sampled set drawn once (fixed, the paper's) or a fresh draw each epoch.")
-@click.option("--sampler", default="instance", show_default=True, help="instance|wrs|rus|rus-fixed|sqrt (single head).")
+@click.option("--sampler", default="instance", show_default=True, type=NameChoice("sampler"), help="How a single head's training rows are drawn each epoch: instance (every row once), wrs (class-balanced, with replacement), rus / rus-fixed (random under-sampling, fresh or drawn once), sqrt (square-root class frequencies).")
 @click.option("--protocol", default=None, help="tfa-lt|official|lift (default: official if the cache has a test split, else the descriptor's).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; mean ± std is reported.")
 @click.option("--epochs", type=int, default=200, show_default=True, help="Epochs (TFA-LT: stage I).")
 @click.option("--ensemble-epochs", type=int, default=100, show_default=True, help="TFA-LT stage II epochs.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Training rows per SGD step.")
 @click.option("--lr", type=float, default=0.1, show_default=True, help="Learning rate (TFA-LT: stage I).")
 @click.option("--ensemble-lr", type=float, default=0.1, show_default=True, help="TFA-LT stage II learning rate.")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="SGD weight decay.")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True, help="Learning rate over the epochs: cosine annealing to 0, or constant.")
 @click.option("--tau", type=float, default=None, help="Cosine-logit temperature (default 1/logit_scale).")
 @click.option("--sigma", type=float, default=25.0, show_default=True, help="Cosine head scale σ.")
 @click.option("--gamma", type=float, default=2.0, show_default=True, help="Focal loss γ.")
@@ -76,15 +95,16 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--head-option", "head_option", multiple=True, metavar="NAME=VALUE",
               help="A knob the head declares itself (e.g. mlp hidden=256, knn k=20, tip-adapter "
                    "alpha=1); repeatable. See README 'Few-shot heads'.")
-@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto", show_default=True)
+@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto", show_default=True,
+              help="Class prototypes for zero-shot heads, text init and TFA-LT: prompts = the cache's text embeddings of the class prompts, class-mean = each class's mean training feature, auto = prompts when the cache has text features, else class-mean.")
 @click.option("--template", default="auto", show_default=True, help="Prompt template: auto|mean|part of one.")
-@click.option("--view", default="standard", show_default=True, help="Cached view to train on.")
-@click.option("--feature", type=click.Choice(["embed", "cls"]), default="embed", show_default=True)
+@click.option("--view", default="standard", show_default=True, type=NameChoice("view"), help="Cached view to train on (the TTE crops exist in caches extracted with --tte).")
+@click.option("--feature", type=click.Choice(["embed", "cls"]), default="embed", show_default=True, help="Cached feature: embed = the projected (CLIP) embedding, cls = the pre-projection feature.")
 @click.option("--tte", is_flag=True, help="Evaluate by averaging logits over the five cached crops.")
 @click.option("--posthoc-tau", type=float, default=0.0, show_default=True, help="Post-hoc logit adjustment τ (0 = off).")
 @click.option("--val-fraction", type=float, default=0.0, show_default=True, help="Training fraction held out for validation.")
 @click.option("--test-per-class", type=int, default=None, help="tfa-lt test images per class (default: the descriptor's).")
-@click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
+@click.option("--device", default="auto", show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help=_PRECISION_HELP)
 @click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>); one holding a run is refused.")
@@ -129,7 +149,15 @@ def train_head_cmd(**opts: object) -> None:
     _show(result.out_dir, result.metrics, title)
 
 
-@main.command("predict")
+@main.command("predict", cls=GroupedCommand, groups={
+    "Input": ["--run", "--cache", "--images", "--split", "--pretrained", "--skip-bad"],
+    "Output": ["--out", "--overwrite", "--per-seed"],
+    "Speed and device": ["--batch-size", "--workers", "--device"],
+}, examples=(
+    "featcache predict --run runs/isic-tfa --cache caches/isic.h5",
+    "featcache predict --run runs/isic-tfa --cache caches/other-site.h5 --split all --per-seed",
+    "featcache predict --run runs/isic-tfa --images new_images/ --skip-bad",
+))
 @click.option("--run", "run_dir", required=True, help="A train-head or TFA-LT run directory.")
 @click.option("--cache", default=None,
               help="Cache to predict on (same model fingerprint). With --images: the run's cache, "
@@ -148,7 +176,7 @@ def train_head_cmd(**opts: object) -> None:
 @click.option("--skip-bad", is_flag=True, help="With --images: skip (and list) unreadable files.")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Images per batch (--images).")
 @click.option("--workers", type=int, default=0, show_default=True, help="Decoding processes (--images).")
-@click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
+@click.option("--device", default="auto", show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
 @click.option("--out", default=None,
               help="Output directory, outside the run (default <RUN>-predict-<cache> or <RUN>-predict-images).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier prediction in --out.")
@@ -159,11 +187,6 @@ def predict_cmd(run_dir: str, cache: str | None, images: tuple[str, ...], split:
 
     One row per image: the predicted class, every class's probability (mean over seeds), and
     calibrated probabilities when the run fitted a temperature.
-
-    \b
-    Examples:
-      featcache predict --run runs/isic-tfa --cache caches/isic.h5
-      featcache predict --run runs/isic-tfa --images new_images/ --skip-bad
     """
     from featcache.pipelines.predict import predict_images, predict_run
 
@@ -202,23 +225,33 @@ def reproduce_group() -> None:
     """Reproduce a paper's tables from a feature cache."""
 
 
-@reproduce_group.command("tfa-lt")
+@reproduce_group.command("tfa-lt", cls=GroupedCommand, groups={
+    "Data and splits": ["--cache", "--protocol", "--feature", "--tte", "--text-source", "--seeds"],
+    "Optimisation": ["--epochs", "--ensemble-epochs", "--baseline-epochs", "--batch-size", "--lr", "--rus",
+                     "--tau", "--precision"],
+    "Output and device": ["--out", "--device"],
+}, examples=(
+    "featcache reproduce tfa-lt --cache caches/isic2018-ViT-B-16-openai.h5",
+    "featcache reproduce tfa-lt --cache caches/aptos2019-ViT-B-16-openai.h5 --tte --seeds 0,1,2,3,4",
+    "featcache reproduce tfa-lt --cache caches/isic2018.h5 --epochs 20 --ensemble-epochs 10 --baseline-epochs 30",
+))
 @click.option("--cache", required=True, help="Feature cache (.h5), e.g. ISIC 2018 or APTOS 2019.")
-@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; every row is mean ± std over them.")
 @click.option("--epochs", type=int, default=200, show_default=True, help="Stage I and adapter-only epochs.")
-@click.option("--ensemble-epochs", type=int, default=100, show_default=True)
+@click.option("--ensemble-epochs", type=int, default=100, show_default=True, help="TFA-LT stage II (ensembler) epochs.")
 @click.option("--baseline-epochs", type=int, default=300, show_default=True,
               help="Epochs of the SGD comparison methods (CE, Focal): 300 in the paper.")
-@click.option("--batch-size", type=int, default=128, show_default=True)
-@click.option("--lr", type=float, default=0.1, show_default=True)
+@click.option("--batch-size", type=int, default=128, show_default=True, help="Training rows per SGD step.")
+@click.option("--lr", type=float, default=0.1, show_default=True, help="Learning rate of every row's SGD training.")
 @click.option("--rus", type=click.Choice(["fixed", "fresh"]), default="fixed", show_default=True,
               help="Stage I RUS: one under-sampled set drawn once (fixed, the paper's) or a fresh draw each epoch.")
-@click.option("--protocol", default=None, help="Default: official if the cache has a test split, else tfa-lt.")
+@click.option("--protocol", default=None, help="Split protocol: official | tfa-lt [default: official if the cache has a test split, else tfa-lt].")
 @click.option("--tau", type=float, default=None, help="Cosine-logit temperature (default 1/logit_scale).")
-@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto", show_default=True)
-@click.option("--feature", type=click.Choice(["embed", "cls"]), default="embed", show_default=True)
+@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto", show_default=True,
+              help="Class prototypes for zero-shot heads, text init and TFA-LT: prompts = the cache's text embeddings of the class prompts, class-mean = each class's mean training feature, auto = prompts when the cache has text features, else class-mean.")
+@click.option("--feature", type=click.Choice(["embed", "cls"]), default="embed", show_default=True, help="Cached feature: embed = the projected (CLIP) embedding, cls = the pre-projection feature.")
 @click.option("--tte", is_flag=True, help="Average logits over the five cached crops.")
-@click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
+@click.option("--device", default="auto", show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help=_PRECISION_HELP)
 @click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt).")
@@ -260,7 +293,10 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
             click.echo(f"  {row['name']}: {shown}")
 
 
-@main.command("report")
+@main.command("report", cls=GroupedCommand, examples=(
+    "featcache report runs/*",
+    "featcache report runs/isic-* --out tables/isic --html report.html",
+))
 @click.argument("runs", nargs=-1, required=True)
 @click.option("--out", default=None, help="Also write the table as OUT.parquet, OUT.csv and OUT.md.")
 @click.option("--html", "html", default=None, metavar="FILE.html",
@@ -272,7 +308,8 @@ def report_cmd(runs: tuple[str, ...], out: str | None, html: str | None) -> None
     AUC, and the settings that differ between the runs.
 
     Folders that are not head runs are skipped with a note; `bench medmnist` folders are
-    refused (read their table.md). Example: featcache report runs/* --html report.html
+    refused (read their table.md). RUNS: run directories (e.g. runs/*;
+    reproduce rows: RUN/rows/*).
     """
     from featcache.report import collect_runs, report_frame, write_html
     from featcache.runs import REPORT_COLUMNS, markdown_table
