@@ -69,7 +69,15 @@ def _write_traceback(command: str) -> str:
         return f"(not written: {folder}: {e}; printed above)"
 
 
-@click.group(cls=FeatcacheGroup, context_settings={"help_option_names": ["-h", "--help"]})
+_EXAMPLES = """\b
+Examples (each command's --help lists its options by topic, and more examples):
+  featcache demo
+  featcache extract --dataset isic2018 --root data/ISIC2018 --model ViT-B-16 --pretrained openai --tte
+  featcache train-head --cache caches/isic2018-ViT-B-16-openai.h5 --ensemble logit
+"""
+
+
+@click.group(cls=FeatcacheGroup, context_settings={"help_option_names": ["-h", "--help"]}, epilog=_EXAMPLES)
 @click.option("-v", "--verbose", count=True, help="More log output (-v info, -vv debug).")
 @click.version_option(package_name="featcache")
 def main(verbose: int) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from featcache.cli import main
-from featcache.cli.common import parse_list
+from featcache.cli.common import GroupedCommand, parse_list
 from featcache.device import DEVICES
 
 
@@ -19,7 +19,22 @@ def bench() -> None:
     """Benchmarks that run many backbones and data sets from cached features."""
 
 
-@bench.command("medmnist")
+@bench.command("medmnist", cls=GroupedCommand, groups={
+    "Data": ["--root", "--datasets", "--sizes", "--resize", "--input-size", "--interpolation", "--per-class",
+             "--per-class-draw", "--download"],
+    "Backbones and features": ["--backbones", "--feature", "--cache-dir"],
+    "Recipe and optimisation": ["--methods", "--recipe", "--seeds", "--iterations", "--lrs", "--lr-decay",
+                                "--decay-every", "--batch-size", "--val-checks", "--weight-decay", "--binary-head",
+                                "--select-metric"],
+    "Fine-tuning (--methods finetune)": ["--encoder-lrs", "--finetune-head-lr", "--finetune-iterations",
+                                         "--finetune-batch-size"],
+    "Output and device": ["--out", "--device", "--no-progress"],
+}, examples=(
+    "featcache bench medmnist --root data/medmnist --datasets dermamnist,bloodmnist "
+    "--backbones ViT-B-16:openai,timm:resnet18",
+    "featcache bench medmnist --root data/medmnist --datasets pneumoniamnist --sizes 28,224 --recipe fast",
+    "featcache bench medmnist --root data/medmnist --datasets retinamnist --per-class 1,10,50 --methods linear,finetune",
+))
 @click.option("--root", type=click.Path(), required=True, help="Folder of the MedMNIST npz files (<subset>.npz, <subset>_<size>.npz).")
 @click.option("--datasets", required=True, help="Comma list of 2D MedMNIST sets, e.g. retinamnist,pneumoniamnist.")
 @click.option("--backbones", default="tiny-clip", show_default=True, help="Comma list: MODEL[:WEIGHTS] (open_clip, e.g. ViT-B-16:openai) or timm:NAME[.TAG][:WEIGHTS] (e.g. timm:resnet18:random); WEIGHTS a tag, a FILE or 'random' (a local OpenAI checkpoint FILE needs the -quickgelu model: ViT-B-16-quickgelu:FILE).")
@@ -35,20 +50,20 @@ def bench() -> None:
 @click.option("--iterations", type=int, default=None, help="Training iterations [default: the recipe's].")
 @click.option("--lrs", default=None, help="Head learning-rate grid, selected on the official val split [default: the recipe's].")
 @click.option("--lr-decay", type=float, default=0.9, show_default=True, help="Head lr factor applied every --decay-every iterations.")
-@click.option("--decay-every", type=int, default=200, show_default=True)
-@click.option("--batch-size", type=int, default=None, help="[default: the recipe's]")
+@click.option("--decay-every", type=int, default=200, show_default=True, help="Iterations between --lr-decay steps.")
+@click.option("--batch-size", type=int, default=None, help="Training images per step [default: the recipe's].")
 @click.option("--val-checks", type=int, default=None, help="Validation ACC checks per run (FMMIC's rule); the best checkpoint is tested; 0 = the final weights [default: the recipe's, 10].")
 @click.option("--weight-decay", type=float, default=0.01, show_default=True, help="AdamW weight decay.")
 @click.option("--feature", type=click.Choice(["embed", "cls"]), default="cls", show_default=True, help="Cached feature to probe: cls = the pre-projection feature (768-d for ViT-B/16, where the paper's timm CLIP puts its head), embed = the projected embedding.")
 @click.option("--binary-head", type=click.Choice(["softmax", "bce"]), default="softmax", show_default=True, help="Binary sets: two logits with softmax cross-entropy, or one logit with BCE (FMMIC).")
 @click.option("--select-metric", type=click.Choice(["acc", "auc"]), default="acc", show_default=True, help="Validation figure that selects the learning rates.")
 @click.option("--encoder-lrs", default="auto", show_default=True, help="Constant encoder lr(s) for --methods finetune: auto = 1e-6 for CNNs, 1e-7 for ViTs (FMMIC); a comma list runs the lr study as a grid selected on val.")
-@click.option("--finetune-head-lr", type=float, default=1e-3, show_default=True)
+@click.option("--finetune-head-lr", type=float, default=1e-3, show_default=True, help="Head learning rate while fine-tuning (the encoder's: --encoder-lrs).")
 @click.option("--finetune-iterations", type=int, default=None, help="Fine-tuning iterations [default: --iterations].")
-@click.option("--finetune-batch-size", type=int, default=None, help="[default: --batch-size; 32 for DINOv2 under --recipe paper]")
+@click.option("--finetune-batch-size", type=int, default=None, help="Fine-tuning images per step [default: --batch-size; 32 for DINOv2 under --recipe paper].")
 @click.option("--out", type=click.Path(), default="runs/bench-medmnist", show_default=True, help="Run directory.")
 @click.option("--cache-dir", type=click.Path(), default=None, help="Where the feature caches go (reused when present) [default: caches/].")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto = CUDA when present, else the CPU.")
 @click.option("--download", is_flag=True, help="Fetch missing npz files with the medmnist package (needs network).")
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 def medmnist_cmd(

@@ -7,11 +7,14 @@ import json
 import click
 
 from featcache.cli import main
-from featcache.cli.common import console, parse_pairs
+from featcache.cli.common import GroupedCommand, console, parse_pairs
 from featcache.device import DEVICES, PRECISIONS
 
 
-@main.command("models")
+@main.command("models", cls=GroupedCommand, examples=(
+    "featcache models",
+    "featcache models --filter ViT-B",
+))
 @click.option("--filter", "pattern", default="", help="Only models whose name contains this text.")
 def models_cmd(pattern: str) -> None:
     """List the open_clip models (and featcache's tiny ones) with their pretrained tags."""
@@ -26,7 +29,7 @@ def models_cmd(pattern: str) -> None:
     console().print(table)
 
 
-@main.command("datasets")
+@main.command("datasets", cls=GroupedCommand, examples=("featcache datasets",))
 def datasets_cmd() -> None:
     """List the data sets featcache reads, with their layout and options."""
     from rich.table import Table
@@ -39,7 +42,19 @@ def datasets_cmd() -> None:
     console().print(table)
 
 
-@main.command("extract")
+@main.command("extract", cls=GroupedCommand, groups={
+    "Data": ["--dataset", "--root", "--subset", "--size", "--csv", "--option", "--skip-bad"],
+    "Model and preprocessing": ["--model", "--pretrained", "--resize", "--tte"],
+    "Output": ["--out", "--overwrite"],
+    "Speed and device": ["--device", "--precision", "--decoder", "--batch-size", "--workers", "--chunk-size",
+                         "--compile"],
+}, examples=(
+    "featcache extract --dataset isic2018 --root data/ISIC2018 --model ViT-B-16 --pretrained openai --tte",
+    "featcache extract --dataset medmnist --root data/medmnist --subset pneumoniamnist --size 224 "
+    "--model ViT-B-16 --pretrained openai",
+    "torchrun --nproc_per_node=8 -m featcache extract --dataset imagenet-lt --root data/ImageNet "
+    "--model ViT-L-14 --pretrained openai",
+))
 @click.option("--dataset", required=True, help="Data set name (see `featcache datasets`).")
 @click.option("--root", type=click.Path(), default=None, help="Folder holding the data set.")
 @click.option("--subset", default=None, help="MedMNIST subset, e.g. pneumoniamnist.")
@@ -51,10 +66,10 @@ def datasets_cmd() -> None:
 @click.option("--tte", is_flag=True, help="Also store the five test-time-ensembling crops.")
 @click.option("--resize", type=click.Choice(["scale", "pad"]), default="scale", show_default=True, help="Bring images to the model's size by scaling or by zero-padding.")
 @click.option("--out", type=click.Path(), default=None, help="Cache file [default: caches/<dataset>-<model>-<weights>.h5].")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto = CUDA when present, else the CPU.")
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
 @click.option("--decoder", type=click.Choice(("pil", "device")), default="pil", show_default=True, help="Image files: pil = decode and resize with PIL in the workers (exactly open_clip's preprocessing); device = workers only read the bytes, torchvision decodes JPEGs on the --device (nvJPEG on a GPU) and resizes and crops there (pixels within a level or two of PIL's).")
-@click.option("--batch-size", type=int, default=256, show_default=True)
+@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass (per rank).")
 @click.option("--workers", type=int, default=None, help="Decoding processes per rank [default: this node's CPUs / its ranks, at most 16].")
 @click.option("--chunk-size", type=int, default=4096, show_default=True, help="Images per resumable shard.")
 @click.option("--skip-bad", is_flag=True, help="Record unreadable images in the cache and go on.")
@@ -107,24 +122,36 @@ def extract_cmd(dataset, root, subset, image_size, csv_path, options, model, pre
     click.echo(f"Wrote cache {result.out}")
 
 
-@main.command("import-features")
+@main.command("import-features", cls=GroupedCommand, examples=(
+    "featcache import-features feats.npz --dataset isic2018 --out caches/isic2018-mine.h5",
+    "featcache import-features feats.parquet",
+))
 @click.argument("source", type=click.Path())
 @click.option("--dataset", default=None, help="Attach this data set's descriptor (classes, protocol).")
 @click.option("--out", type=click.Path(), default=None, help="Cache file [default: SOURCE with .h5].")
-@click.option("--overwrite", is_flag=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out cache.")
 def import_cmd(source: str, dataset: str | None, out: str | None, overwrite: bool) -> None:
-    """Build a cache from features computed elsewhere (.npz or .parquet)."""
+    """Build a cache from features computed elsewhere (.npz or .parquet).
+
+    SOURCE: the .npz or .parquet file of features (with labels and splits) to import.
+    """
     from featcache.pipelines.import_features import ImportConfig, run
 
     path = run(ImportConfig(source=source, out=out, dataset=dataset, overwrite=overwrite))
     click.echo(f"Wrote cache {path}")
 
 
-@main.command("info")
+@main.command("info", cls=GroupedCommand, examples=(
+    "featcache info caches/isic2018-ViT-B-16-openai.h5",
+    "featcache info caches/isic2018-ViT-B-16-openai.h5 --json",
+))
 @click.argument("cache", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable JSON.")
 def info_cmd(cache: str, as_json: bool) -> None:
-    """Show what a cache holds: model, weights, preprocessing, views, counts, fingerprint."""
+    """Show what a cache holds: model, weights, preprocessing, views, counts, fingerprint.
+
+    CACHE: a feature cache (.h5) written by `extract` or `import-features`.
+    """
     import numpy as np
     from rich.table import Table
 

@@ -14,15 +14,18 @@ from pathlib import Path
 import click
 
 from featcache.cli import main
-from featcache.cli.common import console, parse_seeds
+from featcache.cli.common import GroupedCommand, console, parse_seeds
 
 
-@main.command("demo")
+@main.command("demo", cls=GroupedCommand, examples=(
+    "featcache demo",
+    "featcache demo --seeds 0 --epochs 20 --ensemble-epochs 10 --out runs/demo-quick",
+))
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for the cache and the runs.")
-@click.option("--seeds", default="0,1,2", show_default=True)
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; tables show mean ± std.")
 @click.option("--epochs", type=int, default=200, show_default=True, help="Stage I and single-head epochs (paper: 200).")
 @click.option("--ensemble-epochs", type=int, default=100, show_default=True, help="Stage II epochs (paper: 100).")
-@click.option("--device", default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
 def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: str) -> None:
     """Extract synthetic-lt with tiny-clip, then reproduce TFA-LT's tables from the cache."""
     from featcache.pipelines.extract import ExtractConfig

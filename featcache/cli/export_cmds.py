@@ -8,9 +8,13 @@ from __future__ import annotations
 import click
 
 from featcache.cli import main
+from featcache.cli.common import GroupedCommand
 
 
-@main.command("export")
+@main.command("export", cls=GroupedCommand, examples=(
+    "featcache export --run runs/isic-tfa --out isic.pt2",
+    "featcache export --run runs/isic-tfa --out isic.onnx",
+))
 @click.option("--run", "run_dir", required=True, help="A train-head or TFA-LT run directory.")
 @click.option("--out", required=True,
               help="The artefact: model.pt2 (torch.export; load with torch.export.load) or model.onnx "
@@ -26,11 +30,6 @@ def export_cmd(run_dir: str, out: str, cache: str | None, pretrained: str | None
     The artefact takes uint8 images [B, V, 3, S, S] (V = 1, or the 5 TTE crops) and returns
     logits and probabilities [B, C] (means over seeds); its metadata (class names, size,
     mean/std, views) is inside the file. See the README's "Predict and export".
-
-    \b
-    Examples:
-      featcache export --run runs/isic-tfa --out isic.pt2
-      featcache export --run runs/isic-tfa --out isic.onnx
     """
     from featcache.pipelines import export
 

@@ -5,15 +5,31 @@ from __future__ import annotations
 import click
 
 from featcache.cli import main
-from featcache.cli.common import parse_pairs, parse_seeds
+from featcache.cli.choices import NameChoice
+from featcache.cli.common import GroupedCommand, parse_pairs, parse_seeds
 from featcache.device import DEVICES, PRECISIONS
 
 
-@main.command("finetune")
+@main.command("finetune", cls=GroupedCommand, groups={
+    "Data and splits": ["--dataset", "--root", "--option", "--cache", "--protocol", "--test-per-class", "--seeds",
+                        "--no-augment", "--train-canvas"],
+    "Model and method": ["--model", "--pretrained", "--method", "--method-option", "--init", "--sigma"],
+    "Long tail: loss": ["--loss", "--la-tau"],
+    "Optimisation": ["--epochs", "--batch-size", "--lr", "--momentum", "--weight-decay", "--schedule",
+                     "--precision"],
+    "Evaluation": ["--tte"],
+    "Output and device": ["--out", "--resume", "--device", "--workers", "--no-progress"],
+}, examples=(
+    "featcache finetune --dataset cifar100-lt --root data/cifar100 --option imbalance=100 "
+    "--model ViT-B-16 --pretrained openai --method adaptformer",
+    "torchrun --nproc_per_node=4 -m featcache finetune --dataset isic2018 --root data/ISIC2018 "
+    "--model ViT-B-16 --pretrained openai --method lora --method-option rank=8 --tte",
+    "featcache finetune --method classifier --cache caches/isic2018-ViT-B-16-openai.h5 --seeds 0,1,2",
+))
 @click.option("--dataset", default=None, help="Data set name (see `featcache datasets`).")
 @click.option("--root", type=click.Path(), default=None, help="Folder holding the data set.")
 @click.option("--option", "options", multiple=True, help="Data set option KEY=VALUE (repeatable), e.g. imbalance=100.")
-@click.option("--method", default="adaptformer", show_default=True, help="adaptformer | bitfit | vpt-shallow | vpt-deep | adapter | lora | full | classifier.")
+@click.option("--method", default="adaptformer", show_default=True, type=NameChoice("fine-tuning method"), help="What is trained besides the classifier: a PEFT module (adaptformer, adapter, lora, vpt-*), bias terms (bitfit), everything (full) or nothing (classifier).")
 @click.option("--method-option", "method_options", multiple=True, help="Method option KEY=VALUE (repeatable), e.g. bottleneck=16.")
 @click.option("--cache", default=None, type=click.Path(), help="With --method classifier: train the head on this cache's un-augmented features (one fixed view per image; run label 'classifier-cached'). LIFT's classifier baseline augments every epoch: omit --cache and pass --dataset/--root for that.")
 @click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name (LIFT: ViT-B-16 --pretrained openai; with a local OpenAI checkpoint FILE: ViT-B-16-quickgelu --pretrained FILE).")
@@ -23,11 +39,11 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run each.")
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: the data set's LIFT recipe: 20 for inat2018, else 10].")
 @click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch (split over torchrun processes).")
-@click.option("--lr", type=float, default=0.01, show_default=True)
-@click.option("--momentum", type=float, default=0.9, show_default=True)
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True)
-@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True)
-@click.option("--loss", default="la", show_default=True, help="ce | focal | la | bs | cb.")
+@click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate (LIFT: 0.01).")
+@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="SGD weight decay.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True, help="Learning rate over the epochs: cosine annealing to 0, or constant.")
+@click.option("--loss", default="la", show_default=True, type=NameChoice("loss"), help="Training loss (LIFT: la, logit-adjusted; bce is multi-label and refused here).")
 @click.option("--la-tau", type=float, default=1.0, show_default=True, help="τ of the logit-adjusted loss.")
 @click.option("--sigma", type=float, default=25.0, show_default=True, help="Scale of the cosine classifier.")
 @click.option("--init", type=click.Choice(["text", "random"]), default="text", show_default=True, help="Head init: semantic-aware (text) or random.")
@@ -36,7 +52,7 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--tte", is_flag=True, help="Also evaluate with test-time ensembling (five crops, logits averaged).")
 @click.option("--out", type=click.Path(), default=None, help="Run directory [default: runs/<dataset>-<model>-<method>].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its checkpoints.")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto = CUDA when present, else the CPU.")
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
 @click.option("--workers", type=int, default=None, help="Decoding processes for image files per rank [default: this node's CPUs / its ranks, at most 16].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
