@@ -37,8 +37,8 @@ def _ids(items: list) -> list[str]:
     return [" ".join(p) or "featcache" for p, _ in items]
 
 
-def _help(path: tuple[str, ...]) -> str:
-    res = CliRunner().invoke(main, [*path, "--help"], terminal_width=100)
+def _help(path: tuple[str, ...], width: int = 100) -> str:
+    res = CliRunner().invoke(main, [*path, "--help"], terminal_width=width)
     assert res.exit_code == 0, res.output
     return res.output
 
@@ -69,11 +69,13 @@ def test_every_option_and_argument_is_described(path: tuple[str, ...], cmd: clic
 def test_every_command_has_examples_at_the_end(path: tuple[str, ...], cmd: click.Command) -> None:
     assert isinstance(cmd, GroupedCommand), f"featcache {' '.join(path)}: use cls=GroupedCommand (common.py)"
     assert cmd.examples, f"featcache {' '.join(path)}: add examples=(...)"
-    out = _help(path)
+    out = _help(path, width=80)
     tail = out[out.rindex("Examples:"):]
+    assert max(map(len, tail.splitlines())) <= 80, "long examples are broken into continuation lines"
+    pasted = _flat(tail.replace("\\\n", " "))  # as the shell reads the continuation lines
     for line in cmd.examples:
-        assert line in tail  # unwrapped, so that it can be copied whole
-    assert tail.rstrip().endswith(cmd.examples[-1])
+        assert _flat(line) in pasted
+    assert pasted.rstrip().endswith(_flat(cmd.examples[-1]))
 
 
 @pytest.mark.parametrize(("path", "cmd"), LEAVES, ids=_ids(LEAVES))

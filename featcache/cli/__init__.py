@@ -70,10 +70,10 @@ def _write_traceback(command: str) -> str:
 
 
 _EXAMPLES = """\b
-Examples (each command's --help lists its options by topic, and more examples):
+Examples (each command's --help: its options by topic, and more examples):
   featcache demo
-  featcache extract --dataset isic2018 --root data/ISIC2018 --model ViT-B-16 --pretrained openai --tte
-  featcache train-head --cache caches/isic2018-ViT-B-16-openai.h5 --ensemble logit
+  featcache models --filter ViT-B
+  featcache train-head --cache caches/isic2018.h5 --ensemble logit
 """
 
 

@@ -78,8 +78,9 @@ class GroupedCommand(click.Command):
     ``groups`` maps a heading to option flags (``{"Data": ["--cache", "--view"], ...}``),
     declared next to the command; each section lists its options in that order, and options
     in no group (new ones, say) fall into "Other options" with ``--help``, so none is ever
-    hidden. ``examples`` are whole command lines, printed unwrapped under "Examples" (the
-    tests parse each one). An option whose type is a :class:`featcache.cli.choices.NameChoice`
+    hidden. ``examples`` are whole command lines, printed under "Examples" (a long one is
+    broken into shell continuation lines, so it still pastes as one command; the tests parse
+    each one). An option whose type is a :class:`featcache.cli.choices.NameChoice`
     gets its valid names (from the registry) appended to its help.
     """
 
@@ -129,8 +130,8 @@ class GroupedCommand(click.Command):
         super().format_epilog(ctx, formatter)
         if self.examples:
             with formatter.section("Examples"):
-                for line in self.examples:  # unwrapped, so that each can be copied whole
-                    formatter.write(f"{' ' * formatter.current_indent}{line}\n")
+                for line in self.examples:
+                    formatter.write(_shell_lines(line, formatter.current_indent, formatter.width or 80))
 
 
 def _write_dl(formatter: click.HelpFormatter, rows: list[tuple[str, str]], width: int) -> None:
@@ -153,3 +154,23 @@ def _write_dl(formatter: click.HelpFormatter, rows: list[tuple[str, str]], width
         formatter.write(lines[0].join([indent, "\n"]))
         for line in lines[1:]:
             formatter.write(f"{indent}{' ' * (width + 2)}{line}\n")
+
+
+def _shell_lines(command: str, indent: int, width: int) -> str:
+    """``command`` as shell lines of at most ``width`` columns where it can be, broken before
+    an option (an option and its values stay together) with a trailing backslash and the
+    continuations indented by four, so that it still pastes as one command."""
+    units: list[str] = []
+    for word in command.split():
+        if units and not word.startswith("-"):
+            units[-1] += f" {word}"
+        else:
+            units.append(word)
+    lines, line = [], ""
+    for unit in units:
+        if line.strip() and indent + len(line) + 1 + len(unit) + 2 > width:
+            lines.append(line + " \\")
+            line = "   "  # + the joining space: four columns
+        line = f"{line} {unit}" if line else unit
+    lines.append(line)
+    return "".join(f"{' ' * indent}{x}\n" for x in lines)

@@ -57,7 +57,7 @@ TRAIN_HEAD_GROUPS = {
     "Output and device": ["--out", "--overwrite", "--method", "--device"],
 }
 TRAIN_HEAD_EXAMPLES = (
-    "featcache train-head --cache caches/isic2018.h5 --ensemble logit          # TFA-LT",
+    "featcache train-head --cache caches/isic2018.h5 --ensemble logit",
     "featcache train-head --cache caches/isic2018.h5 --head cosine --loss la --init text",
     "featcache train-head --cache caches/isic2018.h5 --head mlp --head-option hidden=256 --sampler wrs --tte",
 )
