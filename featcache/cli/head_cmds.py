@@ -308,8 +308,9 @@ def report_cmd(runs: tuple[str, ...], out: str | None, html: str | None) -> None
     AUC, and the settings that differ between the runs.
 
     Folders that are not head runs are skipped with a note; `bench medmnist` folders are
-    refused (read their table.md). RUNS: run directories (e.g. runs/*;
-    reproduce rows: RUN/rows/*).
+    refused (read their table.md).
+
+    RUNS: run directories (e.g. runs/*; the rows of a reproduce run: RUN/rows/*).
     """
     from featcache.report import collect_runs, report_frame, write_html
     from featcache.runs import REPORT_COLUMNS, markdown_table
