@@ -263,3 +263,18 @@ def test_every_example_parses(where: str, line: str) -> None:
         assert " ".join(path) == where, f"an example under `{where} --help` runs `{' '.join(path)}`"
     with cmd.make_context(path[-1], args) as ctx:  # parses and validates; runs nothing
         assert ctx.command is cmd
+
+
+def test_a_source_the_reader_cannot_follow_falls_back_to_importing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A renamed constant or moved registry never leaves an option accepting nothing."""
+    from featcache.cli import choices
+
+    moved = choices.Source("featcache.metrics", "METRIC_KEYS", ("metrics.py",), constant="NO_SUCH_NAME")
+    monkeypatch.setitem(choices.SOURCES, "selection metric", moved)
+    choices.read_names.cache_clear()
+    try:
+        assert choices.read_names("selection metric") is None
+        monkeypatch.setattr(choices, "sys", type("NoModules", (), {"modules": {}}))  # as if not imported
+        assert choices.choice_names("selection metric") == list(_live("selection metric"))
+    finally:
+        choices.read_names.cache_clear()

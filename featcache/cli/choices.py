@@ -37,7 +37,7 @@ class Source:
     attribute: str
     files: tuple[str, ...]
     decorators: tuple[str, ...] = ()  # "register_head", "HEADS.register"
-    constant: str | None = None  # a module-level NAME = ("a", "b") (or a sum of such tuples)
+    constant: str | None = None  # a module-level NAME = ("a", "b"), a literal
     extra: tuple[str, ...] = ()  # names listed before the constant's ("standard" views)
 
     def live(self) -> list[str]:
@@ -71,7 +71,8 @@ def _decorator_name(node: ast.expr) -> str:
 @cache
 def read_names(kind: str) -> tuple[str, ...] | None:
     """The names of ``kind`` read from the source files, in registry order (sorted) or the
-    constant's order; ``None`` when the files cannot be read (then the module is imported)."""
+    constant's order; ``None`` when they cannot be read or none is found there (then the
+    module is imported instead)."""
     src = SOURCES[kind]
     paths = sorted(p for pattern in src.files for p in _PACKAGE.glob(pattern))
     if not paths:
@@ -85,15 +86,23 @@ def read_names(kind: str) -> tuple[str, ...] | None:
         keys = src.decorators or (src.constant,)
         if not any(key in text for key in keys):
             continue
-        for node in ast.walk(ast.parse(text, filename=str(path))):
-            if src.constant and isinstance(node, ast.Assign) and any(
-                    isinstance(t, ast.Name) and t.id == src.constant for t in node.targets):
-                names += list(ast.literal_eval(node.value))
-            elif src.decorators and isinstance(node, (ast.ClassDef, ast.FunctionDef)):
+        tree = ast.parse(text, filename=str(path))
+        if src.constant:  # a module-level NAME = (...)
+            try:
+                names += [n for node in tree.body if isinstance(node, ast.Assign)
+                          and any(isinstance(t, ast.Name) and t.id == src.constant for t in node.targets)
+                          for n in ast.literal_eval(node.value)]
+            except ValueError:  # no longer a literal: import it instead
+                return None
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.ClassDef, ast.FunctionDef)):
                 for dec in node.decorator_list:
                     if (isinstance(dec, ast.Call) and _decorator_name(dec) in src.decorators and dec.args
                             and isinstance(dec.args[0], ast.Constant) and isinstance(dec.args[0].value, str)):
                         names.append(dec.args[0].value)
+    if not names:  # moved or renamed: import the real thing rather than accept nothing
+        return None
     if src.decorators:
         names = sorted(names)  # Registry.names() is sorted
     return tuple([*src.extra, *[n for n in names if n not in src.extra]])
