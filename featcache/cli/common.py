@@ -148,12 +148,10 @@ def _write_dl(formatter: click.HelpFormatter, rows: list[tuple[str, str]], width
             continue
         if len(flags) > width:  # too wide: the help starts on the next line
             formatter.write(f"{indent}{flags}\n")
-            lines[0] = " " * (width + 2) + lines[0]
-        else:
-            lines[0] = f"{flags:<{width}}  {lines[0]}"
-        formatter.write(lines[0].join([indent, "\n"]))
+            flags = ""
+        formatter.write(f"{indent}{flags:<{width}}  {lines[0]}\n")
         for line in lines[1:]:
-            formatter.write(f"{indent}{' ' * (width + 2)}{line}\n")
+            formatter.write(f"{indent}{'':<{width}}  {line}\n")
 
 
 def _shell_lines(command: str, indent: int, width: int) -> str:
