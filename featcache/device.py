@@ -1,8 +1,10 @@
 """Device and precision, resolved in one place.
 
 ``--device auto|cpu|cuda`` and ``--precision fp32|bf16|fp16`` become a ``torch.device``
-and an autocast context. Nothing else in featcache calls ``.cuda()``. torch is imported on
-first use, so the CLI can read ``DEVICES`` and ``PRECISIONS`` (for ``--help``) without it.
+and an autocast context. Nothing else in featcache calls ``.cuda()``.
+
+torch is imported on first use, so the CLI can name the choices (``DEVICES``,
+``PRECISIONS``) in its options without loading torch (``featcache --help`` stays fast).
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from featcache.errors import FeatcacheError
 
@@ -19,7 +21,14 @@ if TYPE_CHECKING:
 
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
-_DTYPE_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}  # precision -> torch dtype
+
+
+def __getattr__(name: str) -> Any:  # noqa: ANN401 - DTYPES, built when first asked for
+    if name == "DTYPES":
+        import torch
+
+        return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+    raise AttributeError(f"module 'featcache.device' has no attribute {name!r}")
 
 
 def resolve_device(device: str = "auto") -> torch.device:
@@ -58,17 +67,15 @@ def precision_name(precision: str, device: torch.device) -> str:
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype:
     """Map ``auto|fp32|bf16|fp16`` to a dtype (``auto``: :func:`precision_name`); half
     precisions need a GPU (fp16 on CPU is refused)."""
-    import torch
-
     precision = precision_name(precision, device)
-    if precision not in _DTYPE_NAMES:
+    if precision not in PRECISIONS:
         raise FeatcacheError(
             f"Unknown precision '{precision}'. Choose from: {', '.join(PRECISIONS)}, or auto "
             "(bf16 on a GPU, fp32 on the CPU)."
         )
     if precision == "fp16" and device.type == "cpu":
         raise FeatcacheError("--precision fp16 needs a GPU; use fp32 or bf16 on the CPU.")
-    return getattr(torch, _DTYPE_NAMES[precision])
+    return __getattr__("DTYPES")[precision]
 
 
 @contextlib.contextmanager
