@@ -278,3 +278,11 @@ def test_a_source_the_reader_cannot_follow_falls_back_to_importing(monkeypatch: 
         assert choices.choice_names("selection metric") == list(_live("selection metric"))
     finally:
         choices.read_names.cache_clear()
+
+
+def test_a_wrong_protocol_is_a_did_you_mean_error() -> None:
+    from featcache.splits import PROTOCOLS
+
+    res = CliRunner().invoke(main, ["train-head", "--cache", "c.h5", "--protocol", "tfalt"])
+    assert res.exit_code == 2 and "Did you mean 'tfa-lt'?" in res.output
+    assert f"Choose from: {', '.join(PROTOCOLS)}." in res.output

@@ -1,5 +1,5 @@
 """Option values that must name a registered component (``--head``, ``--loss``, ``--sampler``,
-``--method``) or one of a library constant's values (``--select``, ``--view``).
+``--method``) or one of a library constant's values (``--select``, ``--view``, ``--protocol``).
 
 The registries live in modules that import torch, and ``--help`` must not (it would take
 seconds). So the names are read from the source instead: the ``@register_head("name")`` /
@@ -55,6 +55,7 @@ SOURCES: dict[str, Source] = {
     "selection metric": Source("featcache.metrics", "METRIC_KEYS", ("metrics.py",), constant="METRIC_KEYS"),
     "view": Source("featcache.preprocess", "TTE_VIEWS", ("preprocess.py",), constant="TTE_VIEWS",
                    extra=("standard",)),
+    "protocol": Source("featcache.splits", "PROTOCOLS", ("splits.py",), constant="PROTOCOLS"),
 }
 
 

@@ -34,7 +34,7 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--cache", default=None, type=click.Path(), help="With --method classifier: train the head on this cache's un-augmented features (one fixed view per image; run label 'classifier-cached'). LIFT's classifier baseline augments every epoch: omit --cache and pass --dataset/--root for that.")
 @click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name (LIFT: ViT-B-16 --pretrained openai; with a local OpenAI checkpoint FILE: ViT-B-16-quickgelu --pretrained FILE).")
 @click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default]. Tags trained with QuickGELU (e.g. openai, dfn2b, metaclip_fullcc) are built with it. A local OpenAI checkpoint needs the -quickgelu model name: --model ViT-B-16-quickgelu --pretrained FILE (OpenAI's original ViT-B-16.pt is recognised by its SHA-256 and needs nothing extra).")
-@click.option("--protocol", default=None, help="lift | official | tfa-lt [default: lift when the data set has a test split].")
+@click.option("--protocol", default=None, type=NameChoice("protocol"), help="Train/test split: lift (LIFT's groups by training count), official (the data set's own splits) or tfa-lt (a class-balanced test set drawn per seed) [default: lift when the data set has a test split].")
 @click.option("--test-per-class", type=int, default=None, help="Test images per class for --protocol tfa-lt.")
 @click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run each.")
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: the data set's LIFT recipe: 20 for inat2018, else 10].")

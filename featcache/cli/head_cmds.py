@@ -75,7 +75,7 @@ TRAIN_HEAD_EXAMPLES = (
 @click.option("--rus", type=click.Choice(["fixed", "fresh"]), default="fixed", show_default=True,
               help="TFA-LT stage I RUS: one under-sampled set drawn once (fixed, the paper's) or a fresh draw each epoch.")
 @click.option("--sampler", default="instance", show_default=True, type=NameChoice("sampler"), help="How a single head's training rows are drawn each epoch: instance (every row once), wrs (class-balanced, with replacement), rus / rus-fixed (random under-sampling, fresh or drawn once), sqrt (square-root class frequencies).")
-@click.option("--protocol", default=None, help="tfa-lt|official|lift (default: official if the cache has a test split, else the descriptor's).")
+@click.option("--protocol", default=None, type=NameChoice("protocol"), help="Train/test split: tfa-lt = a class-balanced test set drawn per seed, official = the data set's own splits, lift = groups by training count (default: official if the cache has a test split, else the descriptor's).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; mean ± std is reported.")
 @click.option("--epochs", type=int, default=200, show_default=True, help="Epochs (TFA-LT: stage I).")
 @click.option("--ensemble-epochs", type=int, default=100, show_default=True, help="TFA-LT stage II epochs.")
