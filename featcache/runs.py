@@ -401,7 +401,7 @@ NOT_KNOBS = frozenset({
 
 def _knob_text(key: str, value: object) -> str | None:
     """A config value as a table cell (``None``: not a knob, e.g. a nested dict). Floats in
-    ``%g`` so 5e-4 reads as such and is never rounded to 0.00."""
+    :func:`featcache.tables.fmt_number` so 5e-4 reads as such and is never rounded to 0.00."""
     if isinstance(value, dict):
         return None
     if key == "cache" and isinstance(value, str):
@@ -412,7 +412,9 @@ def _knob_text(key: str, value: object) -> str | None:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:g}"
+        from featcache.tables import fmt_number
+
+        return fmt_number(value)
     return str(value)
 
 
@@ -510,28 +512,20 @@ def markdown_table(frame: pl.DataFrame, *, title_column: str = "method", title_h
 def rich_table(frame: pl.DataFrame, *, title: str = "", title_column: str = "method",  # noqa: ANN201
                title_header: str = "Method",
                columns: tuple[tuple[str, str], ...] = PAPER_COLUMNS,
-               knobs: list[str] | tuple[str, ...] = (), std: bool = True):
+               knobs: list[str] | tuple[str, ...] = (), std: bool = True, compact: bool = False):
     """A rich Table in the paper's layout for the terminal (the CLI prints it); ``columns``
-    and ``knobs`` as in :func:`markdown_table`; ``std=False`` shows means only (for narrow
-    terminals). Number and knob cells never wrap or shrink: on a narrow terminal only the
-    title column folds."""
-    from rich.table import Table
+    and ``knobs`` as in :func:`markdown_table`; ``std=False`` shows means only, ``compact``
+    writes ``81.23±0.40`` without box lines (for narrow terminals and log files). No cell ever
+    wraps or shrinks: :func:`featcache.tables.print_runs` picks the layout that fits."""
+    from featcache.tables import mean_std, plain_table
 
     rows = [[str(row[title_column]), *(str(row[k]) for k in knobs),
-             *(_pct(row[k], row.get(f"{k}_std") if std else None) for _, k in columns)]
+             *(mean_std(row[k], row.get(f"{k}_std") if std else None, compact=compact)
+               for _, k in columns)]
             for row in frame.iter_rows(named=True)]
     heads = [title_header, *(k.removeprefix("config_") for k in knobs), *(c for c, _ in columns)]
-    table = Table(title=title or None)
-    for i, head in enumerate(heads):
-        if i == 0:
-            table.add_column(head, overflow="fold")
-            continue
-        width = max([len(head), *(len(r[i]) for r in rows)])
-        table.add_column(head, justify="right" if i > len(knobs) else "left",
-                         min_width=width, no_wrap=True)
-    for r in rows:
-        table.add_row(*r)
-    return table
+    right = [i > len(knobs) for i in range(len(heads))]
+    return plain_table(heads, rows, title=title, right=right, compact=compact)
 
 
 @dataclass

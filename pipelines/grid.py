@@ -623,7 +623,9 @@ def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
     cfg = grid.configs[selected]
     data, setups = loaded[_data_key(cfg)]
     trained = trained_of[selected]
-    shown = ", ".join(f"{n}={getattr(cfg, n, dict(getattr(cfg, 'head_options', ())).get(n))}"
+    from featcache.tables import fmt_number
+
+    shown = ", ".join(f"{n}={fmt_number(getattr(cfg, n, dict(getattr(cfg, 'head_options', ())).get(n)))}"
                       for n in grid.names)
     writer = RunWriter(out_dir, config, data.cache.class_names, method=f"grid best ({shown})")
     pipeline = "tfa-lt" if grid.pipeline == "tfa-lt" else "train-head"
@@ -715,30 +717,55 @@ def _sort_key(v: object) -> tuple:
     return (0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v))
 
 
+_TOP_COLUMNS = (("Total", "test_acc"), ("Bal.", "test_balanced_acc"), ("F1", "test_macro_f1"),
+                ("Many", "test_many_acc"), ("Med", "test_medium_acc"), ("Few", "test_few_acc"))
+
+
+def top_tables(result: GridResult, grid: GridConfig, n: int | None = None) -> list:
+    """The ``n`` best configurations (mean ± std over seeds, percent), ranked by validation,
+    in three layouts for :func:`featcache.tables.print_fitting`: boxed with ``81.23 ± 0.40``,
+    compact ``81.23±0.40``, and means only. Column ``#`` is the configuration's number, the
+    one ``metrics.parquet`` (``config``), ``metrics.json`` (``selected``) and the closing
+    message use; ``*`` marks the selected one."""
+    from featcache.tables import fmt_number, mean_std, plain_table
+
+    short = {"acc": "Total", "balanced_acc": "Bal.", "macro_f1": "F1", "auc": "AUC",
+             "many_acc": "Many", "medium_acc": "Med", "few_acc": "Few"}
+    heads = ["#", *grid.names, f"val {short.get(grid.select, grid.select)}",
+             *(t for t, _ in _TOP_COLUMNS)]
+    keys = [f"val_{grid.select}", *(k for _, k in _TOP_COLUMNS)]
+    right = [True] * len(heads)
+    title = (f"grid: {len(grid.configs)} configurations ranked by val {grid.select}, "
+             "* selected; test %")
+    rows = list(result.summary.head(n or grid.top).iter_rows(named=True))
+    tables = []
+    for std, compact in ((True, False), (True, True), (False, True)):
+        cells = [[f"{row['config']}{'*' if row['selected'] else ''}",
+                  *(fmt_number(row[k]) for k in grid.names),
+                  *(mean_std(row.get(k), row.get(f"{k}_std") if std else None, compact=compact)
+                    for k in keys)] for row in rows]
+        shown = title if std else title + " (means, %; ± std in summary.csv)"
+        tables.append(plain_table(heads, cells, title=shown, right=right, compact=compact))
+    return tables
+
+
 def top_table(result: GridResult, grid: GridConfig, n: int | None = None):  # noqa: ANN201
-    """A rich Table of the ``n`` best configurations (mean ± std over seeds, percent)."""
-    from rich.table import Table
+    """The widest layout of :func:`top_tables`."""
+    return top_tables(result, grid, n)[0]
 
-    def pct(row: dict, key: str) -> str:
-        mean, std = row.get(key), row.get(f"{key}_std")
-        if mean is None or not math.isfinite(mean):
-            return "–"
-        return f"{100 * mean:.2f} ± {100 * (std or 0):.2f}"
 
-    table = Table(title=f"grid: {len(grid.configs)} configurations, selected on val_{grid.select}")
-    table.add_column("#", justify="right")
-    for name in grid.names:
-        table.add_column(name, justify="right")
-    cols = [(f"val {grid.select}", f"val_{grid.select}"), ("test Total", "test_acc"),
-            ("test bal.", "test_balanced_acc"), ("test F1", "test_macro_f1"),
-            ("Many", "test_many_acc"), ("Med", "test_medium_acc"), ("Few", "test_few_acc")]
-    for title, _ in cols:
-        table.add_column(title, justify="right")
-    for row in result.summary.head(n or grid.top).iter_rows(named=True):
-        mark = "*" if row["selected"] else ""
-        table.add_row(f"{row['rank']}{mark}", *[str(row[k]) for k in grid.names],
-                      *[pct(row, key) for _, key in cols])
-    return table
+def selected_text(result: GridResult, grid: GridConfig) -> str:
+    """The closing message: the selected configuration's number (as in the table), its knob
+    values, its validation figure and its test figures."""
+    from featcache.tables import fmt_number
+
+    m = result.metrics
+    row = result.summary.filter(pl.col("config") == result.selected).row(0, named=True)
+    knobs = ", ".join(f"{k}={fmt_number(row[k])}" for k in grid.names)
+    return (f"Selected configuration {result.selected}* ({knobs}) on val {grid.select} "
+            f"{100 * m['val'][grid.select]:.2f}; its test acc {100 * m['acc']:.2f} ± "
+            f"{100 * m['acc_std']:.2f}, balanced acc {100 * m['balanced_acc']:.2f} ± "
+            f"{100 * m['balanced_acc_std']:.2f}.")
 
 
 def make_grid(base: PipelineConfig, params: Sequence[str], **kwargs: object) -> GridConfig:

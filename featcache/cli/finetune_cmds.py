@@ -50,7 +50,8 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     """
     from featcache.distributed import dist_info
     from featcache.pipelines.finetune import FinetuneConfig, run
-    from featcache.runs import rich_table, runs_frame
+    from featcache.runs import runs_frame
+    from featcache.tables import print_runs
 
     cfg = FinetuneConfig(
         dataset=dataset, root=root, dataset_options=parse_pairs(options, "--option"), method=method,
@@ -77,5 +78,5 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     rows = [{"run": str(result.out_dir), "metrics": {**metrics, "method": label + (" + TTE" if tte else "")}}]
     if "no_tte" in metrics:
         rows.append({"run": str(result.out_dir), "metrics": {**metrics["no_tte"], "method": label, "per_seed": metrics.get("per_seed", [])}})
-    console().print(rich_table(runs_frame(rows), title=f"{label} on {config.get('dataset') or cache}"))
+    print_runs(console(), runs_frame(rows), title=f"{label} on {config.get('dataset') or cache}")
     click.echo(f"Wrote run directory {result.out_dir}")
