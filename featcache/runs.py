@@ -8,6 +8,8 @@ A run directory holds::
     metrics.parquet/.csv one row per seed
     predictions.parquet  seed, row, id, label, pred, scores (one list per row)
     splits.parquet       seed, row, id, split: the chosen indices, so a run can be repeated
+    per_class.parquet/.csv  precision, recall, F1, AUC, support per class (mean, std over
+                         seeds; per_class_seeds.parquet per seed): :mod:`featcache.class_metrics`
     checkpoints/seed-S.pt  trained heads with their config, loadable for prediction
                          (tensors and plain data only, loaded with ``weights_only=True``:
                          see :func:`save_checkpoint`, :func:`load_checkpoint`)
@@ -145,7 +147,8 @@ def write_json(path: Path, obj: object) -> None:
 # Writing into a folder that already holds a run
 
 RUN_FILES = ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "predictions.parquet",
-             "splits.parquet", "confusion.png", "per_class_acc.png")
+             "splits.parquet", "confusion.png", "per_class_acc.png", "per_class.parquet",
+             "per_class.csv", "per_class_seeds.parquet")
 
 
 def run_files(out_dir: Path) -> list[Path]:
@@ -196,6 +199,7 @@ class RunWriter:
     splits: list[pl.DataFrame] = field(default_factory=list)
     confusion: np.ndarray | None = None
     train_counts: list[np.ndarray] = field(default_factory=list)
+    evals: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (seed, labels, scores)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -216,8 +220,11 @@ class RunWriter:
         checkpoint: dict | None = None,
     ) -> None:
         """Record one seed: its metrics, test predictions (scores [n, C]), split, checkpoint."""
-        self.per_seed.append({"seed": seed, **metrics})
+        from featcache.class_metrics import seed_extras
+
         scores = np.asarray(scores, dtype=np.float32)
+        self.per_seed.append({"seed": seed, **metrics, **seed_extras(labels, scores)})
+        self.evals.append((seed, np.asarray(labels), scores))
         C = scores.shape[1]
         pred = scores.argmax(1)
         frame = {
@@ -244,7 +251,13 @@ class RunWriter:
 
     def finish(self) -> dict:
         """Write metrics, predictions, splits and plots; return the summary (metrics.json)."""
+        from featcache.class_metrics import write_extras
+
         summary = summarize(self.per_seed)
+        # per_class.parquet/.csv; sensitivity/specificity (two classes); --bootstrap intervals
+        summary.update(write_extras(self.out_dir, self.evals, self.class_names, self.per_seed,
+                                    bootstrap=int(self.config.get("bootstrap") or 0),
+                                    bootstrap_seed=int(self.config.get("bootstrap_seed") or 0)))
         doc = {**summary, "method": self.method, "per_seed": self.per_seed}
         write_json(self.out_dir / "metrics.json", doc)
         table = metrics_frame(self.per_seed, method=self.method)

@@ -91,6 +91,8 @@ RUN_LEVEL = {
     "test_per_class": "every configuration must be tested on the same rows",
     "ensemble": "a grid runs one TFA-LT variant (--ensemble)",
     "adapters": "a grid runs one TFA-LT variant (--no-adapters)",
+    "bootstrap": "confidence intervals are a setting of the whole run (--bootstrap)",
+    "bootstrap_seed": "confidence intervals are a setting of the whole run (--bootstrap-seed)",
 }
 MEMBER_KNOBS = frozenset(f.name for f in fields(MemberSpec))
 EVAL_ONLY = frozenset({"posthoc_tau"})

@@ -90,6 +90,11 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>); one holding a run is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are deleted once training succeeds).")
 @click.option("--method", default="", help="Name shown in tables.")
+@click.option("--bootstrap", type=int, default=0, show_default=True, metavar="N",
+              help="Percentile 95% confidence intervals of acc, balanced acc and macro-F1 from N "
+                   "resamplings of the test rows, in metrics.json (0 = off; 1000 is usual).")
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True,
+              help="Seed of the --bootstrap resampling (same seed, same intervals).")
 def train_head_cmd(**opts: object) -> None:
     """Train a head (or the TFA-LT method with --ensemble) on cached features."""
     opts["seeds"] = parse_seeds(opts["seeds"])
