@@ -13,8 +13,10 @@ A run directory holds::
     checkpoints/seed-S.pt  trained heads with their config, loadable for prediction
                          (tensors and plain data only, loaded with ``weights_only=True``:
                          see :func:`save_checkpoint`, :func:`load_checkpoint`)
-    confusion.png        confusion matrix summed over seeds
-    per_class_acc.png    per-class accuracy (mean over seeds) against training count
+    confusion.png        confusion matrix summed over seeds, row-normalised
+    per_class_acc.png    per-class accuracy (mean ± std over seeds), many/medium/few shaded
+    loss_curve.png       training loss per epoch (runs that record ``epoch_loss``)
+                         (figures: :mod:`featcache.plots`; also .pdf/.svg with --plot-format)
 
 :class:`RunWriter` is shared by every pipeline (train-head, TFA-LT, LIFT's classifier runs):
 ``add_seed`` per seed, then ``finish``. NaN figures are written as JSON ``null``.
@@ -147,8 +149,9 @@ def write_json(path: Path, obj: object) -> None:
 # Writing into a folder that already holds a run
 
 RUN_FILES = ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "predictions.parquet",
-             "splits.parquet", "confusion.png", "per_class_acc.png", "per_class.parquet",
-             "per_class.csv", "per_class_seeds.parquet")
+             "splits.parquet", "per_class.parquet", "per_class.csv", "per_class_seeds.parquet",
+             *(f"{fig}.{fmt}" for fig in ("confusion", "per_class_acc", "loss_curve")
+               for fmt in ("png", "pdf", "svg")))
 
 
 def run_files(out_dir: Path) -> list[Path]:
@@ -200,6 +203,7 @@ class RunWriter:
     confusion: np.ndarray | None = None
     train_counts: list[np.ndarray] = field(default_factory=list)
     evals: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (seed, labels, scores)
+    groups: dict[str, list[int]] | None = None  # many/medium/few of the first seed that gave them
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -218,8 +222,10 @@ class RunWriter:
         split: pl.DataFrame | None = None,
         train_counts: np.ndarray | None = None,
         checkpoint: dict | None = None,
+        groups: dict[str, list[int]] | None = None,
     ) -> None:
-        """Record one seed: its metrics, test predictions (scores [n, C]), split, checkpoint."""
+        """Record one seed: its metrics, test predictions (scores [n, C]), split, checkpoint
+        and class groups (for the per-class figure's shading)."""
         from featcache.class_metrics import seed_extras
 
         scores = np.asarray(scores, dtype=np.float32)
@@ -246,6 +252,8 @@ class RunWriter:
             self.splits.append(split)
         if train_counts is not None:
             self.train_counts.append(np.asarray(train_counts))
+        if groups and self.groups is None:
+            self.groups = {g: [int(c) for c in cs] for g, cs in groups.items()}
         if checkpoint is not None:
             save_checkpoint(self.out_dir / "checkpoints" / f"seed-{seed}.pt", checkpoint)
 
@@ -272,45 +280,16 @@ class RunWriter:
         return doc
 
     def _plots(self) -> None:
-        import matplotlib
+        """confusion, per_class_acc and loss_curve figures (:func:`featcache.plots.write_run_plots`)
+        in the formats of ``config["plot_format"]`` (PNG by default)."""
+        from featcache.plots import parse_formats, write_run_plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        names = self.class_names
-        if self.confusion is not None:
-            C = len(names)
-            fig, ax = plt.subplots(figsize=(1.0 + 0.5 * C, 1.0 + 0.5 * C), dpi=100)
-            ax.imshow(self.confusion, cmap="Blues")
-            if C <= 30:
-                ax.set_xticks(range(C), names, rotation=90, fontsize=7)
-                ax.set_yticks(range(C), names, fontsize=7)
-                for (i, j), v in np.ndenumerate(self.confusion):
-                    ax.text(j, i, str(v), ha="center", va="center", fontsize=6)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("true")
-            ax.set_title("confusion matrix (all seeds)")
-            fig.tight_layout()
-            fig.savefig(self.out_dir / "confusion.png")
-            plt.close(fig)
-        accs = np.array([m.get("per_class_acc", [np.nan] * len(names)) for m in self.per_seed], dtype=float)
-        if self.train_counts and accs.size:
-            counts = np.mean(self.train_counts, axis=0)
-            with np.errstate(invalid="ignore"):
-                mean_acc = np.nanmean(accs, axis=0) if np.isfinite(accs).any() else accs[0]
-            fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-            ax.scatter(np.maximum(counts, 1), mean_acc)
-            if len(names) <= 30:
-                for c, name in enumerate(names):
-                    ax.annotate(name, (max(counts[c], 1), mean_acc[c]), fontsize=6)
-            ax.set_xscale("log")
-            ax.set_xlabel("training images per class")
-            ax.set_ylabel("test accuracy")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title("per-class accuracy vs training count")
-            fig.tight_layout()
-            fig.savefig(self.out_dir / "per_class_acc.png")
-            plt.close(fig)
+        name = self.out_dir.name
+        title = name if self.method in ("", name) else f"{name} — {self.method}"
+        write_run_plots(self.out_dir, title=title, class_names=self.class_names,
+                        confusion=self.confusion, per_seed=self.per_seed,
+                        train_counts=self.train_counts, groups=self.groups,
+                        formats=parse_formats(self.config.get("plot_format") or "png"))
 
 
 def metrics_frame(per_seed: list[dict], *, method: str = "") -> pl.DataFrame:

@@ -72,6 +72,7 @@ from featcache.heads.losses import posthoc_adjust
 from featcache.heads.training import predict_logits, stream_key, train_members
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import tfa_lt, train_head
+from featcache.plots import parse_formats
 from featcache.runs import RunWriter, write_json
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ RUN_LEVEL = {
     "test_per_class": "every configuration must be tested on the same rows",
     "ensemble": "a grid runs one TFA-LT variant (--ensemble)",
     "adapters": "a grid runs one TFA-LT variant (--no-adapters)",
+    "plot_format": "figure formats are a setting of the whole run (--plot-format)",
     "bootstrap": "confidence intervals are a setting of the whole run (--bootstrap)",
     "bootstrap_seed": "confidence intervals are a setting of the whole run (--bootstrap-seed)",
 }
@@ -294,6 +296,7 @@ class Trained:
     model: Callable[[int], dict]
     train_loss: list[float]
     seconds: float
+    epoch_loss: list[dict[str, list[float]]] | None = None  # per member: per_seed loss-curve keys
 
 
 def _rows_per_chunk(G: int, width: int, budget: int = 2**26) -> int:
@@ -336,7 +339,8 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
         return {"kind": "head", "head": head.member(g).checkpoint()}
 
     return Trained(logits, [(i, j) for i, j, _ in entries], model,
-                   [loss[-1] if loss else math.nan for loss in result.epoch_loss], result.seconds)
+                   [loss[-1] if loss else math.nan for loss in result.epoch_loss], result.seconds,
+                   [{"epoch_loss": list(loss)} for loss in result.epoch_loss])
 
 
 def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedData,
@@ -374,6 +378,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
 
     ensembler, seconds = None, stage1.seconds
     losses = [math.nan] * len(pairs)
+    curves = [{"stage1_epoch_loss_wrs": list(stage1.epoch_loss[w]),
+               "stage1_epoch_loss_rus": list(stage1.epoch_loss[r])} for _, _, w, r in pairs]
     if base.ensemble != "mean":
         with torch.no_grad():
             inputs = stage2_inputs(data.feats).contiguous()  # [P, N, 2C | 2D]
@@ -388,6 +394,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
         del inputs
         seconds += stage2.seconds
         losses = [loss[-1] if loss else math.nan for loss in stage2.epoch_loss]
+        for p, loss in enumerate(stage2.epoch_loss):
+            curves[p]["stage2_epoch_loss"] = list(loss)
     chunk2 = _rows_per_chunk(len(pairs), 2 * max(D, C))
 
     def logits(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [P, n, C]
@@ -407,7 +415,7 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
         return {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": base.ensemble,
                 "ensembler": ens.checkpoint() if ens is not None else None}
 
-    return Trained(logits, [(i, j) for i, j, _, _ in pairs], model, losses, seconds)
+    return Trained(logits, [(i, j) for i, j, _, _ in pairs], model, losses, seconds, curves)
 
 
 def _features(head: Head, x: torch.Tensor, *, batch: int) -> torch.Tensor:
@@ -638,10 +646,12 @@ def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
                                   num_classes=data.num_classes,
                                   train_counts=setup.split.train_counts, groups=setup.split.groups)
         ckpt = checkpoint_for(pipeline, trained.model(g), cfg, data, setup)
+        metrics.update(trained.epoch_loss[g] if trained.epoch_loss else {})  # loss curves
         writer.add_seed(setup.seed, metrics, labels=data.cache.labels[setup.split.test],
                         scores=test_logits[(selected, j)].numpy(), rows=setup.split.test,
                         ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
-                        train_counts=setup.split.train_counts, checkpoint=ckpt)
+                        train_counts=setup.split.train_counts, checkpoint=ckpt,
+                        groups=setup.split.groups)
     doc = writer.finish()
     vals = [val_rows[selected * len(setups) + j] for j in range(len(setups))]
     doc.update(
@@ -661,13 +671,14 @@ def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
     varied = [n for n, v in grid.params if len(v) > 1]
     for a, b in itertools.combinations(varied, 2):
         path = out_dir / f"heatmap_{a}__{b}.png"
-        plot_heatmap(table, a, b, path, select=grid.select)
+        plot_heatmap(table, a, b, path, select=grid.select,
+                     formats=parse_formats(grid.base.plot_format))
         heatmaps.append(path)
     return doc, heatmaps
 
 
 def plot_heatmap(table: pl.DataFrame, x: str, y: str, path: str | Path, *,
-                 select: str = "balanced_acc") -> Path:
+                 select: str = "balanced_acc", formats: Sequence[str] = ("png",)) -> Path:
     """Heatmap of the mean (over seeds) validation ``select`` metric over knobs ``x`` × ``y``.
 
     With more than two gridded knobs each cell is the best configuration over the others
@@ -675,10 +686,7 @@ def plot_heatmap(table: pl.DataFrame, x: str, y: str, path: str | Path, *,
     test figure below, for inspection. Any two columns of ``table`` (the grid's
     ``metrics.parquet``) can be plotted.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from featcache.plots import heatmap_figure, save
 
     for k in (x, y):
         if k not in table.columns:
@@ -697,21 +705,8 @@ def plot_heatmap(table: pl.DataFrame, x: str, y: str, path: str | Path, *,
         r, c = ys.index(row[y]), xs.index(row[x])
         val[r, c] = np.nan if row[vkey] is None else row[vkey]
         test[r, c] = np.nan if row[tkey] is None else row[tkey]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(xs), 1.4 + 0.7 * len(ys)), dpi=100)
-    im = ax.imshow(val, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=45)
-    ax.set_yticks(range(len(ys)), [str(v) for v in ys])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    for (r, c), v in np.ndenumerate(val):
-        if math.isfinite(v):
-            ax.text(c, r, f"{100 * v:.1f}\n({100 * test[r, c]:.1f})", ha="center", va="center",
-                    fontsize=7, color="white" if v < np.nanmean(val) else "black")
-    ax.set_title(f"val {select} (test), best over other knobs", fontsize=9)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig = heatmap_figure(val, test, xs, ys, x=x, y=y, select=select)
+    save(fig, Path(path).with_suffix(""), formats)
     return Path(path)
 
 

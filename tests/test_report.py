@@ -172,9 +172,10 @@ def test_html_is_self_contained_escaped_and_complete(three_runs: dict[str, Path]
     assert "<link" not in html and "@import" not in html and "<script src" not in html
     # user text is escaped: the folder named as an <img> tag is text, not an element
     assert HOSTILE not in html and "&lt;img src=x onerror=&#34;alert(1)&#34;&gt;&amp;$^$" in html
-    # group bars (1), per run: per-class, confusion, reliability (3 × 3), the grid's heatmap (1)
+    # group bars (1), per run: per-class, confusion, reliability, loss curve (4 × 3), the grid's
+    # heatmap (1)
     srcs = _images(html)
-    assert len(srcs) == 11
+    assert len(srcs) == 14
     for src in srcs:
         assert src.startswith("data:image/png;base64,")
         assert base64.b64decode(src.split(",", 1)[1]).startswith(b"\x89PNG\r\n\x1a\n")
@@ -260,7 +261,7 @@ def test_page_renders_in_chromium_and_the_table_sorts(three_runs: dict[str, Path
         browser.get(page.as_uri())
         images = browser.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth, i.naturalHeight]);")
-        assert len(images) == 11
+        assert len(images) == 14
         for alt, complete, width, height in images:
             assert complete and width > 0 and height > 0, alt
         assert browser.find_element(By.CSS_SELECTOR, "details.config summary").text.startswith("lin")

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from featcache.cli import main
-from featcache.cli.common import console, parse_seeds
+from featcache.cli.common import console, parse_seeds, plot_format_option
 from featcache.device import DEVICES, PRECISIONS
 from featcache.errors import FeatcacheError
 from featcache.heads import HEADS
@@ -95,6 +95,7 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
                    "resamplings of the test rows, in metrics.json (0 = off; 1000 is usual).")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True,
               help="Seed of the --bootstrap resampling (same seed, same intervals).")
+@plot_format_option
 def train_head_cmd(**opts: object) -> None:
     """Train a head (or the TFA-LT method with --ensemble) on cached features."""
     opts["seeds"] = parse_seeds(opts["seeds"])
