@@ -13,7 +13,7 @@
   a few lines of inline JavaScript to sort the table) rendered from the Jinja2 template
   ``featcache/templates/report.html.j2`` with autoescaping on (run and class names are user
   text). Figures are drawn with matplotlib from the run's own files: group bars from
-  ``metrics.json``; per-class accuracy against the training count from ``per_seed`` and
+  ``metrics.json``; per-class accuracy bars ordered by training count from ``per_seed`` and
   ``splits.parquet`` with the cache's labels (when the cache named in ``config.json`` is
   still there and has the recorded fingerprint; else the run's ``per_class_acc.png``);
   row-normalised confusion matrices and reliability diagrams from ``predictions.parquet``
@@ -289,37 +289,23 @@ def groups_figure(frame: pl.DataFrame) -> str | None:
     return _uri(fig)
 
 
-_GROUP_COLOURS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
 
 
 def per_class_figure(view: RunView) -> str | None:
-    """Per-class test accuracy (mean ± std over seeds) against training images per class,
-    coloured by many/medium/few; class names label the points when there are at most 30."""
+    """Per-class test accuracy bars (mean ± std over seeds), classes ordered by training
+    images (their mean count over seeds in brackets after each name), many/medium/few shaded
+    (:func:`featcache.plots.per_class_figure`); the run's own ``per_class_acc.png`` when the
+    per-seed figures or the training counts are not known here."""
     if view.per_class_mean is None or view.train_counts is None:
         own = view.dir / "per_class_acc.png"
         return _png_uri(own) if own.is_file() else None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    counts = np.maximum(view.train_counts, 1)
-    mean, std = 100 * view.per_class_mean, 100 * view.per_class_std
-    member = {c: g for g, cs in (view.groups or {}).items() for c in cs}
-    for g in (*GROUPS, None):
-        idx = [c for c in range(len(mean)) if member.get(c) == g]
-        if idx:
-            ax.errorbar(counts[idx], mean[idx], yerr=std[idx], fmt="o", capsize=3,
-                        color=_GROUP_COLOURS.get(g, "tab:gray"), label=g or "no group")
-    if len(mean) <= 30:
-        for c, name in enumerate(view.class_names[: len(mean)]):
-            if math.isfinite(mean[c]):
-                ax.annotate(_text(name), (counts[c], mean[c]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images per class (mean over seeds)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(-3, 105)
-    ax.grid(alpha=0.3)
-    ax.set_title(_text(f"{view.name}: per-class accuracy vs training count"), fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    C = len(view.per_class_mean)
+    names = view.class_names if len(view.class_names) == C else [str(c) for c in range(C)]
+    names = [f"{n} ({view.train_counts[c]:.0f})" for c, n in enumerate(names)]
+    seeds = len(view.run["metrics"].get("per_seed") or [])
+    fig = _plots.per_class_figure(view.per_class_mean, view.per_class_std if seeds > 1 else None,
+                                  names, title=f"{view.name}: per-class accuracy",
+                                  train_counts=view.train_counts, groups=view.groups)
     return _uri(fig)
 
 
@@ -380,7 +366,7 @@ def reliability_figure(view: RunView) -> str | None:
     ax.set_ylabel("accuracy")
     ax.set_title(_text(f"{view.name}: reliability, ECE {100 * r['ece']:.1f}%\n"
                        f"(10 bins, all seeds' test rows; numbers: rows per bin)"), fontsize=9)
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    ax.legend(loc="best", fontsize=7, frameon=False)
     return _uri(fig)
 
 

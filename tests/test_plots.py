@@ -122,3 +122,16 @@ def test_runs_write_figures_at_150_dpi_in_every_requested_format(cache, tmp_path
     assert (grid / "loss_curve.svg").exists()
     bad = CliRunner().invoke(main, ["train-head", "--cache", str(cache), "--plot-format", "gif"])
     assert bad.exit_code != 0 and "unknown format 'gif'" in bad.output
+
+
+def test_finetune_writes_its_loss_curve_in_the_requested_formats(tmp_path) -> None:  # noqa: ANN001
+    from featcache.pipelines import finetune
+
+    result = finetune.run(finetune.FinetuneConfig(
+        dataset="synthetic-lt", dataset_options={"max_per_class": 20, "test_per_class": 2}, epochs=2,
+        batch_size=32, seeds=(0,), progress=False, plot_format="png,svg", out=str(tmp_path / "ft")))
+    out = result.out_dir
+    assert _png_dpi(out / "loss_curve.png") == pytest.approx(150, abs=0.5)
+    assert (out / "loss_curve.svg").is_file() and (out / "confusion.svg").is_file()
+    with pytest.raises(FeatcacheError, match="unknown format"):
+        finetune.FinetuneConfig(dataset="synthetic-lt", plot_format="bmp")
