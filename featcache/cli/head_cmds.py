@@ -41,7 +41,7 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 
     print_runs(console(), runs_frame([read_run(out_dir)]), title=title)
     click.echo(f"Wrote run directory {out_dir} (config.json, metrics.json, metrics.parquet, "
-               "predictions.parquet, splits.parquet, checkpoints/, PNGs).")
+               "predictions.parquet, splits.parquet, per_class.csv, checkpoints/, figures).")
 
 
 @main.command("train-head")
