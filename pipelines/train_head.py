@@ -137,12 +137,13 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
         metrics, labels, scores = evaluate(lambda x, m=member: predict_logits(m, x)[0], data,
                                            setup, cfg.posthoc_tau)
         metrics["train_loss"] = result.epoch_loss[g][-1] if result.epoch_loss[g] else math.nan
+        metrics["epoch_loss"] = list(result.epoch_loss[g])  # the loss curve (featcache.plots)
         if hasattr(result, "chosen_c"):
             metrics["logreg_c"] = result.chosen_c[g]
         model = {"kind": "head", "head": member.checkpoint()}
         writer.add_seed(setup.seed, metrics, labels=labels, scores=scores, rows=setup.split.test,
                         ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
-                        train_counts=setup.split.train_counts,
+                        train_counts=setup.split.train_counts, groups=setup.split.groups,
                         checkpoint=checkpoint_for("train-head", model, cfg, data, setup))
     summary = writer.finish()
     summary["train_seconds"] = result.seconds
