@@ -12,10 +12,9 @@ from pathlib import Path
 import click
 
 from featcache.cli import main
-from featcache.cli.common import console, parse_seeds
+from featcache.cli.common import HEAD_NAMES, console, parse_seeds
 from featcache.device import DEVICES, PRECISIONS
 from featcache.errors import FeatcacheError
-from featcache.heads import HEADS
 
 _PRECISION_HELP = ("Training precision of the heads' weight products: bf16 (or fp16, GPU only) "
                    "is mixed precision with fp32 master weights and losses; evaluation is fp32.")
@@ -46,7 +45,7 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 
 @main.command("train-head")
 @click.option("--cache", required=True, help="Feature cache (.h5) to train from.")
-@click.option("--head", default=None, help="Head to train: " + "|".join(HEADS.names())
+@click.option("--head", default=None, help="Head to train: " + "|".join(HEAD_NAMES)
               + " (default linear; logreg = CLIP's L-BFGS linear probe; few-shot heads: README).")
 @click.option("--ensemble", type=click.Choice(["logit", "feature", "mean"]), default=None,
               help="Run TFA-LT: two stage-I adapters (WRS, RUS), then this ensembler (mean = adapters only).")
