@@ -164,3 +164,17 @@ def test_progress_flag_reaches_the_library_without_the_cli() -> None:
         progress.bar(4, "work", file=quiet_stream).close()
         assert progress.enabled(True)  # an explicit flag wins over the block
     assert quiet_stream.getvalue() == "" and progress.enabled()
+
+
+def test_finetune_from_a_cache_refuses_a_finished_run(tmp_path: Path) -> None:
+    cache = make_feature_cache(tmp_path / "cls.h5", num_classes=3, dim=8, cls_dim=12)
+    args = ["finetune", "--method", "classifier", "--cache", str(cache), "--epochs", "1", "--seeds", "0",
+            "--init", "random", "--device", "cpu", "--out", str(tmp_path / "ft"), "--no-progress"]
+    first = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert first.exit_code == 0, first.output
+    assert first.stderr == ""  # --no-progress silences the head-training bars too
+    before = _snapshot(tmp_path / "ft")
+    again = CliRunner().invoke(main, args, catch_exceptions=False)
+    assert again.exit_code == 2 and "--overwrite" in again.output
+    assert _snapshot(tmp_path / "ft") == before
+    assert CliRunner().invoke(main, [*args, "--overwrite"], catch_exceptions=False).exit_code == 0

@@ -62,7 +62,10 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
         train_canvas=train_canvas, tte=tte, out=out, resume=resume, device=device, precision=precision, workers=workers,
         progress=not no_progress,
     )
-    result = run(cfg, overwrite=overwrite)
+    from featcache.progress import quiet
+
+    with quiet(no_progress):  # also the head-training bars of --method classifier --cache
+        result = run(cfg, overwrite=overwrite)
     if dist_info()[0] != 0 or not result.metrics:
         return
     from featcache.cli.common import console
