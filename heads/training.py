@@ -327,7 +327,7 @@ def train_members(
         a, b = t + 1 - ref_steps, t + 1
         act = torch.from_numpy(active_plan[a:b]).to(dev)
         loss = float((hist_dev[a:b] * act).sum() / act.sum().clamp_min(1))
-        bar.set_postfix_str(f"loss {loss:.4f}", refresh=False)
+        bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
         bar.update(1)
 
     head.train()
