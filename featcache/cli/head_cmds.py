@@ -54,7 +54,7 @@ TRAIN_HEAD_GROUPS = {
     "Optimisation": ["--epochs", "--batch-size", "--lr", "--weight-decay", "--momentum", "--schedule",
                      "--precision"],
     "Evaluation": ["--tte", "--posthoc-tau", "--bootstrap", "--bootstrap-seed"],
-    "Output and device": ["--out", "--overwrite", "--method", "--plot-format", "--device"],
+    "Output and device": ["--out", "--overwrite", "--method", "--plot-format", "--quiet", "--device"],
 }
 TRAIN_HEAD_EXAMPLES = (
     "featcache train-head --cache caches/isic2018.h5 --ensemble logit",
@@ -107,7 +107,8 @@ TRAIN_HEAD_EXAMPLES = (
 @click.option("--device", default="auto", show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help=_PRECISION_HELP)
-@click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>); one holding a run is refused.")
+@click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>[-<loss>-<sampler>-tte...]: "
+              "the settings that differ from the defaults); one holding a run is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are deleted once training succeeds).")
 @click.option("--method", default="", help="Name shown in tables.")
 @click.option("--bootstrap", type=int, default=0, show_default=True, metavar="N",
@@ -116,8 +117,16 @@ TRAIN_HEAD_EXAMPLES = (
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True,
               help="Seed of the --bootstrap resampling (same seed, same intervals).")
 @plot_format_option
+@click.option("--quiet", is_flag=True, help="No progress bars (epochs, loss, ETA on stderr).")
 def train_head_cmd(**opts: object) -> None:
     """Train a head (or the TFA-LT method with --ensemble) on cached features."""
+    from featcache.progress import quiet
+
+    with quiet(opts.pop("quiet")):
+        _train_head(opts)
+
+
+def _train_head(opts: dict) -> None:
     opts["seeds"] = parse_seeds(opts["seeds"])
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
     overwrite = opts.pop("overwrite")
@@ -144,13 +153,7 @@ def train_head_cmd(**opts: object) -> None:
         for key in ("head", "sampler", "sigma", "init"):
             opts.pop(key)
         cfg = tfa_lt.TfaLtConfig(ensemble=ensemble, adapters=not no_adapters, **opts)
-        if cfg.out:  # the default folder's name is only known inside tfa_lt.run
-            from featcache.runs import clear_run, refuse_existing_run
-
-            refuse_existing_run(Path(cfg.out), overwrite=overwrite)
-            if overwrite:  # (before training: tfa_lt.run writes the folder itself)
-                clear_run(Path(cfg.out))
-        result = tfa_lt.run(cfg)
+        result = tfa_lt.run(cfg, overwrite=overwrite)
         title = result.metrics.get("method", "TFA-LT")
     _show(result.out_dir, result.metrics, title)
 
@@ -236,7 +239,7 @@ def reproduce_group() -> None:
     "Data and splits": ["--cache", "--protocol", "--feature", "--tte", "--text-source", "--seeds"],
     "Optimisation": ["--epochs", "--ensemble-epochs", "--baseline-epochs", "--batch-size", "--lr", "--rus",
                      "--tau", "--precision"],
-    "Output and device": ["--out", "--device"],
+    "Output and device": ["--out", "--overwrite", "--quiet", "--device"],
 }, examples=(
     "featcache reproduce tfa-lt --cache caches/isic2018-ViT-B-16-openai.h5",
     "featcache reproduce tfa-lt --cache caches/aptos2019-ViT-B-16-openai.h5 --tte --seeds 0,1,2,3,4",
@@ -261,14 +264,20 @@ def reproduce_group() -> None:
 @click.option("--device", default="auto", show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help=_PRECISION_HELP)
-@click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt).")
+@click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt[-tte...]); one holding a reproduction is refused.")
+@click.option("--overwrite", is_flag=True, help="Replace the reproduction already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars or row names on stderr.")
 def reproduce_tfa_lt_cmd(**opts: object) -> None:
     """TFA-LT's Table 1 (frozen-feature rows) and Table 2 (ablation), 3 seeds."""
     from featcache.pipelines.reproduce import ReproduceConfig, run
+    from featcache.progress import quiet
     from featcache.tables import print_runs
 
     opts["seeds"] = parse_seeds(opts["seeds"])
-    out, frame = run(ReproduceConfig(**opts), progress=lambda name: click.echo(f"… {name}", err=True))
+    overwrite, silent = opts.pop("overwrite"), opts.pop("quiet")
+    rows = None if silent else (lambda name: click.echo(f"… {name}", err=True))
+    with quiet(silent):
+        out, frame = run(ReproduceConfig(**opts), progress=rows, overwrite=overwrite)
     con = console()
     for table in ("Table 1", "Table 2"):
         print_runs(con, frame.filter(frame["table"] == table), title=table)
