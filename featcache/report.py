@@ -365,19 +365,11 @@ def confusion_figure(view: RunView) -> str | None:
 
 def reliability(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict:
     """Reliability of the top-1 softmax probability in ``bins`` equal-width bins: per bin the
-    mean confidence, the accuracy and the count, and the expected calibration error. Both as
-    in Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017), §2: bin m holds the
-    rows with confidence in ((m−1)/M, m/M], and ECE = Σ_m |B_m|/n · |acc(B_m) − conf(B_m)|."""
-    prob = softmax(scores)
-    conf, correct = prob.max(1), (prob.argmax(1) == labels).astype(float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.bincount(which, weights=correct, minlength=bins) / count
-        mean_conf = np.bincount(which, weights=conf, minlength=bins) / count
-    ece = float(np.nansum(count * np.abs(acc - mean_conf)) / max(count.sum(), 1))
-    return {"edges": edges, "acc": acc, "conf": mean_conf, "count": count, "ece": ece}
+    mean confidence, the accuracy and the count, and the expected calibration error
+    (:func:`featcache.calibration.reliability_bins`, Guo et al. 2017 §2)."""
+    from featcache.calibration import reliability_bins
+
+    return reliability_bins(labels, softmax(scores), bins)
 
 
 def reliability_figure(view: RunView) -> str | None:

@@ -13,6 +13,12 @@ A run directory holds::
                          see :func:`save_checkpoint`, :func:`load_checkpoint`)
     confusion.png        confusion matrix summed over seeds
     per_class_acc.png    per-class accuracy (mean over seeds) against training count
+    reliability.png      reliability diagram (15 bins, all seeds' test rows; the calibrated
+                         curve beside the raw one after temperature scaling)
+
+``metrics.json`` also carries the calibration figures ``ece``, ``brier``, ``nll`` (with
+``_std``; :mod:`featcache.calibration`) and, with ``--calibrate temperature``, per seed the
+fitted ``temperature`` and ``ece_before``/``brier_before``/``nll_before``.
 
 :class:`RunWriter` is shared by every pipeline (train-head, TFA-LT, LIFT's classifier runs):
 ``add_seed`` per seed, then ``finish``. NaN figures are written as JSON ``null``.
@@ -33,7 +39,7 @@ import polars as pl
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.metrics import METRIC_KEYS, confusion_matrix, summarize
+from featcache.metrics import CALIBRATED_EXTRA, SUMMARY_KEYS, confusion_matrix, summarize
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +151,7 @@ def write_json(path: Path, obj: object) -> None:
 # Writing into a folder that already holds a run
 
 RUN_FILES = ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "predictions.parquet",
-             "splits.parquet", "confusion.png", "per_class_acc.png")
+             "splits.parquet", "confusion.png", "per_class_acc.png", "reliability.png")
 
 
 def run_files(out_dir: Path) -> list[Path]:
@@ -196,6 +202,8 @@ class RunWriter:
     splits: list[pl.DataFrame] = field(default_factory=list)
     confusion: np.ndarray | None = None
     train_counts: list[np.ndarray] = field(default_factory=list)
+    # (labels [n], logits [n, C], temperature or None) of every single-label seed: reliability.png
+    calibration: list[tuple[np.ndarray, np.ndarray, float | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -215,7 +223,8 @@ class RunWriter:
         train_counts: np.ndarray | None = None,
         checkpoint: dict | None = None,
     ) -> None:
-        """Record one seed: its metrics, test predictions (scores [n, C]), split, checkpoint."""
+        """Record one seed: its metrics, test predictions (scores [n, C]), split, checkpoint.
+        A ``temperature`` in ``metrics`` (``--calibrate temperature``) is drawn in reliability.png."""
         self.per_seed.append({"seed": seed, **metrics})
         scores = np.asarray(scores, dtype=np.float32)
         C = scores.shape[1]
@@ -232,6 +241,7 @@ class RunWriter:
             frame["label"] = labels.astype(np.int64)
             cm = confusion_matrix(labels, pred, C)
             self.confusion = cm if self.confusion is None else self.confusion + cm
+            self.calibration.append((labels, scores, metrics.get("temperature")))
         else:
             frame["label"] = labels.astype(np.int64).tolist()
         self.predictions.append(pl.DataFrame(frame))
@@ -298,17 +308,32 @@ class RunWriter:
             fig.tight_layout()
             fig.savefig(self.out_dir / "per_class_acc.png")
             plt.close(fig)
+        if self.calibration:
+            from featcache.calibration import plot_reliability
+
+            labels = np.concatenate([c[0] for c in self.calibration])
+            logits = np.concatenate([c[1] for c in self.calibration])
+            temps = [c[2] for c in self.calibration]
+            if all(t is not None for t in temps):  # each seed's own T: calibrated log-probabilities
+                cal = np.concatenate([c[1].astype(np.float64) / c[2] for c in self.calibration])
+                plot_reliability(labels, logits, self.out_dir / "reliability.png",
+                                 calibrated=cal, title=f"{self.method}: reliability (15 bins)")
+            else:
+                plot_reliability(labels, logits, self.out_dir / "reliability.png",
+                                 title=f"{self.method}: reliability (15 bins)")
 
 
 def metrics_frame(per_seed: list[dict], *, method: str = "") -> pl.DataFrame:
-    """One row per seed with ``method``, ``seed`` and every key of :data:`METRIC_KEYS`."""
+    """One row per seed with ``method``, ``seed`` and every key of :data:`SUMMARY_KEYS`
+    (and the temperature-scaling figures when the seeds have them)."""
+    keys = [*SUMMARY_KEYS, *(k for k in CALIBRATED_EXTRA if any(k in m for m in per_seed))]
     return pl.DataFrame(
         {
             "method": [method] * len(per_seed),
             "seed": [int(m["seed"]) for m in per_seed],
-            **{k: [_float(m.get(k)) for m in per_seed] for k in METRIC_KEYS},
+            **{k: [_float(m.get(k)) for m in per_seed] for k in keys},
         },
-        schema={"method": pl.String, "seed": pl.Int64, **{k: pl.Float64 for k in METRIC_KEYS}},
+        schema={"method": pl.String, "seed": pl.Int64, **{k: pl.Float64 for k in keys}},
     )
 
 
@@ -396,6 +421,9 @@ NOT_KNOBS = frozenset({
     "version", "command", "command_line", "argv", "cwd", "timestamp", "created", "created_at",
     "started", "finished", "host", "hostname", "user", "grouping", "notes", "grid",
     "n_configurations", "selected", "selected_config", "select", "seconds", "train_seconds",
+    # per-seed records of a run, not settings: fitted temperatures, classes short of --shots,
+    # what a validation split was used for (``validation`` itself IS shown: realistic vs tuned)
+    "temperature", "shots_short", "validation_use", "compare",
 })
 
 
@@ -449,7 +477,8 @@ def differing_knobs(runs: list[dict]) -> list[str]:
     for name in order:
         values = [k.get(name) for k in knobs]
         present = {v for v in values if v is not None}
-        if len(present) > 1 or (name == "pipeline" and None in values):
+        # ``validation`` is always shown: "realistic" (none) and "tuned" runs never mix unseen
+        if len(present) > 1 or (name == "pipeline" and None in values) or name == "validation":
             out.append(name)
     return out
 
@@ -463,7 +492,7 @@ def runs_frame(runs: list[dict], *, knobs: list[str] | tuple[str, ...] = ()) -> 
         m = r["metrics"]
         row = {"run": r["run"], "method": m.get("method") or Path(r["run"]).name,
                "seeds": len(m.get("per_seed", []))}
-        for k in METRIC_KEYS:
+        for k in SUMMARY_KEYS:
             row[k] = _float(m.get(k))
             row[f"{k}_std"] = _float(m.get(f"{k}_std"))
         shown = run_knobs(r) if knobs else {}
@@ -473,7 +502,7 @@ def runs_frame(runs: list[dict], *, knobs: list[str] | tuple[str, ...] = ()) -> 
     return pl.DataFrame(rows)
 
 
-_FRAME_COLUMNS = frozenset({"run", "method", "seeds", *METRIC_KEYS, *(f"{k}_std" for k in METRIC_KEYS)})
+_FRAME_COLUMNS = frozenset({"run", "method", "seeds", *SUMMARY_KEYS, *(f"{k}_std" for k in SUMMARY_KEYS)})
 
 
 def knob_column(knob: str) -> str:
