@@ -4,8 +4,9 @@
 Data: the 10,015 real HAM10000 JPEGs in ``../shared/data/ham10000`` (``--ham``), encoded
 once with the built-in random-weight ``tiny-clip`` model (32-d features; the accuracies say
 nothing about the methods, the timings are what is measured) into a cache (``--cache`` reuses
-one). Protocol: ``tfa-lt`` (60 test images per class, 9,595 training rows), seeds 0, 1, 2,
-full training data and 16 shots per class.
+one). Protocol: ``tfa-lt`` (60 test images per class, 9,595 training rows), seeds 0, 1,
+full training data and 16 shots per class. ``×wall`` is plain seconds / featcache's wall
+seconds, ``×train`` plain / featcache's training seconds.
 
 Methods: zeroshot, knn, logreg, tip-adapter, clip-adapter, lp++, clap, linear, cosine,
 tfa-lt, each
@@ -18,6 +19,8 @@ tfa-lt, each
   ``nn.Module`` with ``torch.optim.SGD`` (the same epochs, batch size, learning rate and
   schedule as featcache's trainer, so both do the same work), k-NN in chunks of test rows
   (DINO's ``eval_knn.py``), Tip-Adapter's cache logits in one product (its ``main.py``),
+  TFA-LT's two adapters one after the other and then the ensembler (its stage II always 100
+  epochs, as ``compare`` runs it),
   ``logreg`` as scikit-learn fits in CLIP's binary search over C. Timed per method as the
   sum over seeds of training plus test logits (features already in memory: the plain side
   pays no loading or writing).
@@ -226,9 +229,9 @@ class _Adapter(torch.nn.Module):
         return g * f + (1 - g) * self.A(f)
 
 
-def plain_tfa_lt(x, y, xt, text, tau, seed, epochs=200, batch=128, lr=0.1, C=7, **_):  # noqa: ANN001, ANN003, ANN201
-    """TFA-LT: a WRS adapter and a RUS adapter (200 epochs each), then a logit ensembler with
-    focal loss (100 epochs) on the long-tailed set."""
+def plain_tfa_lt(x, y, xt, text, tau, seed, epochs=200, batch=128, lr=0.1, C=7, ens_epochs=100, **_):  # noqa: ANN001, ANN003, ANN201
+    """TFA-LT: a WRS adapter and a RUS adapter (``epochs`` each), then a logit ensembler with
+    focal loss (100 epochs, TFA-LT's stage II, as ``compare`` runs it) on the long-tailed set."""
     torch.manual_seed(seed)
     D, n = x.shape[1], len(y)
 
@@ -253,7 +256,7 @@ def plain_tfa_lt(x, y, xt, text, tau, seed, epochs=200, batch=128, lr=0.1, C=7, 
         logp = F.log_softmax(ens(z[b]), -1).gather(1, y[b, None])[:, 0]
         return (-(1 - logp.exp()) ** 2 * logp).mean()
 
-    sgd_loop(list(ens.parameters()), focal, n, max(1, epochs // 2), batch, lr, seed)
+    sgd_loop(list(ens.parameters()), focal, n, ens_epochs, batch, lr, seed)
     with torch.no_grad():
         return ens(zt)
 
@@ -312,11 +315,17 @@ def main() -> None:
     ap.add_argument("--ham", default=str(HAM), help="HAM10000 folder [%(default)s]")
     ap.add_argument("--cache", default=None, help="an existing tiny-clip HAM10000 cache (else extracted)")
     ap.add_argument("--epochs", type=int, default=200, help="SGD epochs of every trained method [%(default)s]")
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--threads", type=int, default=2, help="torch threads [%(default)s]")
+    ap.add_argument("--seeds", default="0,1", help="[%(default)s: the plain logreg search alone takes "
+                                                   "minutes per seed on a loaded 2-core machine]")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch and BLAS threads, both sides [%(default)s: on a shared 2-core machine more "
+                         "threads than free cores make OpenBLAS spin, and scikit-learn's fits 50× slower]")
     ap.add_argument("--json", default=None, help="write the figures here")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(args.threads)  # numpy/scipy BLAS (scikit-learn's L-BFGS) and OpenMP
     seeds = tuple(int(s) for s in args.seeds.split(","))
     work = Path(tempfile.mkdtemp(prefix="bench-compare-"))
     cache = Path(args.cache) if args.cache else build_cache(Path(args.ham), work / "ham-tiny.h5")
@@ -332,14 +341,15 @@ def main() -> None:
     print(f"\nHAM10000 (tiny-clip, 32-d), tfa-lt protocol, seeds {args.seeds}, {args.epochs} epochs; "
           f"load average {load_before[0]:.2f} -> {load_after[0]:.2f} on {os.cpu_count()} CPUs")
     print(f"{'':14s}" + "".join(f"| {lab:^44s}" for lab in results))
-    print(f"{'method':14s}" + "| featcache wall  train  | plain   | speed-up  " * len(results))
+    print(f"{'method':14s}" + "| featcache wall  train  | plain   | ×wall  ×train " * len(results))
     for m in METHODS:
         cells = []
         for lab in results:
             f, p = results[lab][m]["featcache"], results[lab][m]["plain"]
             wall = f["seconds"] if f["seconds"] is not None else math.nan
             train = f["train_seconds"] if f["train_seconds"] is not None else math.nan
-            cells.append(f"| {wall:8.2f} {train:7.2f}  | {p['seconds']:7.2f} | {p['seconds'] / wall:6.2f}×   ")
+            ratio = p["seconds"] / train if train > 0 else math.inf
+            cells.append(f"| {wall:8.2f} {train:7.2f}  | {p['seconds']:7.2f} | {p['seconds'] / wall:5.2f} {ratio:6.2f} ")
         print(f"{m:14s}" + "".join(cells))
     totals = {lab: (sum(results[lab][m]["featcache"]["seconds"] or 0 for m in METHODS),
                     sum(results[lab][m]["plain"]["seconds"] for m in METHODS)) for lab in results}

@@ -134,3 +134,20 @@ def test_cli_shots_and_validation_free(cache: Path, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     config = json.loads((tmp_path / "k" / "config.json").read_text())
     assert config["shots"] == 2 and config["validation"] == "none" and config["validation_free"]
+
+
+def test_report_always_shows_whether_validation_was_used(cache: Path, tmp_path: Path) -> None:
+    from featcache.report import report_frame
+    from featcache.runs import read_run
+
+    base = dict(cache=str(cache), head="linear", seeds=(0,), epochs=1)
+    a = train_head.run(train_head.TrainHeadConfig(**base, validation_free=True, out=str(tmp_path / "a")))
+    b = train_head.run(train_head.TrainHeadConfig(**base, validation_free=True, lr=0.05,
+                                                  out=str(tmp_path / "b")))
+    frame, knobs = report_frame([read_run(a.out_dir), read_run(b.out_dir)])
+    assert "validation" in knobs and set(frame["validation"]) == {"none"}  # shown even when equal
+    c = train_head.run(train_head.TrainHeadConfig(**base, val_fraction=0.2, calibrate="temperature",
+                                                  out=str(tmp_path / "c")))
+    frame, _ = report_frame([read_run(a.out_dir), read_run(c.out_dir)])
+    assert frame["validation"].to_list() == ["none", "carved"]
+    assert "ece" in frame.columns and frame["ece"].is_not_null().all()
