@@ -317,10 +317,10 @@ class RunWriter:
             if all(t is not None for t in temps):  # each seed's own T: calibrated log-probabilities
                 cal = np.concatenate([c[1].astype(np.float64) / c[2] for c in self.calibration])
                 plot_reliability(labels, logits, self.out_dir / "reliability.png",
-                                 calibrated=cal, title=f"{self.method}: reliability (15 bins)")
+                                 calibrated=cal, title=f"{self.method}: reliability (15 bins, seeds pooled)")
             else:
                 plot_reliability(labels, logits, self.out_dir / "reliability.png",
-                                 title=f"{self.method}: reliability (15 bins)")
+                                 title=f"{self.method}: reliability (15 bins, seeds pooled)")
 
 
 def metrics_frame(per_seed: list[dict], *, method: str = "") -> pl.DataFrame:

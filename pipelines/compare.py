@@ -277,6 +277,9 @@ def plot_shots_curve(rows: list[dict], path: str | Path, *, title: str = "") -> 
                         yerr=[100 * (r.get(f"{key}_std") or 0.0) for r in pts], marker="o",
                         capsize=3, label=method)
         ax.set_xscale("log", base=2)
+        ticks = sorted({r["shots"] for r in rows})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
         ax.set_xlabel("shots (training images per class)")
         ax.set_title(f"test {name}, mean ± std over seeds", fontsize=9)
         ax.grid(alpha=0.3)
