@@ -58,7 +58,10 @@ FIGURES = ("acc", "balanced_acc", "many_acc", "medium_acc", "few_acc", "macro_f1
 
 @dataclass(frozen=True)
 class CompareConfig:
-    """A comparison: methods × K-shot values on one cache, every seed, the same splits."""
+    """A comparison: methods × K-shot values on one cache, every seed, the same splits.
+
+    ``epochs``/``lr``/``batch_size`` are every SGD-trained method's (TFA-LT: stage I; its
+    stage II keeps TFA-LT's 100 epochs); the methods' own knobs keep their defaults."""
 
     cache: str
     heads: tuple[str, ...] = DEFAULT_HEADS

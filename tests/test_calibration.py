@@ -119,7 +119,7 @@ def test_calibrate_temperature_is_fitted_on_validation_rows_only(cache: Path, tm
         ckpt = load_checkpoint(res.out_dir / "checkpoints" / f"seed-{seed}.pt")
         assert ckpt["temperature"] == t
         # refit from the saved head on this seed's validation rows: the same T
-        val = splits.filter((pl.col("seed") == seed) & (pl.col("split") == "val"))["row"].to_numpy()
+        val = splits.filter((pl.col("seed") == seed) & (pl.col("split") == "val"))["row"].to_numpy().copy()
         logits = Predictor(ckpt["model"], torch.device("cpu"))(feats[val]).numpy()
         assert fit_temperature(labels[val], logits) == pytest.approx(t, rel=1e-6)
         assert seed_metrics["nll_before"] >= 0 and seed_metrics["ece_before"] >= 0
