@@ -143,6 +143,9 @@ def run(cfg: CompareConfig, *, progress: Callable[[str], None] | None = None,
         raise FeatcacheError(f"{out_dir} already holds a comparison; choose another --out, or pass "
                              "--overwrite to replace it (nothing was changed).")
     cache = open_cache(cfg.cache)
+    if cfg.calibrate != "none" and cfg.val_fraction == 0 and not (cache.splits == "val").any():
+        raise FeatcacheError("--calibrate temperature fits T on a validation split (never on test) "
+                             f"and {cfg.cache} has no val split: pass --val-fraction 0.2.")
     has_text = cache.text_features is not None and cfg.text_source != "class-mean"
     plan = [(k, h) for k in cfg.shots for h in cfg.heads]
     runs_dir = out_dir / "runs"

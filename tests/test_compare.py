@@ -99,3 +99,15 @@ def test_compare_cli_prints_the_table_and_progress(cache: Path, tmp_path: Path) 
     assert res.exit_code == 0, res.output
     assert "[3/6] linear, shots 2" in res.output and "compare.md" in res.output
     assert pl.read_csv(tmp_path / "o" / "compare.csv").height == 6
+
+
+def test_compare_calibrates_every_method_on_validation(cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(FeatcacheError, match="--val-fraction"):
+        compare.run(compare.CompareConfig(cache=str(cache), heads=("linear",), calibrate="temperature",
+                                          out=str(tmp_path / "no")))
+    res = compare.run(compare.CompareConfig(cache=str(cache), heads=("linear", "knn"), seeds=(0,),
+                                            epochs=2, val_fraction=0.25, calibrate="temperature",
+                                            out=str(tmp_path / "o")))
+    assert set(res.table["validation"]) == {"carved"} and res.table["ece"].is_not_null().all()
+    for run in res.table["run"]:
+        assert json.loads((Path(run) / "metrics.json").read_text())["temperature"] > 0

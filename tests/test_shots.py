@@ -151,3 +151,13 @@ def test_report_always_shows_whether_validation_was_used(cache: Path, tmp_path: 
     frame, _ = report_frame([read_run(a.out_dir), read_run(c.out_dir)])
     assert frame["validation"].to_list() == ["none", "carved"]
     assert "ece" in frame.columns and frame["ece"].is_not_null().all()
+
+
+def test_grid_cli_takes_shots_as_an_axis_and_refuses_validation_free(cache: Path, tmp_path: Path) -> None:
+    args = ["grid", "--cache", str(cache), "--head", "cosine", "--epochs", "1", "--seeds", "0",
+            "--param", "shots=1,2", "--out", str(tmp_path / "g")]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "g" / "accuracy_vs_shots.png").is_file()
+    res = CliRunner().invoke(main, [*args[:-1], str(tmp_path / "h"), "--validation-free"])
+    assert res.exit_code == 2 and "validation" in res.output
