@@ -383,7 +383,8 @@ def validation_record(cfg: object, data: CachedData, setups: list[SeedSetup]) ->
     """What config.json says about validation: ``"none"`` (no validation rows used, the
     realistic setting), ``"official"`` (the cache's val split) or ``"carved"`` (rows carved
     from the training data: ``--val-fraction``, or ``logreg``'s own C search), and what used
-    it (``temperature``, ``logreg C search``; a grid adds ``grid selection``)."""
+    it (``temperature``, ``logreg C search on rows carved from training`` (its own split,
+    whatever the run's validation rows); a grid adds ``grid selection``)."""
     uses = []
     if getattr(cfg, "calibrate", "none") != "none":
         uses.append(cfg.calibrate)
@@ -394,7 +395,7 @@ def validation_record(cfg: object, data: CachedData, setups: list[SeedSetup]) ->
     else:
         kind = "none"
     if getattr(cfg, "head", None) == "logreg" and not getattr(cfg, "validation_free", False):
-        uses.append("logreg C search")  # on rows carved from each seed's training rows
+        uses.append("logreg C search on rows carved from training")  # its own split, per seed
         kind = "carved" if kind == "none" else kind
     return kind, uses
 

@@ -611,6 +611,7 @@ def _summary(grid: GridConfig, table: pl.DataFrame) -> pl.DataFrame:
 
 def _resolved(grid: GridConfig, data: CachedData, setups: list[SeedSetup], selected: int) -> dict:
     d = resolved_config(grid.base, data, setups, f"grid/{grid.pipeline}")
+    d["validation_use"] = [*d["validation_use"], "grid selection"]
     d.update(
         grid={n: list(v) for n, v in grid.params},
         n_configurations=len(grid.configs),
