@@ -48,6 +48,7 @@ def cosine_logits(
     weight: torch.Tensor,
     scale: float | torch.Tensor | None,
     matmul: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.linear,
+    unit_weight: bool = False,
 ) -> torch.Tensor:
     """``scale · cos(f, w_c)`` for every class ``c``: the one cosine classifier's forward.
 
@@ -55,11 +56,15 @@ def cosine_logits(
     dim, then ``matmul(f̂, ŵ)`` gives ``f̂ ŵ^T`` ``[..., B, C]`` (default ``F.linear``;
     :class:`featcache.heads.linear.CosineHead` passes its batched, mixed-precision product) and
     the result is multiplied by ``scale`` (a number or a broadcastable tensor; ``None``: not
-    scaled, for callers that scale after a reshape). Serves :class:`CosineClassifier` (LIFT's
-    head in ``finetune``) and the ``cosine`` head of :mod:`featcache.heads`.
+    scaled, for callers that scale after a reshape). ``unit_weight=True``: ``weight`` is already
+    unit-norm (fixed text or class-mean prototypes, normalised once when the head is built) and
+    is used as it is. Serves :class:`CosineClassifier` (LIFT's head in ``finetune``), the
+    ``cosine`` head of :mod:`featcache.heads` and, through
+    :meth:`featcache.heads.base.Head.prototype_logits`, every head that scores against fixed
+    prototypes (zero-shot, TFA-LT's adapter and ensembler, CLIP-Adapter).
     """
     f = F.normalize(feats, dim=-1)
-    w = F.normalize(weight, dim=-1)
+    w = weight if unit_weight else F.normalize(weight, dim=-1)
     logits = matmul(f, w)
     return logits if scale is None else logits * scale
 

@@ -13,19 +13,19 @@
   a few lines of inline JavaScript to sort the table) rendered from the Jinja2 template
   ``featcache/templates/report.html.j2`` with autoescaping on (run and class names are user
   text). Figures are drawn with matplotlib from the run's own files: group bars from
-  ``metrics.json``; per-class accuracy against the training count from ``per_seed`` and
+  ``metrics.json``; per-class accuracy bars ordered by training count from ``per_seed`` and
   ``splits.parquet`` with the cache's labels (when the cache named in ``config.json`` is
   still there and has the recorded fingerprint; else the run's ``per_class_acc.png``);
   row-normalised confusion matrices and reliability diagrams from ``predictions.parquet``
   (a run's own ``reliability*.png`` is used when it has one); accuracy against shots when
-  the runs differ in a shots knob; a grid's ``heatmap_*.png``.
+  the runs differ in a shots knob; a grid's ``heatmap_*.png``; each run's ``loss_curve.png``.
+  The figures are drawn with the helpers of :mod:`featcache.plots` (150 dpi, tight).
 """
 
 from __future__ import annotations
 
 import base64
 import datetime as _dt
-import io
 import json
 import logging
 import math
@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from featcache import plots as _plots
 from featcache import runs as _runs
 from featcache.errors import FeatcacheError
 from featcache.metrics import GROUPS, groups_from_counts, softmax
@@ -48,7 +49,7 @@ TEMPLATE_DIR = Path(__file__).with_name("templates")
 # Knobs that count training images per class: runs that differ in one get an accuracy-vs-shots
 # curve (one line per combination of the other differing knobs).
 SHOT_KNOBS = ("shots", "per_class", "train_per_class", "n_per_class", "max_per_class")
-DPI = 150
+DPI = _plots.DPI
 _PNG = b"\x89PNG\r\n\x1a\n"
 
 
@@ -245,24 +246,14 @@ def load_view(run: dict, name: str, memo: dict | None = None) -> RunView:
 
 
 def _plt():  # noqa: ANN202
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return _plots.plt()
 
 
-def _text(s: object) -> str:
-    """User text for matplotlib: a ``$`` would start mathtext (and fail on an odd count)."""
-    return str(s).replace("$", r"\$")
+_text = _plots.text
 
 
 def _uri(fig) -> str:  # noqa: ANN001
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
-    _plt().close(fig)
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+    return "data:image/png;base64," + base64.b64encode(_plots.png_bytes(fig)).decode("ascii")
 
 
 def _png_uri(path: Path) -> str | None:
@@ -298,37 +289,23 @@ def groups_figure(frame: pl.DataFrame) -> str | None:
     return _uri(fig)
 
 
-_GROUP_COLOURS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
 
 
 def per_class_figure(view: RunView) -> str | None:
-    """Per-class test accuracy (mean ± std over seeds) against training images per class,
-    coloured by many/medium/few; class names label the points when there are at most 30."""
+    """Per-class test accuracy bars (mean ± std over seeds), classes ordered by training
+    images (their mean count over seeds in brackets after each name), many/medium/few shaded
+    (:func:`featcache.plots.per_class_figure`); the run's own ``per_class_acc.png`` when the
+    per-seed figures or the training counts are not known here."""
     if view.per_class_mean is None or view.train_counts is None:
         own = view.dir / "per_class_acc.png"
         return _png_uri(own) if own.is_file() else None
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    counts = np.maximum(view.train_counts, 1)
-    mean, std = 100 * view.per_class_mean, 100 * view.per_class_std
-    member = {c: g for g, cs in (view.groups or {}).items() for c in cs}
-    for g in (*GROUPS, None):
-        idx = [c for c in range(len(mean)) if member.get(c) == g]
-        if idx:
-            ax.errorbar(counts[idx], mean[idx], yerr=std[idx], fmt="o", capsize=3,
-                        color=_GROUP_COLOURS.get(g, "tab:gray"), label=g or "no group")
-    if len(mean) <= 30:
-        for c, name in enumerate(view.class_names[: len(mean)]):
-            if math.isfinite(mean[c]):
-                ax.annotate(_text(name), (counts[c], mean[c]), textcoords="offset points",
-                            xytext=(4, 4), fontsize=7)
-    ax.set_xscale("log")
-    ax.set_xlabel("training images per class (mean over seeds)")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(-3, 105)
-    ax.grid(alpha=0.3)
-    ax.set_title(_text(f"{view.name}: per-class accuracy vs training count"), fontsize=10)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    C = len(view.per_class_mean)
+    names = view.class_names if len(view.class_names) == C else [str(c) for c in range(C)]
+    names = [f"{n} ({view.train_counts[c]:.0f})" for c, n in enumerate(names)]
+    seeds = len(view.run["metrics"].get("per_seed") or [])
+    fig = _plots.per_class_figure(view.per_class_mean, view.per_class_std if seeds > 1 else None,
+                                  names, title=f"{view.name}: per-class accuracy",
+                                  train_counts=view.train_counts, groups=view.groups)
     return _uri(fig)
 
 
@@ -337,30 +314,11 @@ def confusion_figure(view: RunView) -> str | None:
     if view.labels is None or view.scores is None:
         own = view.dir / "confusion.png"
         return _png_uri(own) if own.is_file() else None
-    from featcache.metrics import confusion_matrix
-
     C = view.scores.shape[1]
-    cm = confusion_matrix(view.labels, view.scores.argmax(1), C).astype(float)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        norm = cm / cm.sum(1, keepdims=True)
-    plt = _plt()
-    side = min(2.5 + 0.45 * C, 14.0)
-    fig, ax = plt.subplots(figsize=(side + 1.2, side))
-    im = ax.imshow(norm, cmap="Blues", vmin=0, vmax=1)
-    names = [_text(n) for n in (view.class_names if len(view.class_names) == C else range(C))]
-    if C <= 40:
-        ax.set_xticks(range(C), names, rotation=90, fontsize=7)
-        ax.set_yticks(range(C), names, fontsize=7)
-    if C <= 20:
-        for (i, j), v in np.ndenumerate(norm):
-            if math.isfinite(v):
-                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=7,
-                        color="white" if v > 0.5 else "black")
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title(_text(f"{view.name}: confusion (row %, all seeds)"), fontsize=10)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
-    return _uri(fig)
+    _, norm = _plots.confusion_data(view.labels, view.scores.argmax(1), C)
+    names = view.class_names if len(view.class_names) == C else [str(c) for c in range(C)]
+    return _uri(_plots.confusion_figure(norm, names, title=f"{view.name}: confusion, % of the true "
+                                                           "class (all seeds)"))
 
 
 def reliability(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict:
@@ -400,7 +358,7 @@ def reliability_figure(view: RunView) -> str | None:
     ax.set_ylabel("accuracy")
     ax.set_title(_text(f"{view.name}: reliability, ECE {100 * r['ece']:.1f}%\n"
                        f"(10 bins, all seeds' test rows; numbers: rows per bin)"), fontsize=9)
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
+    ax.legend(loc="best", fontsize=7, frameon=False)
     return _uri(fig)
 
 
@@ -502,6 +460,7 @@ def render_html(collected: Collected, *, title: str = "featcache report") -> str
             "per_class": per_class_figure(v),
             "confusion": confusion_figure(v),
             "reliability": reliability_figure(v),
+            "loss": _png_uri(v.dir / "loss_curve.png") if (v.dir / "loss_curve.png").is_file() else None,
             "heatmaps": [h for h in heatmaps if h["src"]],
             "config": json.dumps(v.run["config"], indent=2, ensure_ascii=False),
             "metrics": json.dumps({k: x for k, x in v.run["metrics"].items() if k != "per_seed"},

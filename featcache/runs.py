@@ -8,11 +8,15 @@ A run directory holds::
     metrics.parquet/.csv one row per seed
     predictions.parquet  seed, row, id, label, pred, scores (one list per row)
     splits.parquet       seed, row, id, split: the chosen indices, so a run can be repeated
+    per_class.parquet/.csv  precision, recall, F1, AUC, support per class (mean, std over
+                         seeds; per_class_seeds.parquet per seed): :mod:`featcache.class_metrics`
     checkpoints/seed-S.pt  trained heads with their config, loadable for prediction
                          (tensors and plain data only, loaded with ``weights_only=True``:
                          see :func:`save_checkpoint`, :func:`load_checkpoint`)
-    confusion.png        confusion matrix summed over seeds
-    per_class_acc.png    per-class accuracy (mean over seeds) against training count
+    confusion.png        confusion matrix summed over seeds, row-normalised
+    per_class_acc.png    per-class accuracy (mean ± std over seeds), many/medium/few shaded
+    loss_curve.png       training loss per epoch (runs that record ``epoch_loss``)
+                         (figures: :mod:`featcache.plots`; also .pdf/.svg with --plot-format)
     reliability.png      reliability diagram (15 bins, all seeds' test rows; the calibrated
                          curve beside the raw one after temperature scaling)
 
@@ -151,7 +155,9 @@ def write_json(path: Path, obj: object) -> None:
 # Writing into a folder that already holds a run
 
 RUN_FILES = ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "predictions.parquet",
-             "splits.parquet", "confusion.png", "per_class_acc.png", "reliability.png")
+             "splits.parquet", "per_class.parquet", "per_class.csv", "per_class_seeds.parquet",
+             *(f"{fig}.{fmt}" for fig in ("confusion", "per_class_acc", "loss_curve")
+               for fmt in ("png", "pdf", "svg")), "reliability.png")
 
 
 def run_files(out_dir: Path) -> list[Path]:
@@ -202,8 +208,8 @@ class RunWriter:
     splits: list[pl.DataFrame] = field(default_factory=list)
     confusion: np.ndarray | None = None
     train_counts: list[np.ndarray] = field(default_factory=list)
-    # (labels [n], logits [n, C], temperature or None) of every single-label seed: reliability.png
-    calibration: list[tuple[np.ndarray, np.ndarray, float | None]] = field(default_factory=list)
+    evals: list[tuple[int, np.ndarray, np.ndarray]] = field(default_factory=list)  # (seed, labels, scores)
+    groups: dict[str, list[int]] | None = None  # many/medium/few of the first seed that gave them
 
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
@@ -222,11 +228,15 @@ class RunWriter:
         split: pl.DataFrame | None = None,
         train_counts: np.ndarray | None = None,
         checkpoint: dict | None = None,
+        groups: dict[str, list[int]] | None = None,
     ) -> None:
-        """Record one seed: its metrics, test predictions (scores [n, C]), split, checkpoint.
-        A ``temperature`` in ``metrics`` (``--calibrate temperature``) is drawn in reliability.png."""
-        self.per_seed.append({"seed": seed, **metrics})
+        """Record one seed: its metrics, test predictions (scores [n, C]), split, checkpoint
+        and class groups (for the per-class figure's shading)."""
+        from featcache.class_metrics import seed_extras
+
         scores = np.asarray(scores, dtype=np.float32)
+        self.per_seed.append({"seed": seed, **metrics, **seed_extras(labels, scores)})
+        self.evals.append((seed, np.asarray(labels), scores))
         C = scores.shape[1]
         pred = scores.argmax(1)
         frame = {
@@ -241,7 +251,6 @@ class RunWriter:
             frame["label"] = labels.astype(np.int64)
             cm = confusion_matrix(labels, pred, C)
             self.confusion = cm if self.confusion is None else self.confusion + cm
-            self.calibration.append((labels, scores, metrics.get("temperature")))
         else:
             frame["label"] = labels.astype(np.int64).tolist()
         self.predictions.append(pl.DataFrame(frame))
@@ -249,12 +258,20 @@ class RunWriter:
             self.splits.append(split)
         if train_counts is not None:
             self.train_counts.append(np.asarray(train_counts))
+        if groups and self.groups is None:
+            self.groups = {g: [int(c) for c in cs] for g, cs in groups.items()}
         if checkpoint is not None:
             save_checkpoint(self.out_dir / "checkpoints" / f"seed-{seed}.pt", checkpoint)
 
     def finish(self) -> dict:
         """Write metrics, predictions, splits and plots; return the summary (metrics.json)."""
+        from featcache.class_metrics import write_extras
+
         summary = summarize(self.per_seed)
+        # per_class.parquet/.csv; sensitivity/specificity (two classes); --bootstrap intervals
+        summary.update(write_extras(self.out_dir, self.evals, self.class_names, self.per_seed,
+                                    bootstrap=int(self.config.get("bootstrap") or 0),
+                                    bootstrap_seed=int(self.config.get("bootstrap_seed") or 0)))
         doc = {**summary, "method": self.method, "per_seed": self.per_seed}
         write_json(self.out_dir / "metrics.json", doc)
         table = metrics_frame(self.per_seed, method=self.method)
@@ -269,58 +286,34 @@ class RunWriter:
         return doc
 
     def _plots(self) -> None:
-        import matplotlib
+        """confusion, per_class_acc and loss_curve figures (:func:`featcache.plots.write_run_plots`)
+        in the formats of ``config["plot_format"]`` (PNG by default)."""
+        from featcache.plots import parse_formats, write_run_plots
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        name = self.out_dir.name
+        title = name if self.method in ("", name) else f"{name} — {self.method}"
+        write_run_plots(self.out_dir, title=title, class_names=self.class_names,
+                        confusion=self.confusion, per_seed=self.per_seed,
+                        train_counts=self.train_counts, groups=self.groups,
+                        formats=parse_formats(self.config.get("plot_format") or "png"))
+        self._reliability()
 
-        names = self.class_names
-        if self.confusion is not None:
-            C = len(names)
-            fig, ax = plt.subplots(figsize=(1.0 + 0.5 * C, 1.0 + 0.5 * C), dpi=100)
-            ax.imshow(self.confusion, cmap="Blues")
-            if C <= 30:
-                ax.set_xticks(range(C), names, rotation=90, fontsize=7)
-                ax.set_yticks(range(C), names, fontsize=7)
-                for (i, j), v in np.ndenumerate(self.confusion):
-                    ax.text(j, i, str(v), ha="center", va="center", fontsize=6)
-            ax.set_xlabel("predicted")
-            ax.set_ylabel("true")
-            ax.set_title("confusion matrix (all seeds)")
-            fig.tight_layout()
-            fig.savefig(self.out_dir / "confusion.png")
-            plt.close(fig)
-        accs = np.array([m.get("per_class_acc", [np.nan] * len(names)) for m in self.per_seed], dtype=float)
-        if self.train_counts and accs.size:
-            counts = np.mean(self.train_counts, axis=0)
-            with np.errstate(invalid="ignore"):
-                mean_acc = np.nanmean(accs, axis=0) if np.isfinite(accs).any() else accs[0]
-            fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
-            ax.scatter(np.maximum(counts, 1), mean_acc)
-            if len(names) <= 30:
-                for c, name in enumerate(names):
-                    ax.annotate(name, (max(counts[c], 1), mean_acc[c]), fontsize=6)
-            ax.set_xscale("log")
-            ax.set_xlabel("training images per class")
-            ax.set_ylabel("test accuracy")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_title("per-class accuracy vs training count")
-            fig.tight_layout()
-            fig.savefig(self.out_dir / "per_class_acc.png")
-            plt.close(fig)
-        if self.calibration:
-            from featcache.calibration import plot_reliability
+    def _reliability(self) -> None:
+        """reliability.png from every single-label seed's test rows (seeds pooled); with a
+        fitted temperature per seed (``--calibrate temperature``) the calibrated curve too."""
+        from featcache.calibration import plot_reliability
 
-            labels = np.concatenate([c[0] for c in self.calibration])
-            logits = np.concatenate([c[1] for c in self.calibration])
-            temps = [c[2] for c in self.calibration]
-            if all(t is not None for t in temps):  # each seed's own T: calibrated log-probabilities
-                cal = np.concatenate([c[1].astype(np.float64) / c[2] for c in self.calibration])
-                plot_reliability(labels, logits, self.out_dir / "reliability.png",
-                                 calibrated=cal, title=f"{self.method}: reliability (15 bins, seeds pooled)")
-            else:
-                plot_reliability(labels, logits, self.out_dir / "reliability.png",
-                                 title=f"{self.method}: reliability (15 bins, seeds pooled)")
+        evals = [(s, y, z) for s, y, z in self.evals if y.ndim == 1]
+        if not evals:
+            return
+        temps = {m["seed"]: m.get("temperature") for m in self.per_seed}
+        labels = np.concatenate([y for _, y, _ in evals])
+        logits = np.concatenate([z for _, _, z in evals])
+        cal = None
+        if all(temps.get(s) is not None for s, _, _ in evals):  # each seed's own T
+            cal = np.concatenate([z.astype(np.float64) / temps[s] for s, _, z in evals])
+        plot_reliability(labels, logits, self.out_dir / "reliability.png", calibrated=cal,
+                         title=f"{self.method or self.out_dir.name}: reliability (15 bins, seeds pooled)")
 
 
 def metrics_frame(per_seed: list[dict], *, method: str = "") -> pl.DataFrame:
@@ -429,7 +422,7 @@ NOT_KNOBS = frozenset({
 
 def _knob_text(key: str, value: object) -> str | None:
     """A config value as a table cell (``None``: not a knob, e.g. a nested dict). Floats in
-    ``%g`` so 5e-4 reads as such and is never rounded to 0.00."""
+    :func:`featcache.tables.fmt_number` so 5e-4 reads as such and is never rounded to 0.00."""
     if isinstance(value, dict):
         return None
     if key == "cache" and isinstance(value, str):
@@ -440,7 +433,9 @@ def _knob_text(key: str, value: object) -> str | None:
     if value is None:
         return "–"
     if isinstance(value, float):
-        return f"{value:g}"
+        from featcache.tables import fmt_number
+
+        return fmt_number(value)
     return str(value)
 
 
@@ -539,28 +534,20 @@ def markdown_table(frame: pl.DataFrame, *, title_column: str = "method", title_h
 def rich_table(frame: pl.DataFrame, *, title: str = "", title_column: str = "method",  # noqa: ANN201
                title_header: str = "Method",
                columns: tuple[tuple[str, str], ...] = PAPER_COLUMNS,
-               knobs: list[str] | tuple[str, ...] = (), std: bool = True):
+               knobs: list[str] | tuple[str, ...] = (), std: bool = True, compact: bool = False):
     """A rich Table in the paper's layout for the terminal (the CLI prints it); ``columns``
-    and ``knobs`` as in :func:`markdown_table`; ``std=False`` shows means only (for narrow
-    terminals). Number and knob cells never wrap or shrink: on a narrow terminal only the
-    title column folds."""
-    from rich.table import Table
+    and ``knobs`` as in :func:`markdown_table`; ``std=False`` shows means only, ``compact``
+    writes ``81.23±0.40`` without box lines (for narrow terminals and log files). No cell ever
+    wraps or shrinks: :func:`featcache.tables.print_runs` picks the layout that fits."""
+    from featcache.tables import mean_std, plain_table
 
     rows = [[str(row[title_column]), *(str(row[k]) for k in knobs),
-             *(_pct(row[k], row.get(f"{k}_std") if std else None) for _, k in columns)]
+             *(mean_std(row[k], row.get(f"{k}_std") if std else None, compact=compact)
+               for _, k in columns)]
             for row in frame.iter_rows(named=True)]
     heads = [title_header, *(k.removeprefix("config_") for k in knobs), *(c for c, _ in columns)]
-    table = Table(title=title or None)
-    for i, head in enumerate(heads):
-        if i == 0:
-            table.add_column(head, overflow="fold")
-            continue
-        width = max([len(head), *(len(r[i]) for r in rows)])
-        table.add_column(head, justify="right" if i > len(knobs) else "left",
-                         min_width=width, no_wrap=True)
-    for r in rows:
-        table.add_row(*r)
-    return table
+    right = [i > len(knobs) for i in range(len(heads))]
+    return plain_table(heads, rows, title=title, right=right, compact=compact)
 
 
 @dataclass

@@ -13,7 +13,7 @@ import math
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.heads.base import Head, cosine_logits, register_head, uniform_
+from featcache.heads.base import Head, register_head, uniform_
 
 
 @register_head("adapter")
@@ -51,13 +51,13 @@ class AdapterHead(Head):
             low = self.scratch("weight", self.weight, dtype) if dtype != torch.float32 else None
             return _AdapterCosine.apply(x, self.weight, self.bias, self.gate, self.prototypes,
                                         self.tau, self.scratch("weight", self.weight), low)
-        return cosine_logits(self.features(x), self.prototypes, 1.0 / self.tau)
+        return self.prototype_logits(self.features(x))
 
 
 class _AdapterCosine(torch.autograd.Function):
     """The training step's adapter + cosine logits as one function with a hand-written backward.
 
-    Same forward as :meth:`AdapterHead.features` then :func:`cosine_logits`, in fewer passes
+    Same forward as :meth:`AdapterHead.features` then :meth:`Head.prototype_logits`, in fewer passes
     over ``[G, B, D]``: f = lerp(A x + a, x, g), logits = (f / |f|) · (t / τ). Backward (x needs
     no gradient): dn = dz (t/τ); df = (dn − n ⟨dn, n⟩) / |f|; dλ = σ'(λ) Σ df ⊙ (x − A x − a);
     d(Ax + a) = (1 − g) df; dA = d(Ax + a)ᵀ x (into a buffer kept across steps).

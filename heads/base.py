@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from featcache.errors import FeatcacheError, did_you_mean, number_problem
+from featcache.lift import cosine_logits
 from featcache.registry import Registry
 from featcache.schedules import EPOCH_SCHEDULES
 from featcache.seeding import stream_seed, torch_generator
@@ -359,6 +360,13 @@ class Head(nn.Module):
         """The head's internal feature (an adapter's adapted feature); logits by default."""
         return self.forward(x)
 
+    def prototype_logits(self, f: torch.Tensor) -> torch.Tensor:  # [G, B, P] -> [G, B, C]
+        """``cos(f, prototypes) / τ`` per member, through :func:`featcache.lift.cosine_logits`
+        (the one cosine classifier; the prototypes ``[G, C, P]`` are unit-norm already and
+        ``self.tau`` is ``[G]``). For heads that score against fixed prototypes."""
+        return cosine_logits(f, self.prototypes, (1.0 / self.tau)[:, None, None],
+                             matmul=bmm_t, unit_weight=True)
+
     @contextlib.contextmanager
     def matmul_precision(self, dtype: torch.dtype) -> Iterator[None]:
         """Inside the block, weight products run in ``dtype`` (bf16/fp16) and return fp32.
@@ -524,7 +532,6 @@ def product(op, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.T
     return op(a.to(dtype), b.to(dtype)).float()
 
 
-def cosine_logits(feats: torch.Tensor, protos: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """``scale · cos(feats, protos)``: feats [G, B, P], protos [G, C, P] (normalised), scale [G]."""
-    f = torch.nn.functional.normalize(feats, dim=-1)
-    return torch.bmm(f, protos.transpose(1, 2)) * scale[:, None, None]  # [G, B, C]
+def bmm_t(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a b^T`` for stacked members: ``[G, B, P] x [G, C, P] -> [G, B, C]``."""
+    return torch.bmm(a, b.transpose(1, 2))

@@ -81,6 +81,12 @@ def check_run_settings(cfg: object) -> None:
         raise FeatcacheError(f"--test-per-class must be an integer >= 1, got {cfg.test_per_class}.")
     if cfg.schedule not in SCHEDULES:
         raise FeatcacheError(f"--schedule must be one of {', '.join(SCHEDULES)}.")
+    if cfg.bootstrap < 0 or cfg.bootstrap_seed < 0:
+        raise FeatcacheError(f"--bootstrap and --bootstrap-seed must be integers >= 0 (0 = no intervals), "
+                             f"got {cfg.bootstrap} and {cfg.bootstrap_seed}.")
+    from featcache.plots import parse_formats
+
+    parse_formats(cfg.plot_format)
     if cfg.tte and cfg.view != "standard":
         raise FeatcacheError("--tte evaluates on the five cached crops; it needs --view standard.")
     if cfg.precision not in PRECISIONS:
@@ -133,6 +139,9 @@ class RunSettings:
     precision: str = "fp32"
     out: str | None = None
     method: str = ""
+    bootstrap: int = 0  # replicates of the test rows for 95 % CIs (0 = off): featcache.class_metrics
+    bootstrap_seed: int = 0
+    plot_format: str = "png"  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
     shots: int | None = None
     validation_free: bool = False
     calibrate: str = "none"

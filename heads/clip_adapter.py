@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.heads.base import Head, cosine_logits, knob, product, register_head, uniform_
+from featcache.heads.base import Head, knob, product, register_head, uniform_
 
 _SRC = "Gao et al. 2023 (CLIP-Adapter) eq. 3; gaopengcuhk/CLIP-Adapter clip_adapter.py"
 
@@ -73,4 +73,4 @@ class ClipAdapterHead(Head):
         return r * a + (1 - r) * x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
-        return cosine_logits(self.features(x), self.prototypes, 1.0 / self.tau)
+        return self.prototype_logits(self.features(x))

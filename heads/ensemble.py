@@ -12,7 +12,7 @@ import math
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.heads.base import Head, cosine_logits, register_head, uniform_
+from featcache.heads.base import Head, register_head, uniform_
 
 
 @register_head("ensemble-logit")
@@ -63,4 +63,4 @@ class FeatureEnsembleHead(Head):
         return self.linear(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, 2d] -> [G, B, C]
-        return cosine_logits(self.features(x), self.prototypes, 1.0 / self.tau)
+        return self.prototype_logits(self.features(x))

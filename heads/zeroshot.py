@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from featcache.heads.base import Head, cosine_logits, register_head
+from featcache.heads.base import Head, register_head
 
 
 @register_head("zeroshot")
@@ -24,4 +24,4 @@ class ZeroShotHead(Head):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [G, B, D] -> [G, B, C]
         self.check_input(x)
-        return cosine_logits(x, self.prototypes, 1.0 / self.tau)
+        return self.prototype_logits(x)

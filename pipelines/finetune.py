@@ -80,7 +80,7 @@ INITS = ("text", "random")
 SCHEDULES = EPOCH_SCHEDULES
 # Settings that may change between an interrupted run and its resumption (they do not change
 # what is trained); every other setting must match the checkpoint's.
-RUNTIME_KNOBS = ("out", "resume", "device", "workers", "progress", "eval_batch_size")
+RUNTIME_KNOBS = ("out", "resume", "device", "workers", "progress", "eval_batch_size", "plot_format")
 LIFT_EPOCHS = 10  # shijxcs/LIFT configs/model/clip_vit_b16.yaml:13 (num_epochs: 10)
 RRC_SCALE = (0.08, 1.0)  # torchvision RandomResizedCrop defaults, as LIFT uses them
 RRC_RATIO = (3.0 / 4.0, 4.0 / 3.0)
@@ -134,8 +134,12 @@ class FinetuneConfig:
     out: str | None = None
     resume: bool = False
     progress: bool = True
+    plot_format: str = "png"  # figure formats (featcache.plots.parse_formats), e.g. "png,pdf"
 
     def __post_init__(self) -> None:
+        from featcache.plots import parse_formats
+
+        parse_formats(self.plot_format)
         method_cfg = make_config(self.method, **self.method_options)  # unknown names: did-you-mean
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "dataset_options", dict(self.dataset_options))

@@ -72,6 +72,7 @@ from featcache.heads.losses import posthoc_adjust
 from featcache.heads.training import predict_logits, stream_key, train_members
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import tfa_lt, train_head
+from featcache.plots import parse_formats
 from featcache.runs import RunWriter, write_json
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,9 @@ RUN_LEVEL = {
     "test_per_class": "every configuration must be tested on the same rows",
     "ensemble": "a grid runs one TFA-LT variant (--ensemble)",
     "adapters": "a grid runs one TFA-LT variant (--no-adapters)",
+    "plot_format": "figure formats are a setting of the whole run (--plot-format)",
+    "bootstrap": "confidence intervals are a setting of the whole run (--bootstrap)",
+    "bootstrap_seed": "confidence intervals are a setting of the whole run (--bootstrap-seed)",
     "validation_free": "a grid selects its configuration on validation rows",
     "calibrate": "calibrate the selected configuration with train-head --calibrate temperature",
 }
@@ -299,6 +303,7 @@ class Trained:
     model: Callable[[int], dict]
     train_loss: list[float]
     seconds: float
+    epoch_loss: list[dict[str, list[float]]] | None = None  # per member: per_seed loss-curve keys
 
 
 def _rows_per_chunk(G: int, width: int, budget: int = 2**26) -> int:
@@ -341,7 +346,8 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
         return {"kind": "head", "head": head.member(g).checkpoint()}
 
     return Trained(logits, [(i, j) for i, j, _ in entries], model,
-                   [loss[-1] if loss else math.nan for loss in result.epoch_loss], result.seconds)
+                   [loss[-1] if loss else math.nan for loss in result.epoch_loss], result.seconds,
+                   [{"epoch_loss": list(loss)} for loss in result.epoch_loss])
 
 
 def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedData,
@@ -379,6 +385,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
 
     ensembler, seconds = None, stage1.seconds
     losses = [math.nan] * len(pairs)
+    curves = [{"stage1_epoch_loss_wrs": list(stage1.epoch_loss[w]),
+               "stage1_epoch_loss_rus": list(stage1.epoch_loss[r])} for _, _, w, r in pairs]
     if base.ensemble != "mean":
         with torch.no_grad():
             inputs = stage2_inputs(data.feats).contiguous()  # [P, N, 2C | 2D]
@@ -393,6 +401,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
         del inputs
         seconds += stage2.seconds
         losses = [loss[-1] if loss else math.nan for loss in stage2.epoch_loss]
+        for p, loss in enumerate(stage2.epoch_loss):
+            curves[p]["stage2_epoch_loss"] = list(loss)
     chunk2 = _rows_per_chunk(len(pairs), 2 * max(D, C))
 
     def logits(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [P, n, C]
@@ -412,7 +422,7 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
         return {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": base.ensemble,
                 "ensembler": ens.checkpoint() if ens is not None else None}
 
-    return Trained(logits, [(i, j) for i, j, _, _ in pairs], model, losses, seconds)
+    return Trained(logits, [(i, j) for i, j, _, _ in pairs], model, losses, seconds, curves)
 
 
 def _features(head: Head, x: torch.Tensor, *, batch: int) -> torch.Tensor:
@@ -634,7 +644,9 @@ def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
     cfg = grid.configs[selected]
     data, setups = loaded[_data_key(cfg)]
     trained = trained_of[selected]
-    shown = ", ".join(f"{n}={getattr(cfg, n, dict(getattr(cfg, 'head_options', ())).get(n))}"
+    from featcache.tables import fmt_number
+
+    shown = ", ".join(f"{n}={fmt_number(getattr(cfg, n, dict(getattr(cfg, 'head_options', ())).get(n)))}"
                       for n in grid.names)
     writer = RunWriter(out_dir, config, data.cache.class_names, method=f"grid best ({shown})")
     pipeline = "tfa-lt" if grid.pipeline == "tfa-lt" else "train-head"
@@ -645,10 +657,12 @@ def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
                                   num_classes=data.num_classes,
                                   train_counts=setup.split.train_counts, groups=setup.split.groups)
         ckpt = checkpoint_for(pipeline, trained.model(g), cfg, data, setup)
+        metrics.update(trained.epoch_loss[g] if trained.epoch_loss else {})  # loss curves
         writer.add_seed(setup.seed, metrics, labels=data.cache.labels[setup.split.test],
                         scores=test_logits[(selected, j)].numpy(), rows=setup.split.test,
                         ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
-                        train_counts=setup.split.train_counts, checkpoint=ckpt)
+                        train_counts=setup.split.train_counts, checkpoint=ckpt,
+                        groups=setup.split.groups)
     doc = writer.finish()
     vals = [val_rows[selected * len(setups) + j] for j in range(len(setups))]
     doc.update(
@@ -668,7 +682,8 @@ def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
     varied = [n for n, v in grid.params if len(v) > 1]
     for a, b in itertools.combinations(varied, 2):
         path = out_dir / f"heatmap_{a}__{b}.png"
-        plot_heatmap(table, a, b, path, select=grid.select)
+        plot_heatmap(table, a, b, path, select=grid.select,
+                     formats=parse_formats(grid.base.plot_format))
         heatmaps.append(path)
     return doc, heatmaps
 
@@ -703,7 +718,7 @@ def _shots_curve(grid: GridConfig, val_mean: np.ndarray, test_rows: list[dict], 
 
 
 def plot_heatmap(table: pl.DataFrame, x: str, y: str, path: str | Path, *,
-                 select: str = "balanced_acc") -> Path:
+                 select: str = "balanced_acc", formats: Sequence[str] = ("png",)) -> Path:
     """Heatmap of the mean (over seeds) validation ``select`` metric over knobs ``x`` × ``y``.
 
     With more than two gridded knobs each cell is the best configuration over the others
@@ -711,10 +726,7 @@ def plot_heatmap(table: pl.DataFrame, x: str, y: str, path: str | Path, *,
     test figure below, for inspection. Any two columns of ``table`` (the grid's
     ``metrics.parquet``) can be plotted.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from featcache.plots import heatmap_figure, save
 
     for k in (x, y):
         if k not in table.columns:
@@ -733,21 +745,8 @@ def plot_heatmap(table: pl.DataFrame, x: str, y: str, path: str | Path, *,
         r, c = ys.index(row[y]), xs.index(row[x])
         val[r, c] = np.nan if row[vkey] is None else row[vkey]
         test[r, c] = np.nan if row[tkey] is None else row[tkey]
-    fig, ax = plt.subplots(figsize=(1.6 + 1.1 * len(xs), 1.4 + 0.7 * len(ys)), dpi=100)
-    im = ax.imshow(val, cmap="viridis", aspect="auto")
-    ax.set_xticks(range(len(xs)), [str(v) for v in xs], rotation=45)
-    ax.set_yticks(range(len(ys)), [str(v) for v in ys])
-    ax.set_xlabel(x)
-    ax.set_ylabel(y)
-    for (r, c), v in np.ndenumerate(val):
-        if math.isfinite(v):
-            ax.text(c, r, f"{100 * v:.1f}\n({100 * test[r, c]:.1f})", ha="center", va="center",
-                    fontsize=7, color="white" if v < np.nanmean(val) else "black")
-    ax.set_title(f"val {select} (test), best over other knobs", fontsize=9)
-    fig.colorbar(im, ax=ax)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    fig = heatmap_figure(val, test, xs, ys, x=x, y=y, select=select)
+    save(fig, Path(path).with_suffix(""), formats)
     return Path(path)
 
 
@@ -755,30 +754,55 @@ def _sort_key(v: object) -> tuple:
     return (0, v, "") if isinstance(v, int | float) and not isinstance(v, bool) else (1, 0, str(v))
 
 
+_TOP_COLUMNS = (("Total", "test_acc"), ("Bal.", "test_balanced_acc"), ("F1", "test_macro_f1"),
+                ("Many", "test_many_acc"), ("Med", "test_medium_acc"), ("Few", "test_few_acc"))
+
+
+def top_tables(result: GridResult, grid: GridConfig, n: int | None = None) -> list:
+    """The ``n`` best configurations (mean ± std over seeds, percent), ranked by validation,
+    in three layouts for :func:`featcache.tables.print_fitting`: boxed with ``81.23 ± 0.40``,
+    compact ``81.23±0.40``, and means only. Column ``#`` is the configuration's number, the
+    one ``metrics.parquet`` (``config``), ``metrics.json`` (``selected``) and the closing
+    message use; ``*`` marks the selected one."""
+    from featcache.tables import fmt_number, mean_std, plain_table
+
+    short = {"acc": "Total", "balanced_acc": "Bal.", "macro_f1": "F1", "auc": "AUC",
+             "many_acc": "Many", "medium_acc": "Med", "few_acc": "Few"}
+    heads = ["#", *grid.names, f"val {short.get(grid.select, grid.select)}",
+             *(t for t, _ in _TOP_COLUMNS)]
+    keys = [f"val_{grid.select}", *(k for _, k in _TOP_COLUMNS)]
+    right = [True] * len(heads)
+    title = (f"grid: {len(grid.configs)} configurations ranked by val {grid.select}, "
+             "* selected; test %")
+    rows = list(result.summary.head(n or grid.top).iter_rows(named=True))
+    tables = []
+    for std, compact in ((True, False), (True, True), (False, True)):
+        cells = [[f"{row['config']}{'*' if row['selected'] else ''}",
+                  *(fmt_number(row[k]) for k in grid.names),
+                  *(mean_std(row.get(k), row.get(f"{k}_std") if std else None, compact=compact)
+                    for k in keys)] for row in rows]
+        shown = title if std else title + " (means, %; ± std in summary.csv)"
+        tables.append(plain_table(heads, cells, title=shown, right=right, compact=compact))
+    return tables
+
+
 def top_table(result: GridResult, grid: GridConfig, n: int | None = None):  # noqa: ANN201
-    """A rich Table of the ``n`` best configurations (mean ± std over seeds, percent)."""
-    from rich.table import Table
+    """The widest layout of :func:`top_tables`."""
+    return top_tables(result, grid, n)[0]
 
-    def pct(row: dict, key: str) -> str:
-        mean, std = row.get(key), row.get(f"{key}_std")
-        if mean is None or not math.isfinite(mean):
-            return "–"
-        return f"{100 * mean:.2f} ± {100 * (std or 0):.2f}"
 
-    table = Table(title=f"grid: {len(grid.configs)} configurations, selected on val_{grid.select}")
-    table.add_column("#", justify="right")
-    for name in grid.names:
-        table.add_column(name, justify="right")
-    cols = [(f"val {grid.select}", f"val_{grid.select}"), ("test Total", "test_acc"),
-            ("test bal.", "test_balanced_acc"), ("test F1", "test_macro_f1"),
-            ("Many", "test_many_acc"), ("Med", "test_medium_acc"), ("Few", "test_few_acc")]
-    for title, _ in cols:
-        table.add_column(title, justify="right")
-    for row in result.summary.head(n or grid.top).iter_rows(named=True):
-        mark = "*" if row["selected"] else ""
-        table.add_row(f"{row['rank']}{mark}", *[str(row[k]) for k in grid.names],
-                      *[pct(row, key) for _, key in cols])
-    return table
+def selected_text(result: GridResult, grid: GridConfig) -> str:
+    """The closing message: the selected configuration's number (as in the table), its knob
+    values, its validation figure and its test figures."""
+    from featcache.tables import fmt_number
+
+    m = result.metrics
+    row = result.summary.filter(pl.col("config") == result.selected).row(0, named=True)
+    knobs = ", ".join(f"{k}={fmt_number(row[k])}" for k in grid.names)
+    return (f"Selected configuration {result.selected}* ({knobs}) on val {grid.select} "
+            f"{100 * m['val'][grid.select]:.2f}; its test acc {100 * m['acc']:.2f} ± "
+            f"{100 * m['acc_std']:.2f}, balanced acc {100 * m['balanced_acc']:.2f} ± "
+            f"{100 * m['balanced_acc_std']:.2f}.")
 
 
 def make_grid(base: PipelineConfig, params: Sequence[str], **kwargs: object) -> GridConfig:

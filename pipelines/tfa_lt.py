@@ -144,7 +144,7 @@ def run(cfg: TfaLtConfig) -> RunResult:
     log.info("stage I: %.2f s", stage1.seconds)
 
     # Stage II: the frozen branches' outputs on every row, once; one ensembler per seed.
-    ensembler, stage2_seconds = None, 0.0
+    ensembler, stage2_seconds, stage2_loss = None, 0.0, None
     if cfg.ensemble != "mean":
         with torch.no_grad():
             z = (predict_logits if cfg.ensemble == "logit" else head_features)(branches, data.feats)
@@ -155,7 +155,7 @@ def run(cfg: TfaLtConfig) -> RunResult:
         ensembler = build_head(f"ensemble-{cfg.ensemble}", ens_ctx, ens_members, device=data.device)
         stage2 = train_members(ensembler, inputs, data.labels, [s.pool for s in setups],
                                precision=cfg.precision)
-        stage2_seconds = stage2.seconds
+        stage2_seconds, stage2_loss = stage2.seconds, stage2.epoch_loss
         log.info("stage II: %.2f s", stage2.seconds)
 
     name = cfg.method or _method_name(cfg)
@@ -172,6 +172,11 @@ def run(cfg: TfaLtConfig) -> RunResult:
         metrics, labels, scores = evaluate(logits_of, data, setup, cfg.posthoc_tau, cfg.calibrate)
         metrics["stage1_loss_wrs"] = _last(stage1.epoch_loss[2 * i])
         metrics["stage1_loss_rus"] = _last(stage1.epoch_loss[2 * i + 1])
+        # the loss curves (featcache.plots)
+        metrics["stage1_epoch_loss_wrs"] = list(stage1.epoch_loss[2 * i])
+        metrics["stage1_epoch_loss_rus"] = list(stage1.epoch_loss[2 * i + 1])
+        if stage2_loss is not None:
+            metrics["stage2_epoch_loss"] = list(stage2_loss[i])
         model = {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": cfg.ensemble,
                  "ensembler": ens.checkpoint() if ens is not None else None}
         ckpt = checkpoint_for("tfa-lt", model, cfg, data, setup)
@@ -179,7 +184,8 @@ def run(cfg: TfaLtConfig) -> RunResult:
             ckpt["temperature"] = metrics["temperature"]
         writer.add_seed(setup.seed, metrics, labels=labels, scores=scores, rows=setup.split.test,
                         ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
-                        train_counts=setup.split.train_counts, checkpoint=ckpt)
+                        train_counts=setup.split.train_counts, groups=setup.split.groups,
+                        checkpoint=ckpt)
     summary = writer.finish()
     summary["train_seconds"] = stage1.seconds + stage2_seconds
     if cfg.calibrate != "none":  # config.json: the fitted temperature of every seed

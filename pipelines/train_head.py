@@ -139,6 +139,7 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
         metrics, labels, scores = evaluate(lambda x, m=member: predict_logits(m, x)[0], data,
                                            setup, cfg.posthoc_tau, cfg.calibrate)
         metrics["train_loss"] = result.epoch_loss[g][-1] if result.epoch_loss[g] else math.nan
+        metrics["epoch_loss"] = list(result.epoch_loss[g])  # the loss curve (featcache.plots)
         if hasattr(result, "chosen_c"):
             metrics["logreg_c"] = result.chosen_c[g]
         model = {"kind": "head", "head": member.checkpoint()}
@@ -147,7 +148,8 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
             ckpt["temperature"] = metrics["temperature"]
         writer.add_seed(setup.seed, metrics, labels=labels, scores=scores, rows=setup.split.test,
                         ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
-                        train_counts=setup.split.train_counts, checkpoint=ckpt)
+                        train_counts=setup.split.train_counts, groups=setup.split.groups,
+                        checkpoint=ckpt)
     summary = writer.finish()
     summary["train_seconds"] = result.seconds
     if cfg.calibrate != "none":  # config.json: the fitted temperature of every seed

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from featcache.heads.adapter import _AdapterCosine
-from featcache.heads.base import _BatchedLinear, cosine_logits
+from featcache.heads.base import _BatchedLinear, bmm_t
+from featcache.lift import cosine_logits
 
 G, B, D, C = 3, 17, 24, 5
 
@@ -29,7 +30,7 @@ def _adapter_reference(x, weight, bias, gate, protos, tau):  # noqa: ANN001, ANN
     """The plain forward of AdapterHead.features + cosine_logits, left to autograd."""
     g = torch.sigmoid(gate)[:, None, None]
     f = torch.lerp(torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2)), x, g)
-    return cosine_logits(f, protos, 1.0 / tau)
+    return cosine_logits(f, protos, (1.0 / tau)[:, None, None], matmul=bmm_t, unit_weight=True)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
@@ -63,7 +64,8 @@ def test_adapter_half_backward_equals_autograd_of_half_products() -> None:
     def half_forward(x, weight, bias, gate, protos, tau):  # noqa: ANN001, ANN202
         g = torch.sigmoid(gate)[:, None, None]
         ax = torch.bmm(x.bfloat16(), weight.bfloat16().transpose(1, 2)).float() + bias[:, None, :]
-        return cosine_logits(torch.lerp(ax, x, g), protos, 1.0 / tau)
+        return cosine_logits(torch.lerp(ax, x, g), protos, (1.0 / tau)[:, None, None], matmul=bmm_t,
+                             unit_weight=True)
 
     want = torch.autograd.grad(half_forward(a["x"], *params, a["protos"], a["tau"]), params, dz)
     # autograd's dA is a bf16 product too, but rounds d(Ax+a) at another point: bf16 tolerance

@@ -44,3 +44,16 @@ def test_text_prototypes_for_cls_features_use_lifts_text_init() -> None:
     lift = semantic_init_weights(text[0], proj)
     assert torch.equal(lift, project_text(F.normalize(text[0], dim=-1), proj))
     torch.testing.assert_close(got, lift)  # one template: heads' init equals LIFT's
+
+
+def test_prototype_heads_score_through_the_one_cosine_classifier_bit_for_bit() -> None:
+    """zeroshot, TFA-LT's ensembler and CLIP-Adapter (fixed unit prototypes) keep the numbers of
+    the formula they computed before Head.prototype_logits routed them through cosine_logits."""
+    torch.manual_seed(2)
+    protos = F.normalize(torch.randn(G, C, D), dim=-1)
+    ctx = HeadContext(D, C, prototypes=protos)
+    head = build_head("zeroshot", ctx, [MemberSpec(seed=s, tau=0.01 * (s + 1)) for s in range(G)])
+    x = torch.randn(G, B, D)
+    old = torch.bmm(F.normalize(x, dim=-1), head.prototypes.transpose(1, 2)) * (1.0 / head.tau)[:, None, None]
+    assert torch.equal(head(x), old)
+    assert torch.equal(head.prototype_logits(x), old)

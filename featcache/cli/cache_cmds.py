@@ -126,7 +126,6 @@ def import_cmd(source: str, dataset: str | None, out: str | None, overwrite: boo
 def info_cmd(cache: str, as_json: bool) -> None:
     """Show what a cache holds: model, weights, preprocessing, views, counts, fingerprint."""
     import numpy as np
-    from rich.table import Table
 
     from featcache.cache import open_cache
 
@@ -157,22 +156,34 @@ def info_cmd(cache: str, as_json: bool) -> None:
         "manifest_sha256": c.meta.get("manifest_sha256"),
         "versions": c.meta.get("versions"),
         "counts": counts,
+        "split_totals": {s: int((c.splits == (s if s != "(none)" else "")).sum()) for s in counts},
         "skipped": c.skipped,
     }
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
     con = console()
-    con.print(f"{c.path} — complete", style="bold")
+    # soft_wrap: a long line (a fingerprint, a path) stays one line at any width, never folded
+    con.print(f"{c.path} — complete", style="bold", soft_wrap=True)
     for key in ("dataset", "model", "weights", "precision", "views", "images", "embed_dim", "cls_dim", "logit_scale", "fingerprint", "manifest_sha256"):
-        con.print(f"  {key:16s} {info[key]}")
-    con.print(f"  {'preprocessing':16s} {json.dumps(info['preprocessing'])}")
-    con.print(f"  {'templates':16s} {len(c.templates)}: {c.templates[:2]}{' …' if len(c.templates) > 2 else ''}")
-    table = Table("class", *counts.keys(), "total")
+        con.print(f"  {key:16s} {info[key]}", soft_wrap=True)
+    con.print(f"  {'preprocessing':16s} {json.dumps(info['preprocessing'])}", soft_wrap=True)
+    con.print(f"  {'templates':16s} {len(c.templates)}: {c.templates[:2]}{' …' if len(c.templates) > 2 else ''}", soft_wrap=True)
+    totals = info["split_totals"]
+    con.print(f"  {'splits':16s} " + ", ".join(f"{s} {n:,}" for s, n in totals.items())
+              + f" (total {len(c):,})", soft_wrap=True)
+    from featcache.tables import plain_table, print_fitting
+
+    heads = ["class", *counts.keys(), "total"]
+    rows = []
     for j, name in enumerate(c.descriptor.class_ids):
         row = [counts[s][j] for s in counts]
-        table.add_row(name, *map(str, row), str(sum(row)))
-    con.print(table)
+        rows.append([name, *map(str, row), str(sum(row))])
+    rows.append(["total" if labels is not None else "total (labels)",
+                 *(str(sum(counts[s])) for s in counts), str(sum(sum(v) for v in counts.values()))])
+    right = [i > 0 for i in range(len(heads))]
+    print_fitting(con, [plain_table(heads, rows, right=right),
+                        plain_table(heads, rows, right=right, compact=True)])
     if c.skipped:
         con.print(f"{len(c.skipped)} skipped image(s):", style="yellow")
         for s in c.skipped:

@@ -68,3 +68,14 @@ def parse_pairs(pairs: tuple[str, ...], flag: str) -> dict:
             raise FeatcacheError(f"{flag} {pair}: {key.strip()} {problem}.")
         out[key.strip().replace("-", "_")] = value
     return out
+
+
+def plot_format_option(f: Callable) -> Callable:
+    """``--plot-format``: the one declaration of the figure formats option (commands that
+    write figures reuse it; the value goes to :func:`featcache.plots.parse_formats`)."""
+    import click
+
+    return click.option(
+        "--plot-format", "plot_format", default="png", show_default=True, metavar="FMT[,FMT]",
+        help="Figure formats: png (always written), plus pdf and/or svg for a paper, e.g. "
+             "png,pdf. Figures are 150 dpi, never clipped.")(f)

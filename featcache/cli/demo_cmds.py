@@ -29,7 +29,7 @@ def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: st
     from featcache.pipelines.extract import run as extract
     from featcache.pipelines.reproduce import ReproduceConfig
     from featcache.pipelines.reproduce import run as reproduce
-    from featcache.runs import rich_table
+    from featcache.tables import print_runs
 
     root = Path(out)
     cache = root / "synthetic-lt-tiny-clip-tte.h5"
@@ -46,6 +46,6 @@ def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: st
         progress=lambda name: click.echo(f"    … {name}", err=True),
     )
     for table in ("Table 1", "Table 2"):
-        console().print(rich_table(frame.filter(frame["table"] == table), title=f"{table} (random-weight tiny-clip)"))
+        print_runs(console(), frame.filter(frame["table"] == table), title=f"{table} (random-weight tiny-clip)")
     click.echo(f"Wrote cache {cache}")
     click.echo(f"Wrote {run_dir}/tables.md, results.parquet/.csv and one run directory per row under {run_dir}/rows")

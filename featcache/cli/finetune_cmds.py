@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from featcache.cli import main
-from featcache.cli.common import parse_pairs, parse_seeds
+from featcache.cli.common import parse_pairs, parse_seeds, plot_format_option
 from featcache.device import DEVICES, PRECISIONS
 
 
@@ -40,7 +40,8 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
 @click.option("--workers", type=int, default=None, help="Decoding processes for image files per rank [default: this node's CPUs / its ranks, at most 16].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, train_canvas, tte, out, resume, device, precision, workers, no_progress) -> None:  # noqa: ANN001
+@plot_format_option
+def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, train_canvas, tte, out, resume, device, precision, workers, no_progress, plot_format) -> None:  # noqa: ANN001
     """Fine-tune the image encoder lightly (LIFT) and evaluate; writes a run directory.
 
     Runs under `torchrun --nproc_per_node=N -m featcache finetune ...` (DistributedDataParallel).
@@ -50,7 +51,8 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     """
     from featcache.distributed import dist_info
     from featcache.pipelines.finetune import FinetuneConfig, run
-    from featcache.runs import rich_table, runs_frame
+    from featcache.runs import runs_frame
+    from featcache.tables import print_runs
 
     cfg = FinetuneConfig(
         dataset=dataset, root=root, dataset_options=parse_pairs(options, "--option"), method=method,
@@ -59,7 +61,7 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
         epochs=epochs, batch_size=batch_size, lr=lr, momentum=momentum, weight_decay=weight_decay,
         schedule=schedule, loss=loss, la_tau=la_tau, sigma=sigma, init=init, augment=not no_augment,
         train_canvas=train_canvas, tte=tte, out=out, resume=resume, device=device, precision=precision, workers=workers,
-        progress=not no_progress,
+        progress=not no_progress, plot_format=plot_format,
     )
     result = run(cfg)
     if dist_info()[0] != 0 or not result.metrics:
@@ -77,5 +79,5 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
     rows = [{"run": str(result.out_dir), "metrics": {**metrics, "method": label + (" + TTE" if tte else "")}}]
     if "no_tte" in metrics:
         rows.append({"run": str(result.out_dir), "metrics": {**metrics["no_tte"], "method": label, "per_seed": metrics.get("per_seed", [])}})
-    console().print(rich_table(runs_frame(rows), title=f"{label} on {config.get('dataset') or cache}"))
+    print_runs(console(), runs_frame(rows), title=f"{label} on {config.get('dataset') or cache}")
     click.echo(f"Wrote run directory {result.out_dir}")

@@ -85,11 +85,10 @@ def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> 
     with console().status(f"training {len(spec.configs)} configuration(s) × "
                            f"{len(base.seeds)} seed(s)…"):
         result = grid.run(spec)
-    console().print(grid.top_table(result, spec))
-    m = result.metrics
-    click.echo(f"Selected configuration {result.selected} on val {select} "
-               f"({100 * m['val'][select]:.2f}); its test acc {100 * m['acc']:.2f} ± "
-               f"{100 * m['acc_std']:.2f}, balanced acc {100 * m['balanced_acc']:.2f}.")
+    from featcache.tables import print_fitting
+
+    print_fitting(console(), grid.top_tables(result, spec))
+    click.echo(grid.selected_text(result, spec))
     click.echo(f"Wrote run directory {result.out_dir} (config.json, metrics.json, "
                f"metrics.parquet/.csv: one row per configuration and seed, summary.parquet/.csv, "
                f"{len(result.heatmaps)} heatmap PNG(s), the selected configuration's "

@@ -12,7 +12,7 @@ from pathlib import Path
 import click
 
 from featcache.cli import main
-from featcache.cli.common import console, parse_seeds
+from featcache.cli.common import console, parse_seeds, plot_format_option
 from featcache.device import DEVICES, PRECISIONS
 from featcache.errors import FeatcacheError
 from featcache.heads import HEADS
@@ -36,12 +36,12 @@ def parse_head_options(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
 
 
 def _show(out_dir: Path, metrics: dict, title: str) -> None:
-    from featcache.runs import read_run, rich_table, runs_frame
+    from featcache.runs import read_run, runs_frame
+    from featcache.tables import print_runs
 
-    frame = runs_frame([read_run(out_dir)])
-    console().print(rich_table(frame, title=title))
+    print_runs(console(), runs_frame([read_run(out_dir)]), title=title)
     click.echo(f"Wrote run directory {out_dir} (config.json, metrics.json, metrics.parquet, "
-               "predictions.parquet, splits.parquet, checkpoints/, PNGs).")
+               "predictions.parquet, splits.parquet, per_class.csv, checkpoints/, figures).")
 
 
 @main.command("train-head")
@@ -99,6 +99,12 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>); one holding a run is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are deleted once training succeeds).")
 @click.option("--method", default="", help="Name shown in tables.")
+@click.option("--bootstrap", type=int, default=0, show_default=True, metavar="N",
+              help="Percentile 95% confidence intervals of acc, balanced acc and macro-F1 from N "
+                   "resamplings of the test rows, in metrics.json (0 = off; 1000 is usual).")
+@click.option("--bootstrap-seed", type=int, default=0, show_default=True,
+              help="Seed of the --bootstrap resampling (same seed, same intervals).")
+@plot_format_option
 def train_head_cmd(**opts: object) -> None:
     """Train a head (or the TFA-LT method with --ensemble) on cached features."""
     opts["seeds"] = parse_seeds(opts["seeds"])
@@ -201,9 +207,10 @@ def predict_cmd(run_dir: str, cache: str | None, images: tuple[str, ...], split:
 
 
 def _show_metrics(out_dir: Path, title: str) -> None:
-    from featcache.runs import read_run, rich_table, runs_frame
+    from featcache.runs import read_run, runs_frame
+    from featcache.tables import print_runs
 
-    console().print(rich_table(runs_frame([read_run(out_dir)]), title=title))
+    print_runs(console(), runs_frame([read_run(out_dir)]), title=title)
 
 
 @main.group("reproduce")
@@ -234,34 +241,33 @@ def reproduce_group() -> None:
 def reproduce_tfa_lt_cmd(**opts: object) -> None:
     """TFA-LT's Table 1 (frozen-feature rows) and Table 2 (ablation), 3 seeds."""
     from featcache.pipelines.reproduce import ReproduceConfig, run
-    from featcache.runs import rich_table
+    from featcache.tables import print_runs
 
     opts["seeds"] = parse_seeds(opts["seeds"])
     out, frame = run(ReproduceConfig(**opts), progress=lambda name: click.echo(f"… {name}", err=True))
     con = console()
     for table in ("Table 1", "Table 2"):
-        con.print(rich_table(frame.filter(frame["table"] == table), title=table))
+        print_runs(con, frame.filter(frame["table"] == table), title=table)
     click.echo(f"Wrote {out}/tables.md, results.parquet/.csv, metrics.parquet, config.json, "
                f"metrics.json; one run directory per row under {out}/rows.")
 
 
 def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
-    """The report table at the terminal's width: with the differing knobs as columns and
-    mean ± std when that fits; else the knobs as one line per run below; else means only
-    (said in the title). Numbers are never cut."""
-    from rich.measure import Measurement
-
+    """The report table at the terminal's width, in the first layout that fits: the differing
+    knobs as columns with mean ± std; the same compact (``81.23±0.40``, no box lines); the
+    knobs as one line per run below; means only (said in the title). Numbers are never cut,
+    and each run is one line (:func:`featcache.tables.print_fitting`)."""
     from featcache.runs import REPORT_COLUMNS, rich_table
+    from featcache.tables import print_fitting
 
     con = console()
-    for with_knobs, std in ((True, True), (False, True), (False, False)):
-        title = "" if std else "means over seeds, %; ± std: widen the terminal, or --out/--html"
-        table = rich_table(frame, title=title, title_column="name", title_header="Run",
-                           columns=REPORT_COLUMNS, knobs=knobs if with_knobs else (), std=std)
-        wide = con.options.update(width=10_000, max_width=10_000)  # the table's own width
-        if Measurement.get(con, wide, table).maximum <= con.width:
-            break
-    con.print(table)
+    layouts = [(True, True, False), (True, True, True), (False, True, True), (False, False, True)]
+    tables = [rich_table(frame, title="" if std else "means over seeds, %; ± std: widen the "
+                         "terminal, or --out/--html", title_column="name", title_header="Run",
+                         columns=REPORT_COLUMNS, knobs=knobs if with_knobs else (), std=std,
+                         compact=compact)
+              for with_knobs, std, compact in layouts]
+    with_knobs = layouts[print_fitting(con, tables)][0]
     if knobs and not with_knobs:
         click.echo("Settings that differ:")
         for row in frame.iter_rows(named=True):

@@ -1,0 +1,182 @@
+"""Per-class figures, binary rates and bootstrap confidence intervals of a run's test rows.
+
+:mod:`featcache.metrics` computes the headline figures of one evaluation; this module adds
+what a paper's supplementary tables need, for every run (:class:`featcache.runs.RunWriter`
+calls :func:`seed_extras` per seed and :func:`write_extras` once):
+
+- :func:`per_class_table`: precision, recall, F1, one-vs-rest ROC AUC and support per class
+  (scikit-learn's ``precision_recall_fscore_support(..., zero_division=0)`` and
+  ``roc_auc_score`` per class, from one confusion count), written as ``per_class.parquet`` /
+  ``.csv`` (mean and std over seeds; ``support`` the mean test rows per seed) and ``per_class_seeds.parquet`` (one row per seed ×
+  class).
+- :func:`binary_rates`: sensitivity (recall of class 1, the positive class, as AUC takes it)
+  and specificity (recall of class 0) for two-class sets, recorded per seed and as mean ± std
+  in ``metrics.json``.
+- :func:`bootstrap_ci`: percentile 95 % confidence intervals of ``acc``, ``balanced_acc`` and
+  ``macro_f1`` from resampling each seed's test rows with replacement (Efron & Tibshirani,
+  *An Introduction to the Bootstrap*, 1993, §13.3), seeded, for each seed and for the mean
+  over seeds that ``metrics.json`` reports (each replicate resamples every seed's rows
+  independently and averages the seeds' figures).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from featcache.metrics import _macro_f1, _rank_auc, softmax
+
+BOOTSTRAP_METRICS = ("acc", "balanced_acc", "macro_f1")
+PER_CLASS_FIGURES = ("precision", "recall", "f1", "auc")
+
+
+def _prf(labels: np.ndarray, pred: np.ndarray, C: int) -> tuple[np.ndarray, ...]:
+    """Per-class precision, recall, F1 and support from one count (0 where undefined)."""
+    support = np.bincount(labels, minlength=C)[:C]
+    pred_n = np.bincount(pred, minlength=C)[:C]
+    tp = np.bincount(labels[labels == pred], minlength=C)[:C]
+    precision = np.divide(tp, pred_n, out=np.zeros(C), where=pred_n > 0)
+    recall = np.divide(tp, support, out=np.zeros(C), where=support > 0)
+    denom = precision + recall
+    f1 = np.divide(2 * precision * recall, denom, out=np.zeros(C), where=denom > 0)
+    return precision, recall, f1, support
+
+
+def per_class_table(labels: np.ndarray, scores: np.ndarray,
+                    class_names: list[str] | None = None) -> pl.DataFrame:
+    """One row per class: ``class``, ``name``, ``support`` (test rows of the class),
+    ``precision``, ``recall``, ``f1`` (argmax predictions; 0 where undefined, as
+    scikit-learn's ``zero_division=0``) and ``auc`` (one-vs-rest ROC AUC of the softmax
+    probability; NaN when the class has no positive or no negative row). ``labels`` [N] int
+    and ``scores`` [N, C]; multi-label ``labels`` [N, C] are scored per label at probability
+    0.5 (sigmoid), as :func:`featcache.metrics.compute_metrics` does."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores, dtype=np.float64)
+    C = scores.shape[1]
+    names = list(class_names) if class_names is not None and len(class_names) == C else [str(c) for c in range(C)]
+    if labels.ndim == 2 and labels.shape[1] == 1 and C > 1:
+        labels = labels[:, 0]
+    rows: dict[str, list] = {"class": list(range(C)), "name": names}
+    if labels.ndim == 2:  # multi-label: each label a binary problem
+        probs = 1.0 / (1.0 + np.exp(-scores))
+        truth, pred = labels.astype(bool), probs > 0.5
+        tp = (truth & pred).sum(0)
+        support, pred_n = truth.sum(0), pred.sum(0)
+        precision = np.divide(tp, pred_n, out=np.zeros(C), where=pred_n > 0)
+        recall = np.divide(tp, support, out=np.zeros(C), where=support > 0)
+        denom = precision + recall
+        f1 = np.divide(2 * precision * recall, denom, out=np.zeros(C), where=denom > 0)
+        auc = [_auc(truth[:, c], probs[:, c]) for c in range(C)]
+    else:
+        precision, recall, f1, support = _prf(labels, scores.argmax(1), C)
+        probs = softmax(scores)
+        auc = [_auc(labels == c, probs[:, c]) for c in range(C)]
+    rows.update(support=[int(s) for s in support], precision=precision.tolist(),
+                recall=recall.tolist(), f1=f1.tolist(), auc=auc)
+    return pl.DataFrame(rows, schema={"class": pl.Int64, "name": pl.String, "support": pl.Int64,
+                                      **{k: pl.Float64 for k in PER_CLASS_FIGURES}})
+
+
+def _auc(pos: np.ndarray, prob: np.ndarray) -> float:
+    if not pos.any() or pos.all():
+        return math.nan
+    from scipy.stats import rankdata
+
+    return _rank_auc(pos, rankdata(prob))
+
+
+def binary_rates(labels: np.ndarray, pred: np.ndarray) -> dict[str, float]:
+    """Sensitivity TP / (TP + FN) and specificity TN / (TN + FP) of a two-class problem, class
+    1 positive; NaN where a class has no test row."""
+    labels, pred = np.asarray(labels), np.asarray(pred)
+    pos, neg = labels == 1, labels == 0
+    return {"sensitivity": float((pred[pos] == 1).mean()) if pos.any() else math.nan,
+            "specificity": float((pred[neg] == 0).mean()) if neg.any() else math.nan}
+
+
+def seed_extras(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """Figures added to one seed's metrics: sensitivity and specificity on two-class sets."""
+    labels = np.asarray(labels)
+    scores = np.asarray(scores)
+    if labels.ndim != 1 or scores.shape[1] != 2:
+        return {}
+    return binary_rates(labels, scores.argmax(1))
+
+
+def _point(labels: np.ndarray, pred: np.ndarray, C: int) -> dict[str, float]:
+    """acc, balanced_acc, macro_f1 exactly as :func:`featcache.metrics.compute_metrics`."""
+    support = np.bincount(labels, minlength=C)
+    tp = np.bincount(labels[labels == pred], minlength=C)
+    present = support > 0
+    return {"acc": float((labels == pred).mean()),
+            "balanced_acc": float((tp[present] / support[present]).mean()),
+            "macro_f1": _macro_f1(labels, pred, C)}
+
+
+def bootstrap_ci(evals: list[tuple[np.ndarray, np.ndarray]], n: int, *, seed: int = 0,
+                 level: float = 0.95) -> dict:
+    """Percentile bootstrap intervals over test rows (see the module docstring).
+
+    ``evals``: one ``(labels [N], scores [N, C])`` per seed. Returns ``{"n", "level", "seed",
+    "method", "<metric>_ci": [lo, hi] of the mean over seeds, "per_seed": [{"<metric>_ci":
+    [lo, hi]}, ...]}``; the same ``seed`` gives the same intervals."""
+    if n < 1:
+        raise ValueError(f"bootstrap needs n >= 1 replicates, got {n}")
+    rng = np.random.default_rng(seed)
+    C = max(int(s.shape[1]) for _, s in evals)
+    preds = [(np.asarray(lab), np.asarray(sc).argmax(1)) for lab, sc in evals]
+    reps = np.empty((n, len(preds), len(BOOTSTRAP_METRICS)))  # [B, seeds, metrics]
+    for b in range(n):
+        for s, (lab, pred) in enumerate(preds):
+            idx = rng.integers(0, lab.size, lab.size)
+            point = _point(lab[idx], pred[idx], C)
+            reps[b, s] = [point[k] for k in BOOTSTRAP_METRICS]
+    lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
+
+    def interval(values: np.ndarray) -> list[float]:
+        return [float(np.percentile(values, lo)), float(np.percentile(values, hi))]
+
+    out: dict = {"n": n, "level": level, "seed": seed,
+                 "method": "percentile; test rows resampled with replacement, per seed"}
+    mean = reps.mean(1)  # [B, metrics]: the mean over seeds metrics.json reports
+    for m, key in enumerate(BOOTSTRAP_METRICS):
+        out[f"{key}_ci"] = interval(mean[:, m])
+    out["per_seed"] = [{f"{key}_ci": interval(reps[:, s, m]) for m, key in enumerate(BOOTSTRAP_METRICS)}
+                       for s in range(len(preds))]
+    return out
+
+
+def write_extras(out_dir: Path, evals: list[tuple[int, np.ndarray, np.ndarray]],
+                 class_names: list[str], per_seed: list[dict], *, bootstrap: int = 0,
+                 bootstrap_seed: int = 0) -> dict:
+    """Write ``per_class.parquet``/``.csv`` and ``per_class_seeds.parquet`` of ``evals``
+    (``(seed, labels, scores)`` per seed) into ``out_dir``; return what ``metrics.json``
+    gains: sensitivity/specificity mean and std (two-class sets, from ``per_seed``) and,
+    when ``bootstrap`` > 0, ``bootstrap`` (:func:`bootstrap_ci`, single-label sets)."""
+    doc: dict = {}
+    if not evals:
+        return doc
+    frames = [per_class_table(lab, sc, class_names).with_columns(pl.lit(seed, pl.Int64).alias("seed"))
+              for seed, lab, sc in evals]
+    seeds = pl.concat(frames).select("seed", "class", "name", "support", *PER_CLASS_FIGURES)
+    seeds.write_parquet(out_dir / "per_class_seeds.parquet")
+    summary = (seeds.with_columns(pl.col(PER_CLASS_FIGURES).fill_nan(None))
+               .group_by("class", "name", maintain_order=True)
+               .agg(pl.col("support").mean(),
+                    *(pl.col(k).mean() for k in PER_CLASS_FIGURES),
+                    *(pl.col(k).std(ddof=0).alias(f"{k}_std") for k in PER_CLASS_FIGURES))
+               .sort("class"))
+    summary.write_parquet(out_dir / "per_class.parquet")
+    summary.write_csv(out_dir / "per_class.csv")
+    for key in ("sensitivity", "specificity"):
+        vals = np.array([m[key] for m in per_seed if m.get(key) is not None], dtype=float)
+        vals = vals[~np.isnan(vals)]
+        if any(key in m for m in per_seed):
+            doc[key] = float(vals.mean()) if vals.size else math.nan
+            doc[f"{key}_std"] = float(vals.std()) if vals.size else math.nan
+    if bootstrap and all(np.asarray(lab).ndim == 1 for _, lab, _ in evals):
+        doc["bootstrap"] = bootstrap_ci([(lab, sc) for _, lab, sc in evals], bootstrap, seed=bootstrap_seed)
+    return doc

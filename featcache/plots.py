@@ -1,0 +1,324 @@
+"""Every figure featcache writes, drawn for a paper: one home for matplotlib.
+
+Conventions, the same in every figure: saved at :data:`DPI` (150) with ``bbox_inches="tight"``
+so no label is clipped; PNG always, PDF or SVG as well on request (``--plot-format png,pdf``,
+:func:`parse_formats`, :func:`save`); legends outside the axes or at matplotlib's ``best``
+place, never over the data; user text (class and run names) passed through :func:`text` so
+a ``$`` never starts mathtext; colorbars labelled in the units of the cells.
+
+The figures of a run directory (:func:`write_run_plots`, called by
+:class:`featcache.runs.RunWriter`):
+
+- ``confusion.<fmt>``: the row-normalised confusion matrix summed over seeds
+  (:func:`confusion_data`), cells in % of the true class, a colorbar, the run in the title;
+- ``per_class_acc.<fmt>``: per-class test accuracy, mean ± std over seeds as error bars, the
+  classes ordered by training images and the many/medium/few groups shaded; vertical bars
+  with upright labels up to 20 classes, horizontal bars above (labels never overlap);
+- ``loss_curve.<fmt>``: the mean training loss of every epoch, one line per seed and per
+  loss a run records (``epoch_loss``, TFA-LT's stage I ``stage1_epoch_loss_wrs`` / ``_rus``).
+
+``featcache grid``'s heatmaps (:func:`heatmap_figure`) and the HTML report
+(:mod:`featcache.report`) draw with the same helpers.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from featcache.errors import FeatcacheError
+
+DPI = 150
+FORMATS = ("png", "pdf", "svg")
+GROUPS = ("many", "medium", "few")
+GROUP_COLOURS = {"many": "tab:blue", "medium": "tab:orange", "few": "tab:red"}
+# per_seed keys holding one loss per epoch, and how the loss curve names them
+LOSS_KEYS = {"epoch_loss": "training loss", "stage1_epoch_loss_wrs": "stage I (WRS)",
+             "stage1_epoch_loss_rus": "stage I (RUS)", "stage2_epoch_loss": "stage II"}
+
+
+def plt():  # noqa: ANN201
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as pyplot
+
+    return pyplot
+
+
+def text(s: object) -> str:
+    """User text for matplotlib: a ``$`` would start mathtext (and fail on an odd count)."""
+    return str(s).replace("$", r"\$")
+
+
+def parse_formats(spec: str | Sequence[str]) -> tuple[str, ...]:
+    """``"png,pdf"`` -> ``("png", "pdf")``: the figure formats to write. PNG is always
+    written (the report and the HTML page read it), first; an unknown format is an error."""
+    items = [s.strip().lower().lstrip(".") for s in (spec.split(",") if isinstance(spec, str) else spec)]
+    items = [s for s in items if s]
+    bad = [s for s in items if s not in FORMATS]
+    if bad:
+        raise FeatcacheError(f"--plot-format: unknown format '{bad[0]}'; choose from "
+                             f"{', '.join(FORMATS)} (comma-separated, e.g. png,pdf).")
+    return ("png", *dict.fromkeys(s for s in items if s != "png"))
+
+
+def save(fig, stem: str | Path, formats: Sequence[str] = ("png",)) -> list[Path]:  # noqa: ANN001
+    """Write ``fig`` as ``stem.<fmt>`` for every format (at :data:`DPI`, tight bounding box)
+    and close it; returns the files written."""
+    stem = Path(stem)
+    paths = []
+    for fmt in parse_formats(formats):
+        path = stem.with_name(f"{stem.name}.{fmt}")
+        fig.savefig(path, format=fmt, dpi=DPI, bbox_inches="tight")
+        paths.append(path)
+    plt().close(fig)
+    return paths
+
+
+def png_bytes(fig) -> bytes:  # noqa: ANN001
+    """``fig`` as PNG bytes (at :data:`DPI`, tight), closed; for pages that embed figures."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=DPI, bbox_inches="tight")
+    plt().close(fig)
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------------------
+# Confusion matrix
+
+
+def confusion_data(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(counts, normalised)``: ``[C, C]`` counts (rows = true class, columns = predicted)
+    and the same divided by each row's total, so every row with test rows sums to 1 (a class
+    with no test row is a row of NaN)."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (np.asarray(labels), np.asarray(pred)), 1)
+    return counts, normalise_rows(counts)
+
+
+def normalise_rows(counts: np.ndarray) -> np.ndarray:
+    """Each row of ``counts`` divided by its sum (NaN where the sum is 0)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    totals = counts.sum(1, keepdims=True)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(totals > 0, counts / np.where(totals > 0, totals, 1), np.nan)
+
+
+def confusion_figure(normalised: np.ndarray, class_names: Sequence[str], *, title: str):  # noqa: ANN201
+    """The row-normalised confusion matrix: cells in % of the true class (numbers printed up
+    to 20 classes, tick labels up to 40), a colorbar in the same unit."""
+    C = normalised.shape[0]
+    side = min(2.5 + 0.45 * C, 14.0)
+    fig, ax = plt().subplots(figsize=(side + 1.2, side))
+    pct = 100 * normalised
+    im = ax.imshow(pct, cmap="Blues", vmin=0, vmax=100)
+    names = [text(n) for n in (class_names if len(class_names) == C else range(C))]
+    if C <= 40:
+        size = 8 if C <= 15 else 6
+        ax.set_xticks(range(C), names, rotation=45 if C <= 15 else 90, ha="right" if C <= 15 else "center",
+                      rotation_mode="anchor" if C <= 15 else "default", fontsize=size)
+        ax.set_yticks(range(C), names, fontsize=size)
+    if C <= 20:
+        for (i, j), v in np.ndenumerate(pct):
+            if math.isfinite(v):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=7,
+                        color="white" if v > 50 else "black")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    ax.set_title(text(title), fontsize=10)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="% of the true class")
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Per-class accuracy
+
+
+def _group_of(groups: dict[str, Sequence[int]] | None, C: int) -> list[str | None]:
+    member: list[str | None] = [None] * C
+    for g, cs in (groups or {}).items():
+        for c in cs:
+            if 0 <= c < C:
+                member[c] = g
+    return member
+
+
+def per_class_figure(mean: np.ndarray, std: np.ndarray | None, class_names: Sequence[str], *,
+                     title: str, train_counts: np.ndarray | None = None,
+                     groups: dict[str, Sequence[int]] | None = None):  # noqa: ANN201
+    """Per-class accuracy (fractions in [0, 1], shown in %) with ``std`` over seeds as error
+    bars. Classes are ordered by ``train_counts`` (most images first) when given; the
+    many/medium/few ``groups`` are shaded behind the bars. Up to 20 classes: vertical bars,
+    labels upright (level when short); more: horizontal bars, one readable label per class
+    (the figure grows)."""
+    mean = 100 * np.asarray(mean, dtype=float)
+    std = None if std is None else 100 * np.asarray(std, dtype=float)
+    C = mean.size
+    names = [text(n) for n in (class_names if len(class_names) == C else range(C))]
+    order = (np.argsort(-np.asarray(train_counts, dtype=float), kind="stable")
+             if train_counts is not None else np.arange(C))
+    member = _group_of(groups, C)
+    horizontal = C > 20
+    pos = np.arange(C)
+    if horizontal:
+        fig, ax = plt().subplots(figsize=(6.5, max(3.0, 0.22 * C + 1.2)))
+    else:
+        fig, ax = plt().subplots(figsize=(max(5.0, 0.45 * C + 2.0), 4.0))
+    # group shading: one band per run of consecutive classes of the same group
+    shaded: set[str] = set()
+    start = 0
+    for k in range(1, C + 1):
+        if k == C or member[order[k]] != member[order[start]]:
+            g = member[order[start]]
+            if g is not None:
+                span = (ax.axhspan if horizontal else ax.axvspan)
+                span(start - 0.5, k - 0.5, color=GROUP_COLOURS[g], alpha=0.12, linewidth=0,
+                     label=None if g in shaded else f"{g}-shot classes")
+                shaded.add(g)
+            start = k
+    values = np.nan_to_num(mean[order], nan=0.0)
+    err = None if std is None else np.nan_to_num(std[order], nan=0.0)
+    colours = [GROUP_COLOURS.get(member[c], "tab:gray") for c in order]
+    if horizontal:
+        ax.barh(pos, values, xerr=err, color=colours, capsize=2, height=0.7,
+                error_kw={"elinewidth": 0.8})
+        ax.set_yticks(pos, [names[c] for c in order], fontsize=7 if C <= 60 else 5)
+        ax.invert_yaxis()  # most images on top
+        ax.set_xlim(0, 105)
+        ax.set_xlabel("test accuracy (%)")
+        ax.grid(axis="x", alpha=0.3)
+    else:
+        ax.bar(pos, values, yerr=err, color=colours, capsize=3, width=0.7)
+        # short names stay level; longer ones stand upright, so neighbours never touch
+        upright = C > 12 or max((len(n) for n in names), default=0) > 5
+        ax.set_xticks(pos, [names[c] for c in order], rotation=90 if upright else 0, fontsize=8)
+        ax.set_ylim(0, 105)
+        ax.set_ylabel("test accuracy (%)")
+        ax.grid(axis="y", alpha=0.3)
+    missing = [names[c] for c in order if not math.isfinite(mean[c])]
+    sub = " (mean ± std over seeds" + (", classes by training images" if train_counts is not None else "") + ")"
+    ax.set_title(text(title) + sub + (f"\nno test rows: {', '.join(missing[:5])}" if missing else ""),
+                 fontsize=9)
+    if shaded:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Loss curves
+
+
+def loss_curves(per_seed: Sequence[dict]) -> dict[str, list[tuple[int, list[float]]]]:
+    """The per-epoch losses a run records, ``{label: [(seed, losses), ...]}`` (see
+    :data:`LOSS_KEYS`); empty when the run recorded none."""
+    out: dict[str, list[tuple[int, list[float]]]] = {}
+    for m in per_seed:
+        for key, label in LOSS_KEYS.items():
+            values = m.get(key)
+            if isinstance(values, list) and values and all(isinstance(v, int | float) or v is None for v in values):
+                out.setdefault(label, []).append((int(m.get("seed", 0)),
+                                                  [math.nan if v is None else float(v) for v in values]))
+    return out
+
+
+def loss_figure(curves: dict[str, list[tuple[int, list[float]]]], *, title: str):  # noqa: ANN201
+    """Mean training loss per epoch: one colour per loss, one line per seed (seeds faint,
+    their mean bold when there are several); legend at the best place."""
+    fig, ax = plt().subplots(figsize=(6.0, 3.8))
+    colours = iter(("tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"))
+    for label, seeds in curves.items():
+        colour = next(colours, "tab:gray")
+        for _, values in seeds:
+            ax.plot(np.arange(1, len(values) + 1), values, color=colour,
+                    alpha=0.35 if len(seeds) > 1 else 1.0, linewidth=1)
+        lengths = {len(v) for _, v in seeds}
+        if len(seeds) > 1 and len(lengths) == 1:
+            mean = np.nanmean(np.array([v for _, v in seeds]), 0)
+            ax.plot(np.arange(1, mean.size + 1), mean, color=colour, linewidth=2,
+                    label=f"{label} (mean of {len(seeds)} seeds)")
+        else:
+            ax.plot([], [], color=colour, label=label)
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("mean training loss")
+    ax.grid(alpha=0.3)
+    ax.set_title(text(title), fontsize=10)
+    ax.legend(loc="best", fontsize=8)
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# Grid heatmaps
+
+
+def heatmap_figure(val: np.ndarray, test: np.ndarray, xs: Sequence, ys: Sequence, *, x: str, y: str,
+                   select: str):  # noqa: ANN201
+    """Mean validation ``select`` (fractions, shown in %) over knobs ``x`` × ``y``, each
+    cell's test figure below in brackets; the colorbar in % like the cells."""
+    from featcache.tables import fmt_number
+
+    val_pct, test_pct = 100 * np.asarray(val, float), 100 * np.asarray(test, float)
+    fig, ax = plt().subplots(figsize=(2.2 + 1.1 * len(xs), 1.6 + 0.7 * len(ys)))
+    im = ax.imshow(val_pct, cmap="viridis", aspect="auto")
+    label = lambda v: fmt_number(v) if isinstance(v, float) else str(v)  # noqa: E731
+    ax.set_xticks(range(len(xs)), [label(v) for v in xs], rotation=45, ha="right", rotation_mode="anchor")
+    ax.set_yticks(range(len(ys)), [label(v) for v in ys])
+    ax.set_xlabel(x)
+    ax.set_ylabel(y)
+    finite = val_pct[np.isfinite(val_pct)]
+    mid = (finite.min() + finite.max()) / 2 if finite.size else 0.0
+    for (r, c), v in np.ndenumerate(val_pct):
+        if math.isfinite(v):
+            ax.text(c, r, f"{v:.1f}\n({test_pct[r, c]:.1f})", ha="center", va="center",
+                    fontsize=7, color="white" if v < mid else "black")
+    ax.set_title(f"val {select} % (test % in brackets), best over other knobs", fontsize=9)
+    fig.colorbar(im, ax=ax, label=f"val {select} (%)")
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# A run directory's figures
+
+
+def write_run_plots(out_dir: Path, *, title: str, class_names: Sequence[str],
+                    confusion: np.ndarray | None, per_seed: Sequence[dict],
+                    train_counts: Sequence[np.ndarray] = (),
+                    groups: dict[str, Sequence[int]] | None = None,
+                    formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Write the run's confusion matrix, per-class accuracy and loss curve (see the module
+    docstring) in ``formats``; returns the files written."""
+    from featcache.metrics import groups_from_counts
+
+    out_dir = Path(out_dir)
+    written: list[Path] = []
+    if confusion is not None:
+        fig = confusion_figure(normalise_rows(confusion), class_names,
+                               title=f"{title}: confusion, % of the true class (all seeds)")
+        written += save(fig, out_dir / "confusion", formats)
+    C = len(class_names)
+    accs = [m.get("per_class_acc") for m in per_seed]
+    if accs and all(isinstance(a, list) and len(a) == C for a in accs):
+        arr = np.array([[math.nan if v is None else v for v in a] for a in accs], dtype=float)
+        with warnings.catch_warnings():  # a class missing from every seed: NaN, silently
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, std = np.nanmean(arr, 0), np.nanstd(arr, 0)
+        counts = np.mean(train_counts, axis=0) if len(train_counts) else None
+        if groups is None and counts is not None:
+            groups = groups_from_counts(counts)
+        fig = per_class_figure(mean, std if len(accs) > 1 else None, class_names, title=title,
+                               train_counts=counts, groups=groups)
+        written += save(fig, out_dir / "per_class_acc", formats)
+    curves = loss_curves(per_seed)
+    if curves:
+        written += save(loss_figure(curves, title=f"{title}: training loss"), out_dir / "loss_curve", formats)
+    return written
+

@@ -1,0 +1,104 @@
+"""Terminal tables that read well at any width: numbers and headers are never cut.
+
+A rich table squeezed into a narrow console (an 80-column terminal, or a log file, where rich
+assumes 80 columns) wraps "mean ± std" cells over two lines and cuts numbers and headers
+to ``0.00…``. Here a command offers its table in a few layouts, widest first
+(:func:`print_fitting`): the first whose natural width fits the console is printed; when
+none fits, the last (most compact) is printed at its natural width, uncropped, so every line
+of a log file holds one whole row.
+
+:func:`fmt_number` writes knob values (5e-4 stays ``5e-4``); :func:`mean_std` the cells.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def fmt_number(value: object) -> str:
+    """A knob value as text: floats in the shortest form that keeps them exact to 6 digits,
+    with small and large ones in compact scientific notation (``5e-4``, ``1e+06``)."""
+    if isinstance(value, bool) or not isinstance(value, float):
+        return "–" if value is None else str(value)
+    if not math.isfinite(value):
+        return str(value)
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e6):
+        mantissa, exp = f"{value:.6e}".split("e")
+        mantissa = mantissa.rstrip("0").rstrip(".")
+        sign, digits = exp[0], exp[1:].lstrip("0") or "0"
+        return f"{mantissa}e{'-' if sign == '-' else '+'}{digits}"
+    return f"{value:.6g}"
+
+
+def mean_std(mean: float | None, std: float | None, *, compact: bool = False,
+             scale: float = 100.0, digits: int = 2) -> str:
+    """``81.23 ± 0.40`` (percent by default), ``81.23±0.40`` when ``compact``, the mean alone
+    when ``std`` is None, ``–`` when there is no mean."""
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    text = f"{scale * mean:.{digits}f}"
+    if std is None or not math.isfinite(std):
+        return text
+    return text + ("±" if compact else " ± ") + f"{scale * std:.{digits}f}"
+
+
+def table_width(console, table) -> int:  # noqa: ANN001
+    """The width ``table`` takes when nothing limits it."""
+    from rich.measure import Measurement
+
+    wide = console.options.update(width=10_000, max_width=10_000)
+    return Measurement.get(console, wide, table).maximum
+
+
+def print_fitting(console, tables: Sequence) -> int:  # noqa: ANN001
+    """Print the first of ``tables`` that fits ``console``'s width; if none does, the last one
+    at its natural width, uncropped (lines longer than the console, never cut). Returns the
+    index of the table printed."""
+    for i, table in enumerate(tables):
+        width = table_width(console, table)
+        if width <= console.width:
+            console.print(table)
+            return i
+    # print(width=...) cannot exceed the console's width: widen the console for this table
+    narrow = console.width
+    console.width = width
+    try:
+        console.print(tables[-1], crop=False)
+    finally:
+        console.width = narrow
+    return len(tables) - 1
+
+
+def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, title: str = "",
+                right: Sequence[bool] | None = None, compact: bool = False):  # noqa: ANN201
+    """A rich Table whose cells never wrap or shrink (each column as wide as its widest cell
+    or header); ``right[i]`` right-aligns column i; ``compact`` drops the box lines."""
+    from rich import box
+    from rich.table import Table
+
+    table = Table(title=title or None, box=box.SIMPLE_HEAD if compact else box.HEAVY_HEAD,
+                  pad_edge=not compact, show_edge=not compact,
+                  padding=(0, 0, 0, 1) if compact else (0, 1))
+    for i, head in enumerate(headers):
+        width = max([len(head), *(len(r[i]) for r in rows)])
+        table.add_column(head, justify="right" if right and right[i] else "left",
+                         min_width=width, no_wrap=True)
+    for r in rows:
+        table.add_row(*r)
+    return table
+
+
+def print_runs(console, frame, *, title: str = "", **kwargs: object) -> int:  # noqa: ANN001
+    """Print :func:`featcache.runs.rich_table` of ``frame`` in the widest layout that fits:
+    mean ± std, then the compact ``81.23±0.40``, then means only (said in the title).
+    ``kwargs`` go to ``rich_table``. Returns the index of the layout printed."""
+    from featcache.runs import rich_table
+
+    means_title = ((title + " — " if title else "")
+                   + "means over seeds, %; ± std: widen the terminal, or see metrics.json")
+    return print_fitting(console, [
+        rich_table(frame, title=title, **kwargs),
+        rich_table(frame, title=title, compact=True, **kwargs),
+        rich_table(frame, title=means_title, compact=True, std=False, **kwargs),
+    ])

@@ -1,0 +1,119 @@
+"""Per-class table, binary sensitivity/specificity and bootstrap intervals: equal to
+scikit-learn and to hand counts, reproducible with the seed, and written into every run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import polars as pl
+import pytest
+from click.testing import CliRunner
+from fixtures_cache import make_feature_cache
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+from featcache.class_metrics import binary_rates, bootstrap_ci, per_class_table
+from featcache.cli import main
+from featcache.metrics import compute_metrics, softmax
+
+
+def _data(n: int = 300, C: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, C, n)
+    scores = rng.normal(size=(n, C)) + 1.5 * np.eye(C)[labels]  # informative, not perfect
+    return labels, scores
+
+
+def test_per_class_equals_sklearn() -> None:
+    labels, scores = _data()
+    labels[labels == 4] = 3  # class 4 absent from the labels (predicted now and then)
+    table = per_class_table(labels, scores, ["a", "b", "c", "d", "e"])
+    p, r, f, s = precision_recall_fscore_support(labels, scores.argmax(1), labels=range(5), zero_division=0)
+    np.testing.assert_allclose(table["precision"].to_numpy(), p)
+    np.testing.assert_allclose(table["recall"].to_numpy(), r)
+    np.testing.assert_allclose(table["f1"].to_numpy(), f)
+    assert table["support"].to_list() == s.tolist() and table["name"].to_list()[0] == "a"
+    probs = softmax(scores)
+    for c in range(4):
+        assert table["auc"][c] == pytest.approx(roc_auc_score(labels == c, probs[:, c]))
+    assert np.isnan(table["auc"][4])  # no positive row: undefined
+    # the mean of the per-class recall is the run's balanced accuracy
+    m = compute_metrics(labels, scores, num_classes=5)
+    assert table.filter(pl.col("support") > 0)["recall"].mean() == pytest.approx(m["balanced_acc"])
+
+
+def test_per_class_multi_label_equals_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    labels = (rng.random((200, 3)) < 0.3).astype(int)
+    scores = rng.normal(size=(200, 3)) + 2 * labels - 1
+    table = per_class_table(labels, scores)
+    pred = scores > 0  # sigmoid > 0.5
+    p, r, f, s = precision_recall_fscore_support(labels, pred, zero_division=0)
+    np.testing.assert_allclose(table["f1"].to_numpy(), f)
+    assert table["support"].to_list() == s.tolist()
+    assert table["auc"][1] == pytest.approx(roc_auc_score(labels[:, 1], scores[:, 1]))
+
+
+def test_sensitivity_specificity_by_hand() -> None:
+    labels = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    pred = np.array([1, 1, 1, 0, 0, 0, 0, 0, 1, 1])
+    # confusion by hand: TP 3, FN 1, TN 4, FP 2
+    rates = binary_rates(labels, pred)
+    assert rates["sensitivity"] == pytest.approx(3 / 4) and rates["specificity"] == pytest.approx(4 / 6)
+
+
+def test_bootstrap_contains_the_estimate_and_is_reproducible() -> None:
+    evals = [_data(seed=s) for s in range(3)]
+    a = bootstrap_ci(evals, 300, seed=7)
+    b = bootstrap_ci(evals, 300, seed=7)
+    c = bootstrap_ci(evals, 300, seed=8)
+    assert a == b and a != c
+    for key in ("acc", "balanced_acc", "macro_f1"):
+        points = [compute_metrics(lab, sc)[key] for lab, sc in evals]
+        lo, hi = a[f"{key}_ci"]
+        assert lo <= np.mean(points) <= hi and hi - lo < 0.2
+        for s, point in enumerate(points):
+            lo_s, hi_s = a["per_seed"][s][f"{key}_ci"]
+            assert lo_s <= point <= hi_s
+            assert hi_s - lo_s > hi - lo  # one seed's rows are fewer than three seeds' mean
+    with pytest.raises(ValueError):
+        bootstrap_ci(evals, 0)
+
+
+@pytest.fixture(scope="module")
+def binary_cache(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    return make_feature_cache(tmp_path_factory.mktemp("cm") / "bin.h5", num_classes=2,
+                              counts=[120, 60], dim=8, noise=0.8, seed=2)
+
+
+def test_every_run_writes_per_class_rates_and_intervals(binary_cache, tmp_path) -> None:  # noqa: ANN001
+    out = tmp_path / "run"
+    args = ["train-head", "--cache", str(binary_cache), "--epochs", "2", "--seeds", "0,1",
+            "--device", "cpu", "--bootstrap", "200", "--bootstrap-seed", "3", "--out", str(out)]
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "metrics.json").read_text())
+    preds = pl.read_parquet(out / "predictions.parquet")
+    per_seed = pl.read_parquet(out / "per_class_seeds.parquet")
+    for s, part in preds.group_by("seed"):
+        labels, pred = part["label"].to_numpy(), part["pred"].to_numpy()
+        entry = next(m for m in doc["per_seed"] if m["seed"] == s[0])
+        assert entry["sensitivity"] == pytest.approx(binary_rates(labels, pred)["sensitivity"])
+        assert entry["specificity"] == pytest.approx(binary_rates(labels, pred)["specificity"])
+        rows = per_seed.filter(pl.col("seed") == s[0]).sort("class")
+        _, r, _, _ = precision_recall_fscore_support(labels, pred, labels=[0, 1], zero_division=0)
+        np.testing.assert_allclose(rows["recall"].to_numpy(), r)
+    assert doc["sensitivity"] == pytest.approx(np.mean([m["sensitivity"] for m in doc["per_seed"]]))
+    table = pl.read_csv(out / "per_class.csv")
+    assert table.columns[:4] == ["class", "name", "support", "precision"] and "auc_std" in table.columns
+    boot = doc["bootstrap"]
+    assert boot["n"] == 200 and boot["seed"] == 3 and len(boot["per_seed"]) == 2
+    for key in ("acc", "balanced_acc", "macro_f1"):
+        lo, hi = boot[f"{key}_ci"]
+        assert lo <= doc[key] <= hi
+    # the same command again: the same intervals
+    again = CliRunner().invoke(main, [*args, "--overwrite"])
+    assert again.exit_code == 0, again.output
+    assert json.loads((out / "metrics.json").read_text())["bootstrap"] == boot
+    bad = CliRunner().invoke(main, ["train-head", "--cache", str(binary_cache), "--bootstrap", "-1"])
+    assert bad.exit_code != 0 and "--bootstrap" in bad.output
