@@ -1,7 +1,8 @@
 """Calibration: how far a classifier's probabilities can be trusted, and post-hoc temperature scaling.
 
 One home for the maths (:mod:`featcache.metrics` reports these figures for every run, the run
-directory's ``reliability.png`` and ``featcache report`` draw from :func:`reliability_bins`):
+directory's ``reliability.png`` (:func:`featcache.plots.reliability_figure`) and
+``featcache report`` draw from :func:`reliability_bins`):
 
 - **ECE** (:func:`ece`): expected calibration error of the top-label probability in ``M``
   equal-width bins (default 15), Guo et al., "On Calibration of Modern Neural Networks"
@@ -118,38 +119,3 @@ def fit_temperature(labels: np.ndarray, logits: np.ndarray) -> float:
     log.info("temperature scaling: T = %.4g on %d validation rows", t, labels.size)
     return t
 
-
-def plot_reliability(labels: np.ndarray, logits: np.ndarray, path: str, *, title: str = "",
-                     calibrated: np.ndarray | None = None, bins: int = ECE_BINS) -> None:
-    """Reliability diagram PNG: accuracy per confidence bin against the diagonal, with the
-    ECE and the share of rows per bin; ``calibrated`` (the temperature-scaled logits, e.g.
-    ``logits / T`` per seed) adds the calibrated curve beside the raw one."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    curves = [("raw", logits, "tab:blue")]
-    if calibrated is not None:
-        curves.append(("temperature-scaled", calibrated, "tab:orange"))
-    fig, ax = plt.subplots(figsize=(4.6, 4.4), dpi=100)
-    for name, z, color in curves:
-        r = reliability_bins(labels, probabilities(z), bins)
-        ok = r["count"] > 0
-        centres = (r["edges"][:-1] + r["edges"][1:]) / 2
-        ax.plot(centres[ok], r["acc"][ok], marker="o", color=color,
-                label=f"{name}: ECE {100 * r['ece']:.1f}%")
-        if name == "raw":
-            w = r["edges"][1] - r["edges"][0]
-            ax.bar(centres[ok], r["count"][ok] / max(r["count"].sum(), 1), width=w * 0.9,
-                   color="0.85", label="fraction of rows", zorder=0)
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-label probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or f"reliability ({bins} bins, all seeds' test rows)", fontsize=9)
-    ax.legend(loc="upper left", fontsize=7, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)

@@ -301,7 +301,7 @@ class RunWriter:
     def _reliability(self) -> None:
         """reliability.png from every single-label seed's test rows (seeds pooled); with a
         fitted temperature per seed (``--calibrate temperature``) the calibrated curve too."""
-        from featcache.calibration import plot_reliability
+        from featcache.plots import reliability_figure, save
 
         evals = [(s, y, z) for s, y, z in self.evals if y.ndim == 1]
         if not evals:
@@ -312,8 +312,10 @@ class RunWriter:
         cal = None
         if all(temps.get(s) is not None for s, _, _ in evals):  # each seed's own T
             cal = np.concatenate([z.astype(np.float64) / temps[s] for s, _, z in evals])
-        plot_reliability(labels, logits, self.out_dir / "reliability.png", calibrated=cal,
-                         title=f"{self.method or self.out_dir.name}: reliability (15 bins, seeds pooled)")
+        fig = reliability_figure(labels, logits, calibrated=cal,
+                                 title=f"{self.method or self.out_dir.name}: reliability "
+                                       "(15 bins, seeds pooled)")
+        save(fig, self.out_dir / "reliability")
 
 
 def metrics_frame(per_seed: list[dict], *, method: str = "") -> pl.DataFrame:

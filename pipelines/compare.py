@@ -262,39 +262,10 @@ def markdown(table: pl.DataFrame) -> str:
 
 
 def plot_shots_curve(rows: list[dict], path: str | Path, *, title: str = "") -> Path:
-    """Accuracy (left) and balanced accuracy (right) against K, one line per ``method``,
-    mean ± std over seeds (``rows``: dicts with method, shots, acc, acc_std, balanced_acc,
-    balanced_acc_std)."""
-    import matplotlib
+    """``path`` (a .png): accuracy and balanced accuracy against K, one line per method,
+    mean ± std over seeds (:func:`featcache.plots.shots_curve_figure`)."""
+    from featcache.plots import save, shots_curve_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), sharey=True, dpi=100)
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    for ax, (name, key) in zip(axes, (("accuracy", "acc"), ("balanced accuracy", "balanced_acc")),
-                               strict=True):
-        for method in methods:
-            pts = sorted((r for r in rows if r["method"] == method and r.get(key) is not None),
-                         key=lambda r: r["shots"])
-            if not pts:
-                continue
-            ax.errorbar([r["shots"] for r in pts], [100 * r[key] for r in pts],
-                        yerr=[100 * (r.get(f"{key}_std") or 0.0) for r in pts], marker="o",
-                        capsize=3, label=method)
-        ax.set_xscale("log", base=2)
-        ticks = sorted({r["shots"] for r in rows})
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("shots (training images per class)")
-        ax.set_title(f"test {name}, mean ± std over seeds", fontsize=9)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("%")
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return Path(path)
-
+    path = Path(path)
+    save(shots_curve_figure(rows, title=title), path.with_suffix(""))
+    return path
