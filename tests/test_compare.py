@@ -111,3 +111,10 @@ def test_compare_calibrates_every_method_on_validation(cache: Path, tmp_path: Pa
     assert set(res.table["validation"]) == {"carved"} and res.table["ece"].is_not_null().all()
     for run in res.table["run"]:
         assert json.loads((Path(run) / "metrics.json").read_text())["temperature"] > 0
+
+
+def test_compare_cli_refuses_bad_shots(cache: Path, tmp_path: Path) -> None:
+    for bad, why in (("2,x", "integers or 'full'"), ("0", ">= 1"), ("2,2", "distinct")):
+        res = CliRunner().invoke(main, ["compare", "--cache", str(cache), "--heads", "knn",
+                                        "--shots", bad, "--out", str(tmp_path / "o")])
+        assert res.exit_code == 2 and why in res.output, res.output

@@ -11,12 +11,24 @@ import click
 from featcache.cli import main
 from featcache.cli.common import console, parse_list, parse_seeds
 from featcache.device import DEVICES, PRECISIONS
+from featcache.errors import FeatcacheError
 
 
 def _parse_shots(text: str | None) -> tuple[int | None, ...]:
+    """``"1,4,full"`` -> ``(1, 4, None)`` (None: every training row)."""
     if not text:
         return (None,)
-    return tuple(None if t in ("full", "all") else int(t) for t in parse_list("--shots", text, str))
+    out = []
+    for t in parse_list("--shots", text, str):
+        if t.lower() in ("full", "all"):
+            out.append(None)
+            continue
+        try:
+            out.append(int(t))
+        except ValueError:
+            raise FeatcacheError(f"--shots expects integers or 'full' (e.g. 1,2,4,8,16,full), got "
+                                 f"'{t}'.") from None
+    return tuple(out)
 
 
 @main.command("compare")
