@@ -39,10 +39,13 @@ import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import h5py
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 from featcache.datasets.base import SPLITS, Descriptor
 from featcache.errors import CacheError
@@ -556,6 +559,12 @@ def validate_cache(f: h5py.File, path: str | Path) -> dict:
     return meta
 
 
+def _tensor(array: np.ndarray | None) -> torch.Tensor | None:
+    import torch
+
+    return None if array is None else torch.from_numpy(array)
+
+
 class FeatureCache:
     """A complete cache, opened for reading. Per-image metadata is loaded at once; features
     per view on demand (:meth:`features`), as float32 torch tensors on the CPU. Opening
@@ -584,17 +593,13 @@ class FeatureCache:
             for kind in ("embed", "cls")
             if f"views/{self.views[0]}/{kind}" in f
         }
-        self.projection = (
-            torch.from_numpy(f["model/projection"][()]) if "model/projection" in f else None
-        )
+        self._projection = f["model/projection"][()] if "model/projection" in f else None
         scale = f["model"].attrs.get("logit_scale") if "model" in f else None
         self.logit_scale: float | None = None if scale is None else float(scale)
         # the cosine-logit temperature τ when none is given: 1/logit_scale of the model
         # (DESIGN.md §1: 0.01 for OpenAI CLIP), 0.01 for caches without one (imported features)
         self.default_tau: float = 1.0 / self.logit_scale if self.logit_scale else 0.01
-        self.text_features = (
-            torch.from_numpy(f["text/features"][()]) if "text/features" in f else None
-        )
+        self._text_features = f["text/features"][()] if "text/features" in f else None
         self.templates = _strings(f["text/templates"]) if "text/templates" in f else []
         self.skipped = (
             [
@@ -633,8 +638,21 @@ class FeatureCache:
     def cls_dim(self) -> int:
         return self.dims.get("cls", self.dims["embed"])
 
+    # torch tensors on first use, so reading a cache's metadata (``featcache info``) needs no torch
+    @property
+    def projection(self) -> torch.Tensor | None:
+        """The model's projection ``cls -> embed`` [W, E] (None when the cache has none)."""
+        return _tensor(self._projection)
+
+    @property
+    def text_features(self) -> torch.Tensor | None:
+        """The class text features [C, E] (None when the cache has none)."""
+        return _tensor(self._text_features)
+
     def features(self, view: str = "standard", kind: str = "embed") -> torch.Tensor:
         """Features of every image for one view: ``embed`` [N, E] or ``cls`` [N, W], float32."""
+        import torch
+
         if view not in self.views:
             hint = " Extract with --tte to store the five crops." if view.startswith("tte") else ""
             raise CacheError(

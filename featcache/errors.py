@@ -27,10 +27,24 @@ class DataError(FeatcacheError):
     """A data set on disk is missing, malformed, or inconsistent."""
 
 
+def closest(name: str, choices: Iterable[str]) -> str | None:
+    """The choice ``name`` most likely meant, or ``None``: one that differs only in case
+    first (``ISIC2018`` -> ``isic2018``, ``vit-b-16`` -> ``ViT-B-16``), then the closest
+    spelling ignoring case (``vit-b-61`` -> ``ViT-B-16``)."""
+    choices = list(choices)
+    folded = {}
+    for c in choices:
+        folded.setdefault(c.casefold(), c)
+    if name.casefold() in folded:
+        return folded[name.casefold()]
+    close = difflib.get_close_matches(name.casefold(), list(folded), n=1, cutoff=0.6)
+    return folded[close[0]] if close else None
+
+
 def did_you_mean(name: str, choices: Iterable[str]) -> str:
-    """Return ``" Did you mean 'x'?"`` for the closest choice, or ``""`` when none is close."""
-    close = difflib.get_close_matches(name, list(choices), n=1, cutoff=0.6)
-    return f" Did you mean '{close[0]}'?" if close else ""
+    """Return ``" Did you mean 'x'?"`` for :func:`closest`'s choice, or ``""`` when none is close."""
+    close = closest(name, choices)
+    return f" Did you mean '{close}'?" if close else ""
 
 
 def unknown(kind: str, name: str, choices: Iterable[str]) -> FeatcacheError:

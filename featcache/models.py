@@ -161,14 +161,117 @@ class Backbone:
 
 @contextlib.contextmanager
 def _quiet_open_clip() -> Iterator[None]:
-    """Silence open_clip's root-logger "initialized randomly" warning (we log our own)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(max(level, logging.ERROR))
+    """Silence open_clip's root-logger "initialized randomly" warning (we log our own) and
+    the Hugging Face hub's retry warnings (one per attempt and file, re-emitted through the
+    root logger): a failed download becomes one error message (:func:`_weights_error`)."""
+    loggers = [logging.getLogger(), logging.getLogger("huggingface_hub")]
+    levels = [lg.level for lg in loggers]
+    for lg, level in zip(loggers, levels, strict=True):
+        lg.setLevel(max(level, logging.ERROR))
     try:
         yield
     finally:
-        root.setLevel(level)
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+# --------------------------------------------------------------------------------------
+# Weights that need a download: checked before any data is read
+
+
+def hub_cache_dir(cache_dir: str | None = None) -> Path:
+    """Where the Hugging Face hub keeps downloads: ``cache_dir``, ``$HF_HUB_CACHE``,
+    ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub`` (read from the environment now)."""
+    if cache_dir:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(os.environ.get("XDG_CACHE_HOME", "~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _hub_has(repo: str, filenames: list[str], cache_dir: Path) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return any(isinstance(try_to_load_from_cache(repo, name, cache_dir=str(cache_dir)), str) for name in filenames)
+
+
+def _offline_reason(host: str) -> str | None:
+    """Why nothing can be downloaded from ``host`` (``HF_HUB_OFFLINE`` set, or no connection
+    within 3 s), or ``None`` when it can be reached."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return "HF_HUB_OFFLINE is set"
+    import socket
+
+    try:
+        socket.create_connection((host, 443), timeout=3).close()
+    except OSError as e:
+        return f"{host} cannot be reached ({type(e).__name__}: {e})"
+    return None
+
+
+def check_weights(model_name: str, pretrained: str | None = None, cache_dir: str | None = None) -> None:
+    """Fail fast, before any data is read, when the weights need a download that cannot happen.
+
+    Weights that are local (``random``, a file, a tag or ``hf-hub:`` repo already in the hub
+    cache, or open_clip's URL cache) pass; so does anything this check does not know how to
+    locate (``load_backbone`` reports those). Otherwise, offline (``HF_HUB_OFFLINE=1``, or the
+    download host unreachable within 3 s), one :class:`FeatcacheError` says where it looked and
+    how to pass a local file."""
+    from featcache import timm_backbones
+
+    if timm_backbones.is_timm(model_name) or (model_name in TINY_MODELS and pretrained in (None, RANDOM)):
+        return
+    if model_name.startswith("hf-hub:"):
+        pretrained = model_name
+    if not model_name.startswith("hf-hub:") and model_name not in open_clip.list_models():
+        return  # an unknown model: load_backbone names it
+    pretrained = pretrained or default_pretrained(model_name)
+    if pretrained == RANDOM or Path(pretrained).expanduser().exists():
+        return
+    hub = hub_cache_dir(cache_dir)
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if pretrained.startswith("hf-hub:"):
+        repo = pretrained.removeprefix("hf-hub:")
+        if _hub_has(repo, ["open_clip_config.json"], hub):
+            return
+        where, host = f"the Hugging Face cache {hub} (repo {repo})", endpoint
+    elif "/" in pretrained or Path(pretrained).suffix:
+        return  # a missing file: load_backbone says so
+    else:
+        cfg = open_clip.get_pretrained_cfg(model_name, pretrained)
+        if not cfg or "file" in cfg:
+            return
+        from open_clip.pretrained import HF_WEIGHTS_NAME, _get_safe_alternatives
+
+        if cfg.get("hf_hub"):
+            repo, filename = os.path.split(cfg["hf_hub"])
+            names = [*_get_safe_alternatives(filename or HF_WEIGHTS_NAME), filename or HF_WEIGHTS_NAME]
+            if _hub_has(repo, names, hub):
+                return
+            where, host = f"the Hugging Face cache {hub} (repo {repo})", endpoint
+        elif cfg.get("url"):
+            folder = Path(cache_dir).expanduser() if cache_dir else Path("~/.cache/clip").expanduser()
+            if (folder / os.path.basename(cfg["url"])).exists():
+                return
+            where, host = f"open_clip's download folder {folder}", cfg["url"]
+        else:
+            return
+    from urllib.parse import urlparse
+
+    reason = _offline_reason(urlparse(host).hostname or host)
+    if reason is None:
+        return  # open_clip downloads them
+    quick = (f" (an OpenAI checkpoint file needs --model {model_name}-quickgelu --pretrained FILE)"
+             if pretrained == "openai" and not model_name.endswith("-quickgelu") else "")
+    raise FeatcacheError(
+        f"Weights '{pretrained}' for model '{model_name}' must be downloaded, but they are not in "
+        f"{where} and {reason}; nothing was read from the data set. Either run once where there "
+        "is network (the download lands in that cache; then HF_HUB_OFFLINE=1 keeps the hub from "
+        "trying the network), or download the checkpoint elsewhere and pass the file: "
+        f"--pretrained /path/to/open_clip_pytorch_model.bin (or .safetensors/.pt){quick}; "
+        "--pretrained random gives random weights (speed tests only)."
+    )
 
 
 def _weights_error(model_name: str, pretrained: str, err: Exception) -> FeatcacheError:

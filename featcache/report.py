@@ -134,6 +134,8 @@ def report_frame(runs: list[dict]) -> tuple[pl.DataFrame, list[str]]:
     """:func:`featcache.runs.runs_frame` with the knobs that differ between ``runs`` and a
     ``name`` column (:func:`run_names`); returns the frame and its knob columns."""
     knobs = _runs.differing_knobs(runs)
+    if "validation" not in knobs and any("validation" in _runs.run_knobs(r) for r in runs):
+        knobs.append("validation")  # always shown: "realistic" (none) and "tuned" runs never mix unseen
     frame = _runs.runs_frame(runs, knobs=knobs).with_columns(pl.Series("name", run_names(runs)))
     return frame, [_runs.knob_column(k) for k in knobs]
 

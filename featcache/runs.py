@@ -30,11 +30,13 @@ fitted ``temperature`` and ``ece_before``/``brier_before``/``nll_before``.
 
 from __future__ import annotations
 
+import datetime
 import json
 import logging
 import math
 import os
 import pickle
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -152,34 +154,49 @@ def write_json(path: Path, obj: object) -> None:
 
 
 # --------------------------------------------------------------------------------------
-# Writing into a folder that already holds a run
+# Writing into a folder that already holds a run: one rule for every command
+#
+# Every command that writes a run directory (train-head, TFA-LT, grid, reproduce, finetune,
+# bench medmnist, predict) refuses a folder that already holds a run unless --overwrite is
+# given (refuse_existing_run), and deletes only that run's files (clear_run) once it is
+# about to write the new one. Default folder names say what the run is (run_name), so two
+# runs that differ in head, loss, sampler, TTE ... land in different folders.
 
 RUN_FILES = ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "predictions.parquet",
              "splits.parquet", "per_class.parquet", "per_class.csv", "per_class_seeds.parquet",
              *(f"{fig}.{fmt}" for fig in ("confusion", "per_class_acc", "loss_curve")
-               for fmt in ("png", "pdf", "svg")), "reliability.png")
+               for fmt in ("png", "pdf", "svg")),
+             # grid, reproduce and bench outputs
+             "summary.parquet", "summary.csv", "tables.md", "table.md", "table.parquet", "table.csv",
+             "results.parquet", "results.csv", "size_resize.png", "data_efficiency.png",
+             "reliability.png")
+RUN_GLOBS = ("heatmap_*.png", "heatmap_*.pdf", "heatmap_*.svg")
 
 
 def run_files(out_dir: Path) -> list[Path]:
-    """The files of an earlier run in ``out_dir`` (the names :class:`RunWriter` writes and
+    """The files of an earlier run in ``out_dir`` (the names featcache's run writers use and
     ``checkpoints/``); other files are not a run's and are never touched."""
     out_dir = Path(out_dir)
     ckpts = out_dir / "checkpoints"
     found = sorted(ckpts.glob("seed-*.pt*")) if ckpts.is_dir() else []
-    return found + [out_dir / n for n in RUN_FILES if (out_dir / n).exists()]
+    found += [out_dir / n for n in RUN_FILES if (out_dir / n).exists()]
+    for pattern in RUN_GLOBS:
+        found += sorted(out_dir.glob(pattern))
+    return found
 
 
 def refuse_existing_run(out_dir: Path, *, overwrite: bool) -> None:
-    """Refuse an ``out_dir`` that holds an earlier run, unless ``overwrite``: its checkpoints
-    would stay beside the new ones (``predict`` loads every ``seed-*.pt``) and mix two runs."""
+    """Refuse an ``out_dir`` that holds an earlier run, unless ``overwrite``: the new run would
+    replace its results, and its checkpoints would stay beside the new ones (``predict``
+    loads every ``seed-*.pt``) and mix two runs."""
     found = run_files(out_dir)
     if found and not overwrite:
         shown = ", ".join(str(p.relative_to(out_dir)) for p in found[:4])
         more = f" and {len(found) - 4} more" if len(found) > 4 else ""
         raise FeatcacheError(
-            f"{out_dir} already holds a run ({shown}{more}); writing into it would mix the two "
-            "runs. Choose another --out, or pass --overwrite to replace that run (nothing was "
-            "changed)."
+            f"{out_dir} already holds a run ({shown}{more}); writing into it would replace or mix "
+            "with that run. Choose another --out, or pass --overwrite to replace that run "
+            "(nothing was changed)."
         )
 
 
@@ -193,6 +210,42 @@ def clear_run(out_dir: Path) -> None:
     ckpts = Path(out_dir) / "checkpoints"
     if ckpts.is_dir() and not any(ckpts.iterdir()):
         ckpts.rmdir()
+
+
+def run_name(*parts: object) -> str:
+    """A default run-folder name from the parts that tell runs apart (empty parts dropped):
+    ``run_name("isic", "linear", "la", "wrs", "tte")`` -> ``isic-linear-la-wrs-tte``. Characters
+    other than letters, digits, ``.``, ``_``, ``=`` and ``-`` become ``-``."""
+    words = []
+    for part in parts:
+        text = "" if part is None or part is False else str(part)
+        text = "".join(ch if ch.isalnum() or ch in "._=-" else "-" for ch in text).strip("-")
+        while "--" in text:
+            text = text.replace("--", "-")
+        if text:
+            words.append(text)
+    return "-".join(words)
+
+
+# --------------------------------------------------------------------------------------
+# Provenance: which featcache, which command line, when (never a knob: see NOT_KNOBS)
+
+PROVENANCE_KEYS = ("featcache_version", "command_line", "created_at")
+
+
+def provenance() -> dict:
+    """``featcache_version``, ``command_line`` (``sys.argv`` as a list) and ``created_at`` (UTC,
+    ISO 8601, seconds): recorded in every run's ``config.json``."""
+    from featcache import __version__
+
+    now = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+    return {"featcache_version": __version__, "command_line": list(sys.argv),
+            "created_at": now.isoformat()}
+
+
+def with_provenance(config: dict) -> dict:
+    """``config`` with :func:`provenance` added (entries already there are kept)."""
+    return {**config, **{k: v for k, v in provenance().items() if k not in config}}
 
 
 @dataclass
@@ -214,6 +267,7 @@ class RunWriter:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.config = with_provenance(self.config)
         write_json(self.out_dir / "config.json", self.config)
 
     def add_seed(
@@ -419,7 +473,7 @@ NOT_KNOBS = frozenset({
     # per-seed records of a run, not settings: fitted temperatures, classes short of --shots,
     # what a validation split was used for (``validation`` itself IS shown: realistic vs tuned)
     "temperature", "shots_short", "validation_use", "compare",
-})
+}) | frozenset(PROVENANCE_KEYS)
 
 
 def _knob_text(key: str, value: object) -> str | None:
@@ -474,8 +528,7 @@ def differing_knobs(runs: list[dict]) -> list[str]:
     for name in order:
         values = [k.get(name) for k in knobs]
         present = {v for v in values if v is not None}
-        # ``validation`` is always shown: "realistic" (none) and "tuned" runs never mix unseen
-        if len(present) > 1 or (name == "pipeline" and None in values) or name == "validation":
+        if len(present) > 1 or (name == "pipeline" and None in values):
             out.append(name)
     return out
 

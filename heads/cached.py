@@ -33,6 +33,7 @@ from featcache.heads.text import prototypes_for
 from featcache.heads.training import predict_logits
 from featcache.metrics import compute_metrics
 from featcache.preprocess import TTE_VIEWS
+from featcache.runs import run_name
 from featcache.splits import PROTOCOLS, Split, draw_shots, make_split
 
 log = logging.getLogger(__name__)
@@ -409,6 +410,35 @@ def validation_record(cfg: object, data: CachedData, setups: list[SeedSetup]) ->
     return kind, uses
 
 
-def default_out(cfg: object, name: str) -> Path:
-    """``runs/<cache stem>-<name>`` when ``--out`` is not given."""
-    return Path("runs") / f"{Path(cfg.cache).stem}-{name}"
+def default_out(cfg: object, *parts: object) -> Path:
+    """``runs/<cache stem>-<parts>-<shared parts>`` when ``--out`` is not given: the parts say
+    what the run is (head, loss, sampler ...), :func:`shared_name_parts` the shared settings
+    that differ from their defaults (view, feature, TTE, post-hoc τ, validation, protocol)."""
+    return Path("runs") / run_name(Path(cfg.cache).stem, *parts, *shared_name_parts(cfg))
+
+
+def shared_name_parts(cfg: object) -> list[str]:
+    """The :class:`RunSettings` (and ``shots``, where a config has it) that differ from their
+    defaults, as short words for a run folder's name."""
+    parts = []
+    if getattr(cfg, "view", "standard") != "standard":
+        parts.append(cfg.view)
+    if getattr(cfg, "feature", "embed") != "embed":
+        parts.append(cfg.feature)
+    if getattr(cfg, "text_source", "auto") == "class-mean":
+        parts.append("class-mean")
+    if getattr(cfg, "tte", False):
+        parts.append("tte")
+    if getattr(cfg, "posthoc_tau", 0.0):
+        parts.append(f"posthoc{cfg.posthoc_tau:g}")
+    if getattr(cfg, "protocol", None):
+        parts.append(cfg.protocol)
+    if getattr(cfg, "shots", None):
+        parts.append(f"{cfg.shots}shot")
+    if getattr(cfg, "validation_free", False):
+        parts.append("valfree")
+    if getattr(cfg, "calibrate", "none") != "none":
+        parts.append(f"cal-{cfg.calibrate}")
+    if getattr(cfg, "precision", "fp32") != "fp32":
+        parts.append(cfg.precision)
+    return parts

@@ -49,6 +49,7 @@ from featcache.errors import FeatcacheError
 from featcache.heads.base import Head, MemberSpec
 from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
 from featcache.heads.samplers import SAMPLERS, Sampler
+from featcache.progress import bar as progress_bar
 from featcache.schedules import epoch_lr
 
 log = logging.getLogger(__name__)
@@ -184,6 +185,8 @@ def train_members(
     chunk_steps: int = 512,
     precision: str = "fp32",
     cuda_graphs: bool = False,
+    progress: bool | None = None,
+    desc: str = "train",
 ) -> TrainResult:
     """Train every member of ``head`` in place, jointly; return per-epoch losses.
 
@@ -211,6 +214,11 @@ def train_members(
     DESIGN.md §6). Where the device is not CUDA, or a capture fails, the steps run eagerly
     through the same static buffers, with a logged note; the results equal the default
     path's exactly (tests/test_gpu_suite.py checks it on the CPU).
+
+    ``progress`` (``None``: as :func:`featcache.progress.quiet` says, shown by default): a
+    bar named ``desc`` over the epochs of the longest member (every member trains in the
+    same vectorised steps), with the mean loss of the last epoch over the members still
+    training and an ETA; reading the loss costs one device sync per epoch, only while shown.
     """
     t0 = time.perf_counter()
     members = head.members
@@ -308,6 +316,20 @@ def train_members(
                 hist_dev.index_copy_(0, pos, loss.detach()[None])
 
     graphs = _StepGraphs(step, dev, K, G, width) if cuda_graphs else None
+    ref = int(np.argmax(totals))  # the longest member: its epochs are the bar's
+    bar = progress_bar(members[ref].epochs, desc, progress=progress)
+    ref_steps = per_epoch[ref]
+
+    def epoch_done(t: int) -> None:
+        """After step ``t``: advance the bar when an epoch of the longest member ended."""
+        if bar.disable or (t + 1) % ref_steps:
+            return
+        a, b = t + 1 - ref_steps, t + 1
+        act = torch.from_numpy(active_plan[a:b]).to(dev)
+        loss = float((hist_dev[a:b] * act).sum() / act.sum().clamp_min(1))
+        bar.set_postfix_str(f"loss {loss:.4g}", refresh=False)
+        bar.update(1)
+
     head.train()
     cpu_mode = cpu_training_mode() if dev.type == "cpu" else contextlib.nullcontext()
     with cpu_mode, head.matmul_precision(dtype):  # fp32: the head is left exactly as it is
@@ -325,6 +347,8 @@ def train_members(
                     step(idx_c[j], w_c[j], lr_c[j], act_c[j], bool(all_active[c0 + j]), c0 + j)
                 else:
                     graphs.run(idx_c[j], w_c[j], lr_c[j], act_c[j], bool(all_active[c0 + j]), c0 + j)
+                epoch_done(c0 + j)
+    bar.close()
     head.eval()
     hist = hist_dev.cpu().numpy()
     epoch_loss = [

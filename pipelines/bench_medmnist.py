@@ -70,6 +70,7 @@ from featcache.errors import DataError, FeatcacheError, did_you_mean, unknown
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import extract
 from featcache.preprocess import RESIZE_MODES, Preprocessing, array_batch
+from featcache.runs import clear_run, refuse_existing_run, with_provenance
 from featcache.schedules import multiplier_at, step_decay_lr
 from featcache.seeding import legacy_random_state, numpy_generator, seed_global, torch_generator
 
@@ -796,8 +797,11 @@ def _bench_errors(spec: BackboneSpec, input_size: int | None) -> Iterator[None]:
         raise
 
 
-def run(cfg: BenchConfig) -> BenchResult:
-    """Run the benchmark described by ``cfg`` and write its outputs to ``cfg.out``."""
+def run(cfg: BenchConfig, *, overwrite: bool = False) -> BenchResult:
+    """Run the benchmark described by ``cfg`` and write its outputs to ``cfg.out``.
+
+    A ``cfg.out`` that holds an earlier benchmark is refused before any work unless
+    ``overwrite`` (then its files are deleted once the benchmark has finished)."""
     t0 = time.perf_counter()
     specs = cfg.backbone_specs  # names checked before any work
     files = locate_files(cfg)
@@ -805,6 +809,7 @@ def run(cfg: BenchConfig) -> BenchResult:
         medmnist_descriptor(subset)
     device = resolve_device(cfg.device)
     out = Path(cfg.out)
+    refuse_existing_run(out, overwrite=overwrite)
     out.mkdir(parents=True, exist_ok=True)
     recipe = ProbeRecipe(cfg.iterations, cfg.batch_size, cfg.weight_decay, cfg.lr_decay, cfg.decay_every)
     log.info("bench medmnist: %s", cfg.describe_recipe())
@@ -906,6 +911,8 @@ def run(cfg: BenchConfig) -> BenchResult:
     warn_constant(metrics)
     summary = summarize_cells(metrics)
     table = paper_table(summary, cfg.datasets)
+    if overwrite:
+        clear_run(out)
     written = write_outputs(out, cfg, metrics, summary, table, caches, device=str(device), extraction=extraction)
     return BenchResult(out, metrics, summary, table, written, caches, time.perf_counter() - t0)
 
@@ -1128,6 +1135,7 @@ def write_outputs(out: Path, cfg: BenchConfig, metrics: pl.DataFrame, summary: p
     written = []
     config = dict(cfg.to_dict(), caches=[str(p.resolve()) for p in caches], device_requested=cfg.device,
                   device=device or cfg.device, extraction=extraction or [])
+    config = with_provenance(config)
     (out / "config.json").write_text(json.dumps(_json_safe(config), indent=2))
     (out / "metrics.json").write_text(json.dumps(metrics_json(metrics, summary), indent=2))
     written += [out / "config.json", out / "metrics.json"]

@@ -41,7 +41,7 @@ from featcache.cache import open_cache
 from featcache.errors import FeatcacheError, unknown
 from featcache.heads import HEADS
 from featcache.pipelines import tfa_lt, train_head
-from featcache.runs import clear_run, refuse_existing_run, write_json
+from featcache.runs import refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -163,12 +163,8 @@ def run(cfg: CompareConfig, *, progress: Callable[[str], None] | None = None,
         mcfg = cfg.method_config(head, k, out=str(runs_dir / name))
         start = time.perf_counter()
         try:
-            if head == "tfa-lt":
-                if overwrite:
-                    clear_run(runs_dir / name)
-                result = tfa_lt.run(mcfg)
-            else:
-                result = train_head.run(mcfg, overwrite=overwrite)
+            runner = tfa_lt.run if head == "tfa-lt" else train_head.run
+            result = runner(mcfg, overwrite=overwrite)
         except FeatcacheError as e:  # the method refuses this setting: say why, go on
             log.warning("compare: %s at shots %s refused: %s", head, shots_label(k), e)
             rows.append({**row, "note": f"error: {e}"})

@@ -124,8 +124,9 @@ class ExtractResult:
 
 
 def default_out(cfg: ExtractConfig) -> Path:
-    """``caches/<dataset>[-subset]-<model>-<weights>[-tte][-pad].h5``."""
-    parts = [cfg.dataset, *(str(v) for v in cfg.dataset_options.values() if v is not None)]
+    """``caches/<dataset>[-subset]-<model>-<weights>[-tte][-pad].h5``; a file option (``--csv
+    /abs/dir/x.csv``) contributes its stem (``csv-x-...``), never its folders."""
+    parts = [cfg.dataset, *(_option_word(v) for v in cfg.dataset_options.values() if v is not None)]
     weights = cfg.pretrained or models.default_pretrained(cfg.model)
     weights = Path(weights).stem if os.sep in weights else weights.replace(":", "-").replace("/", "-")
     model = cfg.model.replace("timm:", "timm-", 1).replace("hf-hub:", "hf-hub-", 1).replace("/", "-")
@@ -137,6 +138,14 @@ def default_out(cfg: ExtractConfig) -> Path:
     if cfg.resize != "scale":
         parts.append(cfg.resize)
     return Path("caches") / ("-".join(parts) + ".h5")
+
+
+def _option_word(value: object) -> str:
+    """A data set option's value as one word of a file name: a path gives its stem."""
+    text = str(value)
+    if "/" in text or os.sep in text or Path(text).suffix.lower() in (".csv", ".txt", ".json", ".tsv"):
+        text = Path(text).stem
+    return text.replace("/", "-").replace(os.sep, "-")
 
 
 def library_versions() -> dict[str, str]:
@@ -326,6 +335,7 @@ def run(cfg: ExtractConfig) -> ExtractResult:
     rank = dist_info()[0]
     precision = precision_name(cfg.precision, device)  # featcache.device: auto -> bf16 on a GPU
     dtype = resolve_precision(precision, device)
+    models.check_weights(cfg.model, cfg.pretrained)  # a download that cannot happen fails now, not after the scan
     manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
     backbone = models.load_backbone(cfg.model, cfg.pretrained, device=device)
     prep = Preprocessing.from_open_clip(backbone.preprocess, resize=cfg.resize, tte=cfg.tte)

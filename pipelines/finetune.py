@@ -69,7 +69,7 @@ from featcache.metrics import compute_metrics, summarize
 from featcache.peft import MethodConfig, apply_method, count_parameters, make_config
 from featcache.preprocess import TTE_EXPAND, Preprocessing, array_batch, five_crops, pil_to_uint8
 from featcache.prompts import LIFT
-from featcache.runs import RunResult, RunWriter, write_json
+from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run, write_json
 from featcache.schedules import EPOCH_SCHEDULES, epoch_lr
 from featcache.seeding import mixed_seed, numpy_generator, seed_global, torch_generator
 from featcache.splits import PROTOCOLS, Split, make_split, resolve_protocol
@@ -861,7 +861,7 @@ CACHED_FEATURES_NOTE = (
 )
 
 
-def run_from_cache(cfg: FinetuneConfig) -> RunResult:
+def run_from_cache(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunResult:
     """``--method classifier --cache``: LIFT's head on the cached ``cls`` features, by the heads pipeline.
 
     What trains is LIFT's head (cosine σ = 25, text init, logit-adjusted loss) on *un-augmented*
@@ -886,7 +886,7 @@ def run_from_cache(cfg: FinetuneConfig) -> RunResult:
         template=cfg.template, feature="cls", tte=cfg.tte, test_per_class=cfg.test_per_class,
         device=cfg.device, out=str(cfg.out or default_out(cfg)), method=CACHED_CLASSIFIER,
     )
-    result = train_head.run(head_cfg)
+    result = train_head.run(head_cfg, overwrite=overwrite)
     # name it for what it is in config.json: LIFT's classifier baseline sees a fresh
     # RandomResizedCrop + flip of every image each epoch; the cache holds one fixed view
     extra = {"features": CACHED_FEATURES_NOTE,
@@ -897,22 +897,27 @@ def run_from_cache(cfg: FinetuneConfig) -> RunResult:
     return result
 
 
-def run(cfg: FinetuneConfig) -> RunResult:
-    """Fine-tune for every seed and write the run directory (rank 0); returns the summary."""
+def run(cfg: FinetuneConfig, *, overwrite: bool = False) -> RunResult:
+    """Fine-tune for every seed and write the run directory (rank 0); returns the summary.
+
+    An ``out`` that holds a run is refused unless ``cfg.resume`` (continue it from its
+    checkpoints) or ``overwrite`` (its files are deleted before training starts, because
+    fine-tuning writes its checkpoints as it goes)."""
     if cfg.cache is not None:
-        return run_from_cache(cfg)
+        return run_from_cache(cfg, overwrite=overwrite)
     device = resolve_device(cfg.device)
     precision = precision_name(cfg.precision, device)  # featcache.device: auto -> bf16 on a GPU
     dtype = resolve_precision(precision, device)
     joined = init_distributed(device)
     try:
-        return _run(cfg, device, precision, dtype)
+        return _run(cfg, device, precision, dtype, overwrite=overwrite)
     finally:
         if joined:
             torch.distributed.destroy_process_group()
 
 
-def _run(cfg: FinetuneConfig, device: torch.device, precision: str, dtype: torch.dtype) -> RunResult:
+def _run(cfg: FinetuneConfig, device: torch.device, precision: str, dtype: torch.dtype, *,
+         overwrite: bool = False) -> RunResult:
     rank, world = dist_info()
     manifest = build_manifest(cfg.dataset, cfg.root, **cfg.dataset_options)
     if manifest.labels.ndim != 1:
@@ -922,8 +927,15 @@ def _run(cfg: FinetuneConfig, device: torch.device, precision: str, dtype: torch
     check_class_names(list(desc.class_names), cfg.init, f"Data set {cfg.dataset} at {cfg.root}")
     protocol = default_protocol(cfg.protocol, np.asarray(manifest.splits, dtype=object), desc)
     out_dir = Path(cfg.out) if cfg.out else default_out(cfg)
-    if rank == 0 and not cfg.resume and (out_dir / "metrics.json").exists():
-        raise FeatcacheError(f"{out_dir} already holds a finished run; choose another --out (nothing was overwritten).")
+    if cfg.resume and overwrite:
+        raise FeatcacheError("--resume continues the run in --out and --overwrite replaces it; pass one of them.")
+    if not cfg.resume:
+        if overwrite and rank == 0:
+            clear_run(out_dir)
+        elif (out_dir / "metrics.json").exists():  # finished (an interrupted one: --resume, below)
+            refuse_existing_run(out_dir, overwrite=False)
+    if world > 1 and torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank sees the cleared folder
     workers = cfg.workers if cfg.workers is not None else default_workers()
     eval_batch = cfg.eval_batch_size or cfg.batch_size
 

@@ -68,12 +68,15 @@ from featcache.heads.cached import (
     resolved_config,
     seed_setups,
 )
+from featcache.heads.cached import (
+    default_out as default_run_out,
+)
 from featcache.heads.losses import posthoc_adjust
 from featcache.heads.training import predict_logits, stream_key, train_members
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import tfa_lt, train_head
 from featcache.plots import parse_formats
-from featcache.runs import RunWriter, write_json
+from featcache.runs import RunWriter, clear_run, refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -329,7 +332,8 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
     head = build_head(head_name, ctx, members, device=data.device)
     pools = [setups[j].pool for _, j, _ in entries]
     result = train_members(head, data.feats, data.labels, pools, share_batches=True,
-                           precision=cfgs[0][1].precision)  # one precision per group
+                           precision=cfgs[0][1].precision,  # one precision per group
+                           desc=f"grid {cfgs[0][1].head} ({len(members)} heads)")
     shares = type(head).forward_shared is not Head.forward_shared
     G = len(members)
     chunk = _rows_per_chunk(G, max(head.in_dim, head.out_dim()))
@@ -371,7 +375,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
     branches = build_head("adapter" if base.adapters else "zeroshot", ctx,
                           [m for m, _ in specs], device=data.device)
     stage1 = train_members(branches, data.feats, data.labels, [setups[j].pool for _, j in specs],
-                           precision=base.precision)  # one precision per group
+                           precision=base.precision,  # one precision per group
+                           desc=f"grid TFA-LT stage I ({len(specs)} adapters)")
     log.info("grid stage I: %d adapter(s) for %d configuration-seed(s) in %.2f s",
              len(specs), len(pairs), stage1.seconds)
     wi = torch.tensor([p[2] for p in pairs], device=data.device)
@@ -397,7 +402,8 @@ def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedDat
                        for i, j, _, _ in pairs]
         ensembler = build_head(f"ensemble-{base.ensemble}", ens_ctx, ens_members, device=data.device)
         stage2 = train_members(ensembler, inputs, data.labels, [setups[p[1]].pool for p in pairs],
-                               precision=base.precision)
+                               precision=base.precision,
+                               desc=f"grid TFA-LT stage II ({len(pairs)} ensemblers)")
         del inputs
         seconds += stage2.seconds
         losses = [loss[-1] if loss else math.nan for loss in stage2.epoch_loss]
@@ -489,9 +495,22 @@ class GridResult:
     seconds: float
 
 
-def run(grid: GridConfig, *, progress: Callable[[str], None] | None = None) -> GridResult:
-    """Train every configuration × seed, select on validation, write the run directory."""
+def default_out(grid: GridConfig) -> Path:
+    """``runs/<cache>-grid-<base run's parts>-<gridded knobs>`` (e.g. ``runs/isic-grid-linear-la-lr-weight_decay``)."""
+    base = grid.base
+    parts = tfa_lt.name_parts(base) if grid.pipeline == "tfa-lt" else train_head.name_parts(base)
+    return default_run_out(base, "grid", *parts, *grid.names)
+
+
+def run(grid: GridConfig, *, progress: Callable[[str], None] | None = None,
+        overwrite: bool = False) -> GridResult:
+    """Train every configuration × seed, select on validation, write the run directory.
+
+    An output directory that holds a run is refused before any work unless ``overwrite``
+    (then that run's files are deleted once training has succeeded)."""
     t0 = time.perf_counter()
+    out_dir = Path(grid.out) if grid.out else default_out(grid)
+    refuse_existing_run(out_dir, overwrite=overwrite)
     say = progress or (lambda msg: log.info(msg))
     configs = grid.configs
     # data and splits, once per distinct input (view, feature, prototypes)
@@ -570,7 +589,8 @@ def run(grid: GridConfig, *, progress: Callable[[str], None] | None = None) -> G
                                        data.num_classes))
     table = _table(grid, loaded, val_rows, test_rows, losses, selected)
     summary = _summary(grid, table)
-    out_dir = Path(grid.out) if grid.out else Path("runs") / f"{Path(grid.base.cache).stem}-grid"
+    if overwrite:
+        clear_run(out_dir)
     config = _resolved(grid, data0, setups0, selected)
     doc, heatmaps = _write(grid, out_dir, config, loaded, trained_of, test_logits, table,
                            summary, selected, val_rows)

@@ -35,7 +35,7 @@ from featcache.device import resolve_device
 from featcache.errors import FeatcacheError
 from featcache.heads.saved import SavedRun, load_saved_run
 from featcache.metrics import compute_metrics
-from featcache.runs import RunWriter, clear_run, refuse_existing_run, write_json
+from featcache.runs import RunWriter, clear_run, refuse_existing_run, with_provenance, write_json
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +250,7 @@ def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None 
                   if (out_dir / f).exists()]
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(out_dir / "config.json", config)
+        write_json(out_dir / "config.json", with_provenance(config))
         files.append(out_dir / "config.json")
     key: dict[str, list] = {"row": union.tolist(), "id": [cache.ids[r] for r in union],
                             "path": [cache.sources[r] for r in union]}
@@ -305,7 +305,7 @@ def predict_images(run_dir: str | Path, images: list[str] | tuple[str, ...], *, 
               "model": meta["model"], "weights_id": meta["weights_id"], "views": list(run.views),
               "feature": run.feature, "device": str(dev), "seeds": [s.seed for s in run.seeds],
               "skipped": len(skipped)}
-    write_json(out_dir / "config.json", config)
+    write_json(out_dir / "config.json", with_provenance(config))
     files.append(out_dir / "config.json")
     if skipped:
         pl.DataFrame({"path": [s for s, _ in skipped], "reason": [r for _, r in skipped]}).write_csv(

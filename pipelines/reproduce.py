@@ -31,7 +31,15 @@ import polars as pl
 
 from featcache.cache import open_cache
 from featcache.pipelines import tfa_lt, train_head
-from featcache.runs import markdown_table, read_run, runs_frame, write_json
+from featcache.runs import (
+    markdown_table,
+    read_run,
+    refuse_existing_run,
+    run_name,
+    runs_frame,
+    with_provenance,
+    write_json,
+)
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +221,32 @@ def has_text(cfg: ReproduceConfig) -> bool:
     return cfg.text_source != "class-mean" and open_cache(cfg.cache).text_features is not None
 
 
-def run(cfg: ReproduceConfig, *, progress=None) -> tuple[Path, pl.DataFrame]:  # noqa: ANN001
+def default_out(cfg: ReproduceConfig) -> Path:
+    """``runs/<cache>-reproduce-tfa-lt[-cls][-tte]...``: the settings that differ from the defaults."""
+    parts = ["reproduce-tfa-lt"]
+    if cfg.feature != "embed":
+        parts.append(cfg.feature)
+    if cfg.text_source != "auto":
+        parts.append(cfg.text_source)
+    if cfg.tte:
+        parts.append("tte")
+    if cfg.rus != "fixed":
+        parts.append(f"rus-{cfg.rus}")
+    if cfg.protocol:
+        parts.append(cfg.protocol)
+    return Path("runs") / run_name(Path(cfg.cache).stem, *parts)
+
+
+def run(cfg: ReproduceConfig, *, progress=None, overwrite: bool = False) -> tuple[Path, pl.DataFrame]:  # noqa: ANN001
     """Run every row (each its own run directory under ``rows/``); write tables and parquet.
 
     Returns the output directory and the table (one row per paper row, mean ± std columns).
-    ``progress(name)`` is called before each row when given.
+    ``progress(name)`` is called before each row when given. An output directory that holds
+    a finished reproduction is refused unless ``overwrite`` (then its rows are replaced one
+    by one and its tables rewritten).
     """
-    out = Path(cfg.out) if cfg.out else Path("runs") / f"{Path(cfg.cache).stem}-reproduce-tfa-lt"
+    out = Path(cfg.out) if cfg.out else default_out(cfg)
+    refuse_existing_run(out, overwrite=overwrite)
     text = has_text(cfg)
     zs = ZERO_SHOT if text else NO_TEXT
     plan = cfg.plan(out / "rows", text=text)
@@ -229,7 +256,7 @@ def run(cfg: ReproduceConfig, *, progress=None) -> tuple[Path, pl.DataFrame]:  #
             progress(name)
         # each row's folder under rows/ belongs to this reproduction: a rerun replaces it
         if isinstance(row_cfg, tfa_lt.TfaLtConfig):
-            result = tfa_lt.run(row_cfg)
+            result = tfa_lt.run(row_cfg, overwrite=True)
         else:
             result = train_head.run(row_cfg, overwrite=True)
         done[name] = read_run(result.out_dir)
@@ -272,8 +299,8 @@ def run(cfg: ReproduceConfig, *, progress=None) -> tuple[Path, pl.DataFrame]:  #
                                   "epochs", "ensemble_epochs", "rus", "prototypes")
                                  if k in done[source(r)]["config"]}}
             for r, label in shown}
-    config = asdict(cfg) | {"pipeline": "reproduce tfa-lt", "rows": rows,
-                            "text_features": text, "notes": [] if text else [NO_TEXT_NOTE]}
+    config = with_provenance(asdict(cfg) | {"pipeline": "reproduce tfa-lt", "rows": rows,
+                                            "text_features": text, "notes": [] if text else [NO_TEXT_NOTE]})
     write_json(out / "config.json", config)
     main = done["TFA-LT (logit)"]["metrics"]
     write_json(out / "metrics.json", {**{k: v for k, v in main.items() if k != "per_seed"},

@@ -44,7 +44,7 @@ from featcache.heads.cached import (
     seed_setups,
 )
 from featcache.heads.training import head_features, predict_logits, train_members
-from featcache.runs import RunResult, RunWriter, write_json
+from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -126,8 +126,28 @@ class TfaLtConfig(RunSettings):
                           epochs=self.ensemble_epochs, **self._shared(tau))
 
 
-def run(cfg: TfaLtConfig) -> RunResult:
-    """Run TFA-LT for every seed (stage I and stage II each one batched run); write the run."""
+def name_parts(cfg: TfaLtConfig) -> list[str]:
+    """What tells this run apart in its default folder name (``runs/<cache>-tfa-lt-logit``,
+    ``...-tfa-lt-feature-ensembler-only``, ``...-tfa-lt-logit-la-rus-fresh``)."""
+    parts = ["tfa-lt", cfg.ensemble]
+    if not cfg.adapters:
+        parts.append("ensembler-only")
+    if cfg.loss != "ce":
+        parts.append(cfg.loss)
+    if cfg.ensemble_loss != "focal" and cfg.ensemble != "mean":
+        parts.append(f"ens-{cfg.ensemble_loss}")
+    if cfg.rus != "fixed":
+        parts.append(f"rus-{cfg.rus}")
+    return parts
+
+
+def run(cfg: TfaLtConfig, *, overwrite: bool = False) -> RunResult:
+    """Run TFA-LT for every seed (stage I and stage II each one batched run); write the run.
+
+    An ``out`` (given or default) that already holds a run is refused before any work,
+    unless ``overwrite``: then that run's files are deleted once training has succeeded."""
+    out_dir = Path(cfg.out) if cfg.out else default_out(cfg, *name_parts(cfg))
+    refuse_existing_run(out_dir, overwrite=overwrite)
     data = load_data(cfg.cache, view=cfg.view, feature=cfg.feature, tte=cfg.tte,
                      device=cfg.device, tau=cfg.tau)
     setups = seed_setups(data, cfg, need_prototypes=True)
@@ -140,7 +160,8 @@ def run(cfg: TfaLtConfig) -> RunResult:
     ctx = HeadContext(D, C, prototypes=protos.repeat_interleave(2, 0))
     branches = build_head(branch_name, ctx, members, device=data.device)
     pools = [s.pool for s in setups for _ in range(2)]
-    stage1 = train_members(branches, data.feats, data.labels, pools, precision=cfg.precision)
+    stage1 = train_members(branches, data.feats, data.labels, pools, precision=cfg.precision,
+                           desc=f"{cfg.method or 'TFA-LT'} stage I")
     log.info("stage I: %.2f s", stage1.seconds)
 
     # Stage II: the frozen branches' outputs on every row, once; one ensembler per seed.
@@ -154,12 +175,13 @@ def run(cfg: TfaLtConfig) -> RunResult:
         ens_members = [cfg.stage2(s.seed, tau=data.tau) for s in setups]
         ensembler = build_head(f"ensemble-{cfg.ensemble}", ens_ctx, ens_members, device=data.device)
         stage2 = train_members(ensembler, inputs, data.labels, [s.pool for s in setups],
-                               precision=cfg.precision)
+                               precision=cfg.precision, desc=f"{cfg.method or 'TFA-LT'} stage II")
         stage2_seconds, stage2_loss = stage2.seconds, stage2.epoch_loss
         log.info("stage II: %.2f s", stage2.seconds)
 
     name = cfg.method or _method_name(cfg)
-    out_dir = Path(cfg.out) if cfg.out else default_out(cfg, name.replace(" ", "-").lower())
+    if overwrite:
+        clear_run(out_dir)
     config = resolved_config(cfg, data, setups, "tfa-lt")
     writer = RunWriter(out_dir, config, data.cache.class_names, method=name)
     for i, setup in enumerate(setups):
@@ -189,6 +211,7 @@ def run(cfg: TfaLtConfig) -> RunResult:
     summary = writer.finish()
     summary["train_seconds"] = stage1.seconds + stage2_seconds
     if cfg.calibrate != "none":  # config.json: the fitted temperature of every seed
+        config = writer.config  # with its provenance
         config["temperature"] = {str(m["seed"]): m["temperature"] for m in writer.per_seed}
         write_json(out_dir / "config.json", config)
     return RunResult(out_dir, summary, config)

@@ -86,6 +86,21 @@ class TrainHeadConfig(RunSettings):
         )
 
 
+def name_parts(cfg: TrainHeadConfig) -> list[str]:
+    """What tells this run apart in its default folder name: the head, then the loss,
+    sampler, initialisation and head knobs that are not the defaults
+    (``runs/<cache>-linear-la-wrs-tte``)."""
+    parts = [cfg.head]
+    if cfg.loss != "ce":
+        parts.append(cfg.loss)
+    if cfg.sampler != "instance":
+        parts.append(cfg.sampler)
+    if cfg.init != "random":
+        parts.append(f"init-{cfg.init}")
+    parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.head_options]
+    return parts
+
+
 def refuse_without_text(head_cls: type, prototypes_from: str) -> None:
     """Methods whose paper needs text features refuse class-mean prototypes."""
     if head_cls.needs_text and not prototypes_from.startswith("prompts"):
@@ -107,7 +122,7 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
     then that run's files are deleted once training has succeeded, just before the new
     run is written (so no stale checkpoint stays beside the new ones).
     """
-    out_dir = Path(cfg.out) if cfg.out else default_out(cfg, cfg.head)
+    out_dir = Path(cfg.out) if cfg.out else default_out(cfg, *name_parts(cfg))
     refuse_existing_run(out_dir, overwrite=overwrite)
     data = load_data(cfg.cache, view=cfg.view, feature=cfg.feature, tte=cfg.tte,
                      device=cfg.device, tau=cfg.tau)
@@ -129,7 +144,7 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
                           search=not cfg.validation_free)
     else:
         result = train_members(head, data.feats, data.labels, [s.pool for s in setups],
-                               precision=cfg.precision)
+                               precision=cfg.precision, desc=cfg.method or cfg.head)
     if overwrite:
         clear_run(out_dir)
     config = resolved_config(cfg, data, setups, "train-head")
@@ -153,6 +168,7 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
     summary = writer.finish()
     summary["train_seconds"] = result.seconds
     if cfg.calibrate != "none":  # config.json: the fitted temperature of every seed
+        config = writer.config  # with its provenance
         config["temperature"] = {str(m["seed"]): m["temperature"] for m in writer.per_seed}
         write_json(out_dir / "config.json", config)
     return RunResult(out_dir, summary, config)

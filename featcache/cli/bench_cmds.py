@@ -50,7 +50,8 @@ def bench() -> None:
 @click.option("--cache-dir", type=click.Path(), default=None, help="Where the feature caches go (reused when present) [default: caches/].")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--download", is_flag=True, help="Fetch missing npz files with the medmnist package (needs network).")
-@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--no-progress", "--quiet", "no_progress", is_flag=True, help="No progress bar.")
+@click.option("--overwrite", is_flag=True, help="Replace the benchmark already in --out (its files are deleted once the new one has finished).")
 def medmnist_cmd(
     root: str, datasets: str, backbones: str, sizes: str, resize_modes: str, input_size: str,
     interpolation: str, seeds: str, per_class: str, per_class_draw: str, methods: str, recipe: str,
@@ -58,7 +59,7 @@ def medmnist_cmd(
     val_checks: int | None, weight_decay: float, feature: str, binary_head: str, select_metric: str,
     encoder_lrs: str, finetune_head_lr: float, finetune_iterations: int | None,
     finetune_batch_size: int | None, out: str, cache_dir: str | None, device: str, download: bool,
-    no_progress: bool,
+    no_progress: bool, overwrite: bool,
 ) -> None:
     """Linear probes (and optional end-to-end fine-tuning) of many backbones on MedMNIST."""
     from featcache.pipelines.bench_medmnist import BenchConfig, run
@@ -97,7 +98,7 @@ def medmnist_cmd(
         progress=not no_progress,
     )
     click.echo(cfg.describe_recipe())
-    result = run(cfg)
+    result = run(cfg, overwrite=overwrite)
     click.echo(result.out.joinpath("table.md").read_text())
     click.echo(cfg.describe_recipe())
     click.echo(f"{len(result.caches)} caches in {cfg.resolved_cache_dir()}; finished in {result.seconds:.1f} s.")

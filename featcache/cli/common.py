@@ -6,6 +6,11 @@ from collections.abc import Callable
 
 from featcache.errors import INT64_MAX, FeatcacheError, number_problem
 
+# The registered heads' names, for option help without importing torch (``featcache --help``
+# stays fast); tests/test_fast_cli.py checks that it equals ``featcache.HEADS.names()``.
+HEAD_NAMES = ("adapter", "clap", "clip-adapter", "cosine", "ensemble-feature", "ensemble-logit", "knn",
+              "linear", "logreg", "lp++", "mlp", "taskres", "tip-adapter", "tip-adapter-f", "zeroshot")
+
 
 def console():  # noqa: ANN201 - rich is imported lazily to keep `--help` fast
     """A rich Console for tables and status lines, with markup off.

@@ -23,7 +23,10 @@ from featcache.cli.common import console, parse_seeds
 @click.option("--epochs", type=int, default=200, show_default=True, help="Stage I and single-head epochs (paper: 200).")
 @click.option("--ensemble-epochs", type=int, default=100, show_default=True, help="Stage II epochs (paper: 100).")
 @click.option("--device", default="auto", show_default=True)
-def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: str) -> None:
+@click.option("--overwrite", is_flag=True, help="Replace the reproduction of an earlier demo in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: str, overwrite: bool,
+             quiet: bool) -> None:
     """Extract synthetic-lt with tiny-clip, then reproduce TFA-LT's tables from the cache."""
     from featcache.pipelines.extract import ExtractConfig
     from featcache.pipelines.extract import run as extract
@@ -38,13 +41,17 @@ def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: st
     if not result.already_complete:
         click.echo(f"    {result.num_encoded} images, {result.images_per_second:,.0f} img/s")
     click.echo("2/2 reproduce tfa-lt from the cache (Table 1 frozen-feature rows, Table 2 ablation)")
-    run_dir, frame = reproduce(
-        ReproduceConfig(
-            cache=str(cache), seeds=parse_seeds(seeds), epochs=epochs,
-            ensemble_epochs=ensemble_epochs, device=device, out=str(root / "reproduce-tfa-lt"),
-        ),
-        progress=lambda name: click.echo(f"    … {name}", err=True),
-    )
+    from featcache.progress import quiet as no_bars
+
+    with no_bars(quiet):
+        run_dir, frame = reproduce(
+            ReproduceConfig(
+                cache=str(cache), seeds=parse_seeds(seeds), epochs=epochs,
+                ensemble_epochs=ensemble_epochs, device=device, out=str(root / "reproduce-tfa-lt"),
+            ),
+            progress=None if quiet else (lambda name: click.echo(f"    … {name}", err=True)),
+            overwrite=overwrite,
+        )
     for table in ("Table 1", "Table 2"):
         print_runs(console(), frame.filter(frame["table"] == table), title=f"{table} (random-weight tiny-clip)")
     click.echo(f"Wrote cache {cache}")

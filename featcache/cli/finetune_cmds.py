@@ -36,12 +36,13 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--tte", is_flag=True, help="Also evaluate with test-time ensembling (five crops, logits averaged).")
 @click.option("--out", type=click.Path(), default=None, help="Run directory [default: runs/<dataset>-<model>-<method>].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its checkpoints.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are deleted before training).")
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
 @click.option("--workers", type=int, default=None, help="Decoding processes for image files per rank [default: this node's CPUs / its ranks, at most 16].")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @plot_format_option
-def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, train_canvas, tte, out, resume, device, precision, workers, no_progress, plot_format) -> None:  # noqa: ANN001
+def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, train_canvas, tte, out, resume, overwrite, device, precision, workers, no_progress, plot_format) -> None:  # noqa: ANN001
     """Fine-tune the image encoder lightly (LIFT) and evaluate; writes a run directory.
 
     Runs under `torchrun --nproc_per_node=N -m featcache finetune ...` (DistributedDataParallel).
@@ -63,7 +64,10 @@ def finetune_cmd(dataset, root, options, method, method_options, cache, model, p
         train_canvas=train_canvas, tte=tte, out=out, resume=resume, device=device, precision=precision, workers=workers,
         progress=not no_progress, plot_format=plot_format,
     )
-    result = run(cfg)
+    from featcache.progress import quiet
+
+    with quiet(no_progress):  # also the head-training bars of --method classifier --cache
+        result = run(cfg, overwrite=overwrite)
     if dist_info()[0] != 0 or not result.metrics:
         return
     from featcache.cli.common import console

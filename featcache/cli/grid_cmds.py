@@ -42,7 +42,7 @@ def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
 @click.option("--val-fraction", type=float, default=0.2, show_default=True,
               help="Fraction of each class's training rows held out to select on "
                    "(unused when the cache has an official val split).")
-@click.option("--out", default=None, help="Run directory (default runs/<cache>-grid).")
+@click.option("--out", default=None, help="Run directory (default runs/<cache>-grid-<head>-<gridded knobs>); one holding a run is refused.")
 def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> None:
     """Train every combination of --param values (× --seeds) together; select on validation."""
     from featcache.pipelines import grid, tfa_lt, train_head
@@ -50,6 +50,8 @@ def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> 
     ctx = click.get_current_context()
     given = {k for k in opts if ctx.get_parameter_source(k) == ParameterSource.COMMANDLINE}
     opts["seeds"] = parse_seeds(opts["seeds"])
+    overwrite, silent = opts.pop("overwrite"), opts.pop("quiet")
+    given -= {"overwrite", "quiet"}
     from featcache.cli.head_cmds import parse_head_options
 
     head_options = parse_head_options(opts.pop("head_option"))
@@ -82,11 +84,14 @@ def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> 
     base = cls(**{k: v for k, v in opts.items() if k in names})
     spec = grid.GridConfig(base, tuple((n, tuple(v)) for n, v in parsed), select=select, top=top,
                            out=opts.get("out"))
-    with console().status(f"training {len(spec.configs)} configuration(s) × "
-                           f"{len(base.seeds)} seed(s)…"):
-        result = grid.run(spec)
+    from featcache.progress import quiet
     from featcache.tables import print_fitting
 
+    say = None if silent else (lambda msg: click.echo(msg, err=True))
+    if say:
+        say(f"training {len(spec.configs)} configuration(s) × {len(base.seeds)} seed(s)")
+    with quiet(silent):
+        result = grid.run(spec, progress=say, overwrite=overwrite)
     print_fitting(console(), grid.top_tables(result, spec))
     click.echo(grid.selected_text(result, spec))
     click.echo(f"Wrote run directory {result.out_dir} (config.json, metrics.json, "

@@ -12,10 +12,9 @@ from pathlib import Path
 import click
 
 from featcache.cli import main
-from featcache.cli.common import console, parse_seeds, plot_format_option
+from featcache.cli.common import HEAD_NAMES, console, parse_seeds, plot_format_option
 from featcache.device import DEVICES, PRECISIONS
 from featcache.errors import FeatcacheError
-from featcache.heads import HEADS
 
 _PRECISION_HELP = ("Training precision of the heads' weight products: bf16 (or fp16, GPU only) "
                    "is mixed precision with fp32 master weights and losses; evaluation is fp32.")
@@ -46,7 +45,7 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 
 @main.command("train-head")
 @click.option("--cache", required=True, help="Feature cache (.h5) to train from.")
-@click.option("--head", default=None, help="Head to train: " + "|".join(HEADS.names())
+@click.option("--head", default=None, help="Head to train: " + "|".join(HEAD_NAMES)
               + " (default linear; logreg = CLIP's L-BFGS linear probe; few-shot heads: README).")
 @click.option("--ensemble", type=click.Choice(["logit", "feature", "mean"]), default=None,
               help="Run TFA-LT: two stage-I adapters (WRS, RUS), then this ensembler (mean = adapters only).")
@@ -96,7 +95,8 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help=_PRECISION_HELP)
-@click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>); one holding a run is refused.")
+@click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>[-<loss>-<sampler>-tte...]: "
+              "the settings that differ from the defaults); one holding a run is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are deleted once training succeeds).")
 @click.option("--method", default="", help="Name shown in tables.")
 @click.option("--bootstrap", type=int, default=0, show_default=True, metavar="N",
@@ -105,8 +105,16 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True,
               help="Seed of the --bootstrap resampling (same seed, same intervals).")
 @plot_format_option
+@click.option("--quiet", is_flag=True, help="No progress bars (epochs, loss, ETA on stderr).")
 def train_head_cmd(**opts: object) -> None:
     """Train a head (or the TFA-LT method with --ensemble) on cached features."""
+    from featcache.progress import quiet
+
+    with quiet(opts.pop("quiet")):
+        _train_head(opts)
+
+
+def _train_head(opts: dict) -> None:
     opts["seeds"] = parse_seeds(opts["seeds"])
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
     overwrite = opts.pop("overwrite")
@@ -133,13 +141,7 @@ def train_head_cmd(**opts: object) -> None:
         for key in ("head", "sampler", "sigma", "init"):
             opts.pop(key)
         cfg = tfa_lt.TfaLtConfig(ensemble=ensemble, adapters=not no_adapters, **opts)
-        if cfg.out:  # the default folder's name is only known inside tfa_lt.run
-            from featcache.runs import clear_run, refuse_existing_run
-
-            refuse_existing_run(Path(cfg.out), overwrite=overwrite)
-            if overwrite:  # (before training: tfa_lt.run writes the folder itself)
-                clear_run(Path(cfg.out))
-        result = tfa_lt.run(cfg)
+        result = tfa_lt.run(cfg, overwrite=overwrite)
         title = result.metrics.get("method", "TFA-LT")
     _show(result.out_dir, result.metrics, title)
 
@@ -237,14 +239,20 @@ def reproduce_group() -> None:
 @click.option("--device", default="auto", show_default=True, help="|".join(DEVICES))
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help=_PRECISION_HELP)
-@click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt).")
+@click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt[-tte...]); one holding a reproduction is refused.")
+@click.option("--overwrite", is_flag=True, help="Replace the reproduction already in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars or row names on stderr.")
 def reproduce_tfa_lt_cmd(**opts: object) -> None:
     """TFA-LT's Table 1 (frozen-feature rows) and Table 2 (ablation), 3 seeds."""
     from featcache.pipelines.reproduce import ReproduceConfig, run
+    from featcache.progress import quiet
     from featcache.tables import print_runs
 
     opts["seeds"] = parse_seeds(opts["seeds"])
-    out, frame = run(ReproduceConfig(**opts), progress=lambda name: click.echo(f"… {name}", err=True))
+    overwrite, silent = opts.pop("overwrite"), opts.pop("quiet")
+    rows = None if silent else (lambda name: click.echo(f"… {name}", err=True))
+    with quiet(silent):
+        out, frame = run(ReproduceConfig(**opts), progress=rows, overwrite=overwrite)
     con = console()
     for table in ("Table 1", "Table 2"):
         print_runs(con, frame.filter(frame["table"] == table), title=table)
