@@ -69,17 +69,16 @@ def compare_cmd(heads: str, seeds: str, shots: str | None, overwrite: bool, **op
     cfg = compare.CompareConfig(heads=parse_list("--heads", heads), seeds=parse_seeds(seeds),
                                 shots=_parse_shots(shots), **opts)
     result = compare.run(cfg, progress=lambda msg: click.echo(msg, err=True), overwrite=overwrite)
-    from rich.table import Table
+    from featcache.tables import plain_table, print_fitting
 
-    header, cells = compare.table_rows(result.table, std=False)
-    table = Table(title=f"compare: {len(cfg.heads)} method(s) × {len(cfg.shots)} shot setting(s), "
-                        f"{len(cfg.seeds)} seed(s); % means over seeds (± std in compare.md)")
-    for i, h in enumerate(header):
-        table.add_column(h, justify="right" if 2 < i < len(header) - 1 else "left",
-                         overflow="fold" if h in ("Method", "Note") else "ellipsis",
-                         no_wrap=h not in ("Method", "Note"))
-    for row in cells:
-        table.add_row(*row)
-    console().print(table)
+    title = (f"compare: {len(cfg.heads)} method(s) × {len(cfg.shots)} shot setting(s), "
+             f"{len(cfg.seeds)} seed(s), %")
+    layouts = []  # widest first: mean ± std boxed, means boxed, means compact (never cut)
+    for std, compact in ((True, False), (False, False), (False, True)):
+        header, cells = compare.table_rows(result.table, std=std)
+        right = [2 < i < len(header) - 1 for i in range(len(header))]
+        layouts.append(plain_table(header, cells, right=right, compact=compact,
+                                   title=title + ("; mean ± std" if std else "; means (± std in compare.md)")))
+    print_fitting(console(), layouts)
     click.echo(f"Wrote {', '.join(str(f) for f in result.files)} and one run directory per row "
                f"under {result.out_dir / 'runs'} in {result.seconds:.1f} s.")
