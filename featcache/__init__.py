@@ -57,6 +57,8 @@ _LAZY: dict[str, tuple[str, str]] = {
     "tfa_lt": ("featcache.pipelines.tfa_lt", "run"),
     "GridConfig": ("featcache.pipelines.grid", "GridConfig"),
     "grid": ("featcache.pipelines.grid", "run"),
+    "CompareConfig": ("featcache.pipelines.compare", "CompareConfig"),
+    "compare": ("featcache.pipelines.compare", "run"),
     "ReproduceConfig": ("featcache.pipelines.reproduce", "ReproduceConfig"),
     "reproduce": ("featcache.pipelines.reproduce", "run"),
     "FinetuneConfig": ("featcache.pipelines.finetune", "FinetuneConfig"),

@@ -19,6 +19,10 @@ with ``acc``, ``balanced_acc``, ``macro_f1``, ``auc``, ``many_acc``, ``medium_ac
 A class missing from the test set has ``per_class_acc`` NaN and is left out of every mean;
 a group with no class in the test set gets NaN (written as ``null`` in JSON).
 
+Calibration (:mod:`featcache.calibration`, single-label only): ``ece`` (top label, 15
+equal-width bins), ``brier`` (multi-class, Σ_c (p_c − 1[y = c])², mean over rows) and
+``nll`` (mean −log p_y) of the softmax of the scores; NaN for multi-label caches.
+
 Multi-label caches (MedMNIST ChestMNIST): ``acc`` is the accuracy at threshold 0.5 over all
 labels (MedMNIST's ACC), ``auc`` the mean ROC AUC over labels, ``balanced_acc`` the mean over
 labels of (TPR + TNR)/2, ``macro_f1`` the macro F1 over labels; group figures are NaN.
@@ -33,7 +37,12 @@ import numpy as np
 from scipy.stats import rankdata
 from sklearn.metrics import f1_score, roc_auc_score
 
+from featcache.calibration import CALIBRATION_KEYS, calibration_metrics
+
 METRIC_KEYS = ("acc", "balanced_acc", "macro_f1", "auc", "many_acc", "medium_acc", "few_acc")
+# every figure a run summarises per seed and as mean ± std (accuracy figures, then calibration);
+# METRIC_KEYS alone are the ones a grid may select on (higher is better)
+SUMMARY_KEYS = METRIC_KEYS + CALIBRATION_KEYS
 GROUPS = ("many", "medium", "few")
 
 
@@ -107,6 +116,8 @@ def compute_metrics(
     for g in GROUPS:
         members = (groups or {}).get(g, [])
         out[f"{g}_acc"] = _nanmean(per_class[members]) if len(members) else math.nan
+    out.update(calibration_metrics(labels, scores) if labels.size
+               else dict.fromkeys(CALIBRATION_KEYS, math.nan))
     out["per_class_acc"] = per_class.tolist()
     return out
 
@@ -172,22 +183,31 @@ def _multi_label(labels: np.ndarray, scores: np.ndarray) -> dict:
         "many_acc": math.nan,
         "medium_acc": math.nan,
         "few_acc": math.nan,
+        **dict.fromkeys(CALIBRATION_KEYS, math.nan),
         "per_class_acc": per_label.tolist(),
     }
 
 
 def summarize(per_seed: list[dict]) -> dict:
-    """Mean and std (population, ddof = 0) over seeds of every key in :data:`METRIC_KEYS`.
+    """Mean and std (population, ddof = 0) over seeds of every key in :data:`SUMMARY_KEYS`
+    (accuracy and calibration figures; ``ece_before``/``nll_before``/``brier_before`` and
+    ``temperature`` too when the seeds have them, i.e. after temperature scaling).
 
     Returns ``{key: mean, key_std: std, ...}``; NaN where no seed has a figure.
     """
     out: dict[str, float] = {}
-    for key in METRIC_KEYS:
+    extra = [k for k in CALIBRATED_EXTRA if any(k in m for m in per_seed)]
+    for key in (*SUMMARY_KEYS, *extra):
         vals = np.array([m.get(key, math.nan) for m in per_seed], dtype=np.float64)
         vals = vals[~np.isnan(vals)]
         out[key] = float(vals.mean()) if vals.size else math.nan
         out[f"{key}_std"] = float(vals.std()) if vals.size else math.nan
     return out
+
+
+# per-seed figures of a run with ``--calibrate temperature``: the fitted T and the figures
+# before scaling (``ece``, ``brier``, ``nll`` are then the calibrated ones)
+CALIBRATED_EXTRA = ("temperature", "ece_before", "brier_before", "nll_before")
 
 
 def confusion_matrix(labels: np.ndarray, pred: np.ndarray, num_classes: int) -> np.ndarray:

@@ -15,7 +15,12 @@ The figures of a run directory (:func:`write_run_plots`, called by
   classes ordered by training images and the many/medium/few groups shaded; vertical bars
   with upright labels up to 20 classes, horizontal bars above (labels never overlap);
 - ``loss_curve.<fmt>``: the mean training loss of every epoch, one line per seed and per
-  loss a run records (``epoch_loss``, TFA-LT's stage I ``stage1_epoch_loss_wrs`` / ``_rus``).
+  loss a run records (``epoch_loss``, TFA-LT's stage I ``stage1_epoch_loss_wrs`` / ``_rus``);
+- ``reliability.png`` (:func:`reliability_figure`, written by the run writer): accuracy per
+  confidence bin (15 bins, :mod:`featcache.calibration`), the calibrated curve beside the raw
+  one after temperature scaling.
+
+``featcache compare`` and a grid over ``shots`` draw :func:`shots_curve_figure`.
 
 ``featcache grid``'s heatmaps (:func:`heatmap_figure`) and the HTML report
 (:mod:`featcache.report`) draw with the same helpers.
@@ -322,3 +327,67 @@ def write_run_plots(out_dir: Path, *, title: str, class_names: Sequence[str],
         written += save(loss_figure(curves, title=f"{title}: training loss"), out_dir / "loss_curve", formats)
     return written
 
+
+
+# --------------------------------------------------------------------------------------
+# Calibration and shots
+
+
+def reliability_figure(labels: np.ndarray, logits: np.ndarray, *, title: str,
+                       calibrated: np.ndarray | None = None, bins: int = 15):  # noqa: ANN201
+    """Reliability diagram: accuracy per top-label confidence bin against the diagonal, with
+    the ECE in the legend and the share of rows per bin as grey bars; ``calibrated`` (the
+    temperature-scaled logits, ``logits / T`` per seed) adds the calibrated curve."""
+    from featcache.calibration import probabilities, reliability_bins
+
+    fig, ax = plt().subplots(figsize=(4.6, 4.4))
+    curves = [("raw", logits, "tab:blue")]
+    if calibrated is not None:
+        curves.append(("temperature-scaled", calibrated, "tab:orange"))
+    for name, z, colour in curves:
+        r = reliability_bins(labels, probabilities(z), bins)
+        ok = r["count"] > 0
+        centres = (r["edges"][:-1] + r["edges"][1:]) / 2
+        ax.plot(centres[ok], r["acc"][ok], marker="o", color=colour,
+                label=f"{name}: ECE {100 * r['ece']:.1f}%")
+        if name == "raw":
+            w = r["edges"][1] - r["edges"][0]
+            ax.bar(centres[ok], r["count"][ok] / max(r["count"].sum(), 1), width=w * 0.9,
+                   color="0.85", label="fraction of rows", zorder=0)
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(text(title), fontsize=9)
+    ax.legend(loc="best", fontsize=7, frameon=False)
+    return fig
+
+
+def shots_curve_figure(rows: Sequence[dict], *, title: str = ""):  # noqa: ANN201
+    """Accuracy (left) and balanced accuracy (right) against K, one line per ``method``,
+    mean ± std over seeds (``rows``: dicts with method, shots, acc, acc_std, balanced_acc,
+    balanced_acc_std)."""
+    fig, axes = plt().subplots(1, 2, figsize=(10.5, 4.0), sharey=True)
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    ticks = sorted({r["shots"] for r in rows})
+    for ax, (name, key) in zip(axes, (("accuracy", "acc"), ("balanced accuracy", "balanced_acc")),
+                               strict=True):
+        for method in methods:
+            pts = sorted((r for r in rows if r["method"] == method and r.get(key) is not None),
+                         key=lambda r: r["shots"])
+            if pts:
+                ax.errorbar([r["shots"] for r in pts], [100 * r[key] for r in pts],
+                            yerr=[100 * (r.get(f"{key}_std") or 0.0) for r in pts], marker="o",
+                            capsize=3, label=text(method))
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.minorticks_off()
+        ax.set_xlabel("shots (training images per class)")
+        ax.set_title(f"test {name}, mean ± std over seeds", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(text(title), fontsize=10)
+    return fig

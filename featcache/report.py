@@ -134,6 +134,8 @@ def report_frame(runs: list[dict]) -> tuple[pl.DataFrame, list[str]]:
     """:func:`featcache.runs.runs_frame` with the knobs that differ between ``runs`` and a
     ``name`` column (:func:`run_names`); returns the frame and its knob columns."""
     knobs = _runs.differing_knobs(runs)
+    if "validation" not in knobs and any("validation" in _runs.run_knobs(r) for r in runs):
+        knobs.append("validation")  # always shown: "realistic" (none) and "tuned" runs never mix unseen
     frame = _runs.runs_frame(runs, knobs=knobs).with_columns(pl.Series("name", run_names(runs)))
     return frame, [_runs.knob_column(k) for k in knobs]
 
@@ -323,19 +325,11 @@ def confusion_figure(view: RunView) -> str | None:
 
 def reliability(labels: np.ndarray, scores: np.ndarray, bins: int = 10) -> dict:
     """Reliability of the top-1 softmax probability in ``bins`` equal-width bins: per bin the
-    mean confidence, the accuracy and the count, and the expected calibration error. Both as
-    in Guo et al., "On Calibration of Modern Neural Networks" (ICML 2017), §2: bin m holds the
-    rows with confidence in ((m−1)/M, m/M], and ECE = Σ_m |B_m|/n · |acc(B_m) − conf(B_m)|."""
-    prob = softmax(scores)
-    conf, correct = prob.max(1), (prob.argmax(1) == labels).astype(float)
-    edges = np.linspace(0.0, 1.0, bins + 1)
-    which = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, bins - 1)
-    count = np.bincount(which, minlength=bins)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        acc = np.bincount(which, weights=correct, minlength=bins) / count
-        mean_conf = np.bincount(which, weights=conf, minlength=bins) / count
-    ece = float(np.nansum(count * np.abs(acc - mean_conf)) / max(count.sum(), 1))
-    return {"edges": edges, "acc": acc, "conf": mean_conf, "count": count, "ece": ece}
+    mean confidence, the accuracy and the count, and the expected calibration error
+    (:func:`featcache.calibration.reliability_bins`, Guo et al. 2017 §2)."""
+    from featcache.calibration import reliability_bins
+
+    return reliability_bins(labels, softmax(scores), bins)
 
 
 def reliability_figure(view: RunView) -> str | None:

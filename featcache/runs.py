@@ -17,6 +17,12 @@ A run directory holds::
     per_class_acc.png    per-class accuracy (mean ± std over seeds), many/medium/few shaded
     loss_curve.png       training loss per epoch (runs that record ``epoch_loss``)
                          (figures: :mod:`featcache.plots`; also .pdf/.svg with --plot-format)
+    reliability.png      reliability diagram (15 bins, all seeds' test rows; the calibrated
+                         curve beside the raw one after temperature scaling)
+
+``metrics.json`` also carries the calibration figures ``ece``, ``brier``, ``nll`` (with
+``_std``; :mod:`featcache.calibration`) and, with ``--calibrate temperature``, per seed the
+fitted ``temperature`` and ``ece_before``/``brier_before``/``nll_before``.
 
 :class:`RunWriter` is shared by every pipeline (train-head, TFA-LT, LIFT's classifier runs):
 ``add_seed`` per seed, then ``finish``. NaN figures are written as JSON ``null``.
@@ -39,7 +45,7 @@ import polars as pl
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.metrics import METRIC_KEYS, confusion_matrix, summarize
+from featcache.metrics import CALIBRATED_EXTRA, SUMMARY_KEYS, confusion_matrix, summarize
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +168,8 @@ RUN_FILES = ("config.json", "metrics.json", "metrics.parquet", "metrics.csv", "p
                for fmt in ("png", "pdf", "svg")),
              # grid, reproduce and bench outputs
              "summary.parquet", "summary.csv", "tables.md", "table.md", "table.parquet", "table.csv",
-             "results.parquet", "results.csv", "size_resize.png", "data_efficiency.png")
+             "results.parquet", "results.csv", "size_resize.png", "data_efficiency.png",
+             "reliability.png")
 RUN_GLOBS = ("heatmap_*.png", "heatmap_*.pdf", "heatmap_*.svg")
 
 
@@ -343,17 +350,39 @@ class RunWriter:
                         confusion=self.confusion, per_seed=self.per_seed,
                         train_counts=self.train_counts, groups=self.groups,
                         formats=parse_formats(self.config.get("plot_format") or "png"))
+        self._reliability()
+
+    def _reliability(self) -> None:
+        """reliability.png from every single-label seed's test rows (seeds pooled); with a
+        fitted temperature per seed (``--calibrate temperature``) the calibrated curve too."""
+        from featcache.plots import reliability_figure, save
+
+        evals = [(s, y, z) for s, y, z in self.evals if y.ndim == 1]
+        if not evals:
+            return
+        temps = {m["seed"]: m.get("temperature") for m in self.per_seed}
+        labels = np.concatenate([y for _, y, _ in evals])
+        logits = np.concatenate([z for _, _, z in evals])
+        cal = None
+        if all(temps.get(s) is not None for s, _, _ in evals):  # each seed's own T
+            cal = np.concatenate([z.astype(np.float64) / temps[s] for s, _, z in evals])
+        fig = reliability_figure(labels, logits, calibrated=cal,
+                                 title=f"{self.method or self.out_dir.name}: reliability "
+                                       "(15 bins, seeds pooled)")
+        save(fig, self.out_dir / "reliability")
 
 
 def metrics_frame(per_seed: list[dict], *, method: str = "") -> pl.DataFrame:
-    """One row per seed with ``method``, ``seed`` and every key of :data:`METRIC_KEYS`."""
+    """One row per seed with ``method``, ``seed`` and every key of :data:`SUMMARY_KEYS`
+    (and the temperature-scaling figures when the seeds have them)."""
+    keys = [*SUMMARY_KEYS, *(k for k in CALIBRATED_EXTRA if any(k in m for m in per_seed))]
     return pl.DataFrame(
         {
             "method": [method] * len(per_seed),
             "seed": [int(m["seed"]) for m in per_seed],
-            **{k: [_float(m.get(k)) for m in per_seed] for k in METRIC_KEYS},
+            **{k: [_float(m.get(k)) for m in per_seed] for k in keys},
         },
-        schema={"method": pl.String, "seed": pl.Int64, **{k: pl.Float64 for k in METRIC_KEYS}},
+        schema={"method": pl.String, "seed": pl.Int64, **{k: pl.Float64 for k in keys}},
     )
 
 
@@ -441,6 +470,9 @@ NOT_KNOBS = frozenset({
     "version", "command", "command_line", "argv", "cwd", "timestamp", "created", "created_at",
     "started", "finished", "host", "hostname", "user", "grouping", "notes", "grid",
     "n_configurations", "selected", "selected_config", "select", "seconds", "train_seconds",
+    # per-seed records of a run, not settings: fitted temperatures, classes short of --shots,
+    # what a validation split was used for (``validation`` itself IS shown: realistic vs tuned)
+    "temperature", "shots_short", "validation_use", "compare",
 }) | frozenset(PROVENANCE_KEYS)
 
 
@@ -510,7 +542,7 @@ def runs_frame(runs: list[dict], *, knobs: list[str] | tuple[str, ...] = ()) -> 
         m = r["metrics"]
         row = {"run": r["run"], "method": m.get("method") or Path(r["run"]).name,
                "seeds": len(m.get("per_seed", []))}
-        for k in METRIC_KEYS:
+        for k in SUMMARY_KEYS:
             row[k] = _float(m.get(k))
             row[f"{k}_std"] = _float(m.get(f"{k}_std"))
         shown = run_knobs(r) if knobs else {}
@@ -520,7 +552,7 @@ def runs_frame(runs: list[dict], *, knobs: list[str] | tuple[str, ...] = ()) -> 
     return pl.DataFrame(rows)
 
 
-_FRAME_COLUMNS = frozenset({"run", "method", "seeds", *METRIC_KEYS, *(f"{k}_std" for k in METRIC_KEYS)})
+_FRAME_COLUMNS = frozenset({"run", "method", "seeds", *SUMMARY_KEYS, *(f"{k}_std" for k in SUMMARY_KEYS)})
 
 
 def knob_column(knob: str) -> str:

@@ -184,3 +184,33 @@ def carve_validation(
         val.append(rows_c[:k])
         keep.append(rows_c[k:])
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(val))
+
+
+def draw_shots(split: Split, labels: np.ndarray, shots: int) -> tuple[Split, dict[int, int]]:
+    """The K-shot protocol: keep ``shots`` training rows of every class, drawn with the split's
+    seed (its own stream, so the same seed gives the same draw); classes with fewer rows keep
+    all of them. Validation and test rows are unchanged, and so are the class groups (many /
+    medium / few describe the classes' place in the full training distribution, so a K-shot
+    run is scored on the same groups as the full-data run).
+
+    Returns the new split and ``{class: rows kept}`` for the classes short of ``shots``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise FeatcacheError("--shots draws K training images per class; it needs single-label "
+                             "data (this cache is multi-label).")
+    if isinstance(shots, bool) or not isinstance(shots, int | np.integer) or shots < 1:
+        raise FeatcacheError(f"--shots must be an integer >= 1, got {shots!r}.")
+    rng = _rng(split.seed, "shots")
+    kept, short = [], {}
+    for c in range(len(split.train_counts)):
+        rows_c = split.train[labels[split.train] == c]  # sorted
+        if rows_c.size <= shots:
+            kept.append(rows_c)
+            if rows_c.size < shots:
+                short[c] = int(rows_c.size)
+            continue
+        kept.append(np.sort(rows_c[rng.permutation(rows_c.size)[:shots]]))
+    train = np.sort(np.concatenate(kept)).astype(np.int64)
+    counts = _counts(labels, train, len(split.train_counts))
+    return Split(split.protocol, split.seed, train, split.val, split.test, counts, split.groups), short

@@ -18,7 +18,7 @@ so it lives here once, read top to bottom:
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,7 +34,7 @@ from featcache.heads.training import predict_logits
 from featcache.metrics import compute_metrics
 from featcache.preprocess import TTE_VIEWS
 from featcache.runs import run_name
-from featcache.splits import PROTOCOLS, Split, make_split
+from featcache.splits import PROTOCOLS, Split, draw_shots, make_split
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +42,7 @@ FEATURE_KINDS = ("embed", "cls")
 
 
 TEXT_SOURCES = ("auto", "prompts", "class-mean")
+CALIBRATIONS = ("none", "temperature")
 
 
 def check_numbers(cfg: object) -> None:
@@ -95,6 +96,18 @@ def check_run_settings(cfg: object) -> None:
         raise unknown("precision", cfg.precision, PRECISIONS)
     if cfg.device == "cpu":
         resolve_precision(cfg.precision, torch.device("cpu"))  # refuses fp16 on the CPU, now
+    if cfg.calibrate not in CALIBRATIONS:
+        from featcache.errors import unknown
+
+        raise unknown("calibration", cfg.calibrate, CALIBRATIONS)
+    if cfg.shots is not None and (isinstance(cfg.shots, bool) or cfg.shots < 1):
+        raise FeatcacheError(f"--shots must be an integer >= 1 (training images per class), got {cfg.shots}.")
+    if cfg.validation_free and cfg.val_fraction > 0:
+        raise FeatcacheError("--validation-free uses no validation rows, but --val-fraction "
+                             f"{cfg.val_fraction} carves some; drop one of the two.")
+    if cfg.validation_free and cfg.calibrate != "none":
+        raise FeatcacheError("--calibrate temperature fits T on a validation split, and "
+                             "--validation-free has none; drop one of the two.")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +115,14 @@ class RunSettings:
     """Settings every run on cached features shares: which features and text, how the split
     is drawn and scored, where and in which precision it trains, and where it goes.
     (Keyword-only, so subclasses can start with required fields such as ``cache``.)
+
+    Protocols: ``shots`` = K draws K training images per class with the seed
+    (:func:`featcache.splits.draw_shots`; classes with fewer keep all, with a warning and
+    ``shots_short`` in config.json). ``validation_free``: the realistic setting, no
+    validation rows at all (an official val split is left unused); heads that tune on
+    validation use their documented fixed defaults (``logreg``: C = 1). ``calibrate``:
+    ``temperature`` fits one temperature per seed on the validation split (never on test;
+    refused without one) and reports ECE/Brier/NLL after it, with the figures before it.
 
     ``precision``: ``fp32`` (default), ``bf16``, or ``fp16`` (GPU only) for the heads' weight
     products while training; mixed precision with fp32 master weights, optimiser state and
@@ -122,6 +143,9 @@ class RunSettings:
     bootstrap: int = 0  # replicates of the test rows for 95 % CIs (0 = off): featcache.class_metrics
     bootstrap_seed: int = 0
     plot_format: str = "png"  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
+    shots: int | None = None
+    validation_free: bool = False
+    calibrate: str = "none"
 
     @classmethod
     def knobs(cls) -> list[str]:
@@ -176,6 +200,7 @@ class SeedSetup:
     prototypes: torch.Tensor | None  # [C, D]
     prototypes_from: str
     class_means: torch.Tensor  # [C, D]
+    short: dict[int, int] = field(default_factory=dict)  # --shots: classes with fewer rows
 
 
 def seed_setups(data: CachedData, cfg: object, *, need_prototypes: bool) -> list[SeedSetup]:
@@ -193,6 +218,21 @@ def seed_setups(data: CachedData, cfg: object, *, need_prototypes: bool) -> list
         split = make_split(cache.labels, cache.splits, cache.descriptor, cfg.protocol, seed,
                            val_fraction=cfg.val_fraction, test_per_class=cfg.test_per_class,
                            where=str(cache.path))
+        if getattr(cfg, "validation_free", False) and split.val.size:  # an official val split: unused
+            split = replace(split, val=np.zeros(0, dtype=np.int64))
+        if getattr(cfg, "calibrate", "none") != "none" and split.val.size == 0:
+            raise FeatcacheError(
+                "--calibrate temperature fits the temperature on a validation split (never on "
+                f"test), and seed {seed}'s split of {cache.path} has none: pass --val-fraction "
+                "0.2 (rows carved from each class's training data) or use a cache with an "
+                "official val split.")
+        short: dict[int, int] = {}
+        if getattr(cfg, "shots", None) is not None:
+            split, short = draw_shots(split, cache.labels, cfg.shots)
+            if short:
+                names = ", ".join(f"{cache.descriptor.class_ids[c]} ({n})" for c, n in short.items())
+                log.warning("--shots %d, seed %d: class(es) %s have fewer training images; "
+                            "they keep all of them", cfg.shots, seed, names)
         empty = np.flatnonzero(np.asarray(split.train_counts) == 0)
         if empty.size:
             names = ", ".join(str(cache.descriptor.class_ids[c]) for c in empty[:10])
@@ -217,7 +257,7 @@ def seed_setups(data: CachedData, cfg: object, *, need_prototypes: bool) -> list
                     f"{data.feats.shape[-1]}-d; use --feature embed or --text-source class-mean."
                 )
         means = class_means(train_x, train_y, data.num_classes).to(data.device)
-        out.append(SeedSetup(seed, split, pool, protos, used, means))
+        out.append(SeedSetup(seed, split, pool, protos, used, means, short))
     return out
 
 
@@ -269,19 +309,38 @@ def combine_branches(branches, combine: str, ensembler, x: torch.Tensor) -> torc
     return predict_logits(ensembler, z)[0]
 
 
-def evaluate(logits_of, data: CachedData, setup: SeedSetup, posthoc_tau: float) -> tuple[dict, np.ndarray, np.ndarray]:  # noqa: ANN001
+def evaluate(logits_of, data: CachedData, setup: SeedSetup, posthoc_tau: float,  # noqa: ANN001
+             calibrate: str = "none") -> tuple[dict, np.ndarray, np.ndarray]:
     """Metrics of one seed on its test rows; logits averaged over the evaluation views.
 
-    Returns ``(metrics, labels [n], scores [n, C])``.
+    ``calibrate="temperature"``: T is fitted on the seed's validation rows (the same logits:
+    views averaged, post-hoc adjusted) and never sees test; ``ece``/``brier``/``nll`` are then
+    those of softmax(logits / T), with ``temperature`` and the figures before it
+    (``ece_before``, ...). Accuracy figures do not depend on T (argmax is unchanged).
+
+    Returns ``(metrics, labels [n], scores [n, C])`` (the raw logits, before any T).
     """
-    test = torch.as_tensor(setup.split.test, device=data.device)
-    logits = torch.stack([logits_of(v[test]) for v in data.eval_feats]).mean(0)  # [n, C]
+    from featcache.calibration import CALIBRATION_KEYS, calibration_metrics, fit_temperature
+
     counts = torch.as_tensor(setup.split.train_counts, device=data.device)
-    logits = posthoc_adjust(logits, ClassPrior.from_counts(counts).log_prior[0], posthoc_tau)
-    scores = logits.float().cpu().numpy()
+    log_prior = ClassPrior.from_counts(counts).log_prior[0]
+
+    def scored(rows: np.ndarray) -> np.ndarray:  # [n, C] logits of cache rows
+        r = torch.as_tensor(rows, device=data.device)
+        z = torch.stack([logits_of(v[r]) for v in data.eval_feats]).mean(0)
+        return posthoc_adjust(z, log_prior, posthoc_tau).float().cpu().numpy()
+
+    scores = scored(setup.split.test)
     labels = data.cache.labels[setup.split.test]
     metrics = compute_metrics(labels, scores, num_classes=data.num_classes,
                               train_counts=setup.split.train_counts, groups=setup.split.groups)
+    if calibrate == "temperature":
+        if labels.ndim != 1:
+            raise FeatcacheError("--calibrate temperature is for single-label caches (softmax).")
+        val_labels = data.cache.labels[setup.split.val]
+        t = fit_temperature(val_labels, scored(setup.split.val))
+        metrics.update({f"{k}_before": metrics[k] for k in CALIBRATION_KEYS})
+        metrics.update(calibration_metrics(labels, scores, temperature=t), temperature=t)
     return metrics, labels, scores
 
 
@@ -298,6 +357,7 @@ def checkpoint_for(pipeline: str, model: dict, cfg: object, data: CachedData, se
         "class_ids": list(data.cache.descriptor.class_ids),
         "train_counts": setup.split.train_counts.tolist(),
         "posthoc_tau": cfg.posthoc_tau,
+        "seed": setup.seed,
         # the many/medium/few classes this seed was scored with (``predict`` scores the same way)
         "groups": {g: [int(c) for c in v] for g, v in setup.split.groups.items()},
     }
@@ -322,7 +382,32 @@ def resolved_config(cfg: object, data: CachedData, setups: list[SeedSetup], pipe
     )
     if getattr(cfg, "head", None) and hasattr(cfg, "head_options"):  # the head's knobs, resolved
         d["head_options"] = asdict(HEADS.get(cfg.head).resolve_knobs(cfg.head_options))
+    d["validation"], d["validation_use"] = validation_record(cfg, data, setups)
+    if getattr(cfg, "shots", None) is not None:
+        d["shots_short"] = {str(s.seed): {str(data.cache.descriptor.class_ids[c]): n
+                                          for c, n in s.short.items()} for s in setups if s.short}
     return d
+
+
+def validation_record(cfg: object, data: CachedData, setups: list[SeedSetup]) -> tuple[str, list[str]]:
+    """What config.json says about validation: ``"none"`` (no validation rows used, the
+    realistic setting), ``"official"`` (the cache's val split) or ``"carved"`` (rows carved
+    from the training data: ``--val-fraction``, or ``logreg``'s own C search), and what used
+    it (``temperature``, ``logreg C search on rows carved from training`` (its own split,
+    whatever the run's validation rows); a grid adds ``grid selection``)."""
+    uses = []
+    if getattr(cfg, "calibrate", "none") != "none":
+        uses.append(cfg.calibrate)
+    val = setups[0].split.val
+    if val.size:
+        official = np.asarray(data.cache.splits[val], dtype=object)
+        kind = "official" if np.all(official == "val") else "carved"
+    else:
+        kind = "none"
+    if getattr(cfg, "head", None) == "logreg" and not getattr(cfg, "validation_free", False):
+        uses.append("logreg C search on rows carved from training")  # its own split, per seed
+        kind = "carved" if kind == "none" else kind
+    return kind, uses
 
 
 def default_out(cfg: object, *parts: object) -> Path:
@@ -350,6 +435,10 @@ def shared_name_parts(cfg: object) -> list[str]:
         parts.append(cfg.protocol)
     if getattr(cfg, "shots", None):
         parts.append(f"{cfg.shots}shot")
+    if getattr(cfg, "validation_free", False):
+        parts.append("valfree")
+    if getattr(cfg, "calibrate", "none") != "none":
+        parts.append(f"cal-{cfg.calibrate}")
     if getattr(cfg, "precision", "fp32") != "fp32":
         parts.append(cfg.precision)
     return parts

@@ -23,6 +23,11 @@ Here, per member (one seed's training rows):
    test set); CLIP scores each data set with its own metric;
 3. refit on all of the member's training rows with the chosen ``C``.
 
+Validation-free (``fit(..., search=False)``, ``train-head --validation-free``: the realistic
+few-shot setting, where a 1-shot split has no rows to carve): no search, ``C =``
+:data:`VALIDATION_FREE_C` (1.0, scikit-learn's ``LogisticRegression`` default; CLIP's paper
+gives no value without validation), fitted on all training rows.
+
 Two solvers give the same optimum: ``sklearn`` (``LogisticRegression(solver="lbfgs")``,
 CLIP's own) and ``torch`` (``torch.optim.LBFGS`` with a strong-Wolfe line search on the same
 objective, float64). :data:`DEFAULT_SOLVER` is the faster on an ISIC-sized cache
@@ -52,6 +57,7 @@ START_LOG10_C = (-6.0, -4.0, -2.0, 0.0, 2.0, 4.0, 6.0)  # CLIP's starting grid
 STEPS_PER_DECADE = 8  # CLIP's final resolution
 SOLVERS = ("sklearn", "torch")
 DEFAULT_SOLVER = "sklearn"
+VALIDATION_FREE_C = 1.0  # scikit-learn's default C, used when no validation split may be carved
 
 
 @dataclass
@@ -205,9 +211,10 @@ class LogRegHead(Head):
         return self.linear(x)
 
     def fit(self, feats: torch.Tensor, labels: torch.Tensor, pools: list[torch.Tensor], *,
-            solver: str | None = None) -> FitResult:
+            solver: str | None = None, search: bool = True) -> FitResult:
         """Fit every member on its pool ``feats[pool]`` (C chosen on a carved validation split,
-        then refit on the whole pool); writes the weights in place."""
+        then refit on the whole pool; ``search=False``: C = :data:`VALIDATION_FREE_C`, no
+        validation rows); writes the weights in place."""
         if labels.dim() != 1:
             raise FeatcacheError("Head 'logreg' needs single-label data; multi-label caches "
                                  "train with --head linear --loss bce.")
@@ -217,12 +224,16 @@ class LogRegHead(Head):
         for g, pool in enumerate(pools):
             x = feats[pool].double().cpu().numpy()  # [n, D]
             y = labels[pool].cpu().numpy()
-            val = stratified_val(y, self.members[g].generator("val"))
-            if val.sum() == 0 or np.unique(y[~val]).size < 2:
-                raise FeatcacheError(
-                    f"Head 'logreg': seed {self.members[g].seed}'s training rows are too few to "
-                    "carve a validation split for choosing C (every class needs two rows).")
-            c, tried = search_c(x, y, val, self.num_classes, solver=solver)
+            if not search:
+                c, tried = VALIDATION_FREE_C, {}
+            else:
+                val = stratified_val(y, self.members[g].generator("val"))
+                if val.sum() == 0 or np.unique(y[~val]).size < 2:
+                    raise FeatcacheError(
+                        f"Head 'logreg': seed {self.members[g].seed}'s training rows are too few "
+                        "to carve a validation split for choosing C (every class needs two rows); "
+                        "pass --validation-free (fixed C = 1) for few-shot runs.")
+                c, tried = search_c(x, y, val, self.num_classes, solver=solver)
             W, b = fit_logreg(x, y, self.num_classes, c, solver=solver)
             with torch.no_grad():
                 self.weight[g] = torch.as_tensor(W, dtype=self.weight.dtype)
@@ -230,7 +241,7 @@ class LogRegHead(Head):
             logits = torch.as_tensor(x @ W.T + b)
             ce = torch.nn.functional.cross_entropy(logits, torch.as_tensor(y)).item()
             log.info("logreg member %d: C = %.3g (val balanced acc %.4f, %d fits)", g, c,
-                     max(tried.values()), len(tried) + 1)
+                     max(tried.values()) if tried else math.nan, len(tried) + 1)
             losses.append([ce if math.isfinite(ce) else math.nan])
             steps.append(len(tried) + 1)
             chosen.append(c)

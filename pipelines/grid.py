@@ -98,6 +98,8 @@ RUN_LEVEL = {
     "plot_format": "figure formats are a setting of the whole run (--plot-format)",
     "bootstrap": "confidence intervals are a setting of the whole run (--bootstrap)",
     "bootstrap_seed": "confidence intervals are a setting of the whole run (--bootstrap-seed)",
+    "validation_free": "a grid selects its configuration on validation rows",
+    "calibrate": "calibrate the selected configuration with train-head --calibrate temperature",
 }
 MEMBER_KNOBS = frozenset(f.name for f in fields(MemberSpec))
 EVAL_ONLY = frozenset({"posthoc_tau"})
@@ -246,6 +248,11 @@ class GridConfig:
             if len(set(typed)) != len(typed):
                 raise FeatcacheError(f"--param {name} lists a value twice: {list(values)}.")
             parsed.append((name, typed))
+        if getattr(self.base, "validation_free", False) or getattr(self.base, "calibrate", "none") != "none":
+            raise FeatcacheError(
+                "A grid selects its configuration on validation rows: --validation-free does not "
+                "apply, and --calibrate temperature is for the selected configuration "
+                "(train-head --calibrate temperature with its knobs).")
         if self.select not in SELECT_METRICS:
             from featcache.errors import unknown
 
@@ -460,8 +467,9 @@ def _group_key(cfg: PipelineConfig) -> tuple:
 
 
 def _data_key(cfg: PipelineConfig) -> tuple:
-    """What the features and prototypes depend on: view, feature kind, TTE, text source."""
-    return (cfg.view, cfg.feature, cfg.tte, cfg.text_source, cfg.template)
+    """What the features, prototypes and training rows depend on: view, feature kind, TTE,
+    text source, and the K-shot draw (``shots``)."""
+    return (cfg.view, cfg.feature, cfg.tte, cfg.text_source, cfg.template, cfg.shots)
 
 
 def _knob_row(cfg: PipelineConfig, data: CachedData) -> dict:
@@ -586,6 +594,8 @@ def run(grid: GridConfig, *, progress: Callable[[str], None] | None = None,
     config = _resolved(grid, data0, setups0, selected)
     doc, heatmaps = _write(grid, out_dir, config, loaded, trained_of, test_logits, table,
                            summary, selected, val_rows)
+    if len(dict(grid.params).get("shots", ())) > 1:
+        doc["shots_curve"] = _shots_curve(grid, val_mean, test_rows, n_seeds, out_dir)
     seconds = time.perf_counter() - t0
     doc["train_seconds"], doc["seconds"] = train_seconds, seconds
     write_json(out_dir / "metrics.json", doc)
@@ -631,6 +641,7 @@ def _summary(grid: GridConfig, table: pl.DataFrame) -> pl.DataFrame:
 
 def _resolved(grid: GridConfig, data: CachedData, setups: list[SeedSetup], selected: int) -> dict:
     d = resolved_config(grid.base, data, setups, f"grid/{grid.pipeline}")
+    d["validation_use"] = [*d["validation_use"], "grid selection"]
     d.update(
         grid={n: list(v) for n, v in grid.params},
         n_configurations=len(grid.configs),
@@ -695,6 +706,35 @@ def _write(grid: GridConfig, out_dir: Path, config: dict, loaded: dict,
                      formats=parse_formats(grid.base.plot_format))
         heatmaps.append(path)
     return doc, heatmaps
+
+
+def _shots_curve(grid: GridConfig, val_mean: np.ndarray, test_rows: list[dict], n_seeds: int,
+                 out_dir: Path) -> list[dict]:
+    """The accuracy-vs-shots curve of a grid over ``shots``: for every method (the head, or
+    TFA-LT) and K, the configuration with the best mean validation ``select`` figure among
+    that method's K-shot configurations (chosen on validation, as the grid's own selection),
+    and its test figures, mean ± std over seeds. Writes ``shots.parquet``/``.csv`` and
+    ``accuracy_vs_shots.png``."""
+    from featcache.pipelines.compare import plot_shots_curve
+
+    best: dict[tuple[str, int], int] = {}
+    for i, cfg in enumerate(grid.configs):
+        key = (getattr(cfg, "head", None) or "tfa-lt", cfg.shots)
+        if key not in best or val_mean[i] > val_mean[best[key]]:
+            best[key] = i
+    rows = []
+    for (method, shots), i in sorted(best.items(), key=lambda kv: (kv[0][0], kv[0][1])):
+        seeds = [test_rows[i * n_seeds + j] for j in range(n_seeds)]
+        row = {"method": method, "shots": shots, "config": i,
+               f"val_{grid.select}": float(val_mean[i])}
+        row.update({k: v for k, v in summarize(seeds).items()})
+        rows.append(row)
+    frame = pl.DataFrame(rows).with_columns(pl.col(pl.Float64).fill_nan(None))
+    frame.write_parquet(out_dir / "shots.parquet")
+    frame.write_csv(out_dir / "shots.csv")
+    plot_shots_curve(rows, out_dir / "accuracy_vs_shots.png",
+                     title=f"grid: best configuration per K on val {grid.select}")
+    return rows
 
 
 def plot_heatmap(table: pl.DataFrame, x: str, y: str, path: str | Path, *,

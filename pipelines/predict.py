@@ -245,8 +245,9 @@ def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None 
         writer.predictions.clear()  # one row per image, written below
         summary = writer.finish()
         files += [out_dir / f for f in ("config.json", "metrics.json", "metrics.parquet", "metrics.csv")]
-        files += [out_dir / f for f in ("confusion.png", "per_class_acc.png", "per_class.parquet", "per_class.csv",
-                                           "per_class_seeds.parquet") if (out_dir / f).exists()]
+        files += [out_dir / f for f in ("confusion.png", "per_class_acc.png", "reliability.png",
+                                        "per_class.parquet", "per_class.csv", "per_class_seeds.parquet")
+                  if (out_dir / f).exists()]
     else:
         out_dir.mkdir(parents=True, exist_ok=True)
         write_json(out_dir / "config.json", with_provenance(config))

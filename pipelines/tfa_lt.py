@@ -44,7 +44,7 @@ from featcache.heads.cached import (
     seed_setups,
 )
 from featcache.heads.training import head_features, predict_logits, train_members
-from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run
+from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ def run(cfg: TfaLtConfig, *, overwrite: bool = False) -> RunResult:
         def logits_of(x: torch.Tensor, pair=pair, ens=ens) -> torch.Tensor:  # noqa: ANN001
             return combine_branches(pair, cfg.ensemble, ens, x)
 
-        metrics, labels, scores = evaluate(logits_of, data, setup, cfg.posthoc_tau)
+        metrics, labels, scores = evaluate(logits_of, data, setup, cfg.posthoc_tau, cfg.calibrate)
         metrics["stage1_loss_wrs"] = _last(stage1.epoch_loss[2 * i])
         metrics["stage1_loss_rus"] = _last(stage1.epoch_loss[2 * i + 1])
         # the loss curves (featcache.plots)
@@ -201,12 +201,19 @@ def run(cfg: TfaLtConfig, *, overwrite: bool = False) -> RunResult:
             metrics["stage2_epoch_loss"] = list(stage2_loss[i])
         model = {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": cfg.ensemble,
                  "ensembler": ens.checkpoint() if ens is not None else None}
+        ckpt = checkpoint_for("tfa-lt", model, cfg, data, setup)
+        if "temperature" in metrics:  # predict's calibrated probabilities (heads/saved.py)
+            ckpt["temperature"] = metrics["temperature"]
         writer.add_seed(setup.seed, metrics, labels=labels, scores=scores, rows=setup.split.test,
                         ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
                         train_counts=setup.split.train_counts, groups=setup.split.groups,
-                        checkpoint=checkpoint_for("tfa-lt", model, cfg, data, setup))
+                        checkpoint=ckpt)
     summary = writer.finish()
     summary["train_seconds"] = stage1.seconds + stage2_seconds
+    if cfg.calibrate != "none":  # config.json: the fitted temperature of every seed
+        config = writer.config  # with its provenance
+        config["temperature"] = {str(m["seed"]): m["temperature"] for m in writer.per_seed}
+        write_json(out_dir / "config.json", config)
     return RunResult(out_dir, summary, config)
 
 

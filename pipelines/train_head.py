@@ -34,7 +34,7 @@ from featcache.heads.cached import (
     seed_setups,
 )
 from featcache.heads.training import predict_logits, train_members
-from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run
+from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
 
@@ -139,7 +139,9 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
     )
     head = build_head(cfg.head, ctx, members, device=data.device)
     if hasattr(head, "fit"):  # a head with its own solver (logreg: L-BFGS, C chosen on val)
-        result = head.fit(data.feats, data.labels, [s.pool for s in setups])
+        # validation-free: no C search, the documented fixed C (heads/logreg.py)
+        result = head.fit(data.feats, data.labels, [s.pool for s in setups],
+                          search=not cfg.validation_free)
     else:
         result = train_members(head, data.feats, data.labels, [s.pool for s in setups],
                                precision=cfg.precision, desc=cfg.method or cfg.head)
@@ -150,18 +152,25 @@ def run(cfg: TrainHeadConfig, *, overwrite: bool = False) -> RunResult:
     for g, setup in enumerate(setups):
         member = head.member(g)
         metrics, labels, scores = evaluate(lambda x, m=member: predict_logits(m, x)[0], data,
-                                           setup, cfg.posthoc_tau)
+                                           setup, cfg.posthoc_tau, cfg.calibrate)
         metrics["train_loss"] = result.epoch_loss[g][-1] if result.epoch_loss[g] else math.nan
         metrics["epoch_loss"] = list(result.epoch_loss[g])  # the loss curve (featcache.plots)
         if hasattr(result, "chosen_c"):
             metrics["logreg_c"] = result.chosen_c[g]
         model = {"kind": "head", "head": member.checkpoint()}
+        ckpt = checkpoint_for("train-head", model, cfg, data, setup)
+        if "temperature" in metrics:  # predict's calibrated probabilities (heads/saved.py)
+            ckpt["temperature"] = metrics["temperature"]
         writer.add_seed(setup.seed, metrics, labels=labels, scores=scores, rows=setup.split.test,
                         ids=data.cache.ids, split=setup.split.to_frame(data.cache.ids),
                         train_counts=setup.split.train_counts, groups=setup.split.groups,
-                        checkpoint=checkpoint_for("train-head", model, cfg, data, setup))
+                        checkpoint=ckpt)
     summary = writer.finish()
     summary["train_seconds"] = result.seconds
+    if cfg.calibrate != "none":  # config.json: the fitted temperature of every seed
+        config = writer.config  # with its provenance
+        config["temperature"] = {str(m["seed"]): m["temperature"] for m in writer.per_seed}
+        write_json(out_dir / "config.json", config)
     return RunResult(out_dir, summary, config)
 
 

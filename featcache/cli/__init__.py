@@ -90,7 +90,7 @@ def main(verbose: int) -> None:
 # Each module adds its commands to `main` when imported (click decorators); a new area's
 # commands are one module here plus its name in this list.
 COMMAND_MODULES = ("cache_cmds", "head_cmds", "grid_cmds", "finetune_cmds", "bench_cmds", "demo_cmds",
-                   "export_cmds")
+                   "export_cmds", "compare_cmds")
 
 
 def _register() -> None:

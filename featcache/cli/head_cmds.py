@@ -45,15 +45,15 @@ def _show(out_dir: Path, metrics: dict, title: str) -> None:
 
 
 TRAIN_HEAD_GROUPS = {
-    "Data and splits": ["--cache", "--view", "--feature", "--protocol", "--test-per-class", "--val-fraction",
-                        "--seeds"],
+    "Data and splits": ["--cache", "--view", "--feature", "--protocol", "--test-per-class", "--shots",
+                        "--val-fraction", "--validation-free", "--seeds"],
     "Head": ["--head", "--head-option", "--sigma", "--tau", "--init", "--text-source", "--template"],
     "Long tail: loss and sampling": ["--loss", "--gamma", "--la-tau", "--cb-beta", "--sampler"],
     "TFA-LT (--ensemble)": ["--ensemble", "--no-adapters", "--ensemble-loss", "--ensemble-epochs",
                             "--ensemble-lr", "--rus"],
     "Optimisation": ["--epochs", "--batch-size", "--lr", "--weight-decay", "--momentum", "--schedule",
                      "--precision"],
-    "Evaluation": ["--tte", "--posthoc-tau", "--bootstrap", "--bootstrap-seed"],
+    "Evaluation": ["--tte", "--posthoc-tau", "--calibrate", "--bootstrap", "--bootstrap-seed"],
     "Output and device": ["--out", "--overwrite", "--method", "--plot-format", "--quiet", "--device"],
 }
 TRAIN_HEAD_EXAMPLES = (
@@ -104,6 +104,15 @@ TRAIN_HEAD_EXAMPLES = (
 @click.option("--posthoc-tau", type=float, default=0.0, show_default=True, help="Post-hoc logit adjustment τ (0 = off).")
 @click.option("--val-fraction", type=float, default=0.0, show_default=True, help="Training fraction held out for validation.")
 @click.option("--test-per-class", type=int, default=None, help="tfa-lt test images per class (default: the descriptor's).")
+@click.option("--shots", type=int, default=None,
+              help="K-shot protocol: K training images per class drawn with the seed (classes with "
+                   "fewer keep all); the draw is in splits.parquet. Grid: --param shots=1,2,4,8,16.")
+@click.option("--validation-free", is_flag=True,
+              help="Realistic setting: no validation rows; heads that tune on validation use their "
+                   "fixed defaults (logreg C = 1). config.json records validation: none.")
+@click.option("--calibrate", type=click.Choice(["none", "temperature"]), default="none", show_default=True,
+              help="Post-hoc temperature scaling fitted on the validation split (needs --val-fraction "
+                   "or an official val split; never on test); ECE/NLL/Brier before and after.")
 @click.option("--device", default="auto", show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True,
               help=_PRECISION_HELP)
