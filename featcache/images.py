@@ -288,7 +288,7 @@ def encode_images(
     :func:`encode_views`): returns (rows encoded, features [n, D] per view of ``views``,
     skipped ``(source, reason)``). An unreadable image is an error naming it, unless
     ``skip_bad`` (then it is listed in the skipped and left out)."""
-    from tqdm.auto import tqdm
+    from featcache.progress import bar as progress_bar
 
     visual = backbone.visual
     if dtype != torch.float32 and device.type == "cuda":
@@ -299,7 +299,7 @@ def encode_images(
     rows_out: list[int] = []
     feats: dict[str, list[torch.Tensor]] = {v: [] for v in views}
     skipped: list[tuple[str, str]] = []
-    bar = tqdm(total=len(order), unit="img", desc="encode", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(order), "encode", unit="img", progress=progress)
     with torch.inference_mode():
         for rows, std, tte, errs in image_batches(manifest, prep, batches, workers, device, jpeg_decode):
             rows_l = rows.tolist()
