@@ -15,6 +15,7 @@ from fixtures_cache import make_feature_cache
 
 from featcache.cli import main
 from featcache.errors import FeatcacheError
+from featcache.heads import tfa_lt_stages
 from featcache.metrics import METRIC_KEYS
 from featcache.pipelines import grid, tfa_lt, train_head
 
@@ -251,13 +252,13 @@ def test_grid_over_stage_two_knobs_trains_stage_one_once(lt_cache, tmp_path, mon
     """A grid over focal γ (stage II), ensemble_lr and ensemble_epochs has one distinct stage I
     per seed (WRS + RUS): two adapters per seed are trained, once, whatever the grid size."""
     calls: list[tuple[str, int]] = []
-    real = grid.train_members
+    real = tfa_lt_stages.train_members
 
     def counting(head, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         calls.append((head.name, head.num_members))
         return real(head, *args, **kwargs)
 
-    monkeypatch.setattr(grid, "train_members", counting)
+    monkeypatch.setattr(tfa_lt_stages, "train_members", counting)  # TFA-LT's stages' home
     base = tfa_lt.TfaLtConfig(cache=str(lt_cache), ensemble="logit", epochs=1, ensemble_epochs=1,
                               device="cpu", seeds=(0, 1), val_fraction=0.2)
     spec = grid.make_grid(base, ["gamma=0,1,2", "ensemble_lr=0.01,0.1"], out=str(tmp_path / "g"))
