@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -44,8 +45,6 @@ def _base(cache, **kw) -> train_head.TrainHeadConfig:  # noqa: ANN001
 def _alone(cfg, out) -> dict:  # noqa: ANN001
     """Train one configuration by itself (the train-head / TFA-LT pipeline)."""
     runner = tfa_lt.run if isinstance(cfg, tfa_lt.TfaLtConfig) else train_head.run
-    from dataclasses import replace
-
     return runner(replace(cfg, out=str(out))).metrics
 
 
@@ -98,6 +97,33 @@ def test_tfa_lt_grid_equals_each_configuration_alone(lt_cache, tmp_path) -> None
     alone = _state(tmp_path / f"alone-{res.selected}", 0, "ensembler")
     for name in joint:
         torch.testing.assert_close(joint[name], alone[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [dict(ensemble="logit"), dict(ensemble="feature"),
+                                     dict(ensemble="logit", adapters=False), dict(ensemble="mean")],
+                         ids=["logit", "feature", "no-adapters", "mean"])
+def test_one_configuration_grid_is_the_tfa_lt_run(lt_cache, tmp_path, variant) -> None:  # noqa: ANN001
+    """Both train TFA-LT through heads/tfa_lt_stages.train_tfa_lt: a grid of one configuration
+    saves the very weights (torch.equal), loss curves and test figures of tfa_lt.run."""
+    base = tfa_lt.TfaLtConfig(cache=str(lt_cache), epochs=2, ensemble_epochs=2, device="cpu",
+                              seeds=(0, 1), val_fraction=0.2, **variant)
+    grid.run(grid.make_grid(base, ["lr=0.1"], out=str(tmp_path / "grid")))
+    alone = tfa_lt.run(replace(base, out=str(tmp_path / "alone")))
+    joint = json.loads((tmp_path / "grid" / "metrics.json").read_text())
+    for got, want in zip(joint["per_seed"], alone.metrics["per_seed"], strict=True):
+        assert got["seed"] == want["seed"]
+        for k in ("stage1_epoch_loss_wrs", "stage1_epoch_loss_rus", "stage2_epoch_loss",
+                  "acc", "balanced_acc", "macro_f1", "many_acc", "few_acc"):
+            assert got.get(k) == want.get(k), (want["seed"], k)
+    for seed in (0, 1):
+        a, b = (torch.load(d / "checkpoints" / f"seed-{seed}.pt", weights_only=True)["model"]
+                for d in (tmp_path / "grid", tmp_path / "alone"))
+        assert a["combine"] == b["combine"] and (a["ensembler"] is None) == (b["ensembler"] is None)
+        for part in ("branches", "ensembler"):
+            if a[part] is not None:
+                assert a[part]["state"].keys() == b[part]["state"].keys()
+                for name, t in a[part]["state"].items():
+                    assert torch.equal(t, b[part]["state"][name]), (seed, part, name)
 
 
 def test_precision_is_a_fixed_setting_or_a_grid_axis(lt_cache, tmp_path) -> None:  # noqa: ANN001
