@@ -22,8 +22,9 @@ Read top to bottom:
    logits are a linear map of the input (``linear``, ``cosine``) compute every member in one
    matrix product ``[B, D] @ [D, G·C]`` (:meth:`featcache.heads.base.Head.forward_shared`); both come
    from :func:`featcache.heads.training.train_members` with ``share_batches=True``. Other heads
-   (adapters, ensemblers) get one gather per member there. TFA-LT: stage-I adapters
-   that are the same for several configurations (a grid over stage-II knobs) are trained once.
+   (adapters, ensemblers) get one gather per member there. TFA-LT (:func:`featcache.heads.tfa_lt_stages.train_tfa_lt`, the
+   stages ``train-head --ensemble`` trains too): stage-I adapters that are the same for
+   several configurations (a grid over stage-II knobs) are trained once.
    Every member keeps its own random streams, so each configuration gets the result it gets
    when trained alone with ``train-head`` and the same seed (up to float rounding of the
    batched products; a test checks it).

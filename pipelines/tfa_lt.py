@@ -12,6 +12,11 @@ Stage II: both adapters frozen; their outputs on every training row are computed
 linear ensembler is trained with focal loss (γ = 2) on the original long-tailed training set:
 ``ensemble-logit`` on [l_w ; l_r] or ``ensemble-feature`` on [f_w ; f_r].
 
+Both stages are trained by :func:`featcache.heads.tfa_lt_stages.train_tfa_lt` (shared with
+``featcache grid``, which passes many configurations); this module holds the configuration
+(:meth:`TfaLtConfig.stage1` and :meth:`TfaLtConfig.stage2` give each stage's member specs) and
+:func:`run`: load, train both stages, evaluate and write every seed.
+
 Defaults: SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.1 cosine, 200 epochs
 stage I and 100 stage II, seeds 0, 1, 2, fp32 (``precision="bf16"`` runs both stages' weight
 products in bf16, with fp32 master weights; stage II's inputs are the adapters' fp32 outputs). Ablations: ``adapters=False`` (ensembler
@@ -142,7 +147,8 @@ def name_parts(cfg: TfaLtConfig) -> list[str]:
 
 
 def run(cfg: TfaLtConfig, *, overwrite: bool = False) -> RunResult:
-    """Run TFA-LT for every seed (stage I and stage II each one batched run); write the run.
+    """Run TFA-LT for every seed (stage I and stage II each one batched run, through
+    :func:`~featcache.heads.tfa_lt_stages.train_tfa_lt`); write the run.
 
     An ``out`` (given or default) that already holds a run is refused before any work,
     unless ``overwrite``: then that run's files are deleted once training has succeeded."""
