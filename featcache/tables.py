@@ -102,3 +102,17 @@ def print_runs(console, frame, *, title: str = "", **kwargs: object) -> int:  # 
         rich_table(frame, title=title, compact=True, **kwargs),
         rich_table(frame, title=means_title, compact=True, std=False, **kwargs),
     ])
+
+
+def common_prefix(names: Sequence[str], *, sep: str = "-", min_chars: int = 8) -> str:
+    """The longest prefix, ending in ``sep``, that every one of two or more ``names`` shares
+    and that leaves something of each (``""`` when shorter than ``min_chars``): default run
+    names repeat the cache's (``isic2018-tiny-clip-random-tte-...``), which a terminal table
+    can show once instead of on every row."""
+    if len(names) < 2:
+        return ""
+    first, prefix = names[0], ""
+    for i, ch in enumerate(first):
+        if ch == sep and all(n.startswith(first[: i + 1]) and len(n) > i + 1 for n in names):
+            prefix = first[: i + 1]
+    return prefix if len(prefix) >= min_chars else ""

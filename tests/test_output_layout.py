@@ -7,6 +7,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -149,3 +151,22 @@ def test_a_table_too_wide_for_any_layout_is_printed_whole(setup: dict) -> None:
     assert "…" not in out
     for row in cells:
         assert len([ln for ln in out.splitlines() if row[0] in ln and row[-1] in ln]) == 1
+
+
+def test_report_shows_the_common_start_of_run_names_once(setup: dict, tmp_path: Path) -> None:
+    from featcache.tables import common_prefix
+
+    assert common_prefix(["ham-tiny-tte-linear", "ham-tiny-tte-cosine-la"]) == "ham-tiny-tte-"
+    assert common_prefix(["ham-tiny-tte-linear", "ham-tiny-tte-linear-la"]) == "ham-tiny-tte-"
+    assert common_prefix(["ab-c", "ab-d"]) == ""  # too short to be worth it
+    assert common_prefix(["only-one-run-name"]) == ""
+    runs = []
+    for name in ("isic2018-tiny-clip-random-tte-linear", "isic2018-tiny-clip-random-tte-cosine-la"):
+        shutil.copytree(setup["linear" if name.endswith("linear") else "cosine"], tmp_path / name)
+        runs.append(str(tmp_path / name))
+    res = CliRunner().invoke(main, ["report", *runs], env=NARROW)
+    assert res.exit_code == 0, res.output
+    assert "Runs isic2018-tiny-clip-random-tte-* " in res.output
+    rows = [ln for ln in res.output.splitlines() if re.search(r"\d+\.\d\d", ln)]
+    assert [r.split()[0] for r in rows] == ["linear", "cosine-la"]
+    assert all(len(line) <= 80 for line in res.output.splitlines()), res.output

@@ -299,10 +299,19 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
     knobs as columns with mean ± std; the same compact (``81.23±0.40``, no box lines); the
     knobs as one line per run below; means only (said in the title). Numbers are never cut,
     and each run is one line (:func:`featcache.tables.print_fitting`)."""
+    import textwrap
+
+    import polars as pl
+
     from featcache.runs import REPORT_COLUMNS, rich_table
-    from featcache.tables import print_fitting
+    from featcache.tables import common_prefix, print_fitting
 
     con = console()
+    prefix = common_prefix(frame["name"].to_list())
+    if prefix:  # shown once, not on every row (the files keep the whole names)
+        click.echo(textwrap.fill(f"Runs {prefix}* (the common start of their names is left out "
+                                 "below)", width=max(con.width, 40), break_on_hyphens=False))
+        frame = frame.with_columns(pl.col("name").str.slice(len(prefix)))
     layouts = [(True, True, False), (True, True, True), (False, True, True), (False, False, True)]
     tables = [rich_table(frame, title="" if std else "means over seeds, %; ± std: widen the "
                          "terminal, or --out/--html", title_column="name", title_header="Run",
@@ -314,7 +323,9 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
         click.echo("Settings that differ:")
         for row in frame.iter_rows(named=True):
             shown = ", ".join(f"{k.removeprefix('config_')}={row[k]}" for k in knobs)
-            click.echo(f"  {row['name']}: {shown}")
+            click.echo(textwrap.fill(f"{row['name']}: {shown}", width=max(con.width, 40),
+                                     initial_indent="  ", subsequent_indent="      ",
+                                     break_on_hyphens=False))
 
 
 @main.command("report", cls=GroupedCommand, examples=(
