@@ -56,7 +56,7 @@ from torchvision.transforms import functional as TF
 from torchvision.transforms import transforms as T
 from tqdm.auto import tqdm
 
-from featcache import models
+from featcache import knobs, models
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.datasets.lt_lists import has_placeholder_names
@@ -110,18 +110,18 @@ class FinetuneConfig:
     pretrained: str | None = None
     protocol: str | None = None  # None: lift when the data set has a test split
     test_per_class: int | None = None
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = knobs.FINETUNE_SEEDS
     epochs: int | None = None  # None: the data set's LIFT recipe (descriptor.finetune_epochs), else 10
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
+    batch_size: int = knobs.BATCH_SIZE
+    lr: float = knobs.FINETUNE_LR
+    momentum: float = knobs.MOMENTUM
+    weight_decay: float = knobs.WEIGHT_DECAY
+    schedule: str = knobs.SCHEDULE
     loss: str = "la"
-    la_tau: float = 1.0
-    gamma: float = 2.0
-    cb_beta: float = 0.9999
-    sigma: float = 25.0
+    la_tau: float = knobs.LA_TAU
+    gamma: float = knobs.GAMMA
+    cb_beta: float = knobs.CB_BETA
+    sigma: float = knobs.SIGMA
     init: str = "text"
     template: str = LIFT
     augment: bool = True
@@ -221,7 +221,7 @@ def build_model(
     *,
     init: str = "text",
     template: str = LIFT,
-    sigma: float = 25.0,
+    sigma: float = knobs.SIGMA,
     device: torch.device,
     frozen_dtype: torch.dtype | None = None,
 ) -> tuple[LiftModel, MethodConfig]:

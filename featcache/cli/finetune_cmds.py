@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from featcache import knobs
 from featcache.cli import main
 from featcache.cli.choices import NameChoice
 from featcache.cli.common import GroupedCommand, parse_pairs, parse_seeds, plot_format_option
@@ -37,16 +38,16 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default]. Tags trained with QuickGELU (e.g. openai, dfn2b, metaclip_fullcc) are built with it. A local OpenAI checkpoint needs the -quickgelu model name: --model ViT-B-16-quickgelu --pretrained FILE (OpenAI's original ViT-B-16.pt is recognised by its SHA-256 and needs nothing extra).")
 @click.option("--protocol", default=None, type=NameChoice("protocol"), help="Train/test split: lift (LIFT's groups by training count), official (the data set's own splits) or tfa-lt (a class-balanced test set drawn per seed) [default: lift when the data set has a test split].")
 @click.option("--test-per-class", type=int, default=None, help="Test images per class for --protocol tfa-lt.")
-@click.option("--seeds", default="0", show_default=True, help="Comma-separated seeds; one run each.")
+@click.option("--seeds", default=knobs.seeds_text(knobs.FINETUNE_SEEDS), show_default=True, help="Comma-separated seeds; one run each.")
 @click.option("--epochs", type=int, default=None, help="Training epochs [default: the data set's LIFT recipe: 20 for inat2018, else 10].")
-@click.option("--batch-size", type=int, default=128, show_default=True, help="Global batch (split over torchrun processes).")
-@click.option("--lr", type=float, default=0.01, show_default=True, help="SGD learning rate (LIFT: 0.01).")
-@click.option("--momentum", type=float, default=0.9, show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=float, default=5e-4, show_default=True, help="SGD weight decay.")
-@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default="cosine", show_default=True, help="Learning rate over the epochs: cosine annealing to 0, or constant.")
+@click.option("--batch-size", type=int, default=knobs.BATCH_SIZE, show_default=True, help="Global batch (split over torchrun processes).")
+@click.option("--lr", type=float, default=knobs.FINETUNE_LR, show_default=True, help="SGD learning rate (LIFT: 0.01).")
+@click.option("--momentum", type=float, default=knobs.MOMENTUM, show_default=True, help="SGD momentum.")
+@click.option("--weight-decay", type=float, default=knobs.WEIGHT_DECAY, show_default=True, help="SGD weight decay.")
+@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=knobs.SCHEDULE, show_default=True, help="Learning rate over the epochs: cosine annealing to 0, or constant.")
 @click.option("--loss", default="la", show_default=True, type=NameChoice("loss"), help="Training loss (LIFT: la, logit-adjusted; bce is multi-label and refused here).")
-@click.option("--la-tau", type=float, default=1.0, show_default=True, help="τ of the logit-adjusted loss.")
-@click.option("--sigma", type=float, default=25.0, show_default=True, help="Scale of the cosine classifier.")
+@click.option("--la-tau", type=float, default=knobs.LA_TAU, show_default=True, help="τ of the logit-adjusted loss.")
+@click.option("--sigma", type=float, default=knobs.SIGMA, show_default=True, help="Scale of the cosine classifier.")
 @click.option("--init", type=click.Choice(["text", "random"]), default="text", show_default=True, help="Head init: semantic-aware (text) or random.")
 @click.option("--no-augment", is_flag=True, help="Train on centre crops (no RandomResizedCrop + flip).")
 @click.option("--train-canvas", type=int, default=None, help="Speed option, not LIFT: shrink image files so the longer side fits N pixels, then crop on the device [default: off; LIFT's RandomResizedCrop of the full image in the workers].")
