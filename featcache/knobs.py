@@ -28,6 +28,25 @@ HEAD = "linear"  # train-head and grid without --head
 COMPARE_HEADS: tuple[str, ...] = ("zeroshot", "knn", "logreg", "tip-adapter", "clip-adapter", "lp++",
                                   "clap", "linear", "cosine", "tfa-lt")
 
+# -- Losses, samplers and head initialisation (names in the registries of featcache.heads)
+LOSS = "ce"  # a head's loss; TFA-LT's stage I
+SAMPLER = "instance"  # every training row once per epoch
+INIT = "random"  # cosine head initialisation
+ENSEMBLE = "logit"  # TFA-LT's ensembler (TfaLtConfig; the CLI runs TFA-LT only with --ensemble)
+ENSEMBLE_LOSS = "focal"  # TFA-LT stage II (DESIGN.md §1: focal loss)
+RUS = "fixed"  # TFA-LT stage I RUS: the paper's one generated set (or "fresh" each epoch)
+
+# -- What a run reads from the cache, and where it runs
+TEXT_SOURCE = "auto"  # prompts when the cache has text features, else class means
+TEMPLATE = "auto"
+VIEW = "standard"
+FEATURE = "embed"  # the projected (CLIP) embedding
+DEVICE = "auto"  # CUDA when present
+PRECISION = "fp32"  # heads on cached features
+CALIBRATE = "none"
+PLOT_FORMAT = "png"
+SELECT = "balanced_acc"  # a grid's selection metric
+
 # -- Optimisation: TFA-LT (DESIGN.md §1): SGD momentum 0.9, weight decay 5e-4, batch 128,
 #    lr 0.1 with cosine annealing; 200 epochs stage I, 100 epochs stage II; 3 seeds.
 SEEDS: tuple[int, ...] = (0, 1, 2)
@@ -64,6 +83,11 @@ GRID_TOP = 10  # configurations a grid's summary shows first
 #    iNat2018 by its descriptor), logit-adjusted loss, text init.
 FINETUNE_SEEDS: tuple[int, ...] = (0,)
 FINETUNE_LR = 0.01
+FINETUNE_METHOD = "adaptformer"
+FINETUNE_MODEL = "tiny-clip"  # the built-in random-weight model (LIFT: ViT-B-16 openai)
+FINETUNE_LOSS = "la"
+FINETUNE_INIT = "text"
+FINETUNE_PRECISION = "auto"  # bf16 on a GPU, fp32 on the CPU (featcache.device)
 
 
 def seeds_text(seeds: tuple[int, ...]) -> str:

@@ -65,8 +65,8 @@ class MemberSpec:
 
     seed: int = 0
     stream: str = "head"
-    sampler: str = "instance"
-    loss: str = "ce"
+    sampler: str = knobs.SAMPLER
+    loss: str = knobs.LOSS
     lr: float = knobs.LR
     weight_decay: float = knobs.WEIGHT_DECAY
     momentum: float = knobs.MOMENTUM
@@ -78,7 +78,7 @@ class MemberSpec:
     cb_beta: float = knobs.CB_BETA  # class-balanced loss
     tau: float = knobs.TAU_FALLBACK  # cosine-logit temperature (runs pass 1/logit_scale)
     sigma: float = knobs.SIGMA  # cosine classifier scale
-    init: str = "random"
+    init: str = knobs.INIT
     # the head's own knobs (:attr:`Head.Knobs`), as given: ((name, value), ...) sorted by name
     head_options: tuple[tuple[str, Any], ...] = ()
 

@@ -129,24 +129,24 @@ class RunSettings:
     products while training; mixed precision with fp32 master weights, optimiser state and
     losses (:func:`featcache.heads.training.train_members`). Evaluation runs in fp32."""
 
-    text_source: str = "auto"
-    template: str = "auto"
-    view: str = "standard"
-    feature: str = "embed"
+    text_source: str = knobs.TEXT_SOURCE
+    template: str = knobs.TEMPLATE
+    view: str = knobs.VIEW
+    feature: str = knobs.FEATURE
     tte: bool = False
     posthoc_tau: float = knobs.POSTHOC_TAU
     val_fraction: float = knobs.VAL_FRACTION
     test_per_class: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
+    device: str = knobs.DEVICE
+    precision: str = knobs.PRECISION
     out: str | None = None
     method: str = ""
     bootstrap: int = knobs.BOOTSTRAP  # replicates of the test rows for 95 % CIs (0 = off): featcache.class_metrics
     bootstrap_seed: int = knobs.BOOTSTRAP_SEED
-    plot_format: str = "png"  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
+    plot_format: str = knobs.PLOT_FORMAT  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
     shots: int | None = None
     validation_free: bool = False
-    calibrate: str = "none"
+    calibrate: str = knobs.CALIBRATE
 
     @classmethod
     def knobs(cls) -> list[str]:

@@ -73,11 +73,11 @@ class CompareConfig:
     lr: float = knobs.LR
     val_fraction: float = knobs.VAL_FRACTION
     validation_free: bool = False
-    calibrate: str = "none"
+    calibrate: str = knobs.CALIBRATE
     test_per_class: int | None = None
-    text_source: str = "auto"
-    device: str = "auto"
-    precision: str = "fp32"
+    text_source: str = knobs.TEXT_SOURCE
+    device: str = knobs.DEVICE
+    precision: str = knobs.PRECISION
     out: str | None = None
 
     def __post_init__(self) -> None:

@@ -103,10 +103,10 @@ class FinetuneConfig:
     dataset: str | None = None
     root: str | None = None
     dataset_options: dict = field(default_factory=dict)
-    method: str = "adaptformer"
+    method: str = knobs.FINETUNE_METHOD
     method_options: dict = field(default_factory=dict)
     cache: str | None = None  # --method classifier only: train the head on cached features
-    model: str = "tiny-clip"
+    model: str = knobs.FINETUNE_MODEL
     pretrained: str | None = None
     protocol: str | None = None  # None: lift when the data set has a test split
     test_per_class: int | None = None
@@ -117,24 +117,24 @@ class FinetuneConfig:
     momentum: float = knobs.MOMENTUM
     weight_decay: float = knobs.WEIGHT_DECAY
     schedule: str = knobs.SCHEDULE
-    loss: str = "la"
+    loss: str = knobs.FINETUNE_LOSS
     la_tau: float = knobs.LA_TAU
     gamma: float = knobs.GAMMA
     cb_beta: float = knobs.CB_BETA
     sigma: float = knobs.SIGMA
-    init: str = "text"
+    init: str = knobs.FINETUNE_INIT
     template: str = LIFT
     augment: bool = True
     train_canvas: int | None = None
     tte: bool = False
-    precision: str = "auto"  # auto = bf16 on a GPU, fp32 on the CPU
-    device: str = "auto"
+    precision: str = knobs.FINETUNE_PRECISION  # auto = bf16 on a GPU, fp32 on the CPU
+    device: str = knobs.DEVICE
     workers: int | None = None  # decoding processes for file data sets; None = min(8, CPUs)
     eval_batch_size: int | None = None  # None = batch_size
     out: str | None = None
     resume: bool = False
     progress: bool = True
-    plot_format: str = "png"  # figure formats (featcache.plots.parse_formats), e.g. "png,pdf"
+    plot_format: str = knobs.PLOT_FORMAT  # figure formats (featcache.plots.parse_formats), e.g. "png,pdf"
 
     def __post_init__(self) -> None:
         from featcache.plots import parse_formats
@@ -219,7 +219,7 @@ def build_model(
     method: MethodConfig,
     class_names: list[str],
     *,
-    init: str = "text",
+    init: str = knobs.FINETUNE_INIT,
     template: str = LIFT,
     sigma: float = knobs.SIGMA,
     device: torch.device,

@@ -196,7 +196,7 @@ class GridConfig:
 
     base: PipelineConfig
     params: tuple[tuple[str, tuple], ...]
-    select: str = "balanced_acc"
+    select: str = knobs.SELECT
     top: int = knobs.GRID_TOP
     out: str | None = None
     configs: tuple[PipelineConfig, ...] = field(init=False, repr=False)

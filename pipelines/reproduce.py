@@ -64,12 +64,12 @@ class ReproduceConfig:
     lr: float = knobs.LR
     protocol: str | None = None
     tau: float | None = None
-    text_source: str = "auto"
-    feature: str = "embed"
+    text_source: str = knobs.TEXT_SOURCE
+    feature: str = knobs.FEATURE
     tte: bool = False
-    rus: str = "fixed"
-    device: str = "auto"
-    precision: str = "fp32"
+    rus: str = knobs.RUS
+    device: str = knobs.DEVICE
+    precision: str = knobs.PRECISION
     out: str | None = None
 
     def __post_init__(self) -> None:

@@ -62,7 +62,7 @@ class TfaLtConfig(RunSettings):
     """Every setting of a TFA-LT run; stage II knobs carry the ``ensemble_`` prefix."""
 
     cache: str
-    ensemble: str = "logit"
+    ensemble: str = knobs.ENSEMBLE
     adapters: bool = True
     protocol: str | None = None
     seeds: tuple[int, ...] = knobs.SEEDS
@@ -72,15 +72,15 @@ class TfaLtConfig(RunSettings):
     weight_decay: float = knobs.WEIGHT_DECAY
     momentum: float = knobs.MOMENTUM
     schedule: str = knobs.SCHEDULE
-    loss: str = "ce"  # stage I
+    loss: str = knobs.LOSS  # stage I
     ensemble_epochs: int = knobs.ENSEMBLE_EPOCHS
     ensemble_lr: float = knobs.ENSEMBLE_LR
-    ensemble_loss: str = "focal"
+    ensemble_loss: str = knobs.ENSEMBLE_LOSS
     gamma: float = knobs.GAMMA
     la_tau: float = knobs.LA_TAU
     cb_beta: float = knobs.CB_BETA
     tau: float | None = None
-    rus: str = "fixed"  # stage I RUS: fixed (the paper's generated set) | fresh (each epoch)
+    rus: str = knobs.RUS  # stage I RUS: fixed (the paper's generated set) | fresh (each epoch)
 
     def __post_init__(self) -> None:
         if self.rus not in RUS_MODES:

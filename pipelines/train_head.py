@@ -46,8 +46,8 @@ class TrainHeadConfig(RunSettings):
 
     cache: str
     head: str = knobs.HEAD
-    loss: str = "ce"
-    sampler: str = "instance"
+    loss: str = knobs.LOSS
+    sampler: str = knobs.SAMPLER
     protocol: str | None = None
     seeds: tuple[int, ...] = knobs.SEEDS
     epochs: int = knobs.EPOCHS
@@ -61,7 +61,7 @@ class TrainHeadConfig(RunSettings):
     gamma: float = knobs.GAMMA
     la_tau: float = knobs.LA_TAU
     cb_beta: float = knobs.CB_BETA
-    init: str = "random"
+    init: str = knobs.INIT
     head_options: tuple[tuple[str, object], ...] = ()  # the head's own knobs (--head-option)
 
     def __post_init__(self) -> None:

@@ -123,6 +123,10 @@ def test_head_option_none_runs_the_config_default_head(tmp_path: Path) -> None:
 SHARED = {"lr", "weight_decay", "momentum", "epochs", "batch_size", "sigma", "gamma", "la_tau",
           "cb_beta", "tau", "ensemble_lr", "ensemble_epochs", "baseline_epochs", "val_fraction",
           "posthoc_tau", "bootstrap", "bootstrap_seed", "top", "seeds"}
+# the string knobs: the configs' fields and the training commands' options read them too
+STRING_KNOBS = {"loss", "sampler", "init", "ensemble", "ensemble_loss", "rus", "schedule", "text_source",
+                "template", "view", "feature", "device", "precision", "calibrate", "plot_format",
+                "select", "model", "head"}
 # the classes that declare the training knobs
 CONFIG_CLASSES = {"TrainHeadConfig", "TfaLtConfig", "ReproduceConfig", "CompareConfig",
                   "FinetuneConfig", "GridConfig", "RunSettings", "MemberSpec"}
@@ -173,14 +177,14 @@ def _literal_defaults(path: Path) -> list[tuple[str, int, str, object]]:
         if isinstance(node, ast.ClassDef) and node.name in CONFIG_CLASSES:
             for item in node.body:
                 if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
-                        and item.target.id in SHARED and _literal(item.value) is not ...):
+                        and item.target.id in SHARED | STRING_KNOBS and _literal(item.value) is not ...):
                     found.append((f"{node.name} field", item.lineno, item.target.id, _literal(item.value)))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             args = node.args
             positional = [*args.posonlyargs, *args.args]
             pairs = [*zip(positional[len(positional) - len(args.defaults):], args.defaults, strict=True),
                      *zip(args.kwonlyargs, args.kw_defaults, strict=True)]
-            for arg, default in pairs:
+            for arg, default in pairs:  # library functions: the numeric knobs only
                 if arg.arg in SHARED and _literal(default) is not ...:
                     found.append((f"{node.name}() argument", node.lineno, arg.arg, _literal(default)))
             if node.name in COMMANDS:
@@ -191,7 +195,7 @@ def _literal_defaults(path: Path) -> list[tuple[str, int, str, object]]:
                     long = next((f for f in flags if f.startswith("--")), "")
                     name = next((f for f in flags if not f.startswith("-")), long[2:].replace("-", "_"))
                     default = next((k.value for k in dec.keywords if k.arg == "default"), None)
-                    if name in SHARED and _literal(default) is not ...:
+                    if name in SHARED | STRING_KNOBS and _literal(default) is not ...:
                         found.append((f"{node.name} option {long}", dec.lineno, name, _literal(default)))
     return found
 
@@ -210,6 +214,16 @@ def test_shared_knob_defaults_are_written_only_in_knobs_py() -> None:
             if "argument" not in kind or value in values[name]:
                 dupes.append(f"{path.relative_to(REPO)}:{line} {kind} {name} = {value!r}")
     assert not dupes, "defaults written outside featcache/knobs.py:\n" + "\n".join(dupes)
+
+
+def test_string_knob_defaults_are_written_only_in_knobs_py() -> None:
+    """The configs' and the training commands' string defaults (loss "ce", sampler "instance",
+    precision "fp32", ...) read knobs.py too; library functions' arguments are not scanned."""
+    dupes = [f"{path.relative_to(REPO)}:{line} {kind} {name} = {value!r}"
+             for path in _sources() if path != KNOBS_FILE
+             for kind, line, name, value in _literal_defaults(path)
+             if name in STRING_KNOBS and "argument" not in kind]
+    assert not dupes, "string defaults written outside featcache/knobs.py:\n" + "\n".join(dupes)
 
 
 def test_each_knob_constant_is_assigned_once() -> None:
@@ -251,3 +265,8 @@ def build(sigma: float = 25.0, *, gamma=knobs.GAMMA): ...
     path.write_text(src)
     found = {(name, value) for _, _, name, value in _literal_defaults(path)}
     assert found == {("lr", 0.1), ("seeds", "0,1,2"), ("sigma", 25.0)}
+
+
+def test_knob_values_collect_every_variant_of_a_knob() -> None:
+    """lr's declared defaults: the heads', TFA-LT stage II's and fine-tuning's (the argument scan allows others)."""
+    assert _knob_values()["lr"] == {knobs.LR, knobs.ENSEMBLE_LR, knobs.FINETUNE_LR}

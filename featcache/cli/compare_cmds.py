@@ -60,13 +60,13 @@ def _parse_shots(text: str | None) -> tuple[int | None, ...]:
               help="Training fraction held out for validation (temperature scaling).")
 @click.option("--validation-free", is_flag=True,
               help="Realistic setting: no validation rows; logreg uses C = 1 (see README).")
-@click.option("--calibrate", type=click.Choice(["none", "temperature"]), default="none", show_default=True,
+@click.option("--calibrate", type=click.Choice(["none", "temperature"]), default=knobs.CALIBRATE, show_default=True,
               help="Temperature scaling on the validation split for every method.")
 @click.option("--test-per-class", type=int, default=None, help="tfa-lt test images per class.")
-@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default="auto",
+@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default=knobs.TEXT_SOURCE,
               show_default=True, help="Class prototypes of the text heads: prompts = the cache's text embeddings of the class prompts, class-mean = each class's mean training feature, auto = prompts when the cache has text features, else class-mean.")
-@click.option("--device", default="auto", show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True, help="Training precision of the heads' weight products (bf16, or fp16 on a GPU: mixed precision; evaluation is fp32).")
+@click.option("--device", default=knobs.DEVICE, show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
+@click.option("--precision", type=click.Choice(PRECISIONS), default=knobs.PRECISION, show_default=True, help="Training precision of the heads' weight products (bf16, or fp16 on a GPU: mixed precision; evaluation is fp32).")
 @click.option("--out", default=None, help="Output folder (default runs/<cache>-compare).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier comparison in --out.")
 def compare_cmd(heads: str, seeds: str, shots: str | None, overwrite: bool, **opts: object) -> None:

@@ -47,7 +47,7 @@ def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
                    "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...), or a "
                    "knob the --head declares (mlp: hidden; knn: k, temperature; tip-adapter: "
                    "alpha, beta; ...). Repeatable.")
-@click.option("--select", default="balanced_acc", show_default=True, type=NameChoice("selection metric"),
+@click.option("--select", default=knobs.SELECT, show_default=True, type=NameChoice("selection metric"),
               help="Validation metric that chooses the configuration.")
 @click.option("--top", type=int, default=knobs.GRID_TOP, show_default=True, help="Configurations to print.")
 @click.option("--val-fraction", type=float, default=knobs.GRID_VAL_FRACTION, show_default=True,
