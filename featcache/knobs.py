@@ -1,8 +1,9 @@
 """The default of every shared training knob, declared once, with its source.
 
 The pipelines' configs (``TrainHeadConfig``, ``TfaLtConfig``, ``ReproduceConfig``,
-``CompareConfig``, ``FinetuneConfig``, the grid), the heads' :class:`MemberSpec` and
-the CLI's options all read their defaults from here, so a default is written in one place
+``CompareConfig``, ``FinetuneConfig``, ``GridConfig``, the MedMNIST benchmark's
+``BenchConfig``), the heads' :class:`MemberSpec` and the CLI's options all read their
+defaults from here, so a default is written in one place
 and cannot drift between a config and its command-line option
 (``tests/test_knob_defaults.py`` checks both: each option's default equals its config
 field's, and each numeric default below is written nowhere else).
@@ -88,6 +89,14 @@ FINETUNE_MODEL = "tiny-clip"  # the built-in random-weight model (LIFT: ViT-B-16
 FINETUNE_LOSS = "la"
 FINETUNE_INIT = "text"
 FINETUNE_PRECISION = "auto"  # bf16 on a GPU, fp32 on the CPU (featcache.device)
+
+# -- FMMIC's MedMNIST benchmark (DESIGN.md §3; `bench medmnist`): AdamW, the head's lr decayed
+#    ×0.9 every 200 iterations, 3 seeds (the learning rates and iterations are the recipe's)
+MEDMNIST_SEEDS: tuple[int, ...] = (0, 1, 2)
+MEDMNIST_WEIGHT_DECAY = 0.01  # = torch.optim.AdamW's default
+MEDMNIST_LR_DECAY = 0.9
+MEDMNIST_DECAY_EVERY = 200  # iterations
+MEDMNIST_FINETUNE_HEAD_LR = 1e-3
 
 
 def seeds_text(seeds: tuple[int, ...]) -> str:

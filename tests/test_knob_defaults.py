@@ -1,7 +1,7 @@
 """Each knob's default is declared once (``featcache/knobs.py``) and the CLI cannot drift from it.
 
-1. For every option of ``train-head``, ``grid``, ``reproduce tfa-lt``, ``finetune`` and
-   ``compare`` that is a field of the config the command builds, the option's default is
+1. For every option of ``train-head``, ``grid``, ``reproduce tfa-lt``, ``finetune``,
+   ``compare`` and ``bench medmnist`` that is a field of the config the command builds, the option's default is
    the field's default (the few options whose ``None`` means "the config's default" are
    listed, with why). Options come from the commands, so a new one is checked with no edit.
 2. A source scan: no config field, heads' ``MemberSpec`` field, training-command option or
@@ -35,7 +35,15 @@ def _command(name: str) -> click.Command:
 
 
 def _configs() -> dict[str, list[type]]:
-    from featcache.pipelines import compare, finetune, grid, reproduce, tfa_lt, train_head
+    from featcache.pipelines import (
+        bench_medmnist,
+        compare,
+        finetune,
+        grid,
+        reproduce,
+        tfa_lt,
+        train_head,
+    )
 
     return {
         "train-head": [train_head.TrainHeadConfig, tfa_lt.TfaLtConfig],
@@ -43,6 +51,7 @@ def _configs() -> dict[str, list[type]]:
         "reproduce tfa-lt": [reproduce.ReproduceConfig],
         "finetune": [finetune.FinetuneConfig],
         "compare": [compare.CompareConfig],
+        "bench medmnist": [bench_medmnist.BenchConfig],
     }
 
 
@@ -55,18 +64,24 @@ NONE_MEANS_CONFIG_DEFAULT = {
     ("grid", "ensemble"): "as train-head's",
     ("compare", "shots"): "None: --shots not given; parsed to the config's (None,) = every row",
 }
+# (command, option): a text the command parses into the config's empty default
+TEXT_FOR_CONFIG_DEFAULT = {
+    ("bench medmnist", "encoder_lrs"): "auto",  # () = each family's ENCODER_LR
+}
 
 
-def _cli_value(name: str, default: object) -> object:
-    """An option's default in the config's form (``--seeds "0,1,2"`` -> ``(0, 1, 2)``)."""
+def _cli_value(name: str, default: object, expected: object) -> object:
+    """An option's default in the config's form (``--seeds "0,1,2"`` -> ``(0, 1, 2)``, a
+    comma list for a tuple field)."""
     if name == "seeds":
         return parse_seeds(default)
-    if name == "heads":
-        return parse_list("--heads", default)
+    if isinstance(expected, tuple) and isinstance(default, str):
+        return parse_list(f"--{name}", default, type(expected[0]) if expected else str)
     return default
 
 
-@pytest.mark.parametrize("command", ["train-head", "grid", "reproduce tfa-lt", "finetune", "compare"])
+@pytest.mark.parametrize("command", ["train-head", "grid", "reproduce tfa-lt", "finetune", "compare",
+                                     "bench medmnist"])
 def test_option_defaults_are_the_config_defaults(command: str) -> None:
     from featcache.pipelines import grid, train_head
 
@@ -76,7 +91,7 @@ def test_option_defaults_are_the_config_defaults(command: str) -> None:
         defaults = {f.name: f.default for f in dataclasses.fields(cls)
                     if f.default is not dataclasses.MISSING and f.init}
         for p in _command(command).params:
-            if not isinstance(p, click.Option) or p.name not in defaults:
+            if not isinstance(p, click.Option) or p.name not in defaults or p.required:
                 continue
             if (command, p.name) in NONE_MEANS_CONFIG_DEFAULT:
                 assert p.get_default(ctx, call=False) is None, f"{command} --{p.name}: not None"
@@ -86,7 +101,10 @@ def test_option_defaults_are_the_config_defaults(command: str) -> None:
                 assert cls in (train_head.TrainHeadConfig, grid.tfa_lt.TfaLtConfig)
                 expected = grid.DEFAULT_VAL_FRACTION
             default = p.get_default(ctx, call=False)  # a flag's False (click keeps it unset)
-            got = _cli_value(p.name, default)
+            if (command, p.name) in TEXT_FOR_CONFIG_DEFAULT:
+                assert default == TEXT_FOR_CONFIG_DEFAULT[command, p.name] and not expected
+                continue
+            got = _cli_value(p.name, default, expected)
             assert got == expected and type(got) is type(expected), (
                 f"{command} --{p.name.replace('_', '-')}: option default {default!r}, "
                 f"{cls.__name__}.{p.name} default {expected!r}")
@@ -122,7 +140,8 @@ def test_head_option_none_runs_the_config_default_head(tmp_path: Path) -> None:
 
 SHARED = {"lr", "weight_decay", "momentum", "epochs", "batch_size", "sigma", "gamma", "la_tau",
           "cb_beta", "tau", "ensemble_lr", "ensemble_epochs", "baseline_epochs", "val_fraction",
-          "posthoc_tau", "bootstrap", "bootstrap_seed", "top", "seeds"}
+          "posthoc_tau", "bootstrap", "bootstrap_seed", "top", "seeds",
+          "lr_decay", "decay_every", "finetune_head_lr"}  # the MedMNIST benchmark's
 # the string knobs: the configs' fields and the training commands' options read them too
 STRING_KNOBS = {"loss", "sampler", "init", "ensemble", "ensemble_loss", "rus", "schedule", "text_source",
                 "template", "view", "feature", "device", "precision", "calibrate", "plot_format",
@@ -133,6 +152,12 @@ CONFIG_CLASSES = {"TrainHeadConfig", "TfaLtConfig", "ReproduceConfig", "CompareC
 # the commands whose options are those knobs
 COMMANDS = {"train_head_cmd", "grid_cmd", "reproduce_tfa_lt_cmd", "finetune_cmd", "compare_cmd",
             "demo_cmd"}
+# the MedMNIST benchmark's config and command: its numeric knobs are scanned (its own recipe's
+# strings, e.g. feature "cls", are not the heads' knobs)
+NUMERIC_CLASSES = {"BenchConfig": SHARED,
+                   # its iterations and batch size are each recipe's own (paper / fast)
+                   "ProbeRecipe": {"weight_decay", "lr_decay", "decay_every"}}
+NUMERIC_COMMANDS = {"medmnist_cmd"}
 
 
 def _sources() -> list[Path]:
@@ -174,10 +199,11 @@ def _literal_defaults(path: Path) -> list[tuple[str, int, str, object]]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
     found = []
     for node in ast.walk(tree):
-        if isinstance(node, ast.ClassDef) and node.name in CONFIG_CLASSES:
+        if isinstance(node, ast.ClassDef) and node.name in CONFIG_CLASSES | set(NUMERIC_CLASSES):
+            names = NUMERIC_CLASSES.get(node.name, SHARED | STRING_KNOBS)
             for item in node.body:
                 if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
-                        and item.target.id in SHARED | STRING_KNOBS and _literal(item.value) is not ...):
+                        and item.target.id in names and _literal(item.value) is not ...):
                     found.append((f"{node.name} field", item.lineno, item.target.id, _literal(item.value)))
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
             args = node.args
@@ -187,7 +213,8 @@ def _literal_defaults(path: Path) -> list[tuple[str, int, str, object]]:
             for arg, default in pairs:  # library functions: the numeric knobs only
                 if arg.arg in SHARED and _literal(default) is not ...:
                     found.append((f"{node.name}() argument", node.lineno, arg.arg, _literal(default)))
-            if node.name in COMMANDS:
+            if node.name in COMMANDS | NUMERIC_COMMANDS:
+                names = SHARED if node.name in NUMERIC_COMMANDS else SHARED | STRING_KNOBS
                 for dec in node.decorator_list:
                     if not (isinstance(dec, ast.Call) and getattr(dec.func, "attr", "") == "option"):
                         continue
@@ -195,7 +222,7 @@ def _literal_defaults(path: Path) -> list[tuple[str, int, str, object]]:
                     long = next((f for f in flags if f.startswith("--")), "")
                     name = next((f for f in flags if not f.startswith("-")), long[2:].replace("-", "_"))
                     default = next((k.value for k in dec.keywords if k.arg == "default"), None)
-                    if name in SHARED | STRING_KNOBS and _literal(default) is not ...:
+                    if name in names and _literal(default) is not ...:
                         found.append((f"{node.name} option {long}", dec.lineno, name, _literal(default)))
     return found
 
@@ -268,5 +295,7 @@ def build(sigma: float = 25.0, *, gamma=knobs.GAMMA): ...
 
 
 def test_knob_values_collect_every_variant_of_a_knob() -> None:
-    """lr's declared defaults: the heads', TFA-LT stage II's and fine-tuning's (the argument scan allows others)."""
-    assert _knob_values()["lr"] == {knobs.LR, knobs.ENSEMBLE_LR, knobs.FINETUNE_LR}
+    """lr's declared defaults: the heads', TFA-LT stage II's, fine-tuning's and the MedMNIST
+    benchmark's fine-tuning head's (the argument scan flags an argument repeating any)."""
+    assert _knob_values()["lr"] == {knobs.LR, knobs.ENSEMBLE_LR, knobs.FINETUNE_LR,
+                                    knobs.MEDMNIST_FINETUNE_HEAD_LR}
