@@ -47,6 +47,7 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+from featcache import knobs
 from featcache.datasets.base import SPLITS, Descriptor
 from featcache.errors import CacheError
 
@@ -598,7 +599,7 @@ class FeatureCache:
         self.logit_scale: float | None = None if scale is None else float(scale)
         # the cosine-logit temperature τ when none is given: 1/logit_scale of the model
         # (DESIGN.md §1: 0.01 for OpenAI CLIP), 0.01 for caches without one (imported features)
-        self.default_tau: float = 1.0 / self.logit_scale if self.logit_scale else 0.01
+        self.default_tau: float = 1.0 / self.logit_scale if self.logit_scale else knobs.TAU_FALLBACK
         self._text_features = f["text/features"][()] if "text/features" in f else None
         self.templates = _strings(f["text/templates"]) if "text/templates" in f else []
         self.skipped = (

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
+from featcache import knobs
 from featcache.metrics import _macro_f1, _rank_auc, softmax
 
 BOOTSTRAP_METRICS = ("acc", "balanced_acc", "macro_f1")
@@ -150,8 +151,8 @@ def bootstrap_ci(evals: list[tuple[np.ndarray, np.ndarray]], n: int, *, seed: in
 
 
 def write_extras(out_dir: Path, evals: list[tuple[int, np.ndarray, np.ndarray]],
-                 class_names: list[str], per_seed: list[dict], *, bootstrap: int = 0,
-                 bootstrap_seed: int = 0) -> dict:
+                 class_names: list[str], per_seed: list[dict], *, bootstrap: int = knobs.BOOTSTRAP,
+                 bootstrap_seed: int = knobs.BOOTSTRAP_SEED) -> dict:
     """Write ``per_class.parquet``/``.csv`` and ``per_class_seeds.parquet`` of ``evals``
     (``(seed, labels, scores)`` per seed) into ``out_dir``; return what ``metrics.json``
     gains: sensitivity/specificity mean and std (two-class sets, from ``per_seed``) and,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import polars as pl
 
+from featcache import knobs
 from featcache.datasets.base import Descriptor
 from featcache.errors import FeatcacheError
 from featcache.metrics import groups_from_counts
@@ -96,7 +97,7 @@ def make_split(
     protocol: str | None,
     seed: int,
     *,
-    val_fraction: float = 0.0,
+    val_fraction: float = knobs.VAL_FRACTION,
     test_per_class: int | None = None,
     where: str = "the cache",
 ) -> Split:

@@ -36,6 +36,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from featcache import knobs
 from featcache.errors import FeatcacheError, did_you_mean, number_problem
 from featcache.lift import cosine_logits
 from featcache.registry import Registry
@@ -64,20 +65,20 @@ class MemberSpec:
 
     seed: int = 0
     stream: str = "head"
-    sampler: str = "instance"
-    loss: str = "ce"
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    epochs: int = 200
-    batch_size: int = 128
-    schedule: str = "cosine"
-    gamma: float = 2.0  # focal loss (DESIGN.md §1: γ = 2)
-    la_tau: float = 1.0  # logit-adjusted loss (DESIGN.md §2: τ = 1)
-    cb_beta: float = 0.9999  # class-balanced loss (Cui et al. 2019)
-    tau: float = 0.01  # cosine-logit temperature (DESIGN.md §1: 1/logit_scale)
-    sigma: float = 25.0  # cosine classifier scale (DESIGN.md §2: σ = 25)
-    init: str = "random"
+    sampler: str = knobs.SAMPLER
+    loss: str = knobs.LOSS
+    lr: float = knobs.LR
+    weight_decay: float = knobs.WEIGHT_DECAY
+    momentum: float = knobs.MOMENTUM
+    epochs: int = knobs.EPOCHS
+    batch_size: int = knobs.BATCH_SIZE
+    schedule: str = knobs.SCHEDULE
+    gamma: float = knobs.GAMMA  # focal loss
+    la_tau: float = knobs.LA_TAU  # logit-adjusted loss
+    cb_beta: float = knobs.CB_BETA  # class-balanced loss
+    tau: float = knobs.TAU_FALLBACK  # cosine-logit temperature (runs pass 1/logit_scale)
+    sigma: float = knobs.SIGMA  # cosine classifier scale
+    init: str = knobs.INIT
     # the head's own knobs (:attr:`Head.Knobs`), as given: ((name, value), ...) sorted by name
     head_options: tuple[tuple[str, Any], ...] = ()
 

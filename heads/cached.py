@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from featcache import knobs
 from featcache.cache import FeatureCache, open_cache
 from featcache.device import PRECISIONS, resolve_device, resolve_precision
 from featcache.errors import FeatcacheError, number_problem
@@ -128,24 +129,24 @@ class RunSettings:
     products while training; mixed precision with fp32 master weights, optimiser state and
     losses (:func:`featcache.heads.training.train_members`). Evaluation runs in fp32."""
 
-    text_source: str = "auto"
-    template: str = "auto"
-    view: str = "standard"
-    feature: str = "embed"
+    text_source: str = knobs.TEXT_SOURCE
+    template: str = knobs.TEMPLATE
+    view: str = knobs.VIEW
+    feature: str = knobs.FEATURE
     tte: bool = False
-    posthoc_tau: float = 0.0
-    val_fraction: float = 0.0
+    posthoc_tau: float = knobs.POSTHOC_TAU
+    val_fraction: float = knobs.VAL_FRACTION
     test_per_class: int | None = None
-    device: str = "auto"
-    precision: str = "fp32"
+    device: str = knobs.DEVICE
+    precision: str = knobs.PRECISION
     out: str | None = None
     method: str = ""
-    bootstrap: int = 0  # replicates of the test rows for 95 % CIs (0 = off): featcache.class_metrics
-    bootstrap_seed: int = 0
-    plot_format: str = "png"  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
+    bootstrap: int = knobs.BOOTSTRAP  # replicates of the test rows for 95 % CIs (0 = off): featcache.class_metrics
+    bootstrap_seed: int = knobs.BOOTSTRAP_SEED
+    plot_format: str = knobs.PLOT_FORMAT  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
     shots: int | None = None
     validation_free: bool = False
-    calibrate: str = "none"
+    calibrate: str = knobs.CALIBRATE
 
     @classmethod
     def knobs(cls) -> list[str]:
@@ -173,7 +174,13 @@ class CachedData:
     def tau_for(self, tau: float | None) -> float:
         """A configuration's τ, resolved: as given, else the cache's ``default_tau``. The one
         place a ``tau=None`` knob becomes a number (runs, grids, config.json)."""
-        return tau if tau is not None else self.cache.default_tau
+        return resolve_tau(tau, self.cache)
+
+
+def resolve_tau(tau: float | None, cache: FeatureCache) -> float:
+    """``tau`` as given, else the cache's ``default_tau`` (1/logit_scale): the one rule that
+    turns a ``tau=None`` knob into a number (:meth:`CachedData.tau_for` and :func:`load_data`)."""
+    return tau if tau is not None else cache.default_tau
 
 
 def load_data(cache_path: str, *, view: str, feature: str, tte: bool, device: str,
@@ -186,8 +193,7 @@ def load_data(cache_path: str, *, view: str, feature: str, tte: bool, device: st
     labels = torch.as_tensor(cache.labels).to(dev)
     if labels.dim() == 1:
         labels = labels.long()
-    return CachedData(cache, dev, feats, eval_feats, labels,
-                      tau if tau is not None else cache.default_tau)
+    return CachedData(cache, dev, feats, eval_feats, labels, resolve_tau(tau, cache))
 
 
 @dataclass

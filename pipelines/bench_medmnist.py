@@ -60,7 +60,7 @@ import polars as pl
 import torch
 import torch.nn.functional as F
 
-from featcache import models, timm_backbones
+from featcache import knobs, models, timm_backbones
 from featcache.cache import open_cache
 from featcache.datasets import build_manifest
 from featcache.datasets.medmnist import SIZES, SUBSETS, find_npz, medmnist_descriptor
@@ -179,21 +179,21 @@ class BenchConfig:
     backbones: tuple[str, ...] = ("tiny-clip",)
     sizes: tuple[int, ...] = (28,)
     resize: tuple[str, ...] = ("scale",)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = knobs.MEDMNIST_SEEDS
     per_class: tuple[int, ...] = ()
     methods: tuple[str, ...] = ("linear",)
     recipe: str = "paper"
     iterations: int | None = None  # None: the recipe's
     lrs: tuple[float, ...] | None = None  # None: the recipe's
-    lr_decay: float = 0.9
-    decay_every: int = 200
+    lr_decay: float = knobs.MEDMNIST_LR_DECAY
+    decay_every: int = knobs.MEDMNIST_DECAY_EVERY
     batch_size: int | None = None  # None: the recipe's
     val_checks: int | None = None  # None: the recipe's; 0 = test the final weights
-    weight_decay: float = 0.01
+    weight_decay: float = knobs.MEDMNIST_WEIGHT_DECAY
     feature: str = "cls"
     select_metric: str = "acc"
     encoder_lrs: tuple[float, ...] = ()  # empty: by family (ENCODER_LR)
-    finetune_head_lr: float = 1e-3
+    finetune_head_lr: float = knobs.MEDMNIST_FINETUNE_HEAD_LR
     finetune_iterations: int | None = None
     finetune_batch_size: int | None = None
     input_size: int | str = "paper"
@@ -417,9 +417,9 @@ class ProbeRecipe:
 
     iterations: int = 1000
     batch_size: int = 128
-    weight_decay: float = 0.01
-    lr_decay: float = 0.9
-    decay_every: int = 200
+    weight_decay: float = knobs.MEDMNIST_WEIGHT_DECAY
+    lr_decay: float = knobs.MEDMNIST_LR_DECAY
+    decay_every: int = knobs.MEDMNIST_DECAY_EVERY
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
 

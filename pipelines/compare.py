@@ -37,6 +37,7 @@ from pathlib import Path
 
 import polars as pl
 
+from featcache import knobs
 from featcache.cache import open_cache
 from featcache.errors import FeatcacheError, unknown
 from featcache.heads import HEADS
@@ -45,8 +46,7 @@ from featcache.runs import refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
 
-DEFAULT_HEADS = ("zeroshot", "knn", "logreg", "tip-adapter", "clip-adapter", "lp++", "clap",
-                 "linear", "cosine", "tfa-lt")
+DEFAULT_HEADS = knobs.COMPARE_HEADS
 METHODS_EXTRA = ("tfa-lt",)  # not a head: the TFA-LT pipeline (two adapters + logit ensembler)
 TABLE_FILES = ("compare.md", "compare.parquet", "compare.csv", "config.json", "accuracy_vs_shots.png")
 # (column title, metric key) of the markdown and terminal tables, percent, mean ± std
@@ -65,19 +65,19 @@ class CompareConfig:
 
     cache: str
     heads: tuple[str, ...] = DEFAULT_HEADS
-    seeds: tuple[int, ...] = (0, 1, 2)
+    seeds: tuple[int, ...] = knobs.SEEDS
     shots: tuple[int | None, ...] = (None,)  # None: every training row
     protocol: str | None = None
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    val_fraction: float = 0.0
+    epochs: int = knobs.EPOCHS
+    batch_size: int = knobs.BATCH_SIZE
+    lr: float = knobs.LR
+    val_fraction: float = knobs.VAL_FRACTION
     validation_free: bool = False
-    calibrate: str = "none"
+    calibrate: str = knobs.CALIBRATE
     test_per_class: int | None = None
-    text_source: str = "auto"
-    device: str = "auto"
-    precision: str = "fp32"
+    text_source: str = knobs.TEXT_SOURCE
+    device: str = knobs.DEVICE
+    precision: str = knobs.PRECISION
     out: str | None = None
 
     def __post_init__(self) -> None:

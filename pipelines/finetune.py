@@ -55,7 +55,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms import functional as TF
 from torchvision.transforms import transforms as T
 
-from featcache import models
+from featcache import knobs, models
 from featcache.datasets import build_manifest
 from featcache.datasets.base import Manifest
 from featcache.datasets.lt_lists import has_placeholder_names
@@ -103,38 +103,38 @@ class FinetuneConfig:
     dataset: str | None = None
     root: str | None = None
     dataset_options: dict = field(default_factory=dict)
-    method: str = "adaptformer"
+    method: str = knobs.FINETUNE_METHOD
     method_options: dict = field(default_factory=dict)
     cache: str | None = None  # --method classifier only: train the head on cached features
-    model: str = "tiny-clip"
+    model: str = knobs.FINETUNE_MODEL
     pretrained: str | None = None
     protocol: str | None = None  # None: lift when the data set has a test split
     test_per_class: int | None = None
-    seeds: tuple[int, ...] = (0,)
+    seeds: tuple[int, ...] = knobs.FINETUNE_SEEDS
     epochs: int | None = None  # None: the data set's LIFT recipe (descriptor.finetune_epochs), else 10
-    batch_size: int = 128
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    loss: str = "la"
-    la_tau: float = 1.0
-    gamma: float = 2.0
-    cb_beta: float = 0.9999
-    sigma: float = 25.0
-    init: str = "text"
+    batch_size: int = knobs.BATCH_SIZE
+    lr: float = knobs.FINETUNE_LR
+    momentum: float = knobs.MOMENTUM
+    weight_decay: float = knobs.WEIGHT_DECAY
+    schedule: str = knobs.SCHEDULE
+    loss: str = knobs.FINETUNE_LOSS
+    la_tau: float = knobs.LA_TAU
+    gamma: float = knobs.GAMMA
+    cb_beta: float = knobs.CB_BETA
+    sigma: float = knobs.SIGMA
+    init: str = knobs.FINETUNE_INIT
     template: str = LIFT
     augment: bool = True
     train_canvas: int | None = None
     tte: bool = False
-    precision: str = "auto"  # auto = bf16 on a GPU, fp32 on the CPU
-    device: str = "auto"
+    precision: str = knobs.FINETUNE_PRECISION  # auto = bf16 on a GPU, fp32 on the CPU
+    device: str = knobs.DEVICE
     workers: int | None = None  # decoding processes for file data sets; None = min(8, CPUs)
     eval_batch_size: int | None = None  # None = batch_size
     out: str | None = None
     resume: bool = False
     progress: bool = True
-    plot_format: str = "png"  # figure formats (featcache.plots.parse_formats), e.g. "png,pdf"
+    plot_format: str = knobs.PLOT_FORMAT  # figure formats (featcache.plots.parse_formats), e.g. "png,pdf"
 
     def __post_init__(self) -> None:
         from featcache.plots import parse_formats
@@ -219,9 +219,9 @@ def build_model(
     method: MethodConfig,
     class_names: list[str],
     *,
-    init: str = "text",
+    init: str = knobs.FINETUNE_INIT,
     template: str = LIFT,
-    sigma: float = 25.0,
+    sigma: float = knobs.SIGMA,
     device: torch.device,
     frozen_dtype: torch.dtype | None = None,
 ) -> tuple[LiftModel, MethodConfig]:

@@ -59,6 +59,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from featcache import knobs
 from featcache.errors import FeatcacheError, did_you_mean
 from featcache.heads import HEADS, ClassPrior, Head, HeadContext, MemberSpec, build_head
 from featcache.heads.cached import (
@@ -106,7 +107,7 @@ RUN_LEVEL = {
 MEMBER_KNOBS = frozenset(f.name for f in fields(MemberSpec))
 EVAL_ONLY = frozenset({"posthoc_tau"})
 SELECT_METRICS = METRIC_KEYS
-DEFAULT_VAL_FRACTION = 0.2
+DEFAULT_VAL_FRACTION = knobs.GRID_VAL_FRACTION  # the CLI's --val-fraction default
 
 
 # --------------------------------------------------------------------------------------
@@ -197,8 +198,8 @@ class GridConfig:
 
     base: PipelineConfig
     params: tuple[tuple[str, tuple], ...]
-    select: str = "balanced_acc"
-    top: int = 10
+    select: str = knobs.SELECT
+    top: int = knobs.GRID_TOP
     out: str | None = None
     configs: tuple[PipelineConfig, ...] = field(init=False, repr=False)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import polars as pl
 
+from featcache import knobs
 from featcache.cache import open_cache
 from featcache.pipelines import tfa_lt, train_head
 from featcache.runs import (
@@ -55,20 +56,20 @@ class ReproduceConfig:
     """
 
     cache: str
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 200
-    ensemble_epochs: int = 100
-    baseline_epochs: int = 300
-    batch_size: int = 128
-    lr: float = 0.1
+    seeds: tuple[int, ...] = knobs.SEEDS
+    epochs: int = knobs.EPOCHS
+    ensemble_epochs: int = knobs.ENSEMBLE_EPOCHS
+    baseline_epochs: int = knobs.BASELINE_EPOCHS
+    batch_size: int = knobs.BATCH_SIZE
+    lr: float = knobs.LR
     protocol: str | None = None
     tau: float | None = None
-    text_source: str = "auto"
-    feature: str = "embed"
+    text_source: str = knobs.TEXT_SOURCE
+    feature: str = knobs.FEATURE
     tte: bool = False
-    rus: str = "fixed"
-    device: str = "auto"
-    precision: str = "fp32"
+    rus: str = knobs.RUS
+    device: str = knobs.DEVICE
+    precision: str = knobs.PRECISION
     out: str | None = None
 
     def __post_init__(self) -> None:

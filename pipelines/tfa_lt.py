@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from featcache import knobs
 from featcache.errors import FeatcacheError
 from featcache.heads import LOSSES, MemberSpec
 from featcache.heads.cached import (
@@ -66,25 +67,25 @@ class TfaLtConfig(RunSettings):
     """Every setting of a TFA-LT run; stage II knobs carry the ``ensemble_`` prefix."""
 
     cache: str
-    ensemble: str = "logit"
+    ensemble: str = knobs.ENSEMBLE
     adapters: bool = True
     protocol: str | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 200  # stage I
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"
-    loss: str = "ce"  # stage I
-    ensemble_epochs: int = 100
-    ensemble_lr: float = 0.1
-    ensemble_loss: str = "focal"
-    gamma: float = 2.0
-    la_tau: float = 1.0
-    cb_beta: float = 0.9999
+    seeds: tuple[int, ...] = knobs.SEEDS
+    epochs: int = knobs.EPOCHS  # stage I
+    batch_size: int = knobs.BATCH_SIZE
+    lr: float = knobs.LR
+    weight_decay: float = knobs.WEIGHT_DECAY
+    momentum: float = knobs.MOMENTUM
+    schedule: str = knobs.SCHEDULE
+    loss: str = knobs.LOSS  # stage I
+    ensemble_epochs: int = knobs.ENSEMBLE_EPOCHS
+    ensemble_lr: float = knobs.ENSEMBLE_LR
+    ensemble_loss: str = knobs.ENSEMBLE_LOSS
+    gamma: float = knobs.GAMMA
+    la_tau: float = knobs.LA_TAU
+    cb_beta: float = knobs.CB_BETA
     tau: float | None = None
-    rus: str = "fixed"  # stage I RUS: fixed (the paper's generated set) | fresh (each epoch)
+    rus: str = knobs.RUS  # stage I RUS: fixed (the paper's generated set) | fresh (each epoch)
 
     def __post_init__(self) -> None:
         if self.rus not in RUS_MODES:
@@ -101,8 +102,8 @@ class TfaLtConfig(RunSettings):
         LOSSES.get(self.loss), LOSSES.get(self.ensemble_loss)
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         check_run_settings(self)
-        self.stage1(self.seeds[0], "wrs", tau=self.tau or 0.01)
-        self.stage2(self.seeds[0], tau=self.tau or 0.01)
+        self.stage1(self.seeds[0], "wrs", tau=self.tau or knobs.TAU_FALLBACK)
+        self.stage2(self.seeds[0], tau=self.tau or knobs.TAU_FALLBACK)
 
     def _shared(self, tau: float) -> dict:
         return dict(batch_size=self.batch_size, weight_decay=self.weight_decay,

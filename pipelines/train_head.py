@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from featcache import knobs
 from featcache.errors import FeatcacheError
 from featcache.heads import HEADS, LOSSES, SAMPLERS, HeadContext, MemberSpec, build_head
 from featcache.heads.base import INITS
@@ -44,23 +45,23 @@ class TrainHeadConfig(RunSettings):
     """Every setting of a single-head run. Optimiser defaults are TFA-LT's (DESIGN.md §1)."""
 
     cache: str
-    head: str = "linear"
-    loss: str = "ce"
-    sampler: str = "instance"
+    head: str = knobs.HEAD
+    loss: str = knobs.LOSS
+    sampler: str = knobs.SAMPLER
     protocol: str | None = None
-    seeds: tuple[int, ...] = (0, 1, 2)
-    epochs: int = 200
-    batch_size: int = 128
-    lr: float = 0.1
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    schedule: str = "cosine"
+    seeds: tuple[int, ...] = knobs.SEEDS
+    epochs: int = knobs.EPOCHS
+    batch_size: int = knobs.BATCH_SIZE
+    lr: float = knobs.LR
+    weight_decay: float = knobs.WEIGHT_DECAY
+    momentum: float = knobs.MOMENTUM
+    schedule: str = knobs.SCHEDULE
     tau: float | None = None  # cosine-logit temperature; None = 1/logit_scale of the cache
-    sigma: float = 25.0
-    gamma: float = 2.0
-    la_tau: float = 1.0
-    cb_beta: float = 0.9999
-    init: str = "random"
+    sigma: float = knobs.SIGMA
+    gamma: float = knobs.GAMMA
+    la_tau: float = knobs.LA_TAU
+    cb_beta: float = knobs.CB_BETA
+    init: str = knobs.INIT
     head_options: tuple[tuple[str, object], ...] = ()  # the head's own knobs (--head-option)
 
     def __post_init__(self) -> None:
@@ -73,7 +74,7 @@ class TrainHeadConfig(RunSettings):
         if self.init not in INITS:
             raise FeatcacheError(f"--init must be one of {', '.join(INITS)}, got '{self.init}'.")
         # every remaining knob is validated by MemberSpec
-        self.member(self.seeds[0], tau=self.tau or 0.01)
+        self.member(self.seeds[0], tau=self.tau or knobs.TAU_FALLBACK)
 
     def member(self, seed: int, *, tau: float) -> MemberSpec:
         """The member spec of ``seed`` (``tau`` resolved)."""

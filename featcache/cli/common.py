@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import click
 
+from featcache import knobs
 from featcache.errors import INT64_MAX, FeatcacheError, number_problem
 
 
@@ -180,6 +181,6 @@ def plot_format_option(f: Callable) -> Callable:
     import click
 
     return click.option(
-        "--plot-format", "plot_format", default="png", show_default=True, metavar="FMT[,FMT]",
+        "--plot-format", "plot_format", default=knobs.PLOT_FORMAT, show_default=True, metavar="FMT[,FMT]",
         help="Figure formats: png (always written), plus pdf and/or svg for a paper, e.g. "
              "png,pdf. Figures are 150 dpi, never clipped.")(f)

@@ -14,6 +14,7 @@ from dataclasses import fields
 import click
 from click.core import ParameterSource
 
+from featcache import knobs
 from featcache.cli import main
 from featcache.cli.choices import NameChoice
 from featcache.cli.common import GroupedCommand, console, parse_seeds
@@ -46,10 +47,10 @@ def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
                    "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...), or a "
                    "knob the --head declares (mlp: hidden; knn: k, temperature; tip-adapter: "
                    "alpha, beta; ...). Repeatable.")
-@click.option("--select", default="balanced_acc", show_default=True, type=NameChoice("selection metric"),
+@click.option("--select", default=knobs.SELECT, show_default=True, type=NameChoice("selection metric"),
               help="Validation metric that chooses the configuration.")
-@click.option("--top", type=int, default=10, show_default=True, help="Configurations to print.")
-@click.option("--val-fraction", type=float, default=0.2, show_default=True,
+@click.option("--top", type=int, default=knobs.GRID_TOP, show_default=True, help="Configurations to print.")
+@click.option("--val-fraction", type=float, default=knobs.GRID_VAL_FRACTION, show_default=True,
               help="Fraction of each class's training rows held out to select on "
                    "(unused when the cache has an official val split).")
 @click.option("--out", default=None, help="Run directory (default runs/<cache>-grid-<head>-<gridded knobs>); one holding a run is refused.")
@@ -71,7 +72,8 @@ def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> 
     ensemble, no_adapters = opts.pop("ensemble"), opts.pop("no_adapters")
     if ensemble is None:
         cls = train_head.TrainHeadConfig
-        opts["head"] = opts["head"] or "linear"
+        if opts["head"] is None:
+            opts.pop("head")  # TrainHeadConfig's default head
         if no_adapters:
             raise FeatcacheError("--no-adapters is a TFA-LT option; add --ensemble logit|feature.")
     else:
