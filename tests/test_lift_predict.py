@@ -179,3 +179,29 @@ def test_cli_predict_and_export_a_lift_run(lift: dict, tmp_path: Path) -> None:
     r = CliRunner().invoke(main, ["export", "--run", str(lift["lora"]), "--out", str(tmp_path / "m.pt2")])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "m.pt2").exists()
+
+
+@pytest.mark.slow
+def test_readme_pt2_example_runs_a_lift_artefact_without_featcache(lift: dict, tmp_path: Path) -> None:
+    """The README's .pt2 loading example, verbatim, on a LoRA run's artefact (LIFT's Resize(S*8//7)
+    comes from the metadata's resize_to), in a Python where featcache cannot be imported."""
+    import shutil
+    import subprocess
+    import sys
+    import sysconfig
+
+    from tests.test_export import _readme_block
+
+    image = next((lift["root"] / "test" / "bcc").iterdir())
+    shutil.copy(image, tmp_path / "image.png")
+    pred = predict_images(lift["lora"], [str(image)], out=tmp_path / "p", device="cpu", progress=False)
+    export.run(export.ExportConfig(run=str(lift["lora"]), out=str(tmp_path / "model.pt2")))
+    code = (f"import sys\nsys.path.append({sysconfig.get_paths()['purelib']!r})\n"
+            + "try:\n    import featcache\nexcept ImportError:\n    pass\n"
+            + "else:\n    raise SystemExit('featcache is importable')\n"
+            + _readme_block("pt2") + "\nimport numpy\nprint('LOGITS', numpy.asarray(logits).tolist())\n")
+    done = subprocess.run([sys.executable, "-I", "-S", "-c", code], cwd=tmp_path, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    got = json.loads(done.stdout.split("LOGITS", 1)[1])
+    np.testing.assert_allclose(got, pred.table["logits"].to_list(), atol=1e-4)
