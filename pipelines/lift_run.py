@@ -148,8 +148,13 @@ class LiftRun:
         try:
             backbone, prep, dtype = backbone_for_cache(meta, pretrained=pretrained, views=self.views, device=device)
         except FeatcacheError as e:
-            raise FeatcacheError(str(e).replace("the cache was extracted", "the run was fine-tuned")
-                                 .replace("The cache was extracted", "The run was fine-tuned")) from None
+            text = str(e)  # the same checks as for head runs, worded for a fine-tuning run
+            for theirs, ours in (("the cache was extracted", "the run was fine-tuned"),
+                                 ("The cache was extracted", "The run was fine-tuned"),
+                                 ("the cache was made from", "the run was fine-tuned from"),
+                                 ("to the run's heads", "to the run's fine-tuned weights")):
+                text = text.replace(theirs, ours)
+            raise FeatcacheError(text) from None
         own = Preprocessing.from_open_clip(backbone.preprocess)
         p = meta["preprocessing"]
         if (own.size, list(own.mean), list(own.std)) != (int(p["size"]), list(p["mean"]), list(p["std"])):

@@ -11,7 +11,10 @@ Two entry points, read top to bottom:
 * :func:`predict_images` (``--images PATH...``): rebuild the backbone and preprocessing the
   run's cache was extracted with (:func:`featcache.images.backbone_for_cache`: weights by
   hash, QuickGELU, preprocessing), encode the images with extraction's own code
-  (:func:`featcache.images.encode_images`) and apply the heads the same way.
+  (:func:`featcache.images.encode_images`) and apply the heads the same way. A LIFT
+  (finetune) run instead rebuilds each seed's fine-tuned tower and cosine head from the
+  run itself (:mod:`featcache.pipelines.lift_run`) and sees the images through LIFT's test
+  transforms, with the same image code.
 
 Both write ``predictions.parquet`` and ``predictions.csv``: one row per image with the
 predicted class name, the probability of every class (the mean over seeds of each seed's
@@ -271,7 +274,8 @@ def predict_images(run_dir: str | Path, images: list[str] | tuple[str, ...], *, 
     the run's cache (``cache``, default the one in the run's config.json); the images are
     decoded, preprocessed and encoded by extraction's own code, with the run's views (TTE).
     Unreadable files stop the run naming the file, or with ``skip_bad`` are skipped and listed
-    (``skipped.csv``).
+    (``skipped.csv``). A LIFT (finetune) run is rebuilt from its own config.json and
+    checkpoints instead (:func:`_predict_images_lift`; ``cache`` does not apply).
     """
     from featcache.decode import jpeg_decoder
     from featcache.images import backbone_for_cache, encode_images, image_manifest, image_paths

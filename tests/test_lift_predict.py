@@ -205,3 +205,33 @@ def test_readme_pt2_example_runs_a_lift_artefact_without_featcache(lift: dict, t
     assert done.returncode == 0, done.stderr[-3000:]
     got = json.loads(done.stdout.split("LOGITS", 1)[1])
     np.testing.assert_allclose(got, pred.table["logits"].to_list(), atol=1e-4)
+
+
+def test_weights_from_a_file_are_checked_by_hash(lift: dict, tmp_path: Path) -> None:
+    """A run fine-tuned from a weights file: predict needs that file (SHA-256 as recorded), refuses
+    another one, and with the right one (moved elsewhere) gives the run's own test logits."""
+    from featcache.models import load_backbone
+
+    a = load_backbone("tiny-clip")
+    for p in a.model.parameters():
+        p.data.add_(0.01)
+    weights = tmp_path / "w.pt"
+    torch.save(a.model.state_dict(), weights)
+    run_dir = finetune.run(finetune.FinetuneConfig(dataset="folder", root=str(lift["root"]), method="adaptformer",
+                                                   pretrained=str(weights), epochs=1, batch_size=8, progress=False,
+                                                   workers=0, device="cpu", out=str(tmp_path / "run"))).out_dir
+    assert json.loads((run_dir / "config.json").read_text())["weights_id"].startswith("sha256:")
+    moved = tmp_path / "moved.pt"
+    weights.rename(moved)
+    test = str(lift["root"] / "test")
+    with pytest.raises(FeatcacheError, match="not there; pass --pretrained"):
+        predict_images(run_dir, [test], out=tmp_path / "a", device="cpu", progress=False)
+    for p in a.model.parameters():
+        p.data.add_(0.01)
+    other = tmp_path / "other.pt"
+    torch.save(a.model.state_dict(), other)
+    with pytest.raises(FeatcacheError, match="but the run was fine-tuned from sha256:"):
+        predict_images(run_dir, [test], out=tmp_path / "b", device="cpu", pretrained=str(other), progress=False)
+    res = predict_images(run_dir, [test], out=tmp_path / "c", device="cpu", pretrained=str(moved), progress=False)
+    ref = _run_logits(run_dir, lift["root"], res.table["path"].to_list())[0]
+    np.testing.assert_allclose(np.array(res.table["logits"].to_list()), ref, atol=1e-5)
