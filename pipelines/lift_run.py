@@ -164,9 +164,12 @@ class LiftRun:
         lift = LiftEvalPreprocessing(**{f.name: getattr(prep, f.name) for f in dataclasses.fields(Preprocessing)})
         return backbone, lift, dtype
 
-    def seed_model(self, backbone: models.Backbone, k: int, device: torch.device, *, merge: bool = False) -> nn.Module:
+    def seed_model(self, backbone: models.Backbone, k: int, device: torch.device, *, merge: bool = False,
+                   frozen_dtype: torch.dtype | None = None) -> nn.Module:
         """Seed k's :class:`~featcache.pipelines.finetune.LiftModel` (eval, no grad) on a copy of
-        ``backbone``'s tower; ``merge`` folds LoRA into the attention weights."""
+        ``backbone``'s tower; ``merge`` folds LoRA into the attention weights; ``frozen_dtype``
+        stores the parameters that did not train in that dtype, as finetune's
+        :func:`~featcache.pipelines.finetune.build_model` does on a GPU (trained ones stay fp32)."""
         from featcache.lift import CosineClassifier
         from featcache.peft import apply_method, merge_lora
         from featcache.pipelines.finetune import LiftModel, load_trainable_state
@@ -180,6 +183,10 @@ class LiftRun:
         load_trainable_state(model, seed.checkpoint["trainable"], f"{self.run_dir}/checkpoints/seed-{seed.seed}.pt")
         if merge:
             merge_lora(model.visual)
+        if frozen_dtype is not None and frozen_dtype != torch.float32:
+            for p in model.visual.parameters():
+                if not p.requires_grad:
+                    p.data = p.data.to(frozen_dtype)
         return model.eval().requires_grad_(False)
 
 
@@ -209,12 +216,13 @@ def load_lift_run(run_dir: str | Path) -> LiftRun:
     return LiftRun(run_dir, config, seeds, list(names), list(config.get("class_ids") or names))
 
 
-def seed_logits_of_images(run: LiftRun, backbone: models.Backbone, k: int, encode: Callable, device: torch.device
-                          ) -> tuple[list[int], torch.Tensor, list]:
+def seed_logits_of_images(run: LiftRun, backbone: models.Backbone, k: int, encode: Callable, device: torch.device,
+                          dtype: torch.dtype = torch.float32) -> tuple[list[int], torch.Tensor, list]:
     """Seed k on the images: ``encode(visual)`` -> (rows, per-view pre-projection features, skipped)
     (:func:`featcache.images.encode_images` with the seed's tower); returns (rows, logits [N, C]
-    averaged over the views, skipped)."""
-    model = run.seed_model(backbone, k, device)
+    averaged over the views, skipped). On a GPU the frozen weights are stored in the run's
+    precision ``dtype`` and the trained ones in fp32, as finetune evaluated."""
+    model = run.seed_model(backbone, k, device, frozen_dtype=dtype if device.type == "cuda" else None)
     rows, feats, skipped = encode(SimpleNamespace(visual=model.visual))  # encode_images reads .visual only
     with torch.no_grad():
         logits = torch.stack([model.head(f) for f in feats]).mean(0)  # [N, C]

@@ -350,11 +350,12 @@ def _predict_images_lift(run_dir: Path, images: list[str] | tuple[str, ...], out
 
     def encode(bb: object) -> tuple:
         return encode_images(manifest, bb, prep, dtype, views=run.views, feature="cls", device=dev,
-                             batch_size=batch_size, workers=workers, skip_bad=skip_bad, progress=progress)
+                             batch_size=batch_size, workers=workers, skip_bad=skip_bad, progress=progress,
+                             cast_weights=False)
 
     per, rows, skipped = [], None, []
     for k in range(len(run.seeds)):
-        rows_k, logits_k, skipped_k = seed_logits_of_images(run, backbone, k, encode, dev)
+        rows_k, logits_k, skipped_k = seed_logits_of_images(run, backbone, k, encode, dev, dtype)
         if rows is None:
             rows, skipped = rows_k, skipped_k
         per.append(logits_k.float().cpu().numpy())
