@@ -17,7 +17,7 @@ subprocess, same Python, same device), else the same loop re-implemented below.
 a comma-separated list times each in turn, beside one anchor run. A ``+graphs`` suffix
 (``bf16+graphs``) runs that precision with ``train_members(..., cuda_graphs=True)`` (CUDA
 graphs on a GPU; on the CPU the same steps run eagerly): the pipeline has no setting for it
-yet, so the benchmark passes it through ``featcache.pipelines.tfa_lt.train_members``. The machine's load average
+yet, so the benchmark passes it through ``featcache.heads.tfa_lt_stages.train_members``. The machine's load average
 is recorded before and after each timing (on a shared machine it explains the spread).
 """
 
@@ -63,7 +63,7 @@ def run_featcache(cache: Path, device: str, epochs: int, ensemble_epochs: int,
     """Time featcache's TFA-LT pipeline (one seed, logit ensembler) end to end and training only."""
     import functools
 
-    import featcache.pipelines.tfa_lt as tfa_lt_module
+    import featcache.heads.tfa_lt_stages as tfa_lt_module  # where TFA-LT's stages are trained
     from featcache.device import resolve_device
     from featcache.heads.training import train_members
     from featcache.pipelines.tfa_lt import TfaLtConfig, run

@@ -291,7 +291,7 @@ def encode_images(
     ``skip_bad`` (then it is listed in the skipped and left out). ``cast_weights=False`` keeps
     the tower's weights in the dtypes they have (a LIFT tower: frozen weights in the run's
     precision, trained ones in fp32, as its evaluation ran) instead of casting all to ``dtype``."""
-    from tqdm.auto import tqdm
+    from featcache.progress import bar as progress_bar
 
     visual = backbone.visual
     if cast_weights and dtype != torch.float32 and device.type == "cuda":
@@ -302,7 +302,7 @@ def encode_images(
     rows_out: list[int] = []
     feats: dict[str, list[torch.Tensor]] = {v: [] for v in views}
     skipped: list[tuple[str, str]] = []
-    bar = tqdm(total=len(order), unit="img", desc="encode", disable=not progress, dynamic_ncols=True)
+    bar = progress_bar(len(order), "encode", unit="img", progress=progress)
     with torch.inference_mode():
         for rows, std, tte, errs in image_batches(manifest, prep, batches, workers, device, jpeg_decode):
             rows_l = rows.tolist()

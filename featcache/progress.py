@@ -1,7 +1,8 @@
 """Progress bars for long work: one home for how they look and when they are shown.
 
-Head training (single heads, both TFA-LT stages, every grid group, every reproduce row)
-reports through :func:`bar`: a tqdm bar with epochs, the mean training loss of the last
+Every long step (extraction, ``predict --images`` encoding, fine-tuning, the MedMNIST
+benchmark, and head training: single heads, both TFA-LT stages, every grid group, every
+reproduce row) reports through :func:`bar`: a tqdm bar with epochs, the mean training loss of the last
 epoch and an ETA, on stderr. On a terminal it redraws in place; in a log file (stderr not
 a terminal) it writes one plain line at most every :data:`LOG_INTERVAL` seconds, plus the
 first and the last, instead of carriage-return redraws.
@@ -62,15 +63,20 @@ def _is_terminal(stream: IO[str]) -> bool:
         return False
 
 
-def bar(total: int, desc: str, *, unit: str = "epoch", progress: bool | None = None,
-        file: IO[str] | None = None) -> Any:  # noqa: ANN401 - a tqdm bar
-    """A tqdm bar over ``total`` ``unit``\\ s, or a disabled one (same methods, prints nothing)."""
+def bar(total: int | None, desc: str, *, unit: str = "epoch", progress: bool | None = None,
+        file: IO[str] | None = None, iterable: Any = None, leave: bool = True) -> Any:  # noqa: ANN401 - a tqdm bar
+    """A tqdm bar over ``total`` ``unit``\\ s (or over ``iterable``, then ``total`` may be
+    ``None``: its length), or a disabled one (same methods, prints nothing). Every bar of
+    featcache comes from here: extraction, encoding for ``predict --images``, fine-tuning's
+    epochs and evaluation, the MedMNIST benchmark's cells and head training."""
     from tqdm.auto import tqdm
 
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        total = len(iterable)
     stream = file if file is not None else sys.stderr
-    show = enabled(progress) and total > 0
+    show = enabled(progress) and (total is None or total > 0)
     if not show or _is_terminal(stream):
-        return tqdm(total=total, desc=desc, unit=unit, disable=not show, file=stream,
-                    dynamic_ncols=True, leave=True)
-    return tqdm(total=total, desc=desc, unit=unit, file=_Lines(stream), ncols=100, ascii=True,
-                mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL * 4, leave=True)
+        return tqdm(iterable, total=total, desc=desc, unit=unit, disable=not show, file=stream,
+                    dynamic_ncols=True, leave=leave)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, file=_Lines(stream), ncols=100,
+                ascii=True, mininterval=LOG_INTERVAL, maxinterval=LOG_INTERVAL * 4, leave=leave)

@@ -411,7 +411,8 @@ def _num(v: object, default: float = math.nan) -> float:
 
 
 _METRIC_TITLES = (("Many", "many_acc"), ("Med", "medium_acc"), ("Few", "few_acc"),
-                  ("Total", "acc"), ("Bal.", "balanced_acc"), ("F1", "macro_f1"), ("AUC", "auc"))
+                  ("Total", "acc"), ("Bal.", "balanced_acc"), ("F1", "macro_f1"), ("AUC", "auc"),
+                  ("ECE", "ece"))
 
 
 def _table(frame: pl.DataFrame, knob_cols: list[str]) -> dict:

@@ -567,8 +567,9 @@ def _pct(mean: float | None, std: float | None) -> str:
     return f"{100 * mean:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
-# Columns of ``featcache report``: the paper's, then balanced accuracy and AUC.
-REPORT_COLUMNS = PAPER_COLUMNS + (("Bal.", "balanced_acc"), ("AUC", "auc"))
+# Columns of ``featcache report``: the paper's, then balanced accuracy, AUC and the expected
+# calibration error (featcache.calibration; percent like the others, lower is better).
+REPORT_COLUMNS = PAPER_COLUMNS + (("Bal.", "balanced_acc"), ("AUC", "auc"), ("ECE", "ece"))
 
 
 def markdown_table(frame: pl.DataFrame, *, title_column: str = "method", title_header: str = "Method",

@@ -3,7 +3,8 @@
 ``HEADS`` (zeroshot, linear, cosine, logreg, adapter, ensemble-logit, ensemble-feature, mlp, knn,
 tip-adapter, tip-adapter-f, clip-adapter, lp++, clap, taskres), ``LOSSES``
 (ce, focal, la, bs, cb, bce) and ``SAMPLERS`` (instance, wrs, rus, rus-fixed, sqrt). Heads are batched
-over members (see :mod:`featcache.heads.base`); :mod:`featcache.heads.training` trains them.
+over members (see :mod:`featcache.heads.base`); :mod:`featcache.heads.training` trains them;
+:mod:`featcache.heads.tfa_lt_stages` trains TFA-LT's two stages for one or many configurations.
 """
 
 from featcache.heads import (  # noqa: F401  (registers the heads)

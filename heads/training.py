@@ -511,6 +511,11 @@ def _sgd_step(
             torch.where(a, scratch, p, out=p)
 
 
+def rows_per_chunk(G: int, width: int, budget: int = 2**26) -> int:
+    """Rows per inference chunk so that ``[G, rows, width]`` stays under ``budget`` floats."""
+    return max(64, budget // max(1, G * width))
+
+
 @torch.no_grad()
 def predict_logits(head: Head, inputs: torch.Tensor, *, batch: int = 16384) -> torch.Tensor:
     """Logits of every member on every row: ``[N, D]`` or ``[G, N, D]`` -> ``[G, N, C]``."""

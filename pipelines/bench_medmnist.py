@@ -59,7 +59,6 @@ import open_clip
 import polars as pl
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
 
 from featcache import models, timm_backbones
 from featcache.cache import open_cache
@@ -70,6 +69,7 @@ from featcache.errors import DataError, FeatcacheError, did_you_mean, unknown
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import extract
 from featcache.preprocess import RESIZE_MODES, Preprocessing, array_batch
+from featcache.progress import bar as progress_bar
 from featcache.runs import clear_run, refuse_existing_run, with_provenance
 from featcache.schedules import multiplier_at, step_decay_lr
 from featcache.seeding import legacy_random_state, numpy_generator, seed_global, torch_generator
@@ -818,7 +818,7 @@ def run(cfg: BenchConfig, *, overwrite: bool = False) -> BenchResult:
     caches: list[Path] = []
     extraction: list[dict] = []
     tasks = [(d, s, r, b) for d in cfg.datasets for s in cfg.sizes for r in cfg.resize for b in specs]
-    bar = tqdm(tasks, desc="bench", unit="cell", disable=not cfg.progress, dynamic_ncols=True)
+    bar = progress_bar(None, "bench", unit="cell", progress=cfg.progress, iterable=tasks)
     for subset, size, resize, spec in bar:
         bar.set_postfix_str(f"{subset} {size}px {resize} {spec.spec}")
         path = cache_path(cfg, subset, size, resize, spec)

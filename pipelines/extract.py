@@ -34,7 +34,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from featcache import models
 from featcache.cache import (
@@ -56,6 +55,7 @@ from featcache.distributed import barrier, default_workers, dist_info, init_dist
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.images import encode_views, image_batches
 from featcache.preprocess import Preprocessing
+from featcache.progress import bar as progress_bar
 from featcache.prompts import fill_prompt, render_templates
 
 log = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ def _encode_chunks(
 
     pending: dict[int, list] = {}
     remaining = {k: sum(1 for o in owner if o == k) for k in chunks}
-    bar = tqdm(total=n_total, unit="img", desc="extract", disable=not cfg.progress or dist_info()[0] != 0, dynamic_ncols=True)
+    bar = progress_bar(n_total, "extract", unit="img", progress=cfg.progress and dist_info()[0] == 0)
 
     def finish(k: int, rows: torch.Tensor, errs: list[str], views: dict) -> None:
         """Bring one batch's features to the host; save the chunk once all its batches are in."""

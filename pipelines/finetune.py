@@ -54,7 +54,6 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from torchvision.ops import roi_align
 from torchvision.transforms import functional as TF
 from torchvision.transforms import transforms as T
-from tqdm.auto import tqdm
 
 from featcache import models
 from featcache.datasets import build_manifest
@@ -68,6 +67,7 @@ from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
 from featcache.metrics import compute_metrics, summarize
 from featcache.peft import MethodConfig, apply_method, count_parameters, make_config
 from featcache.preprocess import TTE_EXPAND, Preprocessing, array_batch, five_crops, pil_to_uint8
+from featcache.progress import bar as progress_bar
 from featcache.prompts import LIFT
 from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run, write_json
 from featcache.schedules import EPOCH_SCHEDULES, epoch_lr
@@ -703,7 +703,7 @@ def evaluate_logits(
         with autocast(device, dtype):
             return model(prep.normalize(x_uint8, torch.float32)).float()
 
-    for ks, std, crops in tqdm(loader, desc="evaluate", unit="batch", disable=not progress, leave=False):
+    for ks, std, crops in progress_bar(None, "evaluate", unit="batch", progress=progress, iterable=loader, leave=False):
         standard[ks] = logits_of(std.to(device, non_blocking=True)).cpu()
         if tte is not None:
             tte[ks] = tte_logits(logits_of, crops.to(device)).cpu()  # [B, 5, 3, S, S] -> [B, C]
@@ -782,8 +782,8 @@ def train_seed(
         gen = _generator(seed * world + rank, "augment", epoch, device)
         net.train()
         losses = []
-        bar = tqdm(loader, desc=f"seed {seed} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
-                   disable=not cfg.progress or rank != 0, leave=False, dynamic_ncols=True)
+        bar = progress_bar(None, f"seed {seed} epoch {epoch + 1}/{cfg.epochs}", unit="batch",
+                           progress=cfg.progress and rank == 0, iterable=loader, leave=False)
         for images, hw, labels in bar:
             images = images.to(device, non_blocking=True)
             labels = labels.to(device, non_blocking=True)

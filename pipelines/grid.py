@@ -22,8 +22,9 @@ Read top to bottom:
    logits are a linear map of the input (``linear``, ``cosine``) compute every member in one
    matrix product ``[B, D] @ [D, G·C]`` (:meth:`featcache.heads.base.Head.forward_shared`); both come
    from :func:`featcache.heads.training.train_members` with ``share_batches=True``. Other heads
-   (adapters, ensemblers) get one gather per member there. TFA-LT: stage-I adapters
-   that are the same for several configurations (a grid over stage-II knobs) are trained once.
+   (adapters, ensemblers) get one gather per member there. TFA-LT (:func:`featcache.heads.tfa_lt_stages.train_tfa_lt`, the
+   stages ``train-head --ensemble`` trains too): stage-I adapters that are the same for
+   several configurations (a grid over stage-II knobs) are trained once.
    Every member keeps its own random streams, so each configuration gets the result it gets
    when trained alone with ``train-head`` and the same seed (up to float rounding of the
    batched products; a test checks it).
@@ -72,7 +73,8 @@ from featcache.heads.cached import (
     default_out as default_run_out,
 )
 from featcache.heads.losses import posthoc_adjust
-from featcache.heads.training import predict_logits, stream_key, train_members
+from featcache.heads.tfa_lt_stages import train_tfa_lt
+from featcache.heads.training import predict_logits, rows_per_chunk, stream_key, train_members
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import tfa_lt, train_head
 from featcache.plots import parse_formats
@@ -309,11 +311,6 @@ class Trained:
     epoch_loss: list[dict[str, list[float]]] | None = None  # per member: per_seed loss-curve keys
 
 
-def _rows_per_chunk(G: int, width: int, budget: int = 2**26) -> int:
-    """Rows per evaluation chunk so that ``[G, rows, width]`` stays under ``budget`` floats."""
-    return max(64, budget // max(1, G * width))
-
-
 def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: CachedData,
                       setups: list[SeedSetup]) -> Trained:
     """Train every (configuration, seed) of one head shape as members of one head."""
@@ -336,7 +333,7 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
                            desc=f"grid {cfgs[0][1].head} ({len(members)} heads)")
     shares = type(head).forward_shared is not Head.forward_shared
     G = len(members)
-    chunk = _rows_per_chunk(G, max(head.in_dim, head.out_dim()))
+    chunk = rows_per_chunk(G, max(head.in_dim, head.out_dim()))
 
     @torch.no_grad()
     def logits(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [G, n, C]
@@ -356,85 +353,12 @@ def _train_head_group(cfgs: list[tuple[int, train_head.TrainHeadConfig]], data: 
 
 def _train_tfa_group(cfgs: list[tuple[int, tfa_lt.TfaLtConfig]], data: CachedData,
                      setups: list[SeedSetup]) -> Trained:
-    """TFA-LT for every (configuration, seed): stage I once per distinct adapter, stage II
-    one ensembler per (configuration, seed), each stage one batched run."""
-    base = cfgs[0][1]
-    D, C = int(data.feats.shape[-1]), data.num_classes
-    # Stage I: distinct (adapter spec, seed) pairs; a grid over stage-II knobs trains them once
-    # (TfaLtConfig.stage1 leaves out loss knobs its CE does not read, e.g. stage II's focal γ).
-    unique: dict[tuple[MemberSpec, int], int] = {}
-    pairs: list[tuple[int, int, int, int]] = []  # (config, seed index, wrs member, rus member)
-    for i, c in cfgs:
-        for j, s in enumerate(setups):
-            tau = data.tau_for(c.tau)
-            ids = [unique.setdefault((c.stage1(s.seed, smp, tau=tau), j), len(unique))
-                   for smp in ("wrs", "rus")]
-            pairs.append((i, j, ids[0], ids[1]))
-    specs = list(unique)
-    ctx = HeadContext(D, C, prototypes=torch.stack([setups[j].prototypes for _, j in specs]))
-    branches = build_head("adapter" if base.adapters else "zeroshot", ctx,
-                          [m for m, _ in specs], device=data.device)
-    stage1 = train_members(branches, data.feats, data.labels, [setups[j].pool for _, j in specs],
-                           precision=base.precision,  # one precision per group
-                           desc=f"grid TFA-LT stage I ({len(specs)} adapters)")
-    log.info("grid stage I: %d adapter(s) for %d configuration-seed(s) in %.2f s",
-             len(specs), len(pairs), stage1.seconds)
-    wi = torch.tensor([p[2] for p in pairs], device=data.device)
-    ri = torch.tensor([p[3] for p in pairs], device=data.device)
-    outputs = predict_logits if base.ensemble in ("logit", "mean") else _features
-    chunk1 = _rows_per_chunk(len(specs), max(D, C))
-
-    def stage2_inputs(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [P, n, 2C | 2D]
-        z = outputs(branches, x, batch=chunk1)  # [U, n, C | D] per distinct adapter
-        return torch.cat([z[wi], z[ri]], -1)
-
-    ensembler, seconds = None, stage1.seconds
-    losses = [math.nan] * len(pairs)
-    curves = [{"stage1_epoch_loss_wrs": list(stage1.epoch_loss[w]),
-               "stage1_epoch_loss_rus": list(stage1.epoch_loss[r])} for _, _, w, r in pairs]
-    if base.ensemble != "mean":
-        with torch.no_grad():
-            inputs = stage2_inputs(data.feats).contiguous()  # [P, N, 2C | 2D]
-        ens_ctx = HeadContext(int(inputs.shape[-1]), C,
-                              prototypes=torch.stack([setups[j].prototypes for _, j, _, _ in pairs]))
-        cfg_of = dict(cfgs)
-        ens_members = [cfg_of[i].stage2(setups[j].seed, tau=data.tau_for(cfg_of[i].tau))
-                       for i, j, _, _ in pairs]
-        ensembler = build_head(f"ensemble-{base.ensemble}", ens_ctx, ens_members, device=data.device)
-        stage2 = train_members(ensembler, inputs, data.labels, [setups[p[1]].pool for p in pairs],
-                               precision=base.precision,
-                               desc=f"grid TFA-LT stage II ({len(pairs)} ensemblers)")
-        del inputs
-        seconds += stage2.seconds
-        losses = [loss[-1] if loss else math.nan for loss in stage2.epoch_loss]
-        for p, loss in enumerate(stage2.epoch_loss):
-            curves[p]["stage2_epoch_loss"] = list(loss)
-    chunk2 = _rows_per_chunk(len(pairs), 2 * max(D, C))
-
-    def logits(x: torch.Tensor) -> torch.Tensor:  # [n, D] -> [P, n, C]
-        outs = []
-        for r in range(0, x.shape[0], chunk2):
-            with torch.no_grad():
-                if ensembler is None:  # adapters only: mean of the pair's logits
-                    z = predict_logits(branches, x[r : r + chunk2], batch=chunk1)
-                    outs.append((z[wi] + z[ri]) / 2)
-                else:
-                    outs.append(predict_logits(ensembler, stage2_inputs(x[r : r + chunk2])))
-        return torch.cat(outs, 1)
-
-    def model(p: int) -> dict:
-        pair = branches.subset([pairs[p][2], pairs[p][3]])
-        ens = ensembler.member(p) if ensembler is not None else None
-        return {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": base.ensemble,
-                "ensembler": ens.checkpoint() if ens is not None else None}
-
-    return Trained(logits, [(i, j) for i, j, _, _ in pairs], model, losses, seconds, curves)
-
-
-def _features(head: Head, x: torch.Tensor, *, batch: int) -> torch.Tensor:
-    from featcache.heads.training import head_features
-
-    return head_features(head, x, batch=batch)
+    """TFA-LT for every (configuration, seed) (:func:`featcache.heads.tfa_lt_stages.train_tfa_lt`:
+    stage I once per distinct adapter, stage II one ensembler per pair)."""
+    t = train_tfa_lt([c for _, c in cfgs], data, setups, desc="grid TFA-LT")
+    owner = [(cfgs[k][0], j) for k, j, _, _ in t.pairs]
+    return Trained(t.logits, owner, t.model, [t.final_loss(p) for p in range(len(owner))],
+                   t.seconds, [t.curves(p) for p in range(len(owner))])
 
 
 # --------------------------------------------------------------------------------------

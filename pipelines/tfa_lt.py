@@ -12,6 +12,11 @@ Stage II: both adapters frozen; their outputs on every training row are computed
 linear ensembler is trained with focal loss (γ = 2) on the original long-tailed training set:
 ``ensemble-logit`` on [l_w ; l_r] or ``ensemble-feature`` on [f_w ; f_r].
 
+Both stages are trained by :func:`featcache.heads.tfa_lt_stages.train_tfa_lt` (shared with
+``featcache grid``, which passes many configurations); this module holds the configuration
+(:meth:`TfaLtConfig.stage1` and :meth:`TfaLtConfig.stage2` give each stage's member specs) and
+:func:`run`: load, train both stages, evaluate and write every seed.
+
 Defaults: SGD momentum 0.9, weight decay 5e-4, batch 128, lr 0.1 cosine, 200 epochs
 stage I and 100 stage II, seeds 0, 1, 2, fp32 (``precision="bf16"`` runs both stages' weight
 products in bf16, with fp32 master weights; stage II's inputs are the adapters' fp32 outputs). Ablations: ``adapters=False`` (ensembler
@@ -31,7 +36,7 @@ from pathlib import Path
 import torch
 
 from featcache.errors import FeatcacheError
-from featcache.heads import LOSSES, HeadContext, MemberSpec, build_head
+from featcache.heads import LOSSES, MemberSpec
 from featcache.heads.cached import (
     RunSettings,
     check_run_settings,
@@ -43,7 +48,7 @@ from featcache.heads.cached import (
     resolved_config,
     seed_setups,
 )
-from featcache.heads.training import head_features, predict_logits, train_members
+from featcache.heads.tfa_lt_stages import train_tfa_lt
 from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
@@ -142,7 +147,8 @@ def name_parts(cfg: TfaLtConfig) -> list[str]:
 
 
 def run(cfg: TfaLtConfig, *, overwrite: bool = False) -> RunResult:
-    """Run TFA-LT for every seed (stage I and stage II each one batched run); write the run.
+    """Run TFA-LT for every seed (stage I and stage II each one batched run, through
+    :func:`~featcache.heads.tfa_lt_stages.train_tfa_lt`); write the run.
 
     An ``out`` (given or default) that already holds a run is refused before any work,
     unless ``overwrite``: then that run's files are deleted once training has succeeded."""
@@ -151,57 +157,27 @@ def run(cfg: TfaLtConfig, *, overwrite: bool = False) -> RunResult:
     data = load_data(cfg.cache, view=cfg.view, feature=cfg.feature, tte=cfg.tte,
                      device=cfg.device, tau=cfg.tau)
     setups = seed_setups(data, cfg, need_prototypes=True)
-    S, D, C = len(setups), int(data.feats.shape[-1]), data.num_classes
-    protos = torch.stack([s.prototypes for s in setups])  # [S, C, D]
-
-    # Stage I: members (seed 0 WRS, seed 0 RUS, seed 1 WRS, ...) of one adapter head.
-    branch_name = "adapter" if cfg.adapters else "zeroshot"
-    members = [cfg.stage1(s.seed, smp, tau=data.tau) for s in setups for smp in ("wrs", "rus")]
-    ctx = HeadContext(D, C, prototypes=protos.repeat_interleave(2, 0))
-    branches = build_head(branch_name, ctx, members, device=data.device)
-    pools = [s.pool for s in setups for _ in range(2)]
-    stage1 = train_members(branches, data.feats, data.labels, pools, precision=cfg.precision,
-                           desc=f"{cfg.method or 'TFA-LT'} stage I")
-    log.info("stage I: %.2f s", stage1.seconds)
-
-    # Stage II: the frozen branches' outputs on every row, once; one ensembler per seed.
-    ensembler, stage2_seconds, stage2_loss = None, 0.0, None
-    if cfg.ensemble != "mean":
-        with torch.no_grad():
-            z = (predict_logits if cfg.ensemble == "logit" else head_features)(branches, data.feats)
-            z = z.view(S, 2, *z.shape[1:])  # [S, 2, N, C|D]
-            inputs = torch.cat([z[:, 0], z[:, 1]], -1).contiguous()  # [S, N, 2C|2D]
-        ens_ctx = HeadContext(int(inputs.shape[-1]), C, prototypes=protos)
-        ens_members = [cfg.stage2(s.seed, tau=data.tau) for s in setups]
-        ensembler = build_head(f"ensemble-{cfg.ensemble}", ens_ctx, ens_members, device=data.device)
-        stage2 = train_members(ensembler, inputs, data.labels, [s.pool for s in setups],
-                               precision=cfg.precision, desc=f"{cfg.method or 'TFA-LT'} stage II")
-        stage2_seconds, stage2_loss = stage2.seconds, stage2.epoch_loss
-        log.info("stage II: %.2f s", stage2.seconds)
+    # Stage I (two adapters per seed, WRS and RUS) and stage II (one ensembler per seed), each
+    # one batched run over every seed: featcache.heads.tfa_lt_stages, shared with the grid.
+    trained = train_tfa_lt([cfg], data, setups, desc=cfg.method or "TFA-LT")
 
     name = cfg.method or _method_name(cfg)
     if overwrite:
         clear_run(out_dir)
     config = resolved_config(cfg, data, setups, "tfa-lt")
     writer = RunWriter(out_dir, config, data.cache.class_names, method=name)
-    for i, setup in enumerate(setups):
-        pair = branches.subset([2 * i, 2 * i + 1])
-        ens = ensembler.member(i) if ensembler is not None else None
+    for i, setup in enumerate(setups):  # pair i: this configuration's seed i
+        pair, ens = trained.pair(i)
 
         def logits_of(x: torch.Tensor, pair=pair, ens=ens) -> torch.Tensor:  # noqa: ANN001
             return combine_branches(pair, cfg.ensemble, ens, x)
 
         metrics, labels, scores = evaluate(logits_of, data, setup, cfg.posthoc_tau, cfg.calibrate)
-        metrics["stage1_loss_wrs"] = _last(stage1.epoch_loss[2 * i])
-        metrics["stage1_loss_rus"] = _last(stage1.epoch_loss[2 * i + 1])
-        # the loss curves (featcache.plots)
-        metrics["stage1_epoch_loss_wrs"] = list(stage1.epoch_loss[2 * i])
-        metrics["stage1_epoch_loss_rus"] = list(stage1.epoch_loss[2 * i + 1])
-        if stage2_loss is not None:
-            metrics["stage2_epoch_loss"] = list(stage2_loss[i])
-        model = {"kind": "tfa-lt", "branches": pair.checkpoint(), "combine": cfg.ensemble,
-                 "ensembler": ens.checkpoint() if ens is not None else None}
-        ckpt = checkpoint_for("tfa-lt", model, cfg, data, setup)
+        curves = trained.curves(i)  # the loss curves (featcache.plots)
+        metrics["stage1_loss_wrs"] = _last(curves["stage1_epoch_loss_wrs"])
+        metrics["stage1_loss_rus"] = _last(curves["stage1_epoch_loss_rus"])
+        metrics.update(curves)
+        ckpt = checkpoint_for("tfa-lt", trained.model(i), cfg, data, setup)
         if "temperature" in metrics:  # predict's calibrated probabilities (heads/saved.py)
             ckpt["temperature"] = metrics["temperature"]
         writer.add_seed(setup.seed, metrics, labels=labels, scores=scores, rows=setup.split.test,
@@ -209,7 +185,7 @@ def run(cfg: TfaLtConfig, *, overwrite: bool = False) -> RunResult:
                         train_counts=setup.split.train_counts, groups=setup.split.groups,
                         checkpoint=ckpt)
     summary = writer.finish()
-    summary["train_seconds"] = stage1.seconds + stage2_seconds
+    summary["train_seconds"] = trained.seconds
     if cfg.calibrate != "none":  # config.json: the fitted temperature of every seed
         config = writer.config  # with its provenance
         config["temperature"] = {str(m["seed"]): m["temperature"] for m in writer.per_seed}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import polars as pl
@@ -15,6 +16,7 @@ from fixtures_cache import make_feature_cache
 
 from featcache.cli import main
 from featcache.errors import FeatcacheError
+from featcache.heads import tfa_lt_stages
 from featcache.metrics import METRIC_KEYS
 from featcache.pipelines import grid, tfa_lt, train_head
 
@@ -43,8 +45,6 @@ def _base(cache, **kw) -> train_head.TrainHeadConfig:  # noqa: ANN001
 def _alone(cfg, out) -> dict:  # noqa: ANN001
     """Train one configuration by itself (the train-head / TFA-LT pipeline)."""
     runner = tfa_lt.run if isinstance(cfg, tfa_lt.TfaLtConfig) else train_head.run
-    from dataclasses import replace
-
     return runner(replace(cfg, out=str(out))).metrics
 
 
@@ -97,6 +97,33 @@ def test_tfa_lt_grid_equals_each_configuration_alone(lt_cache, tmp_path) -> None
     alone = _state(tmp_path / f"alone-{res.selected}", 0, "ensembler")
     for name in joint:
         torch.testing.assert_close(joint[name], alone[name], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("variant", [dict(ensemble="logit"), dict(ensemble="feature"),
+                                     dict(ensemble="logit", adapters=False), dict(ensemble="mean")],
+                         ids=["logit", "feature", "no-adapters", "mean"])
+def test_one_configuration_grid_is_the_tfa_lt_run(lt_cache, tmp_path, variant) -> None:  # noqa: ANN001
+    """Both train TFA-LT through heads/tfa_lt_stages.train_tfa_lt: a grid of one configuration
+    saves the very weights (torch.equal), loss curves and test figures of tfa_lt.run."""
+    base = tfa_lt.TfaLtConfig(cache=str(lt_cache), epochs=2, ensemble_epochs=2, device="cpu",
+                              seeds=(0, 1), val_fraction=0.2, **variant)
+    grid.run(grid.make_grid(base, ["lr=0.1"], out=str(tmp_path / "grid")))
+    alone = tfa_lt.run(replace(base, out=str(tmp_path / "alone")))
+    joint = json.loads((tmp_path / "grid" / "metrics.json").read_text())
+    for got, want in zip(joint["per_seed"], alone.metrics["per_seed"], strict=True):
+        assert got["seed"] == want["seed"]
+        for k in ("stage1_epoch_loss_wrs", "stage1_epoch_loss_rus", "stage2_epoch_loss",
+                  "acc", "balanced_acc", "macro_f1", "many_acc", "few_acc"):
+            assert got.get(k) == want.get(k), (want["seed"], k)
+    for seed in (0, 1):
+        a, b = (torch.load(d / "checkpoints" / f"seed-{seed}.pt", weights_only=True)["model"]
+                for d in (tmp_path / "grid", tmp_path / "alone"))
+        assert a["combine"] == b["combine"] and (a["ensembler"] is None) == (b["ensembler"] is None)
+        for part in ("branches", "ensembler"):
+            if a[part] is not None:
+                assert a[part]["state"].keys() == b[part]["state"].keys()
+                for name, t in a[part]["state"].items():
+                    assert torch.equal(t, b[part]["state"][name]), (seed, part, name)
 
 
 def test_precision_is_a_fixed_setting_or_a_grid_axis(lt_cache, tmp_path) -> None:  # noqa: ANN001
@@ -251,13 +278,13 @@ def test_grid_over_stage_two_knobs_trains_stage_one_once(lt_cache, tmp_path, mon
     """A grid over focal γ (stage II), ensemble_lr and ensemble_epochs has one distinct stage I
     per seed (WRS + RUS): two adapters per seed are trained, once, whatever the grid size."""
     calls: list[tuple[str, int]] = []
-    real = grid.train_members
+    real = tfa_lt_stages.train_members
 
     def counting(head, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
         calls.append((head.name, head.num_members))
         return real(head, *args, **kwargs)
 
-    monkeypatch.setattr(grid, "train_members", counting)
+    monkeypatch.setattr(tfa_lt_stages, "train_members", counting)  # TFA-LT's stages' home
     base = tfa_lt.TfaLtConfig(cache=str(lt_cache), ensemble="logit", epochs=1, ensemble_epochs=1,
                               device="cpu", seeds=(0, 1), val_fraction=0.2)
     spec = grid.make_grid(base, ["gamma=0,1,2", "ensemble_lr=0.01,0.1"], out=str(tmp_path / "g"))

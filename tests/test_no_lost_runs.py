@@ -178,3 +178,15 @@ def test_finetune_from_a_cache_refuses_a_finished_run(tmp_path: Path) -> None:
     assert again.exit_code == 2 and "--overwrite" in again.output
     assert _snapshot(tmp_path / "ft") == before
     assert CliRunner().invoke(main, [*args, "--overwrite"], catch_exceptions=False).exit_code == 0
+
+
+def test_extract_progress_in_a_log_is_whole_lines(tmp_path: Path) -> None:
+    """extract's bar comes from featcache.progress: in a log (stderr not a terminal) it writes
+    whole lines, never carriage-return redraws, ending at 100 %."""
+    out = tmp_path / "c.h5"
+    res = CliRunner().invoke(main, ["extract", "--dataset", "synthetic-lt", "--workers", "0",
+                                    "--out", str(out)], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    lines = [line for line in res.stderr.splitlines() if line.startswith("extract:")]
+    assert lines and "\r" not in res.stderr
+    assert "100%" in lines[-1]

@@ -133,18 +133,19 @@ def test_knobs_that_differ_are_columns(three_runs: dict[str, Path]) -> None:
         assert frame[key][1] == pytest.approx(doc[key]) and frame[f"{key}_std"][1] == pytest.approx(doc[f"{key}_std"])
 
 
-def test_report_cli_shows_balanced_accuracy_auc_and_knobs(three_runs: dict[str, Path], tmp_path: Path) -> None:
+def test_report_cli_shows_balanced_accuracy_auc_ece_and_knobs(three_runs: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "table"
     paths = [str(three_runs[k]) for k in ("linear", "cosine", "grid")]
     res = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["report", *paths, "--out", str(out)])
     assert res.exit_code == 0, res.output
     header = next(line for line in res.stdout.splitlines() if "Run" in line)
-    for col in ("Bal.", "AUC", "head", "loss", "weight_decay", "Many", "F1"):
+    for col in ("Bal.", "AUC", "ECE", "head", "loss", "weight_decay", "Many", "F1"):
         assert col in header, (col, header)
     md = (out.with_suffix(".md")).read_text().splitlines()
     assert md[0].startswith("| Run | ") and "| Bal. | AUC |" in md[0] and "| head |" in md[0]
     doc = json.loads((three_runs["linear"] / "metrics.json").read_text())
     assert f"{100 * doc['auc']:.2f} ± {100 * doc['auc_std']:.2f}" in md[2]
+    assert "| AUC | ECE |" in md[0] and f"{100 * doc['ece']:.2f} ± {100 * doc['ece_std']:.2f}" in md[2]
     table = pl.read_parquet(out.with_suffix(".parquet"))
     assert {"balanced_acc", "auc", "head", "loss"} <= set(table.columns)
     # at 80 columns the knobs move below the table and no number is cut
