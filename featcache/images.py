@@ -283,15 +283,18 @@ def encode_images(
     manifest: Manifest, backbone: models.Backbone, prep: Preprocessing, dtype: torch.dtype, *,
     views: tuple[str, ...], feature: str, device: torch.device, batch_size: int = 64,
     workers: int = 0, skip_bad: bool = False, jpeg_decode: JpegDecoder | None = None, progress: bool = True,
+    cast_weights: bool = True,
 ) -> tuple[list[int], list[torch.Tensor], list[tuple[str, str]]]:
     """Encode every image of ``manifest`` as extraction does (:func:`image_batches`,
     :func:`encode_views`): returns (rows encoded, features [n, D] per view of ``views``,
     skipped ``(source, reason)``). An unreadable image is an error naming it, unless
-    ``skip_bad`` (then it is listed in the skipped and left out)."""
+    ``skip_bad`` (then it is listed in the skipped and left out). ``cast_weights=False`` keeps
+    the tower's weights in the dtypes they have (a LIFT tower: frozen weights in the run's
+    precision, trained ones in fp32, as its evaluation ran) instead of casting all to ``dtype``."""
     from featcache.progress import bar as progress_bar
 
     visual = backbone.visual
-    if dtype != torch.float32 and device.type == "cuda":
+    if cast_weights and dtype != torch.float32 and device.type == "cuda":
         visual = visual.to(dtype)  # as extraction does (half weights on a GPU)
     kind = 0 if feature == "embed" else 1
     order = list(range(len(manifest)))

@@ -76,6 +76,7 @@ __all__ = [
     "lift_bottleneck",
     "make_config",
     "mark_trainable",
+    "merge_lora",
     "trainable_names",
     "vit_dims",
 ]
@@ -798,3 +799,26 @@ def apply_method(visual: nn.Module, method: str | MethodConfig, num_classes: int
     mark_trainable(visual, resolved)
     return resolved
 
+
+@torch.no_grad()
+def merge_lora(visual: nn.Module) -> int:
+    """Fold every block's LoRA deltas into its attention weights, in place: ``W <- W + (alpha/r) B A``
+    for the q/k/v slices of ``in_proj_weight`` and for ``out_proj.weight``, then drop the LoRA
+    modules (the block then runs as a plain open_clip block). The merged weights are exactly
+    those :meth:`PeftBlock._merged_attention` builds for evaluation, so logits are unchanged
+    up to float rounding. Returns the number of blocks merged (0 for a tower without LoRA)."""
+    merged = 0
+    for block in getattr(visual.transformer, "resblocks", []):
+        if not isinstance(block, PeftBlock) or block.lora is None:
+            continue
+        attn, lora, d = block.attn, block.lora, block.attn.embed_dim
+        weight = attn.in_proj_weight
+        for k, t in enumerate("qkv"):
+            if t in lora:
+                weight[k * d : (k + 1) * d] += lora[t].delta_weight().to(weight.dtype)
+        if "out" in lora:
+            w_out = attn.out_proj.weight
+            w_out += lora["out"].delta_weight().to(w_out.dtype)
+        block.lora = None
+        merged += 1
+    return merged

@@ -107,18 +107,26 @@ def load_saved_run(run_dir: str | Path, device: torch.device) -> SavedRun:
     run_dir = Path(run_dir)
     ckpts = sorted((run_dir / "checkpoints").glob("seed-*.pt"), key=lambda p: int(p.stem.split("-")[1])
                    if p.stem.split("-")[1].isdigit() else -1)
-    if not ckpts:
-        raise FeatcacheError(f"{run_dir} holds no checkpoints/seed-*.pt; is it a train-head run?")
     config_path = run_dir / "config.json"
     config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    if not ckpts:
+        if "caches" in config and "recipe" in config:  # featcache bench medmnist
+            raise FeatcacheError(
+                f"{run_dir} is a MedMNIST benchmark run (featcache bench medmnist): it keeps metrics and "
+                "tables only -- each cell's probes (every learning rate and seed) are trained, the "
+                "best-on-val one scored and then discarded, so there are no weights to predict with. "
+                "Train the cell you want as a run from its cache (listed in the run's config.json, "
+                "'caches'): featcache train-head --cache CACHE --out RUN, then predict/export RUN.")
+        raise FeatcacheError(f"{run_dir} holds no checkpoints/seed-*.pt; is it a train-head run?")
     seeds, class_ids = [], None
     for path in ckpts:
         ck = load_checkpoint(path)  # a crafted pickle is refused, not run
         if "model" not in ck or "class_ids" not in ck:  # e.g. a finetune checkpoint (trainable tower weights)
             raise FeatcacheError(
                 f"Checkpoint {path} comes from '{ck.get('pipeline', 'an unknown pipeline')}', not from "
-                "train-head or TFA-LT; predict and export take head runs on cached features (LIFT "
-                "fine-tuned and MedMNIST benchmark runs are not supported yet).")
+                "train-head or TFA-LT, so it has no head on cached features. A LIFT fine-tuned run "
+                "changes the image tower, so no cache's features fit it: predict it from pixels "
+                "(featcache predict --run RUN --images PATH...) or export it (featcache export).")
         try:
             seed = int(path.stem.split("-")[1])
         except ValueError:

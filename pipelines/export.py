@@ -17,6 +17,7 @@ are exported in fp32, whatever precision the cache was extracted in.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from dataclasses import dataclass
@@ -61,8 +62,11 @@ def build_classifier(run_dir: str | Path, *, cache: str | None = None,
                      pretrained: str | None = None) -> tuple[RunClassifier, dict]:
     """The run as one CPU fp32 module (pixels -> logits, probs) and its metadata."""
     from featcache.images import backbone_for_cache
+    from featcache.pipelines.lift_run import is_finetune_run
 
     dev = resolve_device("cpu")
+    if is_finetune_run(run_dir):
+        return _lift_classifier(Path(run_dir), cache=cache, pretrained=pretrained, dev=dev)
     run = load_saved_run(run_dir, dev)
     source = run.source_cache(cache)
     backbone, prep, _ = backbone_for_cache(source.meta, pretrained=pretrained, views=run.views, device=dev)
@@ -79,11 +83,56 @@ def build_classifier(run_dir: str | Path, *, cache: str | None = None,
         "interpolation": prep.interpolation,
         "resize_mode": prep.resize_mode,
         "resize": prep.resize,
+        "resize_to": prep.size,  # the shorter side before the centre crop (standard view)
         "views": list(run.views),
         "tte_expand": prep.tte_expand,
         "model": source.meta["model"],
         "weights_id": source.meta["weights_id"],
         "run": str(Path(run_dir)),
+        "seeds": [s.seed for s in run.seeds],
+    }
+    return module, metadata
+
+
+def _lift_classifier(run_dir: Path, *, cache: str | None, pretrained: str | None,
+                     dev: torch.device) -> tuple[torch.nn.Module, dict]:
+    """A LIFT (finetune) run: every seed's fine-tuned tower (LoRA merged into the attention
+    weights; AdaptFormer, adapters and VPT prompts stay modules) and cosine head, with LIFT's
+    eval preprocessing constants (:mod:`featcache.pipelines.lift_run`)."""
+    from featcache.pipelines.lift_run import LiftClassifier, load_lift_run
+
+    if cache is not None:
+        raise FeatcacheError(f"Run {run_dir} is a LIFT fine-tuning run: its backbone comes from its own "
+                             "config.json, not from a cache; drop --cache.")
+    run = load_lift_run(run_dir)
+    backbone, prep, _ = run.backbone(pretrained, dev)
+    towers = [run.seed_model(backbone, k, dev, merge=True) for k in range(len(run.seeds))]
+    module = LiftClassifier(towers, prep.mean, prep.std).eval().requires_grad_(False)
+    S, method = prep.size, run.method
+    tte = run.views != ("standard",)
+    metadata = {
+        "format": "featcache-classifier/1",
+        "class_names": list(run.class_names),
+        "class_ids": list(run.class_ids),
+        "input": "uint8 [B, V, 3, S, S]: V = 1 (LIFT's centre view) or 5 (TTE crops)",
+        "outputs": ["logits [B, C]: mean over seeds", "probs [B, C]: mean over seeds of softmax"],
+        "size": S,
+        "mean": list(prep.mean),
+        "std": list(prep.std),
+        "interpolation": "bilinear",
+        "resize_mode": "shortest",
+        "resize": "scale",
+        "resize_to": S * 8 // 7,  # LIFT's test transform: Resize(S*8//7) + CenterCrop(S)
+        "eval_transform": (f"Resize({S + prep.tte_expand}, bilinear) + FiveCrop({S})" if tte
+                           else f"Resize({S * 8 // 7}, bilinear) + CenterCrop({S})"),
+        "views": list(run.views),
+        "tte_expand": prep.tte_expand,
+        "model": run.config["model"],
+        "weights_id": run.config["weights_id"],
+        "pipeline": "finetune",
+        "method": {"name": method.name, **dataclasses.asdict(method)},
+        "merged": "LoRA deltas merged into the attention weights" if method.name == "lora" else None,
+        "run": str(run_dir),
         "seeds": [s.seed for s in run.seeds],
     }
     return module, metadata

@@ -721,6 +721,8 @@ class SeedOutcome:
     seconds: float
     images_per_second: float
     resumed_from_epoch: int
+    weights_id: str = ""  # the backbone's weights (tag, hub id, sha256:<hash>, random), for predict/export
+    quick_gelu: bool = False
 
 
 def train_seed(
@@ -808,7 +810,8 @@ def train_seed(
     seconds = time.perf_counter() - t0
     model.eval()
     speed = seen * world / seconds if seconds > 0 and seen else math.nan
-    return SeedOutcome(model, resolved, dict(backbone.preprocess), epoch_loss, seconds, speed, start)
+    return SeedOutcome(model, resolved, dict(backbone.preprocess), epoch_loss, seconds, speed, start,
+                       backbone.weights_id, bool(backbone.quick_gelu))
 
 
 def _checkpoint(cfg: FinetuneConfig, model: LiftModel, resolved: MethodConfig, split: Split, epoch: int,
@@ -974,7 +977,10 @@ def _run(cfg: FinetuneConfig, device: torch.device, precision: str, dtype: torch
               "method_resolved": {"name": outcomes[-1].method.name, **asdict(outcomes[-1].method)},
               "preprocessing": lift_preprocessing(Preprocessing.from_open_clip(outcomes[-1].preprocess, tte=cfg.tte),
                                                   tte=cfg.tte, canvas=cfg.train_canvas, augment=cfg.augment),
-              "num_classes": desc.num_classes, "torch_version": torch.__version__, **counts}
+              "num_classes": desc.num_classes, "torch_version": torch.__version__, **counts,
+              # what predict/export need to rebuild the model (featcache.pipelines.lift_run)
+              "weights_id": outcomes[-1].weights_id, "quick_gelu": outcomes[-1].quick_gelu,
+              "class_names": list(desc.class_names), "class_ids": list(desc.class_ids)}
     if rank != 0:
         return RunResult(out_dir, {}, config)
     writer = RunWriter(out_dir, config, list(desc.class_names), method=cfg.method)

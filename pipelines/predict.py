@@ -11,7 +11,10 @@ Two entry points, read top to bottom:
 * :func:`predict_images` (``--images PATH...``): rebuild the backbone and preprocessing the
   run's cache was extracted with (:func:`featcache.images.backbone_for_cache`: weights by
   hash, QuickGELU, preprocessing), encode the images with extraction's own code
-  (:func:`featcache.images.encode_images`) and apply the heads the same way.
+  (:func:`featcache.images.encode_images`) and apply the heads the same way. A LIFT
+  (finetune) run instead rebuilds each seed's fine-tuned tower and cosine head from the
+  run itself (:mod:`featcache.pipelines.lift_run`) and sees the images through LIFT's test
+  transforms, with the same image code.
 
 Both write ``predictions.parquet`` and ``predictions.csv``: one row per image with the
 predicted class name, the probability of every class (the mean over seeds of each seed's
@@ -271,15 +274,21 @@ def predict_images(run_dir: str | Path, images: list[str] | tuple[str, ...], *, 
     the run's cache (``cache``, default the one in the run's config.json); the images are
     decoded, preprocessed and encoded by extraction's own code, with the run's views (TTE).
     Unreadable files stop the run naming the file, or with ``skip_bad`` are skipped and listed
-    (``skipped.csv``).
+    (``skipped.csv``). A LIFT (finetune) run is rebuilt from its own config.json and
+    checkpoints instead (:func:`_predict_images_lift`; ``cache`` does not apply).
     """
     from featcache.decode import jpeg_decoder
     from featcache.images import backbone_for_cache, encode_images, image_manifest, image_paths
+    from featcache.pipelines.lift_run import is_finetune_run
 
     run_dir = Path(run_dir)
     out_dir = Path(out) if out else default_predict_out(run_dir, "images")
     _check_out(run_dir, out_dir, default_predict_out(run_dir, "images"), overwrite)
     dev = resolve_device(device)
+    if is_finetune_run(run_dir):
+        return _predict_images_lift(run_dir, images, out_dir, cache=cache, pretrained=pretrained, dev=dev,
+                                    batch_size=batch_size, workers=workers, skip_bad=skip_bad,
+                                    per_seed=per_seed, overwrite=overwrite, progress=progress)
     run = load_saved_run(run_dir, dev)
     source = run.source_cache(cache)
     _check_classes(run, list(source.descriptor.class_ids), f"Cache {source.path}")
@@ -295,16 +304,24 @@ def predict_images(run_dir: str | Path, images: list[str] | tuple[str, ...], *, 
                                          device=dev, batch_size=batch_size, workers=workers,
                                          skip_bad=skip_bad, jpeg_decode=jpeg, progress=progress)
     logits = run.logits(feats).float().cpu().numpy()  # [S, N, C]
-    scored = np.ones(logits.shape[:2], dtype=bool)
-    if overwrite:
-        clear_run(out_dir)
-    key = {"path": [manifest.sources[r] for r in rows]}
-    table = prediction_table(run, source.class_names, key, logits, scored, per_seed=per_seed)
-    files = _write_table(out_dir, table)
     config = {"run": str(run_dir), "images": [str(i) for i in images], "cache": str(source.path),
               "model": meta["model"], "weights_id": meta["weights_id"], "views": list(run.views),
               "feature": run.feature, "device": str(dev), "seeds": [s.seed for s in run.seeds],
               "skipped": len(skipped)}
+    return _write_image_predictions(out_dir, run, source.class_names, [manifest.sources[r] for r in rows], logits,
+                                    skipped, config, per_seed=per_seed, overwrite=overwrite)
+
+
+def _write_image_predictions(out_dir: Path, run: object, class_names: list[str], paths: list[str],
+                             logits: np.ndarray, skipped: list[tuple[str, str]], config: dict, *,
+                             per_seed: bool, overwrite: bool) -> PredictResult:
+    """``predictions.parquet``/``.csv``, ``config.json`` and (when any) ``skipped.csv`` of an
+    image prediction; ``logits`` [S, N, C], every seed scoring every image."""
+    scored = np.ones(logits.shape[:2], dtype=bool)
+    if overwrite:
+        clear_run(out_dir)
+    table = prediction_table(run, class_names, {"path": paths}, logits, scored, per_seed=per_seed)
+    files = _write_table(out_dir, table)
     write_json(out_dir / "config.json", with_provenance(config))
     files.append(out_dir / "config.json")
     if skipped:
@@ -312,6 +329,44 @@ def predict_images(run_dir: str | Path, images: list[str] | tuple[str, ...], *, 
             out_dir / "skipped.csv")
         files.append(out_dir / "skipped.csv")
     return PredictResult(out_dir, files, None, skipped, table=table)
+
+
+def _predict_images_lift(run_dir: Path, images: list[str] | tuple[str, ...], out_dir: Path, *, cache: str | None,
+                         pretrained: str | None, dev: torch.device, batch_size: int, workers: int,
+                         skip_bad: bool, per_seed: bool, overwrite: bool, progress: bool) -> PredictResult:
+    """A LIFT (finetune) run on image files: per seed, its fine-tuned tower (PEFT weights) and
+    cosine head (:mod:`featcache.pipelines.lift_run`), the images seen through LIFT's test
+    transforms (the five TTE crops if the run used them) by extraction's own decoding,
+    batching and skipping (:func:`featcache.images.encode_images`)."""
+    from featcache.images import encode_images, image_manifest, image_paths
+    from featcache.pipelines.lift_run import load_lift_run, seed_logits_of_images
+
+    if cache is not None:
+        raise FeatcacheError(f"Run {run_dir} is a LIFT fine-tuning run: its backbone is rebuilt from its own "
+                             "config.json, not from a cache; drop --cache.")
+    run = load_lift_run(run_dir)
+    backbone, prep, dtype = run.backbone(pretrained, dev)
+    manifest = image_manifest(image_paths(images), run.class_names)
+
+    def encode(bb: object) -> tuple:
+        return encode_images(manifest, bb, prep, dtype, views=run.views, feature="cls", device=dev,
+                             batch_size=batch_size, workers=workers, skip_bad=skip_bad, progress=progress,
+                             cast_weights=False)
+
+    per, rows, skipped = [], None, []
+    for k in range(len(run.seeds)):
+        rows_k, logits_k, skipped_k = seed_logits_of_images(run, backbone, k, encode, dev, dtype)
+        if rows is None:
+            rows, skipped = rows_k, skipped_k
+        per.append(logits_k.float().cpu().numpy())
+    logits = np.stack(per)  # [S, N, C]
+    meta = run.meta()
+    config = {"run": str(run_dir), "images": [str(i) for i in images], "pipeline": "finetune",
+              "method": run.config.get("method"), "model": meta["model"], "weights_id": meta["weights_id"],
+              "views": list(run.views), "preprocessing": run.config.get("preprocessing"), "device": str(dev),
+              "seeds": [s.seed for s in run.seeds], "skipped": len(skipped)}
+    return _write_image_predictions(out_dir, run, run.class_names, [manifest.sources[r] for r in rows], logits,
+                                    skipped, config, per_seed=per_seed, overwrite=overwrite)
 
 
 def predictions(run_dir: str | Path) -> pl.DataFrame:

@@ -201,9 +201,10 @@ def test_calibrated_probabilities_use_the_runs_temperature(setup: dict, tmp_path
     np.testing.assert_allclose(cal, want, atol=1e-6)
 
 
-def test_finetune_runs_are_refused_clearly(tmp_path: Path) -> None:
+def test_unfinished_finetune_runs_are_refused_clearly(tmp_path: Path) -> None:
+    """LIFT runs predict from pixels (tests/test_lift_predict.py); one without metrics.json is refused."""
     run_dir = tmp_path / "ft"
     (run_dir / "checkpoints").mkdir(parents=True)
     torch.save({"pipeline": "finetune", "trainable": {}, "train_counts": [1, 2]}, run_dir / "checkpoints" / "seed-0.pt")
-    with pytest.raises(FeatcacheError, match="LIFT fine-tuned"):
+    with pytest.raises(FeatcacheError, match="not a finished finetune run.*--resume"):
         predict_images(run_dir, [str(tmp_path)], out=tmp_path / "o", device="cpu")

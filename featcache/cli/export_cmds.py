@@ -14,8 +14,10 @@ from featcache.cli.common import GroupedCommand
 @main.command("export", cls=GroupedCommand, examples=(
     "featcache export --run runs/isic-tfa --out isic.pt2",
     "featcache export --run runs/isic-tfa --out isic.onnx",
+    "featcache export --run runs/isic-vitb16-lora --out isic-lora.pt2",
 ))
-@click.option("--run", "run_dir", required=True, help="A train-head or TFA-LT run directory.")
+@click.option("--run", "run_dir", required=True,
+              help="A train-head, TFA-LT or LIFT finetune run directory (LIFT: LoRA merged into the attention weights).")
 @click.option("--out", required=True,
               help="The artefact: model.pt2 (torch.export; load with torch.export.load) or model.onnx "
                    "(ONNX; load with onnxruntime).")
@@ -26,6 +28,8 @@ from featcache.cli.common import GroupedCommand
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out file.")
 def export_cmd(run_dir: str, out: str, cache: str | None, pretrained: str | None, overwrite: bool) -> None:
     """Export a run (image encoder, heads of every seed, normalisation, class names) as one file.
+
+    LIFT finetune runs: every seed's fine-tuned tower (PEFT modules; LoRA merged) and cosine head.
 
     The artefact takes uint8 images [B, V, 3, S, S] (V = 1, or the 5 TTE crops) and returns
     logits and probabilities [B, C] (means over seeds); its metadata (class names, size,

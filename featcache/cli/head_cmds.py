@@ -178,8 +178,10 @@ def _train_head(opts: dict) -> None:
     "featcache predict --run runs/isic-tfa --cache caches/isic.h5",
     "featcache predict --run runs/isic-tfa --cache caches/other-site.h5 --split all --per-seed",
     "featcache predict --run runs/isic-tfa --images new_images/ --skip-bad",
+    "featcache predict --run runs/isic-vitb16-adaptformer --images new_images/",
 ))
-@click.option("--run", "run_dir", required=True, help="A train-head or TFA-LT run directory.")
+@click.option("--run", "run_dir", required=True,
+              help="A train-head, TFA-LT or LIFT finetune run directory (finetune runs: --images only).")
 @click.option("--cache", default=None,
               help="Cache to predict on (same model fingerprint). With --images: the run's cache, "
                    "whose metadata names the backbone (default: the one in the run's config.json).")
