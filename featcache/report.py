@@ -416,26 +416,37 @@ _METRIC_TITLES = (("Many", "many_acc"), ("Med", "medium_acc"), ("Few", "few_acc"
 
 
 def _table(frame: pl.DataFrame, knob_cols: list[str]) -> dict:
-    """The metric table as data for the template: headers and cells (text, sort key)."""
-    headers = ["Run", "Method", "Seeds", *(k.removeprefix("config_") for k in knob_cols),
-               *(t for t, _ in _METRIC_TITLES)]
+    """The metric table as data for the template: headers and cells (text, sort key, class).
+
+    The metrics come right after the run, the settings that differ after them (a long
+    setting such as a prompt template then never pushes the figures out of view), and the
+    common start of the runs' default names (``isic2018-tiny-clip-random-tte-``) is shown
+    once above the table (``prefix``) instead of in every row."""
+    from featcache.tables import common_prefix
+
+    names = frame["name"].to_list()
+    prefix = common_prefix(names)
+    headers = ["Run", "Method", "Seeds", *(t for t, _ in _METRIC_TITLES),
+               *(k.removeprefix("config_") for k in knob_cols)]
     rows = []
-    for row in frame.iter_rows(named=True):
-        cells = [{"text": row["name"], "key": row["name"]}, {"text": row["method"], "key": row["method"]},
-                 {"text": str(row["seeds"]), "key": row["seeds"]}]
+    for row, name in zip(frame.iter_rows(named=True), names, strict=True):
+        short = name[len(prefix):]
+        cells = [{"text": short, "key": short, "cls": "text name", "title": name},
+                 {"text": row["method"], "key": row["method"], "cls": "text"},
+                 {"text": str(row["seeds"]), "key": row["seeds"], "cls": "num"}]
+        for _, k in _METRIC_TITLES:  # percent; the std on a line of its own keeps columns narrow
+            mean, std = row[k], row[f"{k}_std"]
+            cells.append({"text": _runs._pct(mean, None),
+                          "sd": "" if mean is None or std is None else f"± {100 * std:.2f}",
+                          "key": "" if mean is None else f"{mean:.6f}", "cls": "num"})
         for k in knob_cols:
             try:
                 key: object = float(row[k])
             except ValueError:
                 key = row[k]
-            cells.append({"text": row[k], "key": key})
-        for _, k in _METRIC_TITLES:  # percent; the std on a line of its own keeps columns narrow
-            mean, std = row[k], row[f"{k}_std"]
-            cells.append({"text": _runs._pct(mean, None),
-                          "sd": "" if mean is None or std is None else f"± {100 * std:.2f}",
-                          "key": "" if mean is None else f"{mean:.6f}"})
+            cells.append({"text": row[k], "key": key, "cls": "knob"})
         rows.append(cells)
-    return {"headers": headers, "rows": rows}
+    return {"headers": headers, "rows": rows, "prefix": prefix}
 
 
 def render_html(collected: Collected, *, title: str = "featcache report") -> str:

@@ -304,3 +304,13 @@ def test_page_renders_in_chromium_and_the_table_sorts(three_runs: dict[str, Path
             shutil.copy(shot, os.environ["FEATCACHE_SCREENSHOT"])
     finally:
         browser.quit()
+
+
+def test_html_table_puts_the_metrics_before_the_differing_settings(three_runs: dict[str, Path]) -> None:
+    """A long setting (a prompt template) never pushes the figures out of view."""
+    from featcache.report import _table
+
+    frame, knobs = report_frame(collect_runs([str(p) for p in three_runs.values()]).runs)
+    headers = _table(frame, knobs)["headers"]
+    assert knobs and headers[:4] == ["Run", "Method", "Seeds", "Many"]
+    assert max(headers.index(t) for t in ("AUC", "ECE")) < min(headers.index(k.removeprefix("config_")) for k in knobs)
