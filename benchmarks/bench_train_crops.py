@@ -35,7 +35,7 @@ def _photos(folder: Path, n: int) -> None:
 
 
 def box_stats(size: int, n: int = 20000) -> dict:
-    from featcache.pipelines.finetune import rrc_box
+    from featcache.lift_data import rrc_box
 
     H, W = 375, 500
     canvas = round(1.5 * size)
@@ -60,7 +60,7 @@ def data_speed(folder: Path, size: int, canvas: int | None, repeats: int = 2) ->
     import torch
 
     from featcache.datasets import build_manifest
-    from featcache.pipelines.finetune import TrainImages, random_resized_crop
+    from featcache.lift_data import TrainImages, random_resized_crop
 
     manifest = build_manifest("folder", folder)
     data = TrainImages(manifest, np.arange(len(manifest)), size, canvas=canvas)

@@ -13,7 +13,7 @@ Read top to bottom:
   (:func:`featcache.pipelines.finetune.load_trainable_state`); ``merge=True`` folds LoRA into
   the attention weights (:func:`featcache.peft.merge_lora`).
 * :class:`LiftEvalPreprocessing` -- extraction's :class:`~featcache.preprocess.Preprocessing`
-  with LIFT's test transforms (:func:`featcache.pipelines.finetune.lift_eval_transforms`:
+  with LIFT's test transforms (:func:`featcache.lift_data.lift_eval_transforms`:
   ``Resize(S*8//7) + CenterCrop(S)``, bilinear; TTE: ``Resize(S + 24)`` then five crops), so
   ``predict --images`` decodes, batches and skips with extraction's own code
   (:func:`featcache.images.encode_images`) and sees each image as the run's evaluation did.
@@ -79,7 +79,7 @@ class LiftEvalPreprocessing(Preprocessing):
     is open_clip's and is refused here."""
 
     def pil_transforms(self) -> tuple[Callable, Callable | None]:
-        from featcache.pipelines.finetune import lift_eval_transforms
+        from featcache.lift_data import lift_eval_transforms
 
         return lift_eval_transforms(self.size, self.tte, self.tte_expand)
 

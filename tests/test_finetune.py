@@ -16,20 +16,16 @@ from click.testing import CliRunner
 from PIL import Image
 from torchvision import transforms as T
 
+from featcache import lift_data
 from featcache.cli import main
 from featcache.datasets import build_manifest
 from featcache.errors import FeatcacheError
+from featcache.lift_data import TrainImages, random_resized_crop
 from featcache.metrics import METRIC_KEYS
 from featcache.models import load_backbone
 from featcache.peft import make_config
 from featcache.pipelines import finetune
-from featcache.pipelines.finetune import (
-    FinetuneConfig,
-    TrainImages,
-    build_model,
-    evaluate_logits,
-    random_resized_crop,
-)
+from featcache.pipelines.finetune import FinetuneConfig, build_model, evaluate_logits
 from featcache.preprocess import Preprocessing, five_crops, pil_to_uint8
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,7 +234,7 @@ def test_eval_transform_is_lifts_resize_8_7_then_centre_crop(tmp_path: Path) -> 
     for manifest in (build_manifest("folder", tmp_path / "files"),
                      build_manifest("synthetic-lt", None, max_per_class=3, test_per_class=2)):
         rows = np.arange(len(manifest))[:4]
-        _, std, _ = finetune.EvalImages(manifest, rows, prep).__getitems__(list(range(len(rows))))
+        _, std, _ = lift_data.EvalImages(manifest, rows, prep).__getitems__(list(range(len(rows))))
         want = torch.stack([pil_to_uint8(lift(manifest.load(int(r)))) for r in rows])
         assert torch.equal(std, want)  # files and pre-decoded arrays alike
     # ... which is not open_clip's Resize(S) + CenterCrop(S), bicubic (the cache's standard view)
@@ -258,8 +254,8 @@ def test_training_crops_come_from_the_full_image(tmp_path: Path) -> None:
     assert images.shape == (2, 3, S, S) and images.dtype == torch.uint8 and hw.tolist() == [[S, S]] * 2
     for k in range(2):
         im = manifest.load(k)
-        rng = finetune._augment_rng(7, 3, k)
-        top, left, h, w = finetune.rrc_box(im.size[1], im.size[0], rng)
+        rng = lift_data._augment_rng(7, 3, k)
+        top, left, h, w = lift_data.rrc_box(im.size[1], im.size[0], rng)
         want = T.functional.resized_crop(im, top, left, h, w, [S, S], interpolation=T.InterpolationMode.BILINEAR)
         if rng.random() < 0.5:
             want = T.functional.hflip(want)
@@ -268,7 +264,7 @@ def test_training_crops_come_from_the_full_image(tmp_path: Path) -> None:
     assert not torch.equal(data.__getitems__([(0, 4)])[0][0], images[0])  # a fresh crop next epoch
     # boxes on the full 375 x 500 image: many are larger than the old 1.5 S canvas allowed
     rng = np.random.default_rng(0)
-    boxes = np.array([finetune.rrc_box(375, 500, rng) for _ in range(2000)])  # [n, 4] top, left, h, w
+    boxes = np.array([lift_data.rrc_box(375, 500, rng) for _ in range(2000)])  # [n, 4] top, left, h, w
     assert (boxes[:, 0] + boxes[:, 2] <= 375).all() and (boxes[:, 1] + boxes[:, 3] <= 500).all()
     assert (boxes[:, 2] > round(1.5 * S)).mean() > 0.9
     # the same distribution as torchvision's RandomResizedCrop.get_params (its own RNG)

@@ -18,8 +18,8 @@ from featcache.cli import main
 from featcache.datasets import build_manifest
 from featcache.errors import FeatcacheError
 from featcache.images import image_paths
+from featcache.lift_data import lift_eval_transforms
 from featcache.pipelines import export, finetune
-from featcache.pipelines.finetune import lift_eval_transforms
 from featcache.pipelines.lift_run import load_lift_run
 from featcache.pipelines.predict import predict_images, predict_run
 from featcache.preprocess import five_crops, pil_to_uint8

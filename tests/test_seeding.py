@@ -7,7 +7,7 @@ import hashlib
 import numpy as np
 import torch
 
-from featcache import seeding
+from featcache import lift_data, seeding
 from featcache.heads.base import MemberSpec
 from featcache.pipelines import bench_medmnist, finetune
 
@@ -44,7 +44,7 @@ def test_benchmark_and_finetune_keep_their_numbers() -> None:
     w, _ = bench_medmnist.linear_init(4, 3, 7)
     assert torch.equal(w, (torch.rand(3, 4, generator=gen) * 2 - 1) * 0.5)
     old = np.random.default_rng([7, 2, 9, 0x11F7]).random(3)
-    assert np.array_equal(finetune._augment_rng(7, 2, 9).random(3), old)
+    assert np.array_equal(lift_data._augment_rng(7, 2, 9).random(3), old)
     g_old = torch.Generator().manual_seed((7 * 1_000_003 + sum(map(ord, "augment")) * 10_007 + 2) % (2**63))
     g_new = finetune._generator(7, "augment", 2, torch.device("cpu"))
     assert torch.equal(torch.rand(4, generator=g_new), torch.rand(4, generator=g_old))
