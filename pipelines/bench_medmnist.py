@@ -3,7 +3,8 @@
 ``run(BenchConfig(...))`` reads top to bottom:
 
 1. check every name (data sets with a did-you-mean, backbones, methods) and find every npz
-   file (``--download`` fetches missing ones through the ``medmnist`` package) before any
+   file (:func:`featcache.datasets.medmnist.locate_files`; ``--download`` fetches missing ones
+   through the ``medmnist`` package) before any
    work starts;
 2. for each data set × size × resize × backbone, extract the cache (one per combination,
    through :mod:`featcache.pipelines.extract`) or reuse it when it is already complete;
@@ -43,7 +44,6 @@ own figures.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import logging
 import math
@@ -55,17 +55,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import open_clip
 import polars as pl
 import torch
 import torch.nn.functional as F
 
-from featcache import knobs, models, timm_backbones
+from featcache import knobs, models
+from featcache.backbones import BackboneSpec
 from featcache.cache import open_cache
 from featcache.datasets import build_manifest
-from featcache.datasets.medmnist import SIZES, SUBSETS, find_npz, medmnist_descriptor
+from featcache.datasets.medmnist import SIZES, SUBSETS, locate_files, medmnist_descriptor
 from featcache.device import autocast, resolve_device, resolve_precision
-from featcache.errors import DataError, FeatcacheError, did_you_mean, unknown
+from featcache.errors import DataError, FeatcacheError, unknown
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import extract
 from featcache.preprocess import RESIZE_MODES, Preprocessing, array_batch
@@ -102,56 +102,6 @@ INPUT_SIZES = ("paper", "model")  # or a number of pixels
 
 # --------------------------------------------------------------------------------------
 # Configuration
-
-
-@dataclass(frozen=True)
-class BackboneSpec:
-    """One ``--backbones`` entry: ``MODEL[:WEIGHTS]`` (open_clip) or ``timm:NAME[.TAG][:WEIGHTS]``.
-
-    ``WEIGHTS`` is a pretrained tag, a checkpoint file or ``random``; absent = the model's
-    default (:func:`featcache.models.default_pretrained`).
-    """
-
-    spec: str
-    model: str
-    pretrained: str | None
-
-    @classmethod
-    def parse(cls, spec: str) -> BackboneSpec:
-        spec = spec.strip()
-        if not spec:
-            raise FeatcacheError("Empty backbone in --backbones; write e.g. ViT-B-16:openai,timm:resnet18.")
-        if spec.startswith("hf-hub:"):
-            return cls(spec, spec, None)
-        prefix = timm_backbones.PREFIX if timm_backbones.is_timm(spec) else ""
-        name, _, weights = spec.removeprefix(prefix).partition(":")
-        model = prefix + name
-        if prefix:
-            timm_backbones.check_model(model)
-        elif model not in open_clip.list_models():
-            raise FeatcacheError(
-                f"Unknown backbone '{spec}': open_clip has no model '{model}'."
-                f"{did_you_mean(model, open_clip.list_models())} Write MODEL[:WEIGHTS] for "
-                "open_clip (ViT-B-16:openai) or timm:NAME[:WEIGHTS] for timm (timm:resnet18); "
-                "`featcache models` lists both."
-            )
-        return cls(spec, model, weights or None)
-
-    @property
-    def is_timm(self) -> bool:
-        return timm_backbones.is_timm(self.model)
-
-    def weights(self) -> str:
-        """The weights this spec resolves to (tag, file or ``random``)."""
-        return self.pretrained or models.default_pretrained(self.model)
-
-    def slug(self) -> str:
-        """File-name-safe ``model-weights`` (a weights file adds a hash of its path)."""
-        w = self.weights()
-        if Path(w).suffix or "/" in w:
-            digest = hashlib.sha1(str(Path(w).expanduser().resolve()).encode()).hexdigest()[:8]
-            w = f"{Path(w).stem}-{digest}"
-        return f"{self.model}-{w}".replace(":", "-").replace("/", "-")
 
 
 @dataclass(frozen=True)
@@ -329,49 +279,7 @@ class BenchConfig:
 
 
 # --------------------------------------------------------------------------------------
-# Data: files, per-class draws
-
-
-def download_npz(root: Path, subset: str, size: int) -> Path:
-    """Fetch ``subset`` at ``size`` into ``root`` with the ``medmnist`` package (needs network)."""
-    try:
-        import medmnist
-    except ImportError:
-        raise FeatcacheError(
-            "--download needs the medmnist package: pip install 'featcache[medmnist]' "
-            "(or pip install medmnist), or put the npz files under --root yourself."
-        ) from None
-    root.mkdir(parents=True, exist_ok=True)
-    info = medmnist.INFO[subset]
-    data_class = getattr(medmnist, info["python_class"])
-    try:
-        data_class(split="train", download=True, root=str(root), size=size)
-    except Exception as e:  # network / zenodo errors come in many kinds
-        raise FeatcacheError(f"Downloading {subset} (size {size}) into {root} failed: {e}") from e
-    return find_npz(root, subset, size)
-
-
-def locate_files(cfg: BenchConfig) -> dict[tuple[str, int], Path]:
-    """The npz file of every data set × size; missing ones are downloaded or reported together."""
-    if cfg.root is None:
-        raise FeatcacheError("featcache bench medmnist needs --root DIR (the folder of the MedMNIST npz files).")
-    root = Path(cfg.root)
-    found, missing = {}, []
-    for subset in cfg.datasets:
-        for size in cfg.sizes:
-            try:
-                found[(subset, size)] = find_npz(root, subset, size)
-            except DataError as e:
-                if cfg.download:
-                    found[(subset, size)] = download_npz(root, subset, size)
-                else:
-                    missing.append(str(e))
-    if missing:
-        raise DataError(
-            "\n".join(missing) + "\nPut the official MedMNIST npz files under --root, or pass "
-            "--download (needs the medmnist package and network access)."
-        )
-    return found
+# Data: per-class draws (the npz files: featcache.datasets.medmnist.locate_files)
 
 
 def per_class_subset(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: int, draw: str = "random") -> np.ndarray:
@@ -804,7 +712,7 @@ def run(cfg: BenchConfig, *, overwrite: bool = False) -> BenchResult:
     ``overwrite`` (then its files are deleted once the benchmark has finished)."""
     t0 = time.perf_counter()
     specs = cfg.backbone_specs  # names checked before any work
-    files = locate_files(cfg)
+    files = locate_files(cfg.root, cfg.datasets, cfg.sizes, download=cfg.download)
     for subset in cfg.datasets:
         medmnist_descriptor(subset)
     device = resolve_device(cfg.device)

@@ -20,12 +20,12 @@ from click.testing import CliRunner
 from fixtures_data import write_medmnist
 from sklearn.metrics import accuracy_score, roc_auc_score
 
+from featcache.backbones import BackboneSpec
 from featcache.cache import open_cache
 from featcache.cli import main
 from featcache.errors import DataError, FeatcacheError
 from featcache.models import image_features, load_backbone
 from featcache.pipelines.bench_medmnist import (
-    BackboneSpec,
     BenchConfig,
     ProbeRecipe,
     batch_plan,

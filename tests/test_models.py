@@ -191,7 +191,8 @@ def test_extraction_records_quick_gelu_in_meta_and_fingerprints(hub: Path, monke
 
 
 def test_benchmark_fine_tuning_builds_through_the_loader(hub: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from featcache.pipelines.bench_medmnist import BackboneSpec, _encoder_for_finetuning
+    from featcache.backbones import BackboneSpec
+    from featcache.pipelines.bench_medmnist import _encoder_for_finetuning
 
     register_tags(monkeypatch, {QUICK_TAG: _pcfg(hf_hub=f"{HUB_REPO}/", quick_gelu=True)})
     lay(hub, HUB_REPO, {"open_clip_pytorch_model.bin": as_bytes(tiny_weights())})

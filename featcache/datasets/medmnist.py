@@ -9,6 +9,9 @@ The whole file is decoded once into ``Manifest.arrays`` (``[N, H, W, C]`` uint8,
 C = 1 for the grey sets, 3 for RGB) so extraction never touches PIL. Grey images stay one
 channel in memory (TissueMNIST at 224: ~12 GB, not ~35 GB) and are broadcast to three on
 the device, batch by batch.
+
+:func:`locate_files` finds (or, with ``download``, fetches: :func:`download_npz`) the npz file of
+every data set × size for ``featcache bench medmnist``.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from featcache.datasets.base import (
     load_descriptor,
     require_root,
 )
-from featcache.errors import DataError, unknown
+from featcache.errors import DataError, FeatcacheError, unknown
 
 SUBSETS = (
     "pathmnist",
@@ -138,6 +141,50 @@ def find_npz(root: Path, subset: str, size: int | None) -> Path:
         f"Several MedMNIST files for {subset} in {root} ({', '.join(p.name for p in sized)}); "
         "choose one with the size option."
     )
+
+
+def download_npz(root: Path, subset: str, size: int) -> Path:
+    """Fetch ``subset`` at ``size`` into ``root`` with the ``medmnist`` package (needs network)."""
+    try:
+        import medmnist
+    except ImportError:
+        raise FeatcacheError(
+            "--download needs the medmnist package: pip install 'featcache[medmnist]' "
+            "(or pip install medmnist), or put the npz files under --root yourself."
+        ) from None
+    root.mkdir(parents=True, exist_ok=True)
+    info = medmnist.INFO[subset]
+    data_class = getattr(medmnist, info["python_class"])
+    try:
+        data_class(split="train", download=True, root=str(root), size=size)
+    except Exception as e:  # network / zenodo errors come in many kinds
+        raise FeatcacheError(f"Downloading {subset} (size {size}) into {root} failed: {e}") from e
+    return find_npz(root, subset, size)
+
+
+def locate_files(root: str | Path | None, datasets: tuple[str, ...], sizes: tuple[int, ...], *,
+                 download: bool = False) -> dict[tuple[str, int], Path]:
+    """The npz file of every data set × size (``featcache bench medmnist``'s ``--root``,
+    ``--datasets``, ``--sizes``); missing ones are downloaded (``download``) or reported together."""
+    if root is None:
+        raise FeatcacheError("featcache bench medmnist needs --root DIR (the folder of the MedMNIST npz files).")
+    root = Path(root)
+    found, missing = {}, []
+    for subset in datasets:
+        for size in sizes:
+            try:
+                found[(subset, size)] = find_npz(root, subset, size)
+            except DataError as e:
+                if download:
+                    found[(subset, size)] = download_npz(root, subset, size)
+                else:
+                    missing.append(str(e))
+    if missing:
+        raise DataError(
+            "\n".join(missing) + "\nPut the official MedMNIST npz files under --root, or pass "
+            "--download (needs the medmnist package and network access)."
+        )
+    return found
 
 
 def _labels(raw: np.ndarray, descriptor: Descriptor, where: str) -> np.ndarray:
