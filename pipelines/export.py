@@ -71,26 +71,12 @@ def build_classifier(run_dir: str | Path, *, cache: str | None = None,
     source = run.source_cache(cache)
     backbone, prep, _ = backbone_for_cache(source.meta, pretrained=pretrained, views=run.views, device=dev)
     module = RunClassifier(backbone.visual.float(), run, prep.mean, prep.std).eval().requires_grad_(False)
-    metadata = {
-        "format": "featcache-classifier/1",
-        "class_names": list(source.class_names),
-        "class_ids": list(run.class_ids),
-        "input": "uint8 [B, V, 3, S, S]: V = 1 (standard view) or 5 (TTE crops)",
-        "outputs": ["logits [B, C]: mean over seeds", "probs [B, C]: mean over seeds of softmax"],
-        "size": prep.size,
-        "mean": list(prep.mean),
-        "std": list(prep.std),
-        "interpolation": prep.interpolation,
-        "resize_mode": prep.resize_mode,
-        "resize": prep.resize,
-        "resize_to": prep.size,  # the shorter side before the centre crop (standard view)
-        "views": list(run.views),
-        "tte_expand": prep.tte_expand,
-        "model": source.meta["model"],
-        "weights_id": source.meta["weights_id"],
-        "run": str(Path(run_dir)),
-        "seeds": [s.seed for s in run.seeds],
-    }
+    metadata = _metadata(
+        class_names=source.class_names, class_ids=run.class_ids, centre="standard view", prep=prep,
+        interpolation=prep.interpolation, resize_mode=prep.resize_mode, resize=prep.resize,
+        resize_to=prep.size,  # the shorter side before the centre crop (standard view)
+        views=run.views, model=source.meta["model"], weights_id=source.meta["weights_id"],
+        run_dir=run_dir, seeds=[s.seed for s in run.seeds])
     return module, metadata
 
 
@@ -110,32 +96,48 @@ def _lift_classifier(run_dir: Path, *, cache: str | None, pretrained: str | None
     module = LiftClassifier(towers, prep.mean, prep.std).eval().requires_grad_(False)
     S, method = prep.size, run.method
     tte = run.views != ("standard",)
-    metadata = {
+    metadata = _metadata(
+        class_names=run.class_names, class_ids=run.class_ids, centre="LIFT's centre view", prep=prep,
+        interpolation="bilinear", resize_mode="shortest", resize="scale",
+        resize_to=S * 8 // 7,  # LIFT's test transform: Resize(S*8//7) + CenterCrop(S)
+        views=run.views, model=run.config["model"], weights_id=run.config["weights_id"],
+        run_dir=run_dir, seeds=[s.seed for s in run.seeds],
+        eval_transform=(f"Resize({S + prep.tte_expand}, bilinear) + FiveCrop({S})" if tte
+                        else f"Resize({S * 8 // 7}, bilinear) + CenterCrop({S})"),
+        pipeline="finetune",
+        method={"name": method.name, **dataclasses.asdict(method)},
+        merged="LoRA deltas merged into the attention weights" if method.name == "lora" else None)
+    return module, metadata
+
+
+def _metadata(*, class_names: list[str], class_ids: list[str], centre: str, prep: object,
+              interpolation: str, resize_mode: str, resize: str, resize_to: int, views: tuple[str, ...],
+              model: str, weights_id: str, run_dir: str | Path, seeds: list[int], **extra: object) -> dict:
+    """The artefact's ``featcache.json``: what a user needs to feed it pixels and read its
+    outputs without featcache (class names, the preprocessing constants, the views), and
+    where it came from; ``extra`` adds a run kind's own keys (LIFT: its eval transform and
+    method)."""
+    return {
         "format": "featcache-classifier/1",
-        "class_names": list(run.class_names),
-        "class_ids": list(run.class_ids),
-        "input": "uint8 [B, V, 3, S, S]: V = 1 (LIFT's centre view) or 5 (TTE crops)",
+        "class_names": list(class_names),
+        "class_ids": list(class_ids),
+        "input": f"uint8 [B, V, 3, S, S]: V = 1 ({centre}) or 5 (TTE crops)",
         "outputs": ["logits [B, C]: mean over seeds", "probs [B, C]: mean over seeds of softmax"],
-        "size": S,
+        "size": prep.size,
         "mean": list(prep.mean),
         "std": list(prep.std),
-        "interpolation": "bilinear",
-        "resize_mode": "shortest",
-        "resize": "scale",
-        "resize_to": S * 8 // 7,  # LIFT's test transform: Resize(S*8//7) + CenterCrop(S)
-        "eval_transform": (f"Resize({S + prep.tte_expand}, bilinear) + FiveCrop({S})" if tte
-                           else f"Resize({S * 8 // 7}, bilinear) + CenterCrop({S})"),
-        "views": list(run.views),
+        "interpolation": interpolation,
+        "resize_mode": resize_mode,
+        "resize": resize,
+        "resize_to": resize_to,
+        "views": list(views),
         "tte_expand": prep.tte_expand,
-        "model": run.config["model"],
-        "weights_id": run.config["weights_id"],
-        "pipeline": "finetune",
-        "method": {"name": method.name, **dataclasses.asdict(method)},
-        "merged": "LoRA deltas merged into the attention weights" if method.name == "lora" else None,
-        "run": str(run_dir),
-        "seeds": [s.seed for s in run.seeds],
+        "model": model,
+        "weights_id": weights_id,
+        "run": str(Path(run_dir)),
+        "seeds": seeds,
+        **extra,
     }
-    return module, metadata
 
 
 def run(cfg: ExportConfig) -> ExportResult:
