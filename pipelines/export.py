@@ -87,10 +87,7 @@ def _lift_classifier(run_dir: Path, *, cache: str | None, pretrained: str | None
     eval preprocessing constants (:mod:`featcache.pipelines.lift_run`)."""
     from featcache.pipelines.lift_run import LiftClassifier, load_lift_run
 
-    if cache is not None:
-        raise FeatcacheError(f"Run {run_dir} is a LIFT fine-tuning run: its backbone comes from its own "
-                             "config.json, not from a cache; drop --cache.")
-    run = load_lift_run(run_dir)
+    run = load_lift_run(run_dir, cache=cache)
     backbone, prep, _ = run.backbone(pretrained, dev)
     towers = [run.seed_model(backbone, k, dev, merge=True) for k in range(len(run.seeds))]
     module = LiftClassifier(towers, prep.mean, prep.std).eval().requires_grad_(False)

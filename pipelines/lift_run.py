@@ -190,9 +190,14 @@ class LiftRun:
         return model.eval().requires_grad_(False)
 
 
-def load_lift_run(run_dir: str | Path) -> LiftRun:
-    """Load a finetune run's ``config.json`` and every finished ``checkpoints/seed-S.pt`` (``weights_only=True``)."""
+def load_lift_run(run_dir: str | Path, *, cache: str | None = None) -> LiftRun:
+    """Load a finetune run's ``config.json`` and every finished ``checkpoints/seed-S.pt``
+    (``weights_only=True``). ``cache`` is what the user passed as ``--cache`` to ``predict`` or
+    ``export``: a LIFT run has none (its backbone is its own), so one given is refused."""
     run_dir = Path(run_dir)
+    if cache is not None:
+        raise FeatcacheError(f"Run {run_dir} is a LIFT fine-tuning run: its backbone is rebuilt from its own "
+                             "config.json, not from a cache; drop --cache.")
     config_path = run_dir / "config.json"
     if not (run_dir / "metrics.json").exists() or not config_path.exists():
         raise FeatcacheError(f"{run_dir} is not a finished finetune run (no metrics.json/config.json); "

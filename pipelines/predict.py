@@ -341,10 +341,7 @@ def _predict_images_lift(run_dir: Path, images: list[str] | tuple[str, ...], out
     from featcache.images import encode_images, image_manifest, image_paths
     from featcache.pipelines.lift_run import load_lift_run, seed_logits_of_images
 
-    if cache is not None:
-        raise FeatcacheError(f"Run {run_dir} is a LIFT fine-tuning run: its backbone is rebuilt from its own "
-                             "config.json, not from a cache; drop --cache.")
-    run = load_lift_run(run_dir)
+    run = load_lift_run(run_dir, cache=cache)
     backbone, prep, dtype = run.backbone(pretrained, dev)
     manifest = image_manifest(image_paths(images), run.class_names)
 
