@@ -107,7 +107,6 @@ RUN_LEVEL = {
 MEMBER_KNOBS = frozenset(f.name for f in fields(MemberSpec))
 EVAL_ONLY = frozenset({"posthoc_tau"})
 SELECT_METRICS = METRIC_KEYS
-DEFAULT_VAL_FRACTION = knobs.GRID_VAL_FRACTION  # the CLI's --val-fraction default
 
 
 # --------------------------------------------------------------------------------------

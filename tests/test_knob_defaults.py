@@ -99,7 +99,7 @@ def test_option_defaults_are_the_config_defaults(command: str) -> None:
             expected = defaults[p.name]
             if command == "grid" and p.name == "val_fraction":  # the grid's own default
                 assert cls in (train_head.TrainHeadConfig, grid.tfa_lt.TfaLtConfig)
-                expected = grid.DEFAULT_VAL_FRACTION
+                expected = knobs.GRID_VAL_FRACTION
             default = p.get_default(ctx, call=False)  # a flag's False (click keeps it unset)
             if (command, p.name) in TEXT_FOR_CONFIG_DEFAULT:
                 assert default == TEXT_FOR_CONFIG_DEFAULT[command, p.name] and not expected
@@ -113,10 +113,8 @@ def test_option_defaults_are_the_config_defaults(command: str) -> None:
 
 
 def test_grid_val_fraction_default_is_declared_once() -> None:
-    from featcache.pipelines import grid
-
     opt = next(p for p in _command("grid").params if p.name == "val_fraction")
-    assert opt.default == grid.DEFAULT_VAL_FRACTION == knobs.GRID_VAL_FRACTION == 0.2
+    assert opt.default == knobs.GRID_VAL_FRACTION == 0.2
 
 
 def test_head_option_none_runs_the_config_default_head(tmp_path: Path) -> None:
