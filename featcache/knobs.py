@@ -56,7 +56,9 @@ BATCH_SIZE = 128
 LR = 0.1
 WEIGHT_DECAY = 5e-4
 MOMENTUM = 0.9
-SCHEDULE = "cosine"  # cosine annealing to 0 (or "constant")
+SCHEDULE = "cosine"  # cosine annealing to 0 (or "constant", or "step": per-iteration step decay)
+# SGD with momentum (TFA-LT, DESIGN.md §1); "adamw" is torch.optim.AdamW (the MedMNIST probes: FMMIC)
+OPTIMIZER = "sgd"
 ENSEMBLE_EPOCHS = 100  # TFA-LT stage II
 ENSEMBLE_LR = 0.1  # TFA-LT stage II (the paper's one lr for both stages)
 BASELINE_EPOCHS = 300  # TFA-LT's Table 1 SGD comparison methods (CE, Focal)

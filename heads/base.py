@@ -40,10 +40,11 @@ from featcache import knobs
 from featcache.errors import FeatcacheError, did_you_mean, number_problem
 from featcache.lift import cosine_logits
 from featcache.registry import Registry
-from featcache.schedules import EPOCH_SCHEDULES
+from featcache.schedules import SCHEDULES
 from featcache.seeding import stream_seed, torch_generator
 
-SCHEDULES = EPOCH_SCHEDULES  # featcache.schedules
+#: The batched trainer's optimisers (featcache.heads.training): SGD with momentum, AdamW.
+OPTIMIZERS = ("sgd", "adamw")
 # Weights with fewer elements than this (per product) keep fp32 products under bf16/fp16: a
 # 7-class classifier's product is bound by per-operation overhead, and casting its operands
 # only adds time (measured on 2 CPU cores: TFA-LT's [7, 14] ensembler step 0.55 -> 0.7 ms).
@@ -55,24 +56,36 @@ INITS = ("random", "text", "class-mean")
 class MemberSpec:
     """Every per-member knob of a batched training run (names are the CLI's long options).
 
-    Optimisation (``lr``, ``weight_decay``, ``momentum``, ``epochs``, ``batch_size``,
-    ``schedule``), loss (``loss`` and its knobs ``gamma``, ``la_tau``, ``cb_beta``), sampling
+    Optimisation (``optimizer``, ``lr``, ``weight_decay``, ``momentum`` (SGD only),
+    ``epochs``, ``batch_size``, ``schedule`` with ``lr_decay`` and ``decay_every`` for
+    ``step``, ``steps``, ``drop_last``), loss (``loss`` and its knobs ``gamma``, ``la_tau``, ``cb_beta``), sampling
     (``sampler``), head (``tau`` cosine-logit temperature, ``sigma`` cosine-classifier scale,
     ``init``) and randomness (``seed``; ``stream`` names the random stream, so two members
     that differ only in optimisation knobs see the same initial values and batches).
     Defaults are TFA-LT's (DESIGN.md §1): SGD momentum 0.9, wd 5e-4, batch 128, lr 0.1 cosine.
+
+    An epoch is one draw of the sampler cut into batches of ``batch_size``; its last partial
+    batch is a smaller batch, or dropped with ``drop_last`` (``torch.utils.data.DataLoader``'s
+    meaning). A run lasts ``epochs`` epochs, or with ``steps > 0`` exactly ``steps``
+    optimiser steps (epochs repeat; the last one may end early): the MedMNIST probes' fixed
+    iteration budget.
     """
 
     seed: int = 0
     stream: str = "head"
     sampler: str = knobs.SAMPLER
     loss: str = knobs.LOSS
+    optimizer: str = knobs.OPTIMIZER
     lr: float = knobs.LR
     weight_decay: float = knobs.WEIGHT_DECAY
     momentum: float = knobs.MOMENTUM
     epochs: int = knobs.EPOCHS
     batch_size: int = knobs.BATCH_SIZE
     schedule: str = knobs.SCHEDULE
+    lr_decay: float = knobs.MEDMNIST_LR_DECAY  # schedule "step": lr · lr_decay^⌊t / decay_every⌋
+    decay_every: int = knobs.MEDMNIST_DECAY_EVERY  # iterations (FMMIC's 200)
+    steps: int = 0  # > 0: exactly this many optimiser steps instead of ``epochs`` epochs
+    drop_last: bool = False  # drop each epoch's last partial batch
     gamma: float = knobs.GAMMA  # focal loss
     la_tau: float = knobs.LA_TAU  # logit-adjusted loss
     cb_beta: float = knobs.CB_BETA  # class-balanced loss
@@ -101,6 +114,14 @@ class MemberSpec:
             raise bad("batch_size", "expected an integer >= 1")
         if self.schedule not in SCHEDULES:
             raise bad("schedule", f"expected one of {', '.join(SCHEDULES)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"expected one of {', '.join(OPTIMIZERS)}")
+        if not 0 < self.lr_decay <= 1:
+            raise bad("lr_decay", "expected 0 < lr_decay <= 1")
+        if self.decay_every < 1:
+            raise bad("decay_every", "expected an integer >= 1")
+        if self.steps < 0:
+            raise bad("steps", "expected an integer >= 0 (0: run for the epochs)")
         if self.gamma < 0:
             raise bad("gamma", "expected >= 0")
         if not 0 <= self.cb_beta < 1:

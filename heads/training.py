@@ -3,9 +3,11 @@
 Every step reads one batch of rows per member, ``idx`` ``[G, B]`` from that member's own
 sampler stream, gathers ``x = inputs[idx]`` ``[G, B, D]`` and runs the batched head once
 (``torch.bmm`` over the member dimension). The loss is the sum over members of each member's
-masked mean loss, so one backward gives every member exactly its own gradient. SGD with
-momentum, weight decay and a cosine schedule is applied to the stacked parameters with
-per-member ``[G]`` learning rates, weight decays and momenta. With ``share_batches=True`` (a
+masked mean loss, so one backward gives every member exactly its own gradient. The
+optimiser (SGD with momentum, or AdamW) and the schedule (cosine, constant, or per-iteration
+step decay) are applied to the stacked parameters with per-member ``[G]`` learning rates,
+weight decays and momenta. This one trainer serves every head, TFA-LT's stages, the grid and
+the MedMNIST benchmark's linear probes (AdamW with FMMIC's step decay). With ``share_batches=True`` (a
 grid), adjacent members that draw the same batches read one gather ``[B, D]`` and a head with
 ``forward_shared`` (linear, cosine) computes them all in one ``[B, D] @ [D, G·C]`` product.
 
@@ -29,16 +31,22 @@ master weights, their gradients and the optimiser state are fp32, and logits, so
 losses are fp32. ``"fp32"`` (the default) runs the exact fp32 arithmetic, unchanged.
 
 SGD follows ``torch.optim.SGD`` (dampening 0, no Nesterov): d = g + wd·p; buf = m·buf + d
-(buf = d at the first step); p = p − lr·buf. The cosine schedule (featcache.schedules) is per epoch, as
-``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch: lr_e = lr·(1 + cos(π e / E)) / 2.
+(buf = d at the first step); p = p − lr·buf. AdamW follows ``torch.optim.AdamW`` (its
+defaults β = (0.9, 0.999), ε = 1e-8, no amsgrad): p ← p·(1 − lr·wd); m ← β1·m + (1 − β1)·g;
+v ← β2·v + (1 − β2)·g²; p ← p − lr/(1 − β1^t) · m / (√v / √(1 − β2^t) + ε), t the member's
+step count (members only ever sit out after their run ended, so t is the global step). The
+rates come from :func:`featcache.schedules.step_rates`: cosine is per epoch, as
+``CosineAnnealingLR(T_max=epochs)`` stepped once per epoch (lr_e = lr·(1 + cos(π e / E)) / 2);
+``step`` is ``StepLR`` stepped once per iteration.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -50,9 +58,13 @@ from featcache.heads.base import Head, MemberSpec
 from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
 from featcache.heads.samplers import SAMPLERS, Sampler
 from featcache.progress import bar as progress_bar
-from featcache.schedules import epoch_lr
+from featcache.schedules import epoch_lr, step_rates
 
 log = logging.getLogger(__name__)
+
+# torch.optim.AdamW's defaults (FMMIC passes none: Common_Trainer.py l. 94-95)
+ADAMW_BETAS = (0.9, 0.999)
+ADAMW_EPS = 1e-8
 
 
 @dataclass
@@ -65,8 +77,37 @@ class TrainResult:
 
 
 def lr_at_epoch(spec: MemberSpec, epoch: int) -> float:
-    """Learning rate of ``spec`` during ``epoch`` (0-based)."""
+    """Learning rate of ``spec`` during ``epoch`` (0-based), for the per-epoch schedules."""
     return epoch_lr(spec.schedule, spec.lr, epoch, spec.epochs)  # featcache.schedules
+
+
+def steps_per_epoch(spec: MemberSpec, epoch_length: int) -> int:
+    """Optimiser steps of one epoch of ``epoch_length`` rows: ⌈L / B⌉, or ⌊L / B⌋ with
+    ``drop_last`` (an error when that is none: the batch is larger than the epoch)."""
+    if spec.drop_last:
+        if spec.batch_size > epoch_length:
+            raise FeatcacheError(
+                f"drop_last with batch_size={spec.batch_size} leaves no batch of an epoch of "
+                f"{epoch_length} rows; use a batch of at most {epoch_length}.")
+        return epoch_length // spec.batch_size
+    return -(-epoch_length // spec.batch_size)
+
+
+def run_steps(spec: MemberSpec, per_epoch: int) -> int:
+    """Optimiser steps of the member's whole run: ``steps``, else epochs × steps per epoch."""
+    return spec.steps if spec.steps > 0 else spec.epochs * per_epoch
+
+
+def run_epochs(spec: MemberSpec, per_epoch: int) -> int:
+    """Epochs the run starts (the last may be cut short by ``steps``)."""
+    return -(-spec.steps // per_epoch) if spec.steps > 0 else spec.epochs
+
+
+def member_rates(spec: MemberSpec, per_epoch: int) -> np.ndarray:
+    """``[steps]`` learning rate of each of the member's optimiser steps (featcache.schedules)."""
+    return np.asarray(step_rates(spec.schedule, spec.lr, run_steps(spec, per_epoch), per_epoch,
+                                 run_epochs(spec, per_epoch), spec.lr_decay, spec.decay_every),
+                      dtype=np.float32)
 
 
 class _Stream:
@@ -78,7 +119,7 @@ class _Stream:
         self.sampler, self.pool, self.spec, self.width = sampler, pool, spec, width
         self.gen = spec.generator("sample", pool.device)
         self.length = sampler.epoch_length
-        self.per_epoch = -(-self.length // spec.batch_size)
+        self.per_epoch = steps_per_epoch(spec, self.length)
         self.remaining = total  # real steps still to produce
         self.blocks: list[tuple[torch.Tensor, torch.Tensor]] = []
         self.pending = 0
@@ -86,15 +127,19 @@ class _Stream:
         B, L, k = spec.batch_size, self.length, self.per_epoch
         w = np.zeros((k, width), dtype=np.float32)
         w[:, :B] = 1.0 / B
-        last = L - (k - 1) * B
-        w[-1, :] = 0.0
-        w[-1, :last] = 1.0 / last
+        if not spec.drop_last:
+            last = L - (k - 1) * B
+            w[-1, :] = 0.0
+            w[-1, :last] = 1.0 / last
         self.epoch_weights = torch.from_numpy(w).to(pool.device)  # [k, Bmax]
 
     def _epoch(self) -> None:
         B, k = self.spec.batch_size, self.per_epoch
         rows = self.pool[self.sampler.draw(self.gen)]  # [L] global row indices
-        rows = torch.nn.functional.pad(rows, (0, k * B - self.length)).view(k, B)
+        if self.spec.drop_last:
+            rows = rows[: k * B].view(k, B)  # the tail of the epoch is dropped
+        else:
+            rows = torch.nn.functional.pad(rows, (0, k * B - self.length)).view(k, B)
         if self.width > B:
             rows = torch.nn.functional.pad(rows, (0, self.width - B))
         self.blocks.append((rows, self.epoch_weights))
@@ -123,6 +168,21 @@ class _Stream:
             idx.append(torch.zeros(n - real, self.width, dtype=torch.long, device=dev))
             wts.append(torch.zeros(n - real, self.width, device=dev))
         return torch.cat(idx), torch.cat(wts)
+
+
+def batch_rows(spec: MemberSpec, labels: torch.Tensor, pool: torch.Tensor, num_classes: int,
+               *, chunk_steps: int = 512) -> Iterator[torch.Tensor]:
+    """The rows of each of ``spec``'s optimiser steps, exactly as :func:`train_members` draws
+    them for that member (its sampler, seed stream, batch size, ``drop_last``, run length):
+    for a loop that cannot be batched, such as the MedMNIST benchmark's end-to-end
+    fine-tuning, so that it sees the batches its linear probe of the same seed sees."""
+    sampler = SAMPLERS.get(spec.sampler)(labels[pool], num_classes)
+    total = run_steps(spec, steps_per_epoch(spec, sampler.epoch_length))
+    stream = _Stream(sampler, pool, spec, spec.batch_size, total)
+    for c0 in range(0, total, chunk_steps):
+        idx, w = stream.take(min(chunk_steps, total - c0))
+        for rows, weights in zip(idx, w, strict=True):
+            yield rows[weights > 0]
 
 
 # glibc's mallopt parameters and their defaults (malloc.h: M_TRIM_THRESHOLD -1, M_MMAP_THRESHOLD -3)
@@ -187,6 +247,8 @@ def train_members(
     cuda_graphs: bool = False,
     progress: bool | None = None,
     desc: str = "train",
+    checkpoint_at: Collection[int] = (),
+    on_checkpoint: Callable[[int, Head], None] | None = None,
 ) -> TrainResult:
     """Train every member of ``head`` in place, jointly; return per-epoch losses.
 
@@ -219,6 +281,14 @@ def train_members(
     bar named ``desc`` over the epochs of the longest member (every member trains in the
     same vectorised steps), with the mean loss of the last epoch over the members still
     training and an ETA; reading the loss costs one device sync per epoch, only while shown.
+
+    ``on_checkpoint(t, head)`` is called after optimiser step ``t`` (1-based) for every ``t``
+    in ``checkpoint_at``, with the live head (copy what you keep): the MedMNIST benchmark keeps
+    each member's best-validation weights this way. A member whose run ended before ``t``
+    holds its final weights.
+
+    Every member of one call uses one ``optimizer`` (the state differs: momentum for SGD, two
+    moments for AdamW); a grid trains each optimiser as its own head.
     """
     t0 = time.perf_counter()
     members = head.members
@@ -240,6 +310,12 @@ def train_members(
                 f"{'multi-label' if multi else 'single-label'} labels; use "
                 f"{'bce' if multi else 'ce, focal, la, bs or cb'}."
             )
+    optimizers = sorted({m.optimizer for m in members})
+    if len(optimizers) > 1:
+        raise FeatcacheError(
+            f"The members of one batched run share one optimizer; got {', '.join(optimizers)} "
+            "(train each optimizer as its own head, as featcache grid does).")
+    adamw = optimizers == ["adamw"]
     head.attach_data(inputs, labels, pools)  # heads that keep training rows (k-NN, Tip-Adapter)
     params = [p for p in head.parameters() if p.requires_grad]
     if not head.trainable or not params:
@@ -247,8 +323,8 @@ def train_members(
 
     samplers = [SAMPLERS.get(m.sampler)(labels[p], C) for m, p in zip(members, pools, strict=True)]
     width = max(m.batch_size for m in members)
-    per_epoch = [-(-s.epoch_length // m.batch_size) for s, m in zip(samplers, members, strict=True)]
-    totals = [k * m.epochs for k, m in zip(per_epoch, members, strict=True)]
+    per_epoch = [steps_per_epoch(m, s.epoch_length) for s, m in zip(samplers, members, strict=True)]
+    totals = [run_steps(m, k) for k, m in zip(per_epoch, members, strict=True)]
     S = max(totals)
     # runs of members that read one batch stream: [(g0, g1)], one member each unless shared
     forward_shared = share_batches and shared and type(head).forward_shared is not Head.forward_shared
@@ -261,8 +337,7 @@ def train_members(
     # The step plan, on the host: learning rate and activity of every member at every step.
     lr_plan = np.zeros((S, G), dtype=np.float32)
     for g, (m, k) in enumerate(zip(members, per_epoch, strict=True)):
-        lrs = np.array([lr_at_epoch(m, e) for e in range(m.epochs)], dtype=np.float32)
-        lr_plan[: totals[g], g] = np.repeat(lrs, k)
+        lr_plan[: totals[g], g] = member_rates(m, k)  # featcache.schedules.step_rates
     active_plan = np.arange(S)[:, None] < np.array(totals)[None, :]  # [S, G]
     all_active = active_plan.all(1)
 
@@ -271,7 +346,13 @@ def train_members(
 
     wd = [member_view([m.weight_decay for m in members], p) for p in params]
     mom = [member_view([m.momentum for m in members], p) for p in params]
-    bufs = [torch.zeros_like(p) for p in params]  # momentum
+    bufs = [torch.zeros_like(p) for p in params]  # SGD momentum; AdamW's first moment
+    second = [torch.zeros_like(p) for p in params] if adamw else []  # AdamW's second moment
+    # AdamW's bias corrections of step t (row t-1): 1/(1 − β1^t) and √(1 − β2^t), on the device
+    # so that a CUDA graph reads them by the step's index
+    beta1, beta2 = ADAMW_BETAS
+    corrections = torch.tensor([[1.0 / (1 - beta1**t), math.sqrt(1 - beta2**t)] for t in range(1, S + 1)],
+                               device=dev) if adamw else None
     scratches = [torch.empty_like(p) for p in params]  # reused by steps where members sit out
     knobs = {k: torch.tensor([getattr(m, k) for m in members], device=dev) for k in LOSS_KNOBS}
     counts = torch.stack([class_counts(labels[p], C) for p in pools])  # [G, C]
@@ -306,7 +387,10 @@ def train_members(
         loss = (per_row * w).sum(1)  # [G]: each member's mean over its real rows
         grads = torch.autograd.grad(loss.sum(), params)
         with torch.no_grad():
-            if all_act:
+            if adamw:
+                bc = corrections[pos].view(2)
+                _adamw_step(params, grads, bufs, second, wd, lr, bc[0], bc[1], None if all_act else act)
+            elif all_act:
                 _sgd_step(params, grads, bufs, wd, mom, lr, None)
             else:
                 _sgd_step(params, grads, bufs, wd, mom, lr, act, scratches)
@@ -317,7 +401,8 @@ def train_members(
 
     graphs = _StepGraphs(step, dev, K, G, width) if cuda_graphs else None
     ref = int(np.argmax(totals))  # the longest member: its epochs are the bar's
-    bar = progress_bar(members[ref].epochs, desc, progress=progress)
+    bar = progress_bar(run_epochs(members[ref], per_epoch[ref]), desc, progress=progress)
+    checkpoint_at = set(checkpoint_at) if on_checkpoint is not None else set()
     ref_steps = per_epoch[ref]
 
     def epoch_done(t: int) -> None:
@@ -348,15 +433,13 @@ def train_members(
                 else:
                     graphs.run(idx_c[j], w_c[j], lr_c[j], act_c[j], bool(all_active[c0 + j]), c0 + j)
                 epoch_done(c0 + j)
+                if c0 + j + 1 in checkpoint_at:
+                    on_checkpoint(c0 + j + 1, head)
+                    head.train()
     bar.close()
     head.eval()
     hist = hist_dev.cpu().numpy()
-    epoch_loss = [
-        hist[: totals[g], g].reshape(members[g].epochs, per_epoch[g]).mean(1).tolist()
-        if totals[g]
-        else []
-        for g in range(G)
-    ]
+    epoch_loss = [_epoch_means(hist[: totals[g], g], per_epoch[g]) for g in range(G)]
     seconds = time.perf_counter() - t0
     log.info("trained %d member(s) of '%s' on %d batch stream(s) for %d steps in %.2f s (%s%s)",
              G, head.name, K, S, seconds, precision,
@@ -473,6 +556,49 @@ def _member_losses(
         sub_prior = ClassPrior(prior.counts[sel], prior.log_prior[sel])
         out = out.index_copy(0, sel, fn(logits[sel], y[sel], sub_knobs, sub_prior))
     return out
+
+
+def _epoch_means(losses: np.ndarray, per_epoch: int) -> list[float]:
+    """Mean step loss of each epoch (a last epoch cut short by ``steps`` over its own steps)."""
+    whole = len(losses) // per_epoch
+    out = losses[: whole * per_epoch].reshape(whole, per_epoch).mean(1).tolist()
+    if len(losses) % per_epoch:
+        out.append(float(losses[whole * per_epoch :].mean()))
+    return out
+
+
+def _adamw_step(
+    params: list[torch.Tensor],
+    grads: tuple[torch.Tensor, ...],
+    exp_avg: list[torch.Tensor],
+    exp_avg_sq: list[torch.Tensor],
+    wd: list[torch.Tensor],
+    lr: torch.Tensor,  # [G]
+    inv_bc1: torch.Tensor,  # 1 / (1 − β1^t), a 0-d tensor
+    sqrt_bc2: torch.Tensor,  # √(1 − β2^t)
+    active: torch.Tensor | None,  # [G] bool, None when every member is active
+) -> None:
+    """One AdamW step on stacked parameters (``torch.optim.AdamW``'s single-tensor arithmetic,
+    per-member rates and decays); inactive members keep their weights and moments."""
+    beta1, beta2 = ADAMW_BETAS
+    for p, grad, m, v, wd_g in zip(params, grads, exp_avg, exp_avg_sq, wd, strict=True):
+        shape = (-1,) + (1,) * (p.dim() - 1)
+        lr_g = lr.view(shape)
+        if active is None:
+            p.mul_(1 - lr_g * wd_g)  # decoupled weight decay
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (v.sqrt() / sqrt_bc2).add_(ADAMW_EPS)
+            p.sub_(lr_g * inv_bc1 * m / denom)
+        else:
+            a = active.view(shape)
+            new_p = p * (1 - lr_g * wd_g)
+            new_m = torch.lerp(m, grad, 1 - beta1)
+            new_v = (v * beta2).addcmul_(grad, grad, value=1 - beta2)
+            new_p.sub_(lr_g * inv_bc1 * new_m / (new_v.sqrt() / sqrt_bc2).add_(ADAMW_EPS))
+            torch.where(a, new_m, m, out=m)
+            torch.where(a, new_v, v, out=v)
+            torch.where(a, new_p, p, out=p)
 
 
 def _sgd_step(

@@ -9,8 +9,9 @@
 2. for each data set × size × resize × backbone, extract the cache (one per combination,
    through :mod:`featcache.pipelines.extract`) or reuse it when it is already complete;
 3. linear probes from the cache (:func:`train_probes`): every learning rate of the grid and
-   every seed is one *member*, and all members of one cache train together in one batched
-   loop (AdamW, head lr decayed ×0.9 every 200 iterations; ``--recipe paper``: FMMIC's 15,000
+   every seed is one *member* of the one batched trainer
+   (:func:`featcache.heads.training.train_members`), and all members of one cache train
+   together (AdamW, head lr decayed ×0.9 every 200 iterations; ``--recipe paper``: FMMIC's 15,000
    iterations at batch 64 and lr 1e-3, see :data:`RECIPES`); the training set is the official
    train split, or for ``--per-class N`` N images per class from it (a fresh seeded draw, or
    FMMIC's first N); within each run the checkpoint with the best val ACC among
@@ -66,13 +67,15 @@ from featcache.datasets import build_manifest
 from featcache.datasets.medmnist import SIZES, SUBSETS, locate_files, medmnist_descriptor
 from featcache.device import autocast, resolve_device, resolve_precision
 from featcache.errors import DataError, FeatcacheError, unknown
+from featcache.heads.base import Head, HeadContext, MemberSpec, build_head
+from featcache.heads.training import batch_rows, predict_logits, train_members
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import extract
 from featcache.preprocess import RESIZE_MODES, Preprocessing, array_batch
 from featcache.progress import bar as progress_bar
 from featcache.runs import clear_run, refuse_existing_run, with_provenance
-from featcache.schedules import multiplier_at, step_decay_lr
-from featcache.seeding import legacy_random_state, numpy_generator, seed_global, torch_generator
+from featcache.schedules import multiplier_at
+from featcache.seeding import legacy_random_state, numpy_generator, seed_global
 
 log = logging.getLogger(__name__)
 
@@ -316,42 +319,37 @@ def per_class_subset(labels: np.ndarray, train_rows: np.ndarray, n: int, seed: i
 
 
 # --------------------------------------------------------------------------------------
-# The batched linear probe: AdamW with step decay, G members at once
+# The linear probes: members of the one batched trainer (AdamW with step decay)
 
 
 @dataclass(frozen=True)
 class ProbeRecipe:
-    """AdamW with a step-decayed learning rate (torch.optim.AdamW + StepLR, stepped per iteration)."""
+    """The probes' optimisation: AdamW (torch's defaults but the weight decay) with a
+    step-decayed learning rate (StepLR stepped per iteration), for ``iterations`` steps of
+    ``batch_size`` rows, each epoch a fresh shuffle whose last partial batch is dropped
+    (FMMIC's ``drop_last=True``, Common_Main.py l. 136-143)."""
 
     iterations: int = 1000
     batch_size: int = 128
     weight_decay: float = knobs.MEDMNIST_WEIGHT_DECAY
     lr_decay: float = knobs.MEDMNIST_LR_DECAY
     decay_every: int = knobs.MEDMNIST_DECAY_EVERY
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
 
-    def lr_at(self, lr: float | torch.Tensor, it: int) -> float | torch.Tensor:
-        """Learning rate at iteration ``it`` (0-based): lr · decay^⌊it / every⌋."""
-        return step_decay_lr(lr, it, self.lr_decay, self.decay_every)  # featcache.schedules
+    def member(self, pool_size: int, lr: float, seed: int, loss: str = "ce",
+               batch_size: int | None = None) -> MemberSpec:
+        """One probe as a member of :func:`featcache.heads.training.train_members`.
 
-
-def linear_init(in_dim: int, num_classes: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """nn.Linear's default initial values (U(±1/√D)) from a generator seeded by ``seed``."""
-    gen = torch_generator(seed)
-    bound = 1.0 / math.sqrt(in_dim)
-    weight = (torch.rand(num_classes, in_dim, generator=gen) * 2 - 1) * bound  # [C, D]
-    bias = (torch.rand(num_classes, generator=gen) * 2 - 1) * bound  # [C]
-    return weight, bias
-
-
-def batch_plan(pool: np.ndarray, iterations: int, batch_size: int, seed: int) -> np.ndarray:
-    """Row indices ``[iterations, b]`` (b = min(batch, pool size)): shuffled epochs, back to back."""
-    b = min(batch_size, len(pool))
-    need = iterations * b
-    rng = numpy_generator(seed, 0x42415443)
-    perms = [pool[rng.permutation(len(pool))] for _ in range(-(-need // len(pool)))]
-    return np.concatenate(perms)[:need].reshape(iterations, b)
+        The batch is at most the pool (b = min(batch, rows), so a small per-class subset still
+        trains); the initial values (nn.Linear's U(±1/√D)) and the batches come from ``seed``
+        alone (stream ``medmnist/probe``), so members that differ only in lr see the same data.
+        """
+        b = min(batch_size or self.batch_size, pool_size)
+        per_epoch = max(1, pool_size // max(b, 1))
+        return MemberSpec(seed=seed, stream="medmnist/probe", sampler="instance", loss=loss,
+                          optimizer="adamw", lr=lr, weight_decay=self.weight_decay, schedule="step",
+                          lr_decay=self.lr_decay, decay_every=self.decay_every,
+                          steps=self.iterations, epochs=-(-self.iterations // per_epoch),
+                          batch_size=b, drop_last=True)
 
 
 def check_iterations(n_pool: int, batch_size: int, iterations: int, checks: int) -> list[int]:
@@ -360,9 +358,9 @@ def check_iterations(n_pool: int, batch_size: int, iterations: int, checks: int)
     FMMIC (Common_Trainer.py l. 255-259) checks after epoch ``e`` when ``e % (E // n) == 0``
     or ``e == E - 1``, with ``E`` = iterations // batches per epoch (its loader drops the
     last partial batch, Common_Main.py l. 136-143) and ``n = min(10, E)``. An epoch here is
-    ``n_pool // b`` batches (b = min(batch, n_pool)); the final iteration is always checked
-    too (FMMIC stops at E whole epochs; featcache trains all ``iterations``). ``checks = 0``:
-    only the final weights.
+    the same ``n_pool // b`` batches (b = min(batch, n_pool), the last partial batch
+    dropped); the final iteration is always checked too (FMMIC stops at E whole epochs;
+    featcache trains all ``iterations``). ``checks = 0``: only the final weights.
     """
     if checks <= 0:
         return [iterations]
@@ -393,80 +391,30 @@ def train_probes(
     recipe: ProbeRecipe,
     num_classes: int,
     checkpoint_at: Collection[int] = (),
-    on_checkpoint: Callable[[int, torch.Tensor, torch.Tensor], None] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Train G linear heads at once; returns weights ``[G, C, D]`` and biases ``[G, C]``.
+    on_checkpoint: Callable[[int, Head], None] | None = None,
+) -> Head:
+    """Train G linear probes at once through the one trainer; returns the ``linear`` head.
 
     ``feats`` ``[N, D]`` and ``labels`` (``[N]`` long, or ``[N, C]`` float for multi-label,
     trained with BCE) live on the training device; member g trains on rows ``pools[g]`` with
-    learning rate ``lrs[g]``; its initial values and batches come from ``seeds[g]`` alone, so
-    members that differ only in lr see the same data, and a member trained with others ends
-    with the weights it gets alone. Each member's loss is the mean over its batch; the
-    summed loss gives every member exactly its own gradient, and AdamW is elementwise.
-    ``on_checkpoint(t, weight, bias)`` is called after iteration ``t`` (1-based) for every
-    ``t`` in ``checkpoint_at`` (the live tensors: copy what you keep).
+    learning rate ``lrs[g]`` and seed ``seeds[g]`` (:meth:`ProbeRecipe.member`). A member
+    trained with others ends with the weights it gets alone (the trainer's invariant).
+    ``on_checkpoint(t, head)`` is called after iteration ``t`` (1-based) for every ``t`` in
+    ``checkpoint_at`` (the live head: copy what you keep).
     """
     dev = feats.device
-    G, D, C = len(pools), feats.shape[1], num_classes
-    if not (len(lrs) == len(seeds) == G):
-        raise ValueError(f"{G} pools, {len(lrs)} lrs and {len(seeds)} seeds")
+    if not (len(lrs) == len(seeds) == len(pools)):
+        raise ValueError(f"{len(pools)} pools, {len(lrs)} lrs and {len(seeds)} seeds")
     for g, pool in enumerate(pools):
         if len(pool) == 0:
             raise FeatcacheError(f"Linear probe member {g} has an empty training set.")
-    multi = labels.dim() == 2
-    B = min(recipe.batch_size, max(len(p) for p in pools))
-    # host-side plan: row indices and row weights (1/b for real rows, 0 for padding) [T, G, B]
-    rows = np.zeros((recipe.iterations, G, B), dtype=np.int64)
-    wts = np.zeros((recipe.iterations, G, B), dtype=np.float32)
-    for g, (pool, seed) in enumerate(zip(pools, seeds, strict=True)):
-        plan = batch_plan(np.asarray(pool), recipe.iterations, recipe.batch_size, seed)
-        rows[:, g, : plan.shape[1]] = plan
-        wts[:, g, : plan.shape[1]] = 1.0 / plan.shape[1]
-    inits = [linear_init(D, C, s) for s in seeds]
-    weight = torch.stack([w for w, _ in inits]).to(dev).requires_grad_(True)  # [G, C, D]
-    bias = torch.stack([b for _, b in inits]).to(dev).requires_grad_(True)  # [G, C]
-    params = [weight, bias]
-    exp_avg = [torch.zeros_like(p) for p in params]
-    exp_sq = [torch.zeros_like(p) for p in params]
-    lr0 = torch.tensor(lrs, dtype=torch.float32, device=dev)  # [G]
-    beta1, beta2 = recipe.betas
-    chunk = 256
-    for c0 in range(0, recipe.iterations, chunk):
-        idx_c = torch.from_numpy(rows[c0 : c0 + chunk]).to(dev)  # [n, G, B]
-        w_c = torch.from_numpy(wts[c0 : c0 + chunk]).to(dev)
-        for j in range(idx_c.shape[0]):
-            it = c0 + j
-            idx = idx_c[j]  # [G, B]
-            x = feats[idx]  # [G, B, D]
-            y = labels[idx]  # [G, B] or [G, B, C]
-            logits = torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))  # [G, B, C]
-            if multi:
-                per_row = F.binary_cross_entropy_with_logits(logits, y, reduction="none").mean(-1)
-            else:
-                per_row = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(G, B)
-            loss = (per_row * w_c[j]).sum()  # sum over members of each member's mean
-            grads = torch.autograd.grad(loss, params)
-            lr = recipe.lr_at(lr0, it)  # [G]
-            step = it + 1
-            with torch.no_grad():
-                for p, grad, m, v in zip(params, grads, exp_avg, exp_sq, strict=True):
-                    shape = (G,) + (1,) * (p.dim() - 1)
-                    lr_g = lr.view(shape)
-                    p.mul_(1 - lr_g * recipe.weight_decay)  # decoupled weight decay
-                    m.lerp_(grad, 1 - beta1)
-                    v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                    denom = (v.sqrt() / math.sqrt(1 - beta2**step)).add_(recipe.eps)
-                    p.sub_(lr_g / (1 - beta1**step) * m / denom)
-            if on_checkpoint is not None and step in checkpoint_at:
-                on_checkpoint(step, weight.detach(), bias.detach())
-    return weight.detach(), bias.detach()
-
-
-@torch.no_grad()
-def probe_scores(weight: torch.Tensor, bias: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
-    """Logits of every member on ``feats`` ``[n, D]``: ``[G, n, C]``."""
-    x = feats.expand(weight.shape[0], *feats.shape)  # [G, n, D]
-    return torch.baddbmm(bias[:, None, :], x, weight.transpose(1, 2))
+    loss = "bce" if labels.dim() == 2 else "ce"
+    members = [recipe.member(len(p), lr, s, loss) for p, lr, s in zip(pools, lrs, seeds, strict=True)]
+    head = build_head("linear", HeadContext(feats.shape[1], num_classes), members, device=dev)
+    train_members(head, feats, labels, [torch.as_tensor(np.asarray(p), device=dev) for p in pools],
+                  share_batches=True, progress=False, desc="probes",
+                  checkpoint_at=checkpoint_at, on_checkpoint=on_checkpoint)
+    return head
 
 
 def medmnist_figures(labels: np.ndarray, scores: np.ndarray) -> dict:
@@ -555,14 +503,17 @@ def finetune_once(
     multi = labels.ndim == 2
     bce = cfg.binary_head == "bce" and num_classes == 2 and not multi
     outputs = 1 if bce else num_classes
-    weight, bias = linear_init(dim, outputs, seed)
-    head = torch.nn.Linear(dim, outputs).to(device)
-    with torch.no_grad():
-        head.weight.copy_(weight)
-        head.bias.copy_(bias)
-    enc_params = [p for p in visual.parameters() if p.requires_grad]
     iterations = cfg.finetune_iterations or cfg.iterations
     batch = cfg.finetune_batch_for(spec)
+    recipe = ProbeRecipe(iterations, batch, cfg.weight_decay, cfg.lr_decay, cfg.decay_every)
+    # the head starts where the linear probe of this seed starts, and sees its batches
+    member = recipe.member(len(pool), cfg.finetune_head_lr, seed, "bce" if multi or bce else "ce")
+    probe = build_head("linear", HeadContext(dim, outputs), [member])
+    head = torch.nn.Linear(dim, outputs).to(device)
+    with torch.no_grad():
+        head.weight.copy_(probe.weight[0])
+        head.bias.copy_(probe.bias[0])
+    enc_params = [p for p in visual.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(
         [{"params": head.parameters(), "lr": cfg.finetune_head_lr},
          {"params": enc_params, "lr": encoder_lr}],
@@ -590,9 +541,13 @@ def finetune_once(
     checks = set(check_iterations(len(pool), batch, iterations, cfg.val_checks))
     best_acc, best_it, best_state = -1.0, iterations, None
     visual.train()
-    for it, rows in enumerate(batch_plan(pool, iterations, batch, seed), start=1):
+    y_host = torch.from_numpy(labels)
+    y_host = y_host.float()[:, None] if bce else y_host.float() if multi else y_host.long()
+    steps = batch_rows(member, y_host, torch.from_numpy(np.asarray(pool)), outputs)
+    for it, rows_t in enumerate(steps, start=1):
+        rows = rows_t.numpy()
         logits = encode(rows)
-        y = y_all[torch.from_numpy(rows).to(device)]
+        y = y_all[rows_t.to(device)]
         if bce:
             loss = F.binary_cross_entropy_with_logits(logits[:, 0], y)
         elif multi:
@@ -770,11 +725,12 @@ def run(cfg: BenchConfig, *, overwrite: bool = False) -> BenchResult:
             best = {"acc": np.full(len(members), -1.0), "it": np.zeros(len(members), dtype=np.int64),
                     "w": None, "b": None}
 
-            def keep_best(it: int, w: torch.Tensor, b: torch.Tensor, checks=checks, best=best,  # noqa: ANN001
+            def keep_best(it: int, head: Head, checks=checks, best=best,  # noqa: ANN001
                           val_feats=val_feats, yv=labels_np[val], bce=bce) -> None:
+                w, b = head.weight.detach(), head.bias.detach()
                 if best["w"] is None:
                     best["w"], best["b"] = w.clone(), b.clone()
-                scores = probe_scores(w, b, val_feats).cpu().numpy()
+                scores = predict_logits(head, val_feats).cpu().numpy()
                 for g in range(len(checks)):
                     if it in checks[g]:
                         acc = val_acc(yv, binary_scores(scores[g]) if bce else scores[g])
@@ -782,14 +738,16 @@ def run(cfg: BenchConfig, *, overwrite: bool = False) -> BenchResult:
                             best["acc"][g], best["it"][g] = acc, it
                             best["w"][g], best["b"][g] = w[g], b[g]
 
-            train_probes(
+            head = train_probes(
                 feats, labels, [m[2] for m in members], [m[3] for m in members],
                 [m[1] for m in members], recipe, 1 if bce else C,
                 checkpoint_at=set().union(*checks), on_checkpoint=keep_best,
             )
-            weight, bias = best["w"], best["b"]
-            val_scores = probe_scores(weight, bias, val_feats).cpu().numpy()
-            test_scores = probe_scores(weight, bias, feats[torch.from_numpy(test).to(device)]).cpu().numpy()
+            with torch.no_grad():  # the checkpoint each member is tested on
+                head.weight.copy_(best["w"])
+                head.bias.copy_(best["b"])
+            val_scores = predict_logits(head, val_feats).cpu().numpy()
+            test_scores = predict_logits(head, feats[torch.from_numpy(test).to(device)]).cpu().numpy()
             for g, (pc, s, pool, lr) in enumerate(members):
                 vs = binary_scores(val_scores[g]) if bce else val_scores[g]
                 ts = binary_scores(test_scores[g]) if bce else test_scores[g]

@@ -24,15 +24,14 @@ from featcache.backbones import BackboneSpec
 from featcache.cache import open_cache
 from featcache.cli import main
 from featcache.errors import DataError, FeatcacheError
+from featcache.heads.base import HeadContext, build_head
+from featcache.heads.training import predict_logits
 from featcache.models import image_features, load_backbone
 from featcache.pipelines.bench_medmnist import (
     BenchConfig,
     ProbeRecipe,
-    batch_plan,
-    linear_init,
     medmnist_figures,
     per_class_subset,
-    probe_scores,
     run,
     train_probes,
 )
@@ -85,39 +84,73 @@ def test_acc_auc_agree_with_sklearn() -> None:
     assert all(math.isnan(got[k]) for k in ("many_acc", "medium_acc", "few_acc"))
 
 
-# --- the batched probe equals torch.optim.AdamW + StepLR, member by member ---------------
+# --- the probes (members of the one trainer) equal torch.optim.AdamW + StepLR + DataLoader ----
 
 
-@pytest.mark.parametrize("multi", [False, True])
-def test_batched_probe_equals_torch_adamw_steplr(multi: bool) -> None:
-    g = torch.Generator().manual_seed(0)
-    N, D, C = 60, 12, 4
-    feats = torch.randn(N, D, generator=g)
-    labels = (torch.rand(N, C, generator=g) < 0.4).float() if multi else torch.randint(0, C, (N,), generator=g)
-    pools = [np.arange(0, 40), np.arange(10, 60), np.arange(0, 7)]  # last pool smaller than a batch
-    lrs, seeds = [1e-2, 3e-3, 1e-2], [0, 1, 2]
-    recipe = ProbeRecipe(iterations=12, batch_size=16, weight_decay=0.05, lr_decay=0.5, decay_every=4)
-    weight, bias = train_probes(feats, labels, pools, lrs, seeds, recipe, C)
-    for k in range(3):
-        w0, b0 = linear_init(D, C, seeds[k])
-        lin = torch.nn.Linear(D, C)
-        with torch.no_grad():
-            lin.weight.copy_(w0)
-            lin.bias.copy_(b0)
-        opt = torch.optim.AdamW(lin.parameters(), lr=lrs[k], weight_decay=0.05)
-        sched = torch.optim.lr_scheduler.StepLR(opt, step_size=4, gamma=0.5)
-        for rows in batch_plan(pools[k], 12, 16, seeds[k]):
-            out = lin(feats[rows])
-            y = labels[rows]
+def _reference_probe(head0, g: int, feats, labels, pool, lr: float, recipe: ProbeRecipe, multi: bool):  # noqa: ANN001, ANN202
+    """Member ``g`` trained alone by torch itself: nn.Linear from the member's initial values,
+    AdamW + StepLR stepped per iteration, and each epoch one ``torch.randperm`` of the pool
+    from the member's sample generator, cut by torch's ``BatchSampler(drop_last=True)`` (FMMIC's
+    loader). (A ``RandomSampler`` with that generator draws a second, discarded permutation at
+    the end of each epoch, torch/utils/data/sampler.py, so its later epochs differ.)"""
+    spec = head0.members[g]
+    lin = torch.nn.Linear(feats.shape[1], labels.shape[1] if multi else head0.num_classes)
+    with torch.no_grad():
+        lin.weight.copy_(head0.weight[g])
+        lin.bias.copy_(head0.bias[g])
+    opt = torch.optim.AdamW(lin.parameters(), lr=lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=recipe.decay_every, gamma=recipe.lr_decay)
+    rows, gen = torch.as_tensor(pool), spec.generator("sample")
+    step = 0
+    while step < recipe.iterations:
+        perm = torch.randperm(len(rows), generator=gen).tolist()
+        for batch in torch.utils.data.BatchSampler(perm, spec.batch_size, drop_last=True):
+            batch = rows[batch]
+            out = lin(feats[batch])
+            y = labels[batch]
             loss = F.binary_cross_entropy_with_logits(out, y) if multi else F.cross_entropy(out, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
             sched.step()
-        torch.testing.assert_close(weight[k], lin.weight.detach(), rtol=1e-5, atol=1e-6)
-        torch.testing.assert_close(bias[k], lin.bias.detach(), rtol=1e-5, atol=1e-6)
-    assert not torch.allclose(weight[0], linear_init(D, C, 0)[0])  # it trained
-    assert probe_scores(weight, bias, feats).shape == (3, N, C)
+            step += 1
+            if step == recipe.iterations:
+                break
+    return lin
+
+
+@pytest.mark.parametrize("multi", [False, True])
+def test_probes_equal_torch_adamw_steplr_dataloader(multi: bool) -> None:
+    g = torch.Generator().manual_seed(0)
+    N, D, C = 60, 12, 4
+    feats = torch.randn(N, D, generator=g)
+    labels = (torch.rand(N, C, generator=g) < 0.4).float() if multi else torch.randint(0, C, (N,), generator=g)
+    # pool sizes 40, 50 and 7: epochs of 2, 3 and 1 whole batches (40 // 16, 50 // 16, the
+    # last pool smaller than a batch: b = 7), so the run crosses epoch ends at different steps
+    pools = [np.arange(0, 40), np.arange(10, 60), np.arange(0, 7)]
+    lrs, seeds = [1e-2, 3e-3, 1e-2], [0, 1, 2]
+    recipe = ProbeRecipe(iterations=12, batch_size=16, weight_decay=0.05, lr_decay=0.5, decay_every=4)
+    head = train_probes(feats, labels, pools, lrs, seeds, recipe, C)
+    assert [m.batch_size for m in head.members] == [16, 16, 7]
+    assert {m.optimizer for m in head.members} == {"adamw"} and all(m.drop_last for m in head.members)
+    start = build_head("linear", HeadContext(D, C), head.members)  # the members' initial values
+    for k in range(3):
+        lin = _reference_probe(start, k, feats, labels, pools[k], lrs[k], recipe, multi)
+        torch.testing.assert_close(head.weight[k].detach(), lin.weight.detach(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(head.bias[k].detach(), lin.bias.detach(), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(head.weight[0], start.weight[0])  # it trained
+    assert predict_logits(head, feats).shape == (3, N, C)
+
+
+def test_a_probe_trained_with_others_equals_it_alone() -> None:
+    g = torch.Generator().manual_seed(1)
+    feats, labels = torch.randn(50, 6, generator=g), torch.randint(0, 3, (50,), generator=g)
+    pools = [np.arange(50), np.arange(0, 30), np.arange(50)]
+    recipe = ProbeRecipe(iterations=9, batch_size=8)
+    together = train_probes(feats, labels, pools, [1e-2, 1e-2, 3e-3], [0, 1, 0], recipe, 3)
+    for k in range(3):
+        alone = train_probes(feats, labels, [pools[k]], [[1e-2, 1e-2, 3e-3][k]], [[0, 1, 0][k]], recipe, 3)
+        torch.testing.assert_close(together.weight[k], alone.weight[0], rtol=1e-6, atol=1e-7)
 
 
 # --- per-class draws ------------------------------------------------------------------
@@ -433,9 +466,9 @@ def test_probe_reports_best_val_acc_checkpoint(tmp_path: Path) -> None:
     for r in res.metrics.to_dicts():
         accs = []
         for t in checks:
-            w, b = train_probes(feats, labels, [train], [r["lr"]], [r["seed"]],
+            head = train_probes(feats, labels, [train], [r["lr"]], [r["seed"]],
                                 ProbeRecipe(iterations=t, batch_size=4), 2)
-            accs.append(val_acc(cache.labels[val], probe_scores(w, b, feats[val])[0].numpy()))
+            accs.append(val_acc(cache.labels[val], predict_logits(head, feats[val])[0].numpy()))
         assert r["val_acc"] == pytest.approx(max(accs))
         assert r["best_iteration"] == checks[int(np.argmax(accs))]
         found_earlier |= r["best_iteration"] < 60

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
 from featcache import schedules
 from featcache.heads.base import MemberSpec
-from featcache.heads.training import lr_at_epoch
+from featcache.heads.training import lr_at_epoch, member_rates
 from featcache.pipelines import bench_medmnist, finetune
 
 
@@ -51,6 +52,22 @@ def test_every_loop_reads_the_one_schedule() -> None:
     assert [lr_at_epoch(spec, e) for e in range(7)] == [schedules.epoch_lr("cosine", 0.1, e, 7) for e in range(7)]
     cfg = finetune.FinetuneConfig(dataset="x", lr=0.01, epochs=5)
     assert [finetune.lr_at_epoch(cfg, e) for e in range(5)] == [schedules.epoch_lr(cfg.schedule, 0.01, e, 5) for e in range(5)]
-    recipe = bench_medmnist.ProbeRecipe(lr_decay=0.9, decay_every=200)
-    assert [recipe.lr_at(1e-3, t) for t in (0, 199, 200, 401)] == [schedules.step_decay_lr(1e-3, t, 0.9, 200) for t in (0, 199, 200, 401)]
+    probe = bench_medmnist.ProbeRecipe(iterations=402, lr_decay=0.9, decay_every=200).member(1000, 1e-3, 0)
+    rates = member_rates(probe, 1000 // probe.batch_size)
+    assert [rates[t] for t in (0, 199, 200, 401)] == [np.float32(schedules.step_decay_lr(1e-3, t, 0.9, 200)) for t in (0, 199, 200, 401)]
     assert finetune.SCHEDULES == schedules.EPOCH_SCHEDULES
+
+
+def test_step_schedule_of_a_head_equals_steplr_per_iteration() -> None:
+    """``--schedule step`` (any head): StepLR(step_size=N, gamma) stepped once per optimiser step."""
+    spec = MemberSpec(lr=0.1, schedule="step", lr_decay=0.5, decay_every=3, epochs=4, batch_size=10)
+    ref = _torch_rates(lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=3, gamma=0.5), 4 * 5, 0.1)
+    assert member_rates(spec, 5).tolist() == pytest.approx(ref, rel=1e-6)
+
+
+def test_a_run_cut_by_steps_keeps_its_epochs_rates() -> None:
+    """``steps`` ends a run inside its last epoch: cosine over the ⌈steps / per_epoch⌉ epochs begun."""
+    spec = MemberSpec(lr=0.1, schedule="cosine", steps=7)
+    rates = member_rates(spec, 3)  # epochs 0, 1 whole and 1 step of epoch 2, of 3 begun
+    expect = [schedules.epoch_lr("cosine", 0.1, t // 3, 3) for t in range(7)]
+    assert rates.tolist() == pytest.approx(expect, rel=1e-6) and len(rates) == 7
