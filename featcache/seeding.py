@@ -14,14 +14,14 @@ of worker processes and of which other members train alongside.
 
 Numbers kept as they were (deliberately): the loops that existed before this module keep
 their generator construction exactly, so their results do not change: the MedMNIST
-benchmark's subset draw (``numpy_generator(seed, n, 0x4D4544)``), batch plan
-(``numpy_generator(seed, 0x42415443)``) and probe init (``torch_generator(seed)``);
+benchmark's subset draw (``numpy_generator(seed, n, 0x4D4544)``);
 ``finetune``'s per-image augmentation (``numpy_generator(seed, epoch, row, 0x11F7)``) and its
 on-device crops (:func:`mixed_seed`, its older arithmetic mix of (seed, purpose, epoch));
 the split draws of :mod:`featcache.splits` (``numpy_generator(seed, Σ ord(purpose),
 len(purpose))``); FMMIC's first-n ChestMNIST draw (:func:`legacy_random_state`, numpy's ``RandomState`` as
 FMMIC's dataset.py l. 236-239). New code uses :func:`stream_generator` / :func:`numpy_generator`
-with string stream names.
+with string stream names. (The MedMNIST probes' batch plan and initial values moved to the
+scheme when the probes became members of the one trainer: stream ``medmnist/probe``.)
 
 :func:`seed_global` seeds torch's process-wide generator, for module constructors that draw
 from it (``nn.Linear``/adapter initial values in fine-tuning); nothing else calls
