@@ -24,6 +24,16 @@ The figures of a run directory (:func:`write_run_plots`, called by
 
 ``featcache grid``'s heatmaps (:func:`heatmap_figure`) and the HTML report
 (:mod:`featcache.report`) draw with the same helpers.
+
+The MedMNIST benchmark's figures (:func:`write_bench_plots`, called by
+:func:`featcache.pipelines.bench_medmnist.write_outputs`), from its ``summary`` table (one
+row per selected cell, mean ± std over seeds), one column of panels per data set, ACC above
+AUC, one legend below every panel:
+
+- ``size_resize.<fmt>`` (:func:`size_resize_figure`): ACC and AUC against image size, one
+  line per backbone × method × resize (solid: scale, dashed: pad or pad-norm);
+- ``data_efficiency.<fmt>`` (:func:`data_efficiency_figure`, runs with ``--per-class``): ACC
+  and AUC against training images per class, the full training split as a dotted line.
 """
 
 from __future__ import annotations
@@ -391,3 +401,91 @@ def shots_curve_figure(rows: Sequence[dict], *, title: str = ""):  # noqa: ANN20
     if title:
         fig.suptitle(text(title), fontsize=10)
     return fig
+
+
+# --------------------------------------------------------------------------------------
+# The MedMNIST benchmark
+
+
+def _bench_axes(datasets: Sequence[str]):  # noqa: ANN202
+    """One column per data set, ACC above AUC."""
+    return plt().subplots(2, len(datasets), figsize=(max(6.0, 4.5 * len(datasets)), 6.5), squeeze=False)
+
+
+def _bench_column(axes, j: int, dataset: str, xlabel: str, ticks: list, base: int) -> None:  # noqa: ANN001
+    """Titles, log x axis with ticks at the values used, grid: column ``j`` (ACC row, AUC row)."""
+    for i, m in enumerate(("ACC", "AUC")):
+        ax = axes[i][j]
+        ax.set_title(f"{text(dataset)} {m}")
+        ax.set_xlabel(xlabel)
+        ax.set_xscale("log", base=base)
+        ax.set_xticks(ticks, [str(v) for v in ticks])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+
+
+def _bench_legend(fig, axes, title: str):  # noqa: ANN001, ANN202
+    """One legend below every panel (never over the data) and the title; returns ``fig``."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = max(1, min(len(labels), 3))
+    rows = -(-len(labels) // ncol) if labels else 0
+    height = fig.get_figheight()
+    bottom = min(0.45, (0.25 + 0.2 * rows) / height)  # inches of legend as a fraction of the figure
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
+def size_resize_figure(summary):  # noqa: ANN001, ANN201
+    """ACC and AUC against image size, one line per backbone × method × resize, per data set
+    (``summary``: the benchmark's polars summary; cells on the full training split only)."""
+    import polars as pl
+
+    full = summary.filter(pl.col("per_class").is_null())
+    datasets = full["dataset"].unique(maintain_order=True).to_list()
+    fig, axes = _bench_axes(datasets)
+    for j, d in enumerate(datasets):
+        part = full.filter(pl.col("dataset") == d)
+        for key, line in part.group_by(["backbone", "method", "resize"], maintain_order=True):
+            line = line.sort("size")
+            for i, m in enumerate(("acc", "auc")):
+                axes[i][j].errorbar(line["size"].to_list(), line[m].to_list(), yerr=line[f"{m}_std"].to_list(),
+                                    marker="o", capsize=3, linestyle="-" if key[2] == "scale" else "--",
+                                    label=text(" · ".join(map(str, key))))
+        _bench_column(axes, j, d, "image size (px)", sorted(part["size"].unique().to_list()), base=2)
+    return _bench_legend(fig, axes, "Image size × resize strategy (solid: scale, dashed: pad or pad-norm)")
+
+
+def data_efficiency_figure(summary):  # noqa: ANN001, ANN201
+    """Test ACC and AUC against training images per class, one line per backbone × method ×
+    size × resize, the same cell on the full training split as a dotted line."""
+    import polars as pl
+
+    datasets = summary["dataset"].unique(maintain_order=True).to_list()
+    fig, axes = _bench_axes(datasets)
+    for j, d in enumerate(datasets):
+        part = summary.filter(pl.col("dataset") == d)
+        for key, line in part.group_by(["backbone", "method", "size", "resize"], maintain_order=True):
+            sub = line.filter(pl.col("per_class").is_not_null()).sort("per_class")
+            full = line.filter(pl.col("per_class").is_null())
+            for i, m in enumerate(("acc", "auc")):
+                axes[i][j].errorbar(sub["per_class"].to_list(), sub[m].to_list(), yerr=sub[f"{m}_std"].to_list(),
+                                    marker="o", capsize=3, label=text(" · ".join(map(str, key))))
+                if len(full):
+                    axes[i][j].axhline(full[m][0], linestyle=":", linewidth=1, color=axes[i][j].lines[-1].get_color())
+        _bench_column(axes, j, d, "training images per class",
+                      sorted(part["per_class"].drop_nulls().unique().to_list()), base=10)
+    return _bench_legend(fig, axes, "Data efficiency (dotted: full training split)")
+
+
+def write_bench_plots(out_dir: Path, summary, *, per_class: bool,  # noqa: ANN001
+                      formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Write the MedMNIST benchmark's ``size_resize`` and, for a ``--per-class`` run,
+    ``data_efficiency`` figures (see the module docstring) in ``formats``; returns the files."""
+    out_dir = Path(out_dir)
+    written = save(size_resize_figure(summary), out_dir / "size_resize", formats)
+    if per_class:
+        written += save(data_efficiency_figure(summary), out_dir / "data_efficiency", formats)
+    return written
