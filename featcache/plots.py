@@ -22,8 +22,9 @@ The figures of a run directory (:func:`write_run_plots`, called by
 
 ``featcache compare`` and a grid over ``shots`` draw :func:`shots_curve_figure`.
 
-``featcache grid``'s heatmaps (:func:`heatmap_figure`) and the HTML report
-(:mod:`featcache.report`) draw with the same helpers.
+``featcache grid``'s heatmaps (:func:`heatmap_figure`) and the HTML report's own figures
+(:mod:`featcache.report`: :func:`group_bars_figure`, :func:`reliability_bars_figure`,
+:func:`shots_knob_figure`, besides the confusion and per-class figures above) are drawn here too.
 
 The MedMNIST benchmark's figures (:func:`write_bench_plots`, called by
 :func:`featcache.pipelines.bench_medmnist.write_outputs`), from its ``summary`` table (one
@@ -489,3 +490,78 @@ def write_bench_plots(out_dir: Path, summary, *, per_class: bool,  # noqa: ANN00
     if per_class:
         written += save(data_efficiency_figure(summary), out_dir / "data_efficiency", formats)
     return written
+
+
+# --------------------------------------------------------------------------------------
+# The HTML report's own figures (featcache.report gathers their data)
+
+
+def group_bars_figure(names: Sequence[str], groups: Sequence[str], mean: np.ndarray,
+                      std: np.ndarray):  # noqa: ANN201
+    """Grouped bars: one group per title in ``groups`` (Many, Medium, ...), one bar per run
+    in ``names``; ``mean`` and ``std`` are ``[runs, groups]`` fractions (NaN: no bar), shown
+    in % with the std over seeds as error bars; the legend outside the axes."""
+    n = len(names)
+    width = 0.8 / n
+    fig, ax = plt().subplots(figsize=(max(6.0, 1.2 * len(groups) + 0.35 * n * len(groups)), 4.0))
+    for i, name in enumerate(names):
+        x = np.arange(len(groups)) + (i - (n - 1) / 2) * width
+        ax.bar(x, 100 * np.asarray(mean[i], float), width, yerr=100 * np.asarray(std[i], float),
+               capsize=3, label=text(name))
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Accuracy by class group (mean ± std over seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def reliability_bars_figure(r: dict, *, title: str):  # noqa: ANN201
+    """Reliability as bars: accuracy per confidence bin, the gap to the bin's mean confidence
+    hatched over each bar, the rows per bin printed above it, the diagonal dashed (``r``:
+    :func:`featcache.calibration.reliability_bins`'s edges, acc, conf and count)."""
+    fig, ax = plt().subplots(figsize=(4.6, 4.4))
+    centres = (r["edges"][:-1] + r["edges"][1:]) / 2
+    w = r["edges"][1] - r["edges"][0]
+    ok = r["count"] > 0
+    ax.bar(centres[ok], r["acc"][ok], width=w * 0.95, color="tab:blue", alpha=0.85, label="accuracy")
+    # the gap between accuracy and mean confidence, hatched over the bar (either direction)
+    low = np.minimum(r["acc"], r["conf"])[ok]
+    ax.bar(centres[ok], np.abs(r["conf"] - r["acc"])[ok], bottom=low, width=w * 0.95,
+           facecolor="none", edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap to confidence")
+    for x, n, top in zip(centres[ok], r["count"][ok], np.maximum(r["acc"], r["conf"])[ok], strict=True):
+        ax.text(x, min(top + 0.01, 0.97), str(int(n)), ha="center", va="bottom", fontsize=6, color="0.3")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 softmax probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(text(title), fontsize=9)
+    ax.legend(loc="best", fontsize=7, frameon=False)
+    return fig
+
+
+def _num(v: object, default: float = math.nan) -> float:
+    return default if v is None else float(v)
+
+
+def shots_knob_figure(lines: dict[str, list[tuple[float, dict]]], knob: str):  # noqa: ANN201
+    """Total (left) and balanced accuracy (right) against a shots ``knob``: ``lines`` maps a
+    label to ``(knob value, metrics)`` points (metrics with ``acc``, ``acc_std``,
+    ``balanced_acc``, ``balanced_acc_std`` fractions); log x axis, mean ± std over seeds."""
+    fig, axes = plt().subplots(1, 2, figsize=(10.5, 4.0), sharey=True)
+    for ax, (title, key) in zip(axes, (("Total accuracy", "acc"), ("Balanced accuracy", "balanced_acc")), strict=True):
+        for label, pts in lines.items():
+            pts = sorted(pts, key=lambda p: p[0])
+            xs = [p[0] for p in pts]
+            ys = [100 * (_num(m.get(key))) for _, m in pts]
+            es = [100 * (_num(m.get(f"{key}_std"), 0.0)) for _, m in pts]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=text(label))
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{knob} (training images per class)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
