@@ -22,8 +22,19 @@ The figures of a run directory (:func:`write_run_plots`, called by
 
 ``featcache compare`` and a grid over ``shots`` draw :func:`shots_curve_figure`.
 
-``featcache grid``'s heatmaps (:func:`heatmap_figure`) and the HTML report
-(:mod:`featcache.report`) draw with the same helpers.
+``featcache grid``'s heatmaps (:func:`heatmap_figure`) and the HTML report's own figures
+(:mod:`featcache.report`: :func:`group_bars_figure`, :func:`reliability_bars_figure`,
+:func:`shots_knob_figure`, besides the confusion and per-class figures above) are drawn here too.
+
+The MedMNIST benchmark's figures (:func:`write_bench_plots`, called by
+:func:`featcache.pipelines.bench_medmnist.write_outputs`), from its ``summary`` table (one
+row per selected cell, mean ± std over seeds), one column of panels per data set, ACC above
+AUC, one legend below every panel:
+
+- ``size_resize.<fmt>`` (:func:`size_resize_figure`): ACC and AUC against image size, one
+  line per backbone × method × resize (solid: scale, dashed: pad or pad-norm);
+- ``data_efficiency.<fmt>`` (:func:`data_efficiency_figure`, runs with ``--per-class``): ACC
+  and AUC against training images per class, the full training split as a dotted line.
 """
 
 from __future__ import annotations
@@ -390,4 +401,167 @@ def shots_curve_figure(rows: Sequence[dict], *, title: str = ""):  # noqa: ANN20
     axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     if title:
         fig.suptitle(text(title), fontsize=10)
+    return fig
+
+
+# --------------------------------------------------------------------------------------
+# The MedMNIST benchmark
+
+
+def _bench_axes(datasets: Sequence[str]):  # noqa: ANN202
+    """One column per data set, ACC above AUC."""
+    return plt().subplots(2, len(datasets), figsize=(max(6.0, 4.5 * len(datasets)), 6.5), squeeze=False)
+
+
+def _bench_column(axes, j: int, dataset: str, xlabel: str, ticks: list, base: int) -> None:  # noqa: ANN001
+    """Titles, log x axis with ticks at the values used, grid: column ``j`` (ACC row, AUC row)."""
+    for i, m in enumerate(("ACC", "AUC")):
+        ax = axes[i][j]
+        ax.set_title(f"{text(dataset)} {m}")
+        ax.set_xlabel(xlabel)
+        ax.set_xscale("log", base=base)
+        ax.set_xticks(ticks, [str(v) for v in ticks])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+
+
+def _bench_legend(fig, axes, title: str):  # noqa: ANN001, ANN202
+    """One legend below every panel (never over the data) and the title; returns ``fig``."""
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    ncol = max(1, min(len(labels), 3))
+    rows = -(-len(labels) // ncol) if labels else 0
+    height = fig.get_figheight()
+    bottom = min(0.45, (0.25 + 0.2 * rows) / height)  # inches of legend as a fraction of the figure
+    if labels:
+        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, bottom, 1, 1))
+    return fig
+
+
+def size_resize_figure(summary):  # noqa: ANN001, ANN201
+    """ACC and AUC against image size, one line per backbone × method × resize, per data set
+    (``summary``: the benchmark's polars summary; cells on the full training split only)."""
+    import polars as pl
+
+    full = summary.filter(pl.col("per_class").is_null())
+    datasets = full["dataset"].unique(maintain_order=True).to_list()
+    fig, axes = _bench_axes(datasets)
+    for j, d in enumerate(datasets):
+        part = full.filter(pl.col("dataset") == d)
+        for key, line in part.group_by(["backbone", "method", "resize"], maintain_order=True):
+            line = line.sort("size")
+            for i, m in enumerate(("acc", "auc")):
+                axes[i][j].errorbar(line["size"].to_list(), line[m].to_list(), yerr=line[f"{m}_std"].to_list(),
+                                    marker="o", capsize=3, linestyle="-" if key[2] == "scale" else "--",
+                                    label=text(" · ".join(map(str, key))))
+        _bench_column(axes, j, d, "image size (px)", sorted(part["size"].unique().to_list()), base=2)
+    return _bench_legend(fig, axes, "Image size × resize strategy (solid: scale, dashed: pad or pad-norm)")
+
+
+def data_efficiency_figure(summary):  # noqa: ANN001, ANN201
+    """Test ACC and AUC against training images per class, one line per backbone × method ×
+    size × resize, the same cell on the full training split as a dotted line."""
+    import polars as pl
+
+    datasets = summary["dataset"].unique(maintain_order=True).to_list()
+    fig, axes = _bench_axes(datasets)
+    for j, d in enumerate(datasets):
+        part = summary.filter(pl.col("dataset") == d)
+        for key, line in part.group_by(["backbone", "method", "size", "resize"], maintain_order=True):
+            sub = line.filter(pl.col("per_class").is_not_null()).sort("per_class")
+            full = line.filter(pl.col("per_class").is_null())
+            for i, m in enumerate(("acc", "auc")):
+                axes[i][j].errorbar(sub["per_class"].to_list(), sub[m].to_list(), yerr=sub[f"{m}_std"].to_list(),
+                                    marker="o", capsize=3, label=text(" · ".join(map(str, key))))
+                if len(full):
+                    axes[i][j].axhline(full[m][0], linestyle=":", linewidth=1, color=axes[i][j].lines[-1].get_color())
+        _bench_column(axes, j, d, "training images per class",
+                      sorted(part["per_class"].drop_nulls().unique().to_list()), base=10)
+    return _bench_legend(fig, axes, "Data efficiency (dotted: full training split)")
+
+
+def write_bench_plots(out_dir: Path, summary, *, per_class: bool,  # noqa: ANN001
+                      formats: Sequence[str] = ("png",)) -> list[Path]:
+    """Write the MedMNIST benchmark's ``size_resize`` and, for a ``--per-class`` run,
+    ``data_efficiency`` figures (see the module docstring) in ``formats``; returns the files."""
+    out_dir = Path(out_dir)
+    written = save(size_resize_figure(summary), out_dir / "size_resize", formats)
+    if per_class:
+        written += save(data_efficiency_figure(summary), out_dir / "data_efficiency", formats)
+    return written
+
+
+# --------------------------------------------------------------------------------------
+# The HTML report's own figures (featcache.report gathers their data)
+
+
+def group_bars_figure(names: Sequence[str], groups: Sequence[str], mean: np.ndarray,
+                      std: np.ndarray):  # noqa: ANN201
+    """Grouped bars: one group per title in ``groups`` (Many, Medium, ...), one bar per run
+    in ``names``; ``mean`` and ``std`` are ``[runs, groups]`` fractions (NaN: no bar), shown
+    in % with the std over seeds as error bars; the legend outside the axes."""
+    n = len(names)
+    width = 0.8 / n
+    fig, ax = plt().subplots(figsize=(max(6.0, 1.2 * len(groups) + 0.35 * n * len(groups)), 4.0))
+    for i, name in enumerate(names):
+        x = np.arange(len(groups)) + (i - (n - 1) / 2) * width
+        ax.bar(x, 100 * np.asarray(mean[i], float), width, yerr=100 * np.asarray(std[i], float),
+               capsize=3, label=text(name))
+    ax.set_xticks(range(len(groups)), list(groups))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 105)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_title("Accuracy by class group (mean ± std over seeds)")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
+    return fig
+
+
+def reliability_bars_figure(r: dict, *, title: str):  # noqa: ANN201
+    """Reliability as bars: accuracy per confidence bin, the gap to the bin's mean confidence
+    hatched over each bar, the rows per bin printed above it, the diagonal dashed (``r``:
+    :func:`featcache.calibration.reliability_bins`'s edges, acc, conf and count)."""
+    fig, ax = plt().subplots(figsize=(4.6, 4.4))
+    centres = (r["edges"][:-1] + r["edges"][1:]) / 2
+    w = r["edges"][1] - r["edges"][0]
+    ok = r["count"] > 0
+    ax.bar(centres[ok], r["acc"][ok], width=w * 0.95, color="tab:blue", alpha=0.85, label="accuracy")
+    # the gap between accuracy and mean confidence, hatched over the bar (either direction)
+    low = np.minimum(r["acc"], r["conf"])[ok]
+    ax.bar(centres[ok], np.abs(r["conf"] - r["acc"])[ok], bottom=low, width=w * 0.95,
+           facecolor="none", edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap to confidence")
+    for x, n, top in zip(centres[ok], r["count"][ok], np.maximum(r["acc"], r["conf"])[ok], strict=True):
+        ax.text(x, min(top + 0.01, 0.97), str(int(n)), ha="center", va="bottom", fontsize=6, color="0.3")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("confidence (top-1 softmax probability)")
+    ax.set_ylabel("accuracy")
+    ax.set_title(text(title), fontsize=9)
+    ax.legend(loc="best", fontsize=7, frameon=False)
+    return fig
+
+
+def _num(v: object, default: float = math.nan) -> float:
+    return default if v is None else float(v)
+
+
+def shots_knob_figure(lines: dict[str, list[tuple[float, dict]]], knob: str):  # noqa: ANN201
+    """Total (left) and balanced accuracy (right) against a shots ``knob``: ``lines`` maps a
+    label to ``(knob value, metrics)`` points (metrics with ``acc``, ``acc_std``,
+    ``balanced_acc``, ``balanced_acc_std`` fractions); log x axis, mean ± std over seeds."""
+    fig, axes = plt().subplots(1, 2, figsize=(10.5, 4.0), sharey=True)
+    for ax, (title, key) in zip(axes, (("Total accuracy", "acc"), ("Balanced accuracy", "balanced_acc")), strict=True):
+        for label, pts in lines.items():
+            pts = sorted(pts, key=lambda p: p[0])
+            xs = [p[0] for p in pts]
+            ys = [100 * (_num(m.get(key))) for _, m in pts]
+            es = [100 * (_num(m.get(f"{key}_std"), 0.0)) for _, m in pts]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=text(label))
+        ax.set_xscale("log")
+        ax.set_xlabel(f"{knob} (training images per class)")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
     return fig

@@ -19,7 +19,8 @@
   row-normalised confusion matrices and reliability diagrams from ``predictions.parquet``
   (a run's own ``reliability*.png`` is used when it has one); accuracy against shots when
   the runs differ in a shots knob; a grid's ``heatmap_*.png``; each run's ``loss_curve.png``.
-  The figures are drawn with the helpers of :mod:`featcache.plots` (150 dpi, tight).
+  The figures are drawn by :mod:`featcache.plots` (150 dpi, tight); this module only
+  gathers their data.
 """
 
 from __future__ import annotations
@@ -247,13 +248,6 @@ def load_view(run: dict, name: str, memo: dict | None = None) -> RunView:
 # Figures (matplotlib, Agg), each returned as a data: URI
 
 
-def _plt():  # noqa: ANN202
-    return _plots.plt()
-
-
-_text = _plots.text
-
-
 def _uri(fig) -> str:  # noqa: ANN001
     return "data:image/png;base64," + base64.b64encode(_plots.png_bytes(fig)).decode("ascii")
 
@@ -273,22 +267,10 @@ def groups_figure(frame: pl.DataFrame) -> str | None:
     keys = [(t, k) for t, k in keys if frame[k].is_not_null().any()]
     if not keys:
         return None
-    plt = _plt()
-    n = frame.height
-    width = 0.8 / n
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.2 * len(keys) + 0.35 * n * len(keys)), 4.0))
-    for i, row in enumerate(frame.iter_rows(named=True)):
-        x = np.arange(len(keys)) + (i - (n - 1) / 2) * width
-        mean = [100 * (row[k] if row[k] is not None else np.nan) for _, k in keys]
-        std = [100 * (row[f"{k}_std"] or 0.0) for _, k in keys]
-        ax.bar(x, mean, width, yerr=std, capsize=3, label=_text(row["name"]))
-    ax.set_xticks(range(len(keys)), [t for t, _ in keys])
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_ylim(0, 105)
-    ax.grid(axis="y", alpha=0.3)
-    ax.set_title("Accuracy by class group (mean ± std over seeds)")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _uri(fig)
+    rows = list(frame.iter_rows(named=True))
+    mean = np.array([[np.nan if r[k] is None else r[k] for _, k in keys] for r in rows], dtype=float)
+    std = np.array([[r[f"{k}_std"] or 0.0 for _, k in keys] for r in rows], dtype=float)
+    return _uri(_plots.group_bars_figure([r["name"] for r in rows], [t for t, _ in keys], mean, std))
 
 
 
@@ -341,27 +323,9 @@ def reliability_figure(view: RunView) -> str | None:
     if view.labels is None or view.scores is None:
         return None
     r = reliability(view.labels, view.scores)
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(4.6, 4.4))
-    centres = (r["edges"][:-1] + r["edges"][1:]) / 2
-    w = r["edges"][1] - r["edges"][0]
-    ok = r["count"] > 0
-    ax.bar(centres[ok], r["acc"][ok], width=w * 0.95, color="tab:blue", alpha=0.85, label="accuracy")
-    # the gap between accuracy and mean confidence, hatched over the bar (either direction)
-    low = np.minimum(r["acc"], r["conf"])[ok]
-    ax.bar(centres[ok], np.abs(r["conf"] - r["acc"])[ok], bottom=low, width=w * 0.95,
-           facecolor="none", edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap to confidence")
-    for x, n, top in zip(centres[ok], r["count"][ok], np.maximum(r["acc"], r["conf"])[ok], strict=True):
-        ax.text(x, min(top + 0.01, 0.97), str(int(n)), ha="center", va="bottom", fontsize=6, color="0.3")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-1 softmax probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(_text(f"{view.name}: reliability, ECE {100 * r['ece']:.1f}%\n"
-                       f"(10 bins, all seeds' test rows; numbers: rows per bin)"), fontsize=9)
-    ax.legend(loc="best", fontsize=7, frameon=False)
-    return _uri(fig)
+    return _uri(_plots.reliability_bars_figure(
+        r, title=f"{view.name}: reliability, ECE {100 * r['ece']:.1f}%\n"
+                 f"(10 bins, all seeds' test rows; numbers: rows per bin)"))
 
 
 def shots_figure(runs: list[dict], names: list[str], knobs: list[str]) -> str | None:
@@ -384,26 +348,7 @@ def shots_figure(runs: list[dict], names: list[str], knobs: list[str]) -> str | 
         lines.setdefault(label, []).append((x, run["metrics"]))
     if not any(len(v) > 1 for v in lines.values()):
         return None
-    plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(10.5, 4.0), sharey=True)
-    for ax, (title, key) in zip(axes, (("Total accuracy", "acc"), ("Balanced accuracy", "balanced_acc")), strict=True):
-        for label, pts in lines.items():
-            pts.sort(key=lambda p: p[0])
-            xs = [p[0] for p in pts]
-            ys = [100 * (_num(m.get(key))) for _, m in pts]
-            es = [100 * (_num(m.get(f"{key}_std"), 0.0)) for _, m in pts]
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=_text(label))
-        ax.set_xscale("log")
-        ax.set_xlabel(f"{shot} (training images per class)")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    axes[0].set_ylabel("test accuracy (%)")
-    axes[1].legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, frameon=False)
-    return _uri(fig)
-
-
-def _num(v: object, default: float = math.nan) -> float:
-    return default if v is None else float(v)
+    return _uri(_plots.shots_knob_figure(lines, shot))
 
 
 # --------------------------------------------------------------------------------------

@@ -27,7 +27,7 @@
    ``summary.parquet``/``.csv`` (one row per selected cell, mean ± std over seeds),
    ``table.md``/``.parquet``/``.csv`` (the paper's layout: rows backbone × method × size ×
    resize, columns data set ACC / AUC), ``size_resize.png`` and, with ``--per-class``,
-   ``data_efficiency.png``.
+   ``data_efficiency.png`` (drawn by :func:`featcache.plots.write_bench_plots`).
 
 Metrics are MedMNIST's (via :func:`featcache.metrics.compute_metrics`): ACC is argmax accuracy
 for multi-class, accuracy at threshold 0.5 for binary (softmax probability of class 1, which
@@ -917,87 +917,14 @@ def metrics_json(metrics: pl.DataFrame, summary: pl.DataFrame) -> dict:
     return _json_safe(doc)
 
 
-def _style_column(axes, j: int, dataset: str, xlabel: str, ticks: list, base: int) -> None:  # noqa: ANN001
-    """Titles, log x axis with ticks at the values used, grid: column ``j`` (ACC row, AUC row)."""
-    for i, m in enumerate(("ACC", "AUC")):
-        ax = axes[i][j]
-        ax.set_title(f"{dataset} {m}")
-        ax.set_xlabel(xlabel)
-        ax.set_xscale("log", base=base)
-        ax.set_xticks(ticks, [str(v) for v in ticks])
-        ax.minorticks_off()
-        ax.grid(alpha=0.3)
-
-
-def _save(fig, axes, path: Path, title: str) -> Path:  # noqa: ANN001
-    """One legend below every panel (never over the data), title, write the PNG, free the figure."""
-    import matplotlib.pyplot as plt
-
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    ncol = max(1, min(len(labels), 3))
-    rows = -(-len(labels) // ncol) if labels else 0
-    height = fig.get_figheight()
-    bottom = min(0.45, (0.25 + 0.2 * rows) / height)  # inches of legend as a fraction of the figure
-    if labels:
-        fig.legend(handles, labels, loc="lower center", ncol=ncol, fontsize=7, frameon=False)
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, bottom, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
-
-
-def plot_size_resize(summary: pl.DataFrame, path: Path) -> Path:
-    """ACC and AUC against image size, one line per backbone × method × resize, per data set."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    full = summary.filter(pl.col("per_class").is_null())
-    datasets = full["dataset"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(2, len(datasets), figsize=(max(6.0, 4.5 * len(datasets)), 6.5), squeeze=False)
-    for j, d in enumerate(datasets):
-        part = full.filter(pl.col("dataset") == d)
-        for key, line in part.group_by(["backbone", "method", "resize"], maintain_order=True):
-            line = line.sort("size")
-            for i, m in enumerate(("acc", "auc")):
-                axes[i][j].errorbar(line["size"].to_list(), line[m].to_list(), yerr=line[f"{m}_std"].to_list(),
-                                    marker="o", capsize=3, linestyle="-" if key[2] == "scale" else "--",
-                                    label=" · ".join(map(str, key)))
-        _style_column(axes, j, d, "image size (px)", sorted(part["size"].unique().to_list()), base=2)
-    return _save(fig, axes, path, "Image size × resize strategy (solid: scale, dashed: pad or pad-norm)")
-
-
-def plot_data_efficiency(summary: pl.DataFrame, path: Path) -> Path:
-    """Test ACC and AUC against training images per class (the full split at the right end)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    datasets = summary["dataset"].unique(maintain_order=True).to_list()
-    fig, axes = plt.subplots(2, len(datasets), figsize=(max(6.0, 4.5 * len(datasets)), 6.5), squeeze=False)
-    for j, d in enumerate(datasets):
-        part = summary.filter(pl.col("dataset") == d)
-        for key, line in part.group_by(["backbone", "method", "size", "resize"], maintain_order=True):
-            sub = line.filter(pl.col("per_class").is_not_null()).sort("per_class")
-            full = line.filter(pl.col("per_class").is_null())
-            for i, m in enumerate(("acc", "auc")):
-                axes[i][j].errorbar(sub["per_class"].to_list(), sub[m].to_list(), yerr=sub[f"{m}_std"].to_list(),
-                                    marker="o", capsize=3, label=" · ".join(map(str, key)))
-                if len(full):
-                    axes[i][j].axhline(full[m][0], linestyle=":", linewidth=1, color=axes[i][j].lines[-1].get_color())
-        _style_column(axes, j, d, "training images per class", sorted(part["per_class"].drop_nulls().unique().to_list()), base=10)
-    return _save(fig, axes, path, "Data efficiency (dotted: full training split)")
-
-
 def write_outputs(out: Path, cfg: BenchConfig, metrics: pl.DataFrame, summary: pl.DataFrame,
                   table: pl.DataFrame, caches: list[Path], device: str | None = None,
                   extraction: list[dict] | None = None) -> list[Path]:
     """Write every output file of the run directory; returns their paths. ``config.json``
     holds the resolved settings, the device that ran and each cache's extraction precision
     and preprocessing."""
+    from featcache.plots import write_bench_plots
+
     written = []
     config = dict(cfg.to_dict(), caches=[str(p.resolve()) for p in caches], device_requested=cfg.device,
                   device=device or cfg.device, extraction=extraction or [])
@@ -1011,7 +938,5 @@ def write_outputs(out: Path, cfg: BenchConfig, metrics: pl.DataFrame, summary: p
         written += [out / f"{name}.parquet", out / f"{name}.csv"]
     (out / "table.md").write_text(table_markdown(table, cfg.datasets))
     written.append(out / "table.md")
-    written.append(plot_size_resize(summary, out / "size_resize.png"))
-    if cfg.per_class:
-        written.append(plot_data_efficiency(summary, out / "data_efficiency.png"))
+    written += write_bench_plots(out, summary, per_class=bool(cfg.per_class))
     return written

@@ -638,8 +638,8 @@ def _shots_curve(grid: GridConfig, val_mean: np.ndarray, test_rows: list[dict], 
     TFA-LT) and K, the configuration with the best mean validation ``select`` figure among
     that method's K-shot configurations (chosen on validation, as the grid's own selection),
     and its test figures, mean ± std over seeds. Writes ``shots.parquet``/``.csv`` and
-    ``accuracy_vs_shots.png``."""
-    from featcache.pipelines.compare import plot_shots_curve
+    ``accuracy_vs_shots.png`` (and the other ``--plot-format`` formats)."""
+    from featcache.plots import save, shots_curve_figure
 
     best: dict[tuple[str, int], int] = {}
     for i, cfg in enumerate(grid.configs):
@@ -656,8 +656,8 @@ def _shots_curve(grid: GridConfig, val_mean: np.ndarray, test_rows: list[dict], 
     frame = pl.DataFrame(rows).with_columns(pl.col(pl.Float64).fill_nan(None))
     frame.write_parquet(out_dir / "shots.parquet")
     frame.write_csv(out_dir / "shots.csv")
-    plot_shots_curve(rows, out_dir / "accuracy_vs_shots.png",
-                     title=f"grid: best configuration per K on val {grid.select}")
+    save(shots_curve_figure(rows, title=f"grid: best configuration per K on val {grid.select}"),
+         out_dir / "accuracy_vs_shots", parse_formats(grid.base.plot_format))
     return rows
 
 

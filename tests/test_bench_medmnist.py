@@ -607,32 +607,3 @@ def test_bare_timm_spec_gets_bench_advice(tmp_path: Path, monkeypatch: pytest.Mo
         run(_quick(tmp_path, backbones=(TIMM_TINY,), iterations=1))
     msg = str(err.value)
     assert "timm:test_vit:random" in msg and "--pretrained" not in msg
-
-
-def test_plot_legend_does_not_cover_the_data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import matplotlib.figure
-
-    from featcache.pipelines.bench_medmnist import plot_size_resize
-
-    figs = []
-    real = matplotlib.figure.Figure.savefig
-
-    def keep(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
-        figs.append(self)
-        return real(self, *a, **k)
-
-    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", keep)
-    rows = [{"dataset": "d", "per_class": None, "backbone": f"backbone-{k}", "method": "linear", "resize": r,
-             "size": s, "acc": 0.5 + 0.01 * k, "acc_std": 0.01, "auc": 0.6, "auc_std": 0.01}
-            for k in range(5) for r in ("scale", "pad") for s in (28, 64, 128, 224)]
-    plot_size_resize(pl.DataFrame(rows), tmp_path / "p.png")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-
-    fig = figs[0]
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
-    assert legends
-    for legend in legends:
-        box = legend.get_window_extent(renderer)
-        for ax in fig.axes:
-            assert not box.overlaps(ax.get_window_extent(renderer)), "legend over a panel"

@@ -33,6 +33,9 @@ def result(cache: Path, tmp_path_factory: pytest.TempPathFactory) -> compare.Com
     return compare.run(cfg)
 
 
+# The ten methods × three shot counts (30 runs, ~10 s) run with the whole suite; the CLI test
+# below checks the same files, rows and shared splits fast on three methods × two shot counts.
+@pytest.mark.slow
 def test_compare_writes_one_row_per_method_and_shots_in_every_format(result: compare.CompareResult) -> None:
     out = result.out_dir
     for name in ("compare.md", "compare.parquet", "compare.csv", "config.json", "accuracy_vs_shots.png"):
@@ -50,6 +53,7 @@ def test_compare_writes_one_row_per_method_and_shots_in_every_format(result: com
     assert config["pipeline"] == "compare" and config["shots"] == ["2", "4", "full"]
 
 
+@pytest.mark.slow
 def test_every_method_is_trained_and_tested_on_the_same_split(result: compare.CompareResult) -> None:
     table = pl.read_parquet(result.out_dir / "compare.parquet")
     for shots in (2, 4, None):
@@ -99,6 +103,13 @@ def test_compare_cli_prints_the_table_and_progress(cache: Path, tmp_path: Path) 
     assert res.exit_code == 0, res.output
     assert "[3/6] linear, shots 2" in res.output and "compare.md" in res.output
     assert pl.read_csv(tmp_path / "o" / "compare.csv").height == 6
+    for name in compare.TABLE_FILES:  # every format, the accuracy-vs-shots figure among them
+        assert (tmp_path / "o" / name).is_file(), name
+    table = pl.read_parquet(tmp_path / "o" / "compare.parquet")
+    assert table.select("head", "shots").unique().height == table.height == 6
+    for _, part in table.group_by("shots"):  # one split per shot count, shared by every method
+        frames = [pl.read_parquet(Path(r) / "splits.parquet").sort(["seed", "row"]) for r in part["run"]]
+        assert len(frames) == 3 and all(f.equals(frames[0]) for f in frames[1:])
 
 
 def test_compare_calibrates_every_method_on_validation(cache: Path, tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from featcache.errors import FeatcacheError, closest, did_you_mean
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # a fresh interpreter imports torch; check_weights' refusal is checked fast below
 def test_a_tag_that_needs_a_download_fails_offline_before_the_data_is_read(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),

@@ -99,9 +99,12 @@ def test_tfa_lt_grid_equals_each_configuration_alone(lt_cache, tmp_path) -> None
         torch.testing.assert_close(joint[name], alone[name], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("variant", [dict(ensemble="logit"), dict(ensemble="feature"),
-                                     dict(ensemble="logit", adapters=False), dict(ensemble="mean")],
-                         ids=["logit", "feature", "no-adapters", "mean"])
+@pytest.mark.parametrize("variant", [
+    pytest.param(dict(ensemble="logit"), id="logit"),
+    pytest.param(dict(ensemble="feature"), id="feature", marks=pytest.mark.slow),
+    pytest.param(dict(ensemble="logit", adapters=False), id="no-adapters"),
+    pytest.param(dict(ensemble="mean"), id="mean", marks=pytest.mark.slow),
+])
 def test_one_configuration_grid_is_the_tfa_lt_run(lt_cache, tmp_path, variant) -> None:  # noqa: ANN001
     """Both train TFA-LT through heads/tfa_lt_stages.train_tfa_lt: a grid of one configuration
     saves the very weights (torch.equal), loss curves and test figures of tfa_lt.run."""

@@ -133,7 +133,7 @@ def _export_check(lift: dict, kind: str, suffix: str, tmp_path: Path) -> None:
     np.testing.assert_allclose(probs, want_probs, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["adaptformer", "lora"])
+@pytest.mark.parametrize("kind", ["adaptformer", pytest.param("lora", marks=pytest.mark.slow)])
 def test_pt2_artefact_gives_predicts_logits(lift: dict, kind: str, tmp_path: Path) -> None:
     _export_check(lift, kind, ".pt2", tmp_path)
 

@@ -115,13 +115,16 @@ def test_quick_gelu_tag_loads_through_the_hf_cache_with_quick_gelu(hub: Path, mo
 
 # The tags of the papers' backbone and the common families: what open_clip's pretrained config
 # says, hence what featcache must build (checked against open_clip's config in the test).
+# Building a ViT-B takes about a second: one QuickGELU and one GELU tag stay in the fast
+# subset, the rest run with the whole suite (every tag's config is read, fast, below).
+_SLOW = pytest.mark.slow
 QUICK_GELU_TABLE = [
     ("ViT-B-16", "openai", True),
-    ("ViT-B-16", "dfn2b", True),
-    ("ViT-B-16", "metaclip_fullcc", True),
+    pytest.param("ViT-B-16", "dfn2b", True, marks=_SLOW),
+    pytest.param("ViT-B-16", "metaclip_fullcc", True, marks=_SLOW),
     ("ViT-B-16", "laion2b_s34b_b88k", False),
-    ("ViT-B-16", "datacomp_xl_s13b_b90k", False),
-    ("ViT-B-32", "laion400m_e32", True),
+    pytest.param("ViT-B-16", "datacomp_xl_s13b_b90k", False, marks=_SLOW),
+    pytest.param("ViT-B-32", "laion400m_e32", True, marks=_SLOW),
 ]
 
 

@@ -135,3 +135,56 @@ def test_finetune_writes_its_loss_curve_in_the_requested_formats(tmp_path) -> No
     assert (out / "loss_curve.svg").is_file() and (out / "confusion.svg").is_file()
     with pytest.raises(FeatcacheError, match="unknown format"):
         finetune.FinetuneConfig(dataset="synthetic-lt", plot_format="bmp")
+
+
+# --------------------------------------------------------------------------------------
+# The MedMNIST benchmark's figures (drawn here, written by bench_medmnist.write_outputs)
+
+
+def _bench_summary(per_class: bool):  # noqa: ANN202
+    """A summary as the benchmark writes it: 5 backbones × 2 resizes × 4 sizes (full split),
+    plus per-class cells at 2, 10 and 50 images per class for the data-efficiency figure."""
+    import polars as pl
+
+    rows = [{"dataset": "d", "per_class": None, "backbone": f"backbone-{k}", "method": "linear", "resize": r,
+             "size": s, "acc": 0.5 + 0.01 * k, "acc_std": 0.01, "auc": 0.6, "auc_std": 0.01}
+            for k in range(5) for r in ("scale", "pad") for s in (28, 64, 128, 224)]
+    if per_class:
+        rows += [dict(r, per_class=n, acc=r["acc"] - 0.1 / n) for r in rows[:4] for n in (2, 10, 50)]
+    return pl.DataFrame(rows)
+
+
+def _panels_under_a_legend(fig) -> list[str]:  # noqa: ANN001
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    legends = fig.legends + [ax.get_legend() for ax in fig.axes if ax.get_legend()]
+    assert legends
+    return [ax.get_title() for legend in legends for ax in fig.axes
+            if legend.get_window_extent(renderer).overlaps(ax.get_window_extent(renderer))]
+
+
+def test_bench_plot_legend_does_not_cover_the_data(tmp_path) -> None:  # noqa: ANN001
+    fig = plots.size_resize_figure(_bench_summary(per_class=False))
+    assert [ax.get_title() for ax in fig.axes] == ["d ACC", "d AUC"]
+    assert len(fig.axes[0].get_legend_handles_labels()[1]) == 5 * 2  # backbone × resize lines
+    plots.save(fig, tmp_path / "size_resize")
+    assert _panels_under_a_legend(fig) == [], "legend over a panel"
+
+
+def test_bench_plots_are_written_at_150_dpi_in_every_requested_format(tmp_path) -> None:  # noqa: ANN001
+    written = plots.write_bench_plots(tmp_path, _bench_summary(per_class=True), per_class=True,
+                                      formats=("png", "pdf"))
+    assert sorted(p.name for p in written) == ["data_efficiency.pdf", "data_efficiency.png",
+                                               "size_resize.pdf", "size_resize.png"]
+    for name in ("size_resize", "data_efficiency"):
+        assert _png_dpi(tmp_path / f"{name}.png") == pytest.approx(150, abs=0.5)
+        assert (tmp_path / f"{name}.pdf").read_bytes().startswith(b"%PDF")
+    fig = plots.data_efficiency_figure(_bench_summary(per_class=True))
+    ax = fig.axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["2", "10", "50"]
+    # every backbone × method × size × resize line has its full-split figure as a dotted line
+    assert len([ln for ln in ax.lines if ln.get_linestyle() == ":"]) == 5 * 2 * 4
+    plots.plt().close(fig)
+    assert [p.name for p in plots.write_bench_plots(tmp_path / ".", _bench_summary(per_class=False),
+                                                    per_class=False)] == ["size_resize.png"]

@@ -248,6 +248,7 @@ def _browser() -> tuple[str, str]:
     return chrome, driver
 
 
+@pytest.mark.slow  # starts a headless browser; the page's content is checked fast above
 def test_page_renders_in_chromium_and_the_table_sorts(three_runs: dict[str, Path], tmp_path: Path) -> None:
     chrome, driver_path = _browser()
     from selenium import webdriver

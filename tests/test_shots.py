@@ -82,10 +82,11 @@ def test_tfa_lt_takes_shots(cache: Path, tmp_path: Path) -> None:
 
 def test_grid_over_shots_writes_the_accuracy_vs_shots_curve(cache: Path, tmp_path: Path) -> None:
     base = train_head.TrainHeadConfig(cache=str(cache), head="linear", seeds=(0, 1), epochs=2,
-                                      val_fraction=0.25)
+                                      val_fraction=0.25, plot_format="png,svg")
     spec = grid.make_grid(base, ["shots=1,2,4", "lr=0.05,0.1"], out=str(tmp_path / "g"))
     res = grid.run(spec)
     assert (res.out_dir / "accuracy_vs_shots.png").stat().st_size > 1000
+    assert b"<svg" in (res.out_dir / "accuracy_vs_shots.svg").read_bytes()[:500]  # --plot-format
     curve = pl.read_csv(res.out_dir / "shots.csv")
     assert curve["shots"].to_list() == [1, 2, 4] and set(curve["method"]) == {"linear"}
     assert curve["acc_std"].is_not_null().all()
