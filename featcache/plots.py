@@ -365,14 +365,19 @@ def reliability_figure(labels: np.ndarray, logits: np.ndarray, *, title: str,
             w = r["edges"][1] - r["edges"][0]
             ax.bar(centres[ok], r["count"][ok] / max(r["count"].sum(), 1), width=w * 0.9,
                    color="0.85", label="fraction of rows", zorder=0)
+    _reliability_axes(ax, title, "confidence (top-label probability)")
+    return fig
+
+
+def _reliability_axes(ax, title: str, xlabel: str) -> None:  # noqa: ANN001
+    """The frame both reliability diagrams share: the diagonal, unit axes, labels, legend."""
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-label probability)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("accuracy")
     ax.set_title(text(title), fontsize=9)
     ax.legend(loc="best", fontsize=7, frameon=False)
-    return fig
 
 
 def shots_curve_figure(rows: Sequence[dict], *, title: str = ""):  # noqa: ANN201
@@ -532,13 +537,7 @@ def reliability_bars_figure(r: dict, *, title: str):  # noqa: ANN201
            facecolor="none", edgecolor="tab:red", hatch="//", linewidth=0.8, label="gap to confidence")
     for x, n, top in zip(centres[ok], r["count"][ok], np.maximum(r["acc"], r["conf"])[ok], strict=True):
         ax.text(x, min(top + 0.01, 0.97), str(int(n)), ha="center", va="bottom", fontsize=6, color="0.3")
-    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("confidence (top-1 softmax probability)")
-    ax.set_ylabel("accuracy")
-    ax.set_title(text(title), fontsize=9)
-    ax.legend(loc="best", fontsize=7, frameon=False)
+    _reliability_axes(ax, title, "confidence (top-1 softmax probability)")
     return fig
 
 

@@ -584,21 +584,15 @@ def _adamw_step(
     for p, grad, m, v, wd_g in zip(params, grads, exp_avg, exp_avg_sq, wd, strict=True):
         shape = (-1,) + (1,) * (p.dim() - 1)
         lr_g = lr.view(shape)
-        if active is None:
-            p.mul_(1 - lr_g * wd_g)  # decoupled weight decay
-            m.lerp_(grad, 1 - beta1)
-            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-            denom = (v.sqrt() / sqrt_bc2).add_(ADAMW_EPS)
-            p.sub_(lr_g * inv_bc1 * m / denom)
-        else:
-            a = active.view(shape)
-            new_p = p * (1 - lr_g * wd_g)
-            new_m = torch.lerp(m, grad, 1 - beta1)
-            new_v = (v * beta2).addcmul_(grad, grad, value=1 - beta2)
-            new_p.sub_(lr_g * inv_bc1 * new_m / (new_v.sqrt() / sqrt_bc2).add_(ADAMW_EPS))
-            torch.where(a, new_m, m, out=m)
-            torch.where(a, new_v, v, out=v)
-            torch.where(a, new_p, p, out=p)
+        new_p = p * (1 - lr_g * wd_g)  # decoupled weight decay
+        new_m = torch.lerp(m, grad, 1 - beta1)
+        new_v = (v * beta2).addcmul_(grad, grad, value=1 - beta2)
+        new_p.sub_(lr_g * inv_bc1 * new_m / (new_v.sqrt() / sqrt_bc2).add_(ADAMW_EPS))
+        for old, new in ((m, new_m), (v, new_v), (p, new_p)):
+            if active is None:
+                old.copy_(new)
+            else:  # inactive members keep their old values
+                torch.where(active.view(shape), new, old, out=old)
 
 
 def _sgd_step(
