@@ -444,3 +444,27 @@ MEDMNIST_FINETUNE_BATCH_SIZE = _declare(
     f"{_FMMIC}: 32 for DINOv2", name="finetune_batch_size", type=int)
 MEDMNIST_OUT = _declare("medmnist_out", "runs/bench-medmnist", "Run directory.", "featcache", name="out",
                         type="path")
+
+
+def markdown_table() -> str:
+    """Every declared knob as the markdown table of ``docs/KNOBS.md``'s "Every declared knob"
+    (``python -m featcache.knobs`` prints it; ``tests/test_knobs_doc.py`` checks the file has it)."""
+
+    def shown(k: Knob) -> str:
+        if k.default is None:
+            return "derived (see help)"
+        if k.type is bool:
+            return "off"
+        text = k.cli_default
+        return f"`{text}`" if text != "" else "(empty)"
+
+    rows = ["| record | option | default | choices | source |", "|---|---|---|---|---|"]
+    for k in KNOBS.values():
+        choices = ", ".join(k.choices) if k.choices else f"{k.names} names" if k.names else ""
+        rows.append(f"| `{k.key}` | `--{k.name.replace('_', '-')}` | {shown(k)} | {choices} | "
+                    f"{k.source.replace('|', '/')} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(markdown_table(), end="")
