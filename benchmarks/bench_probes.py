@@ -18,7 +18,12 @@ import time
 import numpy as np
 import torch
 
-from featcache.pipelines.bench_medmnist import ProbeRecipe, check_iterations, per_class_subset, train_probes
+from featcache.pipelines.bench_medmnist import (
+    ProbeRecipe,
+    check_iterations,
+    per_class_subset,
+    train_probes,
+)
 
 
 def main() -> None:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from featcache import models
+from featcache import knobs, models
 from featcache.datasets._io import IMAGE_EXTENSIONS, PathLoader, list_images
 from featcache.datasets.base import Descriptor, Manifest
 from featcache.decode import FileBytes, JpegDecoder, collate_file_bytes, decode_on_device
@@ -281,8 +281,8 @@ def backbone_for_cache(meta: dict, *, pretrained: str | None = None, views: tupl
 
 def encode_images(
     manifest: Manifest, backbone: models.Backbone, prep: Preprocessing, dtype: torch.dtype, *,
-    views: tuple[str, ...], feature: str, device: torch.device, batch_size: int = 64,
-    workers: int = 0, skip_bad: bool = False, jpeg_decode: JpegDecoder | None = None, progress: bool = True,
+    views: tuple[str, ...], feature: str, device: torch.device, batch_size: int = knobs.PREDICT_BATCH_SIZE,
+    workers: int = knobs.PREDICT_WORKERS, skip_bad: bool = False, jpeg_decode: JpegDecoder | None = None, progress: bool = True,
     cast_weights: bool = True,
 ) -> tuple[list[int], list[torch.Tensor], list[tuple[str, str]]]:
     """Encode every image of ``manifest`` as extraction does (:func:`image_batches`,

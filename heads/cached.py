@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from featcache import knobs
 from featcache.cache import FeatureCache, open_cache
 from featcache.device import PRECISIONS, resolve_device, resolve_precision
 from featcache.errors import FeatcacheError, number_problem
@@ -32,6 +31,7 @@ from featcache.heads.base import HEADS, SCHEDULES, load_head
 from featcache.heads.losses import ClassPrior, posthoc_adjust
 from featcache.heads.text import prototypes_for
 from featcache.heads.training import predict_logits
+from featcache.knob_fields import knob_field
 from featcache.metrics import compute_metrics
 from featcache.preprocess import TTE_VIEWS
 from featcache.runs import run_name
@@ -129,24 +129,24 @@ class RunSettings:
     products while training; mixed precision with fp32 master weights, optimiser state and
     losses (:func:`featcache.heads.training.train_members`). Evaluation runs in fp32."""
 
-    text_source: str = knobs.TEXT_SOURCE
-    template: str = knobs.TEMPLATE
-    view: str = knobs.VIEW
-    feature: str = knobs.FEATURE
-    tte: bool = False
-    posthoc_tau: float = knobs.POSTHOC_TAU
-    val_fraction: float = knobs.VAL_FRACTION
-    test_per_class: int | None = None
-    device: str = knobs.DEVICE
-    precision: str = knobs.PRECISION
+    text_source: str = knob_field("text_source")
+    template: str = knob_field("template")
+    view: str = knob_field("view")
+    feature: str = knob_field("feature")
+    tte: bool = knob_field("tte")
+    posthoc_tau: float = knob_field("posthoc_tau")
+    val_fraction: float = knob_field("val_fraction")
+    test_per_class: int | None = knob_field("test_per_class")
+    device: str = knob_field("device")
+    precision: str = knob_field("precision")
     out: str | None = None
-    method: str = ""
-    bootstrap: int = knobs.BOOTSTRAP  # replicates of the test rows for 95 % CIs (0 = off): featcache.class_metrics
-    bootstrap_seed: int = knobs.BOOTSTRAP_SEED
-    plot_format: str = knobs.PLOT_FORMAT  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
-    shots: int | None = None
-    validation_free: bool = False
-    calibrate: str = knobs.CALIBRATE
+    method: str = knob_field("method_label")
+    bootstrap: int = knob_field("bootstrap")  # replicates of the test rows for 95 % CIs (0 = off): featcache.class_metrics
+    bootstrap_seed: int = knob_field("bootstrap_seed")
+    plot_format: str = knob_field("plot_format")  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
+    shots: int | None = knob_field("shots")
+    validation_free: bool = knob_field("validation_free")
+    calibrate: str = knob_field("calibrate")
 
     @classmethod
     def knobs(cls) -> list[str]:

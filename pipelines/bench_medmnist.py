@@ -69,6 +69,7 @@ from featcache.device import autocast, resolve_device, resolve_precision
 from featcache.errors import DataError, FeatcacheError, unknown
 from featcache.heads.base import Head, HeadContext, MemberSpec, build_head
 from featcache.heads.training import batch_rows, predict_logits, train_members
+from featcache.knob_fields import knob_field
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import extract
 from featcache.preprocess import RESIZE_MODES, Preprocessing, array_batch
@@ -129,33 +130,33 @@ class BenchConfig:
 
     datasets: tuple[str, ...]
     root: str | None = None
-    backbones: tuple[str, ...] = ("tiny-clip",)
-    sizes: tuple[int, ...] = (28,)
-    resize: tuple[str, ...] = ("scale",)
-    seeds: tuple[int, ...] = knobs.MEDMNIST_SEEDS
-    per_class: tuple[int, ...] = ()
-    methods: tuple[str, ...] = ("linear",)
-    recipe: str = "paper"
-    iterations: int | None = None  # None: the recipe's
-    lrs: tuple[float, ...] | None = None  # None: the recipe's
-    lr_decay: float = knobs.MEDMNIST_LR_DECAY
-    decay_every: int = knobs.MEDMNIST_DECAY_EVERY
-    batch_size: int | None = None  # None: the recipe's
-    val_checks: int | None = None  # None: the recipe's; 0 = test the final weights
-    weight_decay: float = knobs.MEDMNIST_WEIGHT_DECAY
-    feature: str = "cls"
-    select_metric: str = "acc"
-    encoder_lrs: tuple[float, ...] = ()  # empty: by family (ENCODER_LR)
-    finetune_head_lr: float = knobs.MEDMNIST_FINETUNE_HEAD_LR
-    finetune_iterations: int | None = None
-    finetune_batch_size: int | None = None
-    input_size: int | str = "paper"
-    interpolation: str = "bilinear"
-    binary_head: str = "softmax"
-    per_class_draw: str = "random"
-    out: str = "runs/bench-medmnist"
+    backbones: tuple[str, ...] = knob_field("medmnist_backbones")
+    sizes: tuple[int, ...] = knob_field("medmnist_sizes")
+    resize: tuple[str, ...] = knob_field("medmnist_resize")
+    seeds: tuple[int, ...] = knob_field("medmnist_seeds")
+    per_class: tuple[int, ...] = knob_field("medmnist_per_class")
+    methods: tuple[str, ...] = knob_field("medmnist_methods")
+    recipe: str = knob_field("medmnist_recipe")
+    iterations: int | None = knob_field("medmnist_iterations")  # None: the recipe's
+    lrs: tuple[float, ...] | None = knob_field("medmnist_lrs")  # None: the recipe's
+    lr_decay: float = knob_field("medmnist_lr_decay")
+    decay_every: int = knob_field("medmnist_decay_every")
+    batch_size: int | None = knob_field("medmnist_batch_size")  # None: the recipe's
+    val_checks: int | None = knob_field("medmnist_val_checks")  # None: the recipe's; 0 = test the final weights
+    weight_decay: float = knob_field("medmnist_weight_decay")
+    feature: str = knob_field("medmnist_feature")
+    select_metric: str = knob_field("medmnist_select_metric")
+    encoder_lrs: tuple[float, ...] = knob_field("medmnist_encoder_lrs")  # empty: by family (ENCODER_LR)
+    finetune_head_lr: float = knob_field("medmnist_finetune_head_lr")
+    finetune_iterations: int | None = knob_field("medmnist_finetune_iterations")
+    finetune_batch_size: int | None = knob_field("medmnist_finetune_batch_size")
+    input_size: int | str = knob_field("medmnist_input_size")
+    interpolation: str = knob_field("medmnist_interpolation")
+    binary_head: str = knob_field("medmnist_binary_head")
+    per_class_draw: str = knob_field("medmnist_per_class_draw")
+    out: str = knob_field("medmnist_out")
     cache_dir: str | None = None  # default: caches/ (shared with `featcache extract`)
-    device: str = "auto"
+    device: str = knob_field("device_choice")
     download: bool = False
     progress: bool = True
     recipe_overrides: tuple[str, ...] = field(default=(), init=False)

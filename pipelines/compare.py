@@ -41,6 +41,7 @@ from featcache import knobs
 from featcache.cache import open_cache
 from featcache.errors import FeatcacheError, unknown
 from featcache.heads import HEADS
+from featcache.knob_fields import knob_field
 from featcache.pipelines import tfa_lt, train_head
 from featcache.runs import refuse_existing_run, write_json
 
@@ -64,20 +65,20 @@ class CompareConfig:
     stage II keeps TFA-LT's 100 epochs); the methods' own knobs keep their defaults."""
 
     cache: str
-    heads: tuple[str, ...] = DEFAULT_HEADS
-    seeds: tuple[int, ...] = knobs.SEEDS
-    shots: tuple[int | None, ...] = (None,)  # None: every training row
-    protocol: str | None = None
-    epochs: int = knobs.EPOCHS
-    batch_size: int = knobs.BATCH_SIZE
-    lr: float = knobs.LR
-    val_fraction: float = knobs.VAL_FRACTION
-    validation_free: bool = False
-    calibrate: str = knobs.CALIBRATE
-    test_per_class: int | None = None
-    text_source: str = knobs.TEXT_SOURCE
-    device: str = knobs.DEVICE
-    precision: str = knobs.PRECISION
+    heads: tuple[str, ...] = knob_field("compare_heads")
+    seeds: tuple[int, ...] = knob_field("seeds")
+    shots: tuple[int | None, ...] = knob_field("compare_shots")  # None: every training row
+    protocol: str | None = knob_field("protocol")
+    epochs: int = knob_field("epochs")
+    batch_size: int = knob_field("batch_size")
+    lr: float = knob_field("lr")
+    val_fraction: float = knob_field("val_fraction")
+    validation_free: bool = knob_field("validation_free")
+    calibrate: str = knob_field("calibrate")
+    test_per_class: int | None = knob_field("test_per_class")
+    text_source: str = knob_field("text_source")
+    device: str = knob_field("device")
+    precision: str = knob_field("precision")
     out: str | None = None
 
     def __post_init__(self) -> None:

@@ -54,6 +54,7 @@ from featcache.device import precision_name, resolve_device, resolve_precision, 
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import CacheError, DataError, FeatcacheError
 from featcache.images import encode_views, image_batches
+from featcache.knob_fields import knob_field
 from featcache.preprocess import Preprocessing
 from featcache.progress import bar as progress_bar
 from featcache.prompts import fill_prompt, render_templates
@@ -71,19 +72,19 @@ class ExtractConfig:
     dataset: str  # (fp) registered data set name
     root: str | None = None  # data set folder (fp through the manifest hash)
     dataset_options: dict = field(default_factory=dict)  # (fp) adapter options, e.g. subset
-    model: str = "tiny-clip"  # (fp)
-    pretrained: str | None = None  # (fp) tag | file | hf-hub:ID | random; None = default
-    tte: bool = False  # (fp) also store the five TTE crops
-    resize: str = "scale"  # (fp) scale | pad | pad-norm
+    model: str = knob_field("model")  # (fp)
+    pretrained: str | None = knob_field("pretrained")  # (fp) tag | file | hf-hub:ID | random; None = default
+    tte: bool = knob_field("extract_tte")  # (fp) also store the five TTE crops
+    resize: str = knob_field("resize")  # (fp) scale | pad | pad-norm
     input_size: int | None = None  # (fp) the encoder's input size; None = the model's own
     interpolation: str | None = None  # (fp) bilinear | bicubic | ...; None = the model's own
-    precision: str = "auto"  # (fp) fp32 | bf16 | fp16 | auto (bf16 on GPU, fp32 on CPU)
-    decoder: str = "pil"  # (fp, image files only) pil | device (torchvision.io; nvJPEG on a GPU)
+    precision: str = knob_field("encoder_precision")  # (fp) fp32 | bf16 | fp16 | auto (bf16 on GPU, fp32 on CPU)
+    decoder: str = knob_field("decoder")  # (fp, image files only) pil | device (torchvision.io; nvJPEG on a GPU)
     out: str | None = None
-    device: str = "auto"
-    batch_size: int = 256
-    workers: int | None = None  # decoding processes; None = default_workers()
-    chunk_size: int = 4096  # rows per resumable shard (fp: it fixes the batching)
+    device: str = knob_field("device_choice")
+    batch_size: int = knob_field("extract_batch_size")
+    workers: int | None = knob_field("workers")  # decoding processes; None = default_workers()
+    chunk_size: int = knob_field("chunk_size")  # rows per resumable shard (fp: it fixes the batching)
     skip_bad: bool = False
     overwrite: bool = False
     compile: bool = False

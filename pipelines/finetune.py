@@ -60,6 +60,7 @@ from featcache.device import autocast, precision_name, resolve_device, resolve_p
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import FeatcacheError
 from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
+from featcache.knob_fields import knob_field
 from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
 from featcache.lift_data import (
     EpochTagged,
@@ -107,38 +108,38 @@ class FinetuneConfig:
     dataset: str | None = None
     root: str | None = None
     dataset_options: dict = field(default_factory=dict)
-    method: str = knobs.FINETUNE_METHOD
+    method: str = knob_field("finetune_method")
     method_options: dict = field(default_factory=dict)
     cache: str | None = None  # --method classifier only: train the head on cached features
-    model: str = knobs.FINETUNE_MODEL
-    pretrained: str | None = None
-    protocol: str | None = None  # None: lift when the data set has a test split
-    test_per_class: int | None = None
-    seeds: tuple[int, ...] = knobs.FINETUNE_SEEDS
-    epochs: int | None = None  # None: the data set's LIFT recipe (descriptor.finetune_epochs), else 10
-    batch_size: int = knobs.BATCH_SIZE
-    lr: float = knobs.FINETUNE_LR
-    momentum: float = knobs.MOMENTUM
-    weight_decay: float = knobs.WEIGHT_DECAY
-    schedule: str = knobs.SCHEDULE
-    loss: str = knobs.FINETUNE_LOSS
-    la_tau: float = knobs.LA_TAU
-    gamma: float = knobs.GAMMA
-    cb_beta: float = knobs.CB_BETA
-    sigma: float = knobs.SIGMA
-    init: str = knobs.FINETUNE_INIT
+    model: str = knob_field("finetune_model")
+    pretrained: str | None = knob_field("pretrained")
+    protocol: str | None = knob_field("finetune_protocol")  # None: lift when the data set has a test split
+    test_per_class: int | None = knob_field("test_per_class")
+    seeds: tuple[int, ...] = knob_field("finetune_seeds")
+    epochs: int | None = knob_field("finetune_epochs")  # None: the data set's LIFT recipe (descriptor.finetune_epochs), else 10
+    batch_size: int = knob_field("batch_size")
+    lr: float = knob_field("finetune_lr")
+    momentum: float = knob_field("momentum")
+    weight_decay: float = knob_field("weight_decay")
+    schedule: str = knob_field("schedule")
+    loss: str = knob_field("finetune_loss")
+    la_tau: float = knob_field("la_tau")
+    gamma: float = knob_field("gamma")
+    cb_beta: float = knob_field("cb_beta")
+    sigma: float = knob_field("sigma")
+    init: str = knob_field("finetune_init")
     template: str = LIFT
     augment: bool = True
-    train_canvas: int | None = None
-    tte: bool = False
-    precision: str = knobs.FINETUNE_PRECISION  # auto = bf16 on a GPU, fp32 on the CPU
-    device: str = knobs.DEVICE
-    workers: int | None = None  # decoding processes for file data sets; None = min(8, CPUs)
+    train_canvas: int | None = knob_field("train_canvas")
+    tte: bool = knob_field("tte")
+    precision: str = knob_field("encoder_precision")  # auto = bf16 on a GPU, fp32 on the CPU
+    device: str = knob_field("device_choice")
+    workers: int | None = knob_field("workers")  # decoding processes for file data sets; None = min(8, CPUs)
     eval_batch_size: int | None = None  # None = batch_size
     out: str | None = None
     resume: bool = False
     progress: bool = True
-    plot_format: str = knobs.PLOT_FORMAT  # figure formats (featcache.plots.parse_formats), e.g. "png,pdf"
+    plot_format: str = knob_field("plot_format")  # figure formats (featcache.plots.parse_formats), e.g. "png,pdf"
 
     def __post_init__(self) -> None:
         from featcache.plots import parse_formats

@@ -59,7 +59,6 @@ import numpy as np
 import polars as pl
 import torch
 
-from featcache import knobs
 from featcache.errors import FeatcacheError, did_you_mean
 from featcache.heads import HEADS, ClassPrior, Head, HeadContext, MemberSpec, build_head
 from featcache.heads.cached import (
@@ -76,6 +75,7 @@ from featcache.heads.cached import (
 from featcache.heads.losses import posthoc_adjust
 from featcache.heads.tfa_lt_stages import train_tfa_lt
 from featcache.heads.training import predict_logits, rows_per_chunk, stream_key, train_members
+from featcache.knob_fields import knob_field
 from featcache.metrics import METRIC_KEYS, compute_metrics, summarize
 from featcache.pipelines import tfa_lt, train_head
 from featcache.plots import parse_formats
@@ -197,8 +197,8 @@ class GridConfig:
 
     base: PipelineConfig
     params: tuple[tuple[str, tuple], ...]
-    select: str = knobs.SELECT
-    top: int = knobs.GRID_TOP
+    select: str = knob_field("select")
+    top: int = knob_field("grid_top")
     out: str | None = None
     configs: tuple[PipelineConfig, ...] = field(init=False, repr=False)
 

@@ -32,6 +32,7 @@ import numpy as np
 import polars as pl
 import torch
 
+from featcache import knobs
 from featcache.cache import open_cache
 from featcache.datasets.base import class_key
 from featcache.device import resolve_device
@@ -172,7 +173,7 @@ def _groups(run: SavedRun, k: int) -> dict[str, list[int]] | None:
 
 
 def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None = None,
-                device: str = "auto", split: str = "auto", per_seed: bool = False,
+                device: str = knobs.DEVICE, split: str = knobs.PREDICT_SPLIT, per_seed: bool = False,
                 overwrite: bool = False) -> PredictResult:
     """Apply a run's saved heads (every seed) to a cache with the same model fingerprint.
 
@@ -265,8 +266,8 @@ def predict_run(run_dir: str | Path, cache_path: str, *, out: str | Path | None 
 
 
 def predict_images(run_dir: str | Path, images: list[str] | tuple[str, ...], *, out: str | Path | None = None,
-                   cache: str | None = None, pretrained: str | None = None, device: str = "auto",
-                   batch_size: int = 64, workers: int = 0, skip_bad: bool = False, per_seed: bool = False,
+                   cache: str | None = None, pretrained: str | None = None, device: str = knobs.DEVICE,
+                   batch_size: int = knobs.PREDICT_BATCH_SIZE, workers: int = knobs.PREDICT_WORKERS, skip_bad: bool = False, per_seed: bool = False,
                    overwrite: bool = False, progress: bool = True) -> PredictResult:
     """Predict image files (files, folders, CSVs of paths) with a run, from pixels.
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import polars as pl
 
-from featcache import knobs
 from featcache.cache import open_cache
+from featcache.knob_fields import knob_field
 from featcache.pipelines import tfa_lt, train_head
 from featcache.runs import (
     markdown_table,
@@ -56,20 +56,20 @@ class ReproduceConfig:
     """
 
     cache: str
-    seeds: tuple[int, ...] = knobs.SEEDS
-    epochs: int = knobs.EPOCHS
-    ensemble_epochs: int = knobs.ENSEMBLE_EPOCHS
-    baseline_epochs: int = knobs.BASELINE_EPOCHS
-    batch_size: int = knobs.BATCH_SIZE
-    lr: float = knobs.LR
-    protocol: str | None = None
-    tau: float | None = None
-    text_source: str = knobs.TEXT_SOURCE
-    feature: str = knobs.FEATURE
-    tte: bool = False
-    rus: str = knobs.RUS
-    device: str = knobs.DEVICE
-    precision: str = knobs.PRECISION
+    seeds: tuple[int, ...] = knob_field("seeds")
+    epochs: int = knob_field("epochs")
+    ensemble_epochs: int = knob_field("ensemble_epochs")
+    baseline_epochs: int = knob_field("baseline_epochs")
+    batch_size: int = knob_field("batch_size")
+    lr: float = knob_field("lr")
+    protocol: str | None = knob_field("protocol")
+    tau: float | None = knob_field("tau")
+    text_source: str = knob_field("text_source")
+    feature: str = knob_field("feature")
+    tte: bool = knob_field("tte")
+    rus: str = knob_field("rus")
+    device: str = knob_field("device")
+    precision: str = knob_field("precision")
     out: str | None = None
 
     def __post_init__(self) -> None:

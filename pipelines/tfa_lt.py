@@ -50,6 +50,7 @@ from featcache.heads.cached import (
     seed_setups,
 )
 from featcache.heads.tfa_lt_stages import train_tfa_lt
+from featcache.knob_fields import knob_field
 from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
@@ -67,25 +68,25 @@ class TfaLtConfig(RunSettings):
     """Every setting of a TFA-LT run; stage II knobs carry the ``ensemble_`` prefix."""
 
     cache: str
-    ensemble: str = knobs.ENSEMBLE
+    ensemble: str = knob_field("ensemble")
     adapters: bool = True
-    protocol: str | None = None
-    seeds: tuple[int, ...] = knobs.SEEDS
-    epochs: int = knobs.EPOCHS  # stage I
-    batch_size: int = knobs.BATCH_SIZE
-    lr: float = knobs.LR
-    weight_decay: float = knobs.WEIGHT_DECAY
-    momentum: float = knobs.MOMENTUM
-    schedule: str = knobs.SCHEDULE
-    loss: str = knobs.LOSS  # stage I
-    ensemble_epochs: int = knobs.ENSEMBLE_EPOCHS
-    ensemble_lr: float = knobs.ENSEMBLE_LR
-    ensemble_loss: str = knobs.ENSEMBLE_LOSS
-    gamma: float = knobs.GAMMA
-    la_tau: float = knobs.LA_TAU
-    cb_beta: float = knobs.CB_BETA
-    tau: float | None = None
-    rus: str = knobs.RUS  # stage I RUS: fixed (the paper's generated set) | fresh (each epoch)
+    protocol: str | None = knob_field("protocol")
+    seeds: tuple[int, ...] = knob_field("seeds")
+    epochs: int = knob_field("epochs")  # stage I
+    batch_size: int = knob_field("batch_size")
+    lr: float = knob_field("lr")
+    weight_decay: float = knob_field("weight_decay")
+    momentum: float = knob_field("momentum")
+    schedule: str = knob_field("schedule")
+    loss: str = knob_field("loss")  # stage I
+    ensemble_epochs: int = knob_field("ensemble_epochs")
+    ensemble_lr: float = knob_field("ensemble_lr")
+    ensemble_loss: str = knob_field("ensemble_loss")
+    gamma: float = knob_field("gamma")
+    la_tau: float = knob_field("la_tau")
+    cb_beta: float = knob_field("cb_beta")
+    tau: float | None = knob_field("tau")
+    rus: str = knob_field("rus")  # stage I RUS: fixed (the paper's generated set) | fresh (each epoch)
 
     def __post_init__(self) -> None:
         if self.rus not in RUS_MODES:

@@ -35,6 +35,7 @@ from featcache.heads.cached import (
     seed_setups,
 )
 from featcache.heads.training import predict_logits, train_members
+from featcache.knob_fields import knob_field
 from featcache.runs import RunResult, RunWriter, clear_run, refuse_existing_run, write_json
 
 log = logging.getLogger(__name__)
@@ -45,23 +46,23 @@ class TrainHeadConfig(RunSettings):
     """Every setting of a single-head run. Optimiser defaults are TFA-LT's (DESIGN.md §1)."""
 
     cache: str
-    head: str = knobs.HEAD
-    loss: str = knobs.LOSS
-    sampler: str = knobs.SAMPLER
-    protocol: str | None = None
-    seeds: tuple[int, ...] = knobs.SEEDS
-    epochs: int = knobs.EPOCHS
-    batch_size: int = knobs.BATCH_SIZE
-    lr: float = knobs.LR
-    weight_decay: float = knobs.WEIGHT_DECAY
-    momentum: float = knobs.MOMENTUM
-    schedule: str = knobs.SCHEDULE
-    tau: float | None = None  # cosine-logit temperature; None = 1/logit_scale of the cache
-    sigma: float = knobs.SIGMA
-    gamma: float = knobs.GAMMA
-    la_tau: float = knobs.LA_TAU
-    cb_beta: float = knobs.CB_BETA
-    init: str = knobs.INIT
+    head: str = knob_field("head")
+    loss: str = knob_field("loss")
+    sampler: str = knob_field("sampler")
+    protocol: str | None = knob_field("protocol")
+    seeds: tuple[int, ...] = knob_field("seeds")
+    epochs: int = knob_field("epochs")
+    batch_size: int = knob_field("batch_size")
+    lr: float = knob_field("lr")
+    weight_decay: float = knob_field("weight_decay")
+    momentum: float = knob_field("momentum")
+    schedule: str = knob_field("schedule")
+    tau: float | None = knob_field("tau")  # cosine-logit temperature; None = 1/logit_scale of the cache
+    sigma: float = knob_field("sigma")
+    gamma: float = knob_field("gamma")
+    la_tau: float = knob_field("la_tau")
+    cb_beta: float = knob_field("cb_beta")
+    init: str = knob_field("init")
     head_options: tuple[tuple[str, object], ...] = ()  # the head's own knobs (--head-option)
 
     def __post_init__(self) -> None:

@@ -1,5 +1,11 @@
-"""Each knob's default is declared once (``featcache/knobs.py``) and the CLI cannot drift from it.
+"""Each knob is declared once (``featcache/knobs.py``) and neither the CLI nor a config can drift from it.
 
+0. Every command's knob options are built from their declarations (:func:`featcache.cli.common.knob_option`):
+   type or choices, default and help are the record's (a command may append a note); every
+   option named after a knob is one, unless listed with why. Every config field named after
+   a knob takes its default and metadata from the record (``knob_field``), and each option
+   and the config field it fills read the same record. Predict's options are its functions'
+   defaults; the declared choices are the library's.
 1. For every option of ``train-head``, ``grid``, ``reproduce tfa-lt``, ``finetune``,
    ``compare`` and ``bench medmnist`` that is a field of the config the command builds, the option's default is
    the field's default (the few options whose ``None`` means "the config's default" are
@@ -38,6 +44,7 @@ def _configs() -> dict[str, list[type]]:
     from featcache.pipelines import (
         bench_medmnist,
         compare,
+        extract,
         finetune,
         grid,
         reproduce,
@@ -52,6 +59,8 @@ def _configs() -> dict[str, list[type]]:
         "finetune": [finetune.FinetuneConfig],
         "compare": [compare.CompareConfig],
         "bench medmnist": [bench_medmnist.BenchConfig],
+        "extract": [extract.ExtractConfig],
+        "demo": [reproduce.ReproduceConfig],
     }
 
 
@@ -62,11 +71,11 @@ NONE_MEANS_CONFIG_DEFAULT = {
     ("grid", "head"): "as train-head's",
     ("train-head", "ensemble"): "None: train one head; TFA-LT only runs with --ensemble NAME",
     ("grid", "ensemble"): "as train-head's",
-    ("compare", "shots"): "None: --shots not given; parsed to the config's (None,) = every row",
 }
 # (command, option): a text the command parses into the config's empty default
 TEXT_FOR_CONFIG_DEFAULT = {
     ("bench medmnist", "encoder_lrs"): "auto",  # () = each family's ENCODER_LR
+    ("compare", "shots"): "full",  # (None,) = every training row
 }
 
 
@@ -81,7 +90,7 @@ def _cli_value(name: str, default: object, expected: object) -> object:
 
 
 @pytest.mark.parametrize("command", ["train-head", "grid", "reproduce tfa-lt", "finetune", "compare",
-                                     "bench medmnist"])
+                                     "bench medmnist", "extract"])
 def test_option_defaults_are_the_config_defaults(command: str) -> None:
     from featcache.pipelines import grid, train_head
 
@@ -102,7 +111,7 @@ def test_option_defaults_are_the_config_defaults(command: str) -> None:
                 expected = knobs.GRID_VAL_FRACTION
             default = p.get_default(ctx, call=False)  # a flag's False (click keeps it unset)
             if (command, p.name) in TEXT_FOR_CONFIG_DEFAULT:
-                assert default == TEXT_FOR_CONFIG_DEFAULT[command, p.name] and not expected
+                assert default == TEXT_FOR_CONFIG_DEFAULT[command, p.name] and not any(expected)
                 continue
             got = _cli_value(p.name, default, expected)
             assert got == expected and type(got) is type(expected), (
@@ -110,6 +119,148 @@ def test_option_defaults_are_the_config_defaults(command: str) -> None:
                 f"{cls.__name__}.{p.name} default {expected!r}")
             checked += 1
     assert checked >= 8, f"{command}: only {checked} options matched a config field"
+
+
+# ------------------------------------------------------------------------------------------
+# 0. options and config fields from the declarations
+
+def _leaves(cmd: click.Command = main, path: tuple[str, ...] = ()) -> list[tuple[str, click.Command]]:
+    if isinstance(cmd, click.Group):
+        return [leaf for name, sub in sorted(cmd.commands.items()) for leaf in _leaves(sub, (*path, name))]
+    return [(" ".join(path), cmd)]
+
+
+LEAVES = _leaves()
+# (command, option) whose default is None ("not given": the config's declared default applies)
+UNSET = {("train-head", "head"), ("train-head", "ensemble"), ("grid", "head"), ("grid", "ensemble")}
+# options named like a knob but written by hand, and why
+HAND_WRITTEN = {
+    "out": "where the output goes: each command's own path (bench medmnist's default is the knob medmnist_out)",
+    "pretrained": "predict and export: the weights file a run recorded (its SHA-256 is checked), not a choice",
+}
+# config fields named like a knob that are not one, and why
+PLAIN_FIELDS = {
+    ("FinetuneConfig", "template"): "LIFT's fixed prompt (featcache.prompts), not an option",
+    ("ExtractConfig", "input_size"): "None = the model's own; set by bench medmnist, not an extract option",
+    ("ExtractConfig", "interpolation"): "None = the model's own; set by bench medmnist, not an extract option",
+}
+# (command, option): an option filling a config field from another record than the field's, and why
+OTHER_RECORD = {("grid", "val_fraction"): "grid_val_fraction: a grid needs validation rows to select on"}
+
+
+def _knob_names() -> set[str]:
+    return {k.name for k in knobs.KNOBS.values()}
+
+
+def _same_type(got: click.ParamType, k: knobs.Knob) -> bool:
+    from featcache.cli.choices import NameChoice
+    from featcache.cli.common import knob_type
+
+    if k.choices is not None:
+        return isinstance(got, click.Choice) and tuple(got.choices) == k.choices
+    if k.names is not None:
+        return isinstance(got, NameChoice) and got.kind == k.names
+    return type(got) is type(click.types.convert_type(knob_type(k)))
+
+
+@pytest.mark.parametrize(("command", "cmd"), LEAVES, ids=[c for c, _ in LEAVES])
+def test_knob_options_are_their_declarations(command: str, cmd: click.Command) -> None:
+    from featcache.cli.common import KnobOption
+
+    names = _knob_names()
+    for p in cmd.params:
+        if not isinstance(p, click.Option) or p.name == "help":
+            continue
+        if not isinstance(p, KnobOption):
+            assert p.name not in names or p.name in HAND_WRITTEN, (
+                f"{command} --{p.name.replace('_', '-')} is named after a knob: build it with knob_option")
+            continue
+        k, flag = p.knob, f"{command} --{p.name.replace('_', '-')}"
+        assert p.name == k.name and p.opts == [f"--{k.name.replace('_', '-')}"], flag
+        if k.type is bool:
+            assert p.is_flag and p.get_default(click.Context(cmd), call=False) in (False, None), flag
+        else:
+            assert _same_type(p.type, k), f"{flag}: type {p.type!r}, declared {k.type} {k.choices or k.names or ''}"
+            want = None if (command, p.name) in UNSET else k.cli_default
+            assert p.default == want and type(p.default) is type(want), f"{flag}: default {p.default!r}, declared {want!r}"
+        assert p.help_from in ("knob", "note"), f"{flag}: its own help; declare the meaning it has here"
+        assert p.help.startswith(k.help), f"{flag}: help is not the declared one"
+
+
+def test_config_fields_named_after_a_knob_are_declared_from_it() -> None:
+    from featcache.knob_fields import knob_of
+
+    names = _knob_names()
+    classes = {cls for group in _configs().values() for cls in group}
+    checked = 0
+    for cls in classes:
+        for f in dataclasses.fields(cls):
+            if f.name not in names or (cls.__name__, f.name) in PLAIN_FIELDS or not f.init:
+                continue
+            if f.name == "out" and f.default is None:
+                continue  # where the run goes (HAND_WRITTEN)
+            k = knob_of(f)
+            assert k is not None, f"{cls.__name__}.{f.name}: declare it with knob_field(...)"
+            assert k.name == f.name and f.default == k.default, f"{cls.__name__}.{f.name}"
+            assert f.metadata["help"] == k.help and f.metadata["source"] == k.source
+            checked += 1
+    assert checked >= 100
+
+
+@pytest.mark.parametrize("command", sorted(_configs()))
+def test_each_option_and_its_config_field_read_the_same_record(command: str) -> None:
+    from featcache.cli.common import KnobOption
+    from featcache.knob_fields import knob_of
+
+    for cls in _configs()[command]:
+        by_name = {f.name: knob_of(f) for f in dataclasses.fields(cls)}
+        for p in _command(command).params:
+            if isinstance(p, KnobOption) and by_name.get(p.name) is not None:
+                if (command, p.name) in OTHER_RECORD:
+                    assert p.knob.key != by_name[p.name].key
+                    continue
+                assert p.knob.key == by_name[p.name].key, (
+                    f"{command} --{p.name}: option reads {p.knob.key}, {cls.__name__}.{p.name} reads "
+                    f"{by_name[p.name].key}")
+
+
+def test_predict_options_are_its_functions_defaults() -> None:
+    import inspect
+
+    from featcache.pipelines.predict import predict_images, predict_run
+
+    options = {p.name: p.default for p in _command("predict").params if isinstance(p, click.Option)}
+    for fn in (predict_run, predict_images):
+        for name, param in inspect.signature(fn).parameters.items():
+            if name in ("split", "device", "batch_size", "workers"):
+                assert param.default == options[name], f"{fn.__name__}({name}=...)"
+
+
+def test_declared_choices_are_the_librarys() -> None:
+    from featcache.device import DEVICES, PRECISIONS
+    from featcache.heads.base import INITS
+    from featcache.heads.cached import CALIBRATIONS, TEXT_SOURCES
+    from featcache.pipelines import bench_medmnist, extract, finetune, tfa_lt
+    from featcache.schedules import EPOCH_SCHEDULES
+
+    k = knobs.KNOBS
+    assert k["device_choice"].choices == DEVICES and k["precision"].choices == PRECISIONS
+    assert k["encoder_precision"].choices == ("auto", *PRECISIONS)
+    assert k["init"].choices == INITS and k["finetune_init"].choices == finetune.INITS
+    assert k["text_source"].choices == TEXT_SOURCES and k["calibrate"].choices == CALIBRATIONS
+    assert k["ensemble"].choices == tfa_lt.ENSEMBLES and k["rus"].choices == tfa_lt.RUS_MODES
+    assert set(k["schedule"].choices) == set(EPOCH_SCHEDULES)
+    assert k["decoder"].choices == extract.DECODERS
+    assert k["medmnist_recipe"].choices == tuple(bench_medmnist.RECIPES)
+    assert all(c.default in c.choices for c in k.values() if c.choices)
+
+
+def test_a_knob_is_declared_once_and_its_record_is_complete() -> None:
+    with pytest.raises(ValueError, match="declared twice"):
+        knobs._declare("lr", 1.0, "x", "y")
+    for k in knobs.KNOBS.values():
+        assert k.help.strip() and k.source.strip(), k.key
+        assert getattr(knobs, k.key.upper()) == k.default, f"knobs.{k.key.upper()}"
 
 
 def test_grid_val_fraction_default_is_declared_once() -> None:
@@ -297,3 +448,43 @@ def test_knob_values_collect_every_variant_of_a_knob() -> None:
     benchmark's fine-tuning head's (the argument scan flags an argument repeating any)."""
     assert _knob_values()["lr"] == {knobs.LR, knobs.ENSEMBLE_LR, knobs.FINETUNE_LR,
                                     knobs.MEDMNIST_FINETUNE_HEAD_LR}
+
+
+def _config_class_names() -> set[str]:
+    return {cls.__name__ for group in _configs().values() for cls in group} | {"RunSettings"}
+
+
+def _literal_knob_defaults(path: Path, classes: set[str], names: set[str]) -> list[str]:
+    """Config fields and hand-written click options named after a knob whose default is a
+    literal (``None`` and flags aside): each would be a second declaration."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ClassDef) and node.name in classes:
+            for item in node.body:
+                if (isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
+                        and item.target.id in names and (node.name, item.target.id) not in PLAIN_FIELDS
+                        and _literal(item.value) is not ...):
+                    found.append(f"{path.name}:{item.lineno} {node.name}.{item.target.id}")
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "option":
+            flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            long = next((f for f in flags if f.startswith("--")), "")
+            name = next((f for f in flags if not f.startswith("-")), long[2:].replace("-", "_"))
+            default = next((k.value for k in node.keywords if k.arg == "default"), None)
+            if name in names and name not in HAND_WRITTEN and _literal(default) is not ...:
+                found.append(f"{path.name}:{node.lineno} option {long}")
+    return found
+
+
+def test_no_config_field_or_option_named_after_a_knob_writes_its_default(tmp_path: Path) -> None:
+    """Every config class the commands build (ExtractConfig and BenchConfig included) and every
+    hand-written option in featcache/cli: a field or option named after any declared knob
+    takes its default from the declaration (knob_field / knob_option), never a literal."""
+    names, classes = _knob_names(), _config_class_names()
+    dupes = [d for path in _sources() if path != KNOBS_FILE
+             for d in _literal_knob_defaults(path, classes, names)]
+    assert not dupes, "knob defaults written outside featcache/knobs.py:\n" + "\n".join(dupes)
+    probe = tmp_path / "probe.py"  # the scan itself sees a literal field and a literal option
+    probe.write_text('@dataclass\nclass ExtractConfig:\n    chunk_size: int = 4096\n\n'
+                     '@click.option("--decoder", default="pil")\ndef f(): ...\n')
+    assert len(_literal_knob_defaults(probe, classes, names)) == 2

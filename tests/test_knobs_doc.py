@@ -1,5 +1,6 @@
-"""docs/KNOBS.md lists every option of train-head, grid, reproduce tfa-lt and finetune, and
-the numeric defaults it states are the options' defaults."""
+"""docs/KNOBS.md lists every option of train-head, grid, reproduce tfa-lt, finetune and compare,
+the numeric defaults it states are the options' defaults, and its "Every declared knob" table
+is the one generated from featcache/knobs.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ from featcache.cli import main
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "KNOBS.md"
 SECTIONS = {"train-head": "## Heads on cached features", "grid": "## Grids", "reproduce tfa-lt": "## `reproduce tfa-lt`",
-            "finetune": "## LIFT fine-tuning"}
+            "finetune": "## LIFT fine-tuning", "compare": "## Every method side by side"}
+BEGIN, END = "<!-- generated: knobs begin -->\n", "<!-- generated: knobs end -->"
 
 
 def _command(name: str) -> click.Command:
@@ -50,3 +52,14 @@ def test_every_option_is_in_the_knob_table_with_its_default() -> None:
                 continue
             if isinstance(p.default, int | float) and not isinstance(p.default, bool):
                 assert stated == float(p.default), f"{name} {long}: docs say {rows[long]}, the option's default is {p.default}"
+
+
+def test_the_declared_knobs_table_is_generated_from_knobs_py() -> None:
+    from featcache.knobs import KNOBS, markdown_table
+
+    text = DOC.read_text()
+    table = text[text.index(BEGIN) + len(BEGIN):text.index(END)]
+    assert table == markdown_table(), (
+        "docs/KNOBS.md's 'Every declared knob' is stale: replace the lines between its markers with "
+        "the output of `python -m featcache.knobs`")
+    assert all(f"| `{key}` |" in table for key in KNOBS)

@@ -7,8 +7,7 @@ import json
 import click
 
 from featcache.cli import main
-from featcache.cli.common import GroupedCommand, console, parse_pairs
-from featcache.device import DEVICES, PRECISIONS
+from featcache.cli.common import GroupedCommand, console, knob_option, parse_pairs
 
 
 @main.command("models", cls=GroupedCommand, examples=(
@@ -61,17 +60,17 @@ def datasets_cmd() -> None:
 @click.option("--size", "image_size", type=int, default=None, help="MedMNIST image size (28/64/128/224).")
 @click.option("--csv", "csv_path", type=click.Path(), default=None, help="CSV file for --dataset csv.")
 @click.option("--option", "options", multiple=True, help="Other data set option KEY=VALUE (repeatable).")
-@click.option("--model", default="tiny-clip", show_default=True, help="open_clip model name (or timm:NAME). The default is the built-in random-weight model for offline demos and tests; for real work pass e.g. --model ViT-B-16 --pretrained openai (for a local OpenAI checkpoint FILE: --model ViT-B-16-quickgelu --pretrained FILE).")
-@click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default]. Tags trained with QuickGELU (e.g. openai, dfn2b, metaclip_fullcc) are built with it. A local OpenAI checkpoint needs the -quickgelu model name: --model ViT-B-16-quickgelu --pretrained FILE (OpenAI's original ViT-B-16.pt is recognised by its SHA-256 and needs nothing extra).")
-@click.option("--tte", is_flag=True, help="Also store the five test-time-ensembling crops.")
-@click.option("--resize", type=click.Choice(["scale", "pad"]), default="scale", show_default=True, help="Bring images to the model's size by scaling or by zero-padding.")
+@knob_option("model")
+@knob_option("pretrained")
+@knob_option("extract_tte")
+@knob_option("resize")
 @click.option("--out", type=click.Path(), default=None, help="Cache file [default: caches/<dataset>-<model>-<weights>.h5].")
-@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True, help="auto = CUDA when present, else the CPU.")
-@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
-@click.option("--decoder", type=click.Choice(("pil", "device")), default="pil", show_default=True, help="Image files: pil = decode and resize with PIL in the workers (exactly open_clip's preprocessing); device = workers only read the bytes, torchvision decodes JPEGs on the --device (nvJPEG on a GPU) and resizes and crops there (pixels within a level or two of PIL's).")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per forward pass (per rank).")
-@click.option("--workers", type=int, default=None, help="Decoding processes per rank [default: this node's CPUs / its ranks, at most 16].")
-@click.option("--chunk-size", type=int, default=4096, show_default=True, help="Images per resumable shard.")
+@knob_option("device_choice")
+@knob_option("encoder_precision")
+@knob_option("decoder")
+@knob_option("extract_batch_size")
+@knob_option("workers")
+@knob_option("chunk_size")
 @click.option("--skip-bad", is_flag=True, help="Record unreadable images in the cache and go on.")
 @click.option("--overwrite", is_flag=True, help="Replace a cache made with other arguments.")
 @click.option("--compile", "compile_", is_flag=True, help="torch.compile the image encoder.")

@@ -175,12 +175,57 @@ def _shell_lines(command: str, indent: int, width: int) -> str:
     return "".join(f"{' ' * indent}{x}\n" for x in lines)
 
 
-def plot_format_option(f: Callable) -> Callable:
-    """``--plot-format``: the one declaration of the figure formats option (commands that
-    write figures reuse it; the value goes to :func:`featcache.plots.parse_formats`)."""
-    import click
+class KnobOption(click.Option):
+    """A click option built from a knob's declaration (:mod:`featcache.knobs`) by
+    :func:`knob_option`. ``knob`` is the record; ``help_from`` says where the help text came
+    from: ``"knob"`` (the declared text), ``"note"`` (the declared text, then the command's
+    note) or ``"own"`` (the command's own text, where the option means something else there)."""
 
-    return click.option(
-        "--plot-format", "plot_format", default=knobs.PLOT_FORMAT, show_default=True, metavar="FMT[,FMT]",
-        help="Figure formats: png (always written), plus pdf and/or svg for a paper, e.g. "
-             "png,pdf. Figures are 150 dpi, never clipped.")(f)
+    def __init__(self, *args, knob: knobs.Knob, help_from: str, **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.knob = knob
+        self.help_from = help_from
+
+
+def knob_type(k: knobs.Knob) -> click.ParamType | type:
+    """The click type of knob ``k``'s option: its choices, its registry's names, a path, or its
+    type (a comma list is the text the command parses; a flag is a bool)."""
+    if k.choices is not None:
+        return click.Choice(list(k.choices))
+    if k.names is not None:
+        from featcache.cli.choices import NameChoice
+
+        return NameChoice(k.names)
+    if k.type == "path":
+        return click.Path()
+    return str if k.type is tuple else k.type
+
+
+def knob_option(key: str, *, note: str | None = None, help: str | None = None,  # noqa: A002
+                unset: bool = False) -> Callable:
+    """The click option of knob ``key``, from its declaration: ``--name`` (the knob's name with
+    dashes), its type or choices, its default (as the command line spells it) shown in
+    ``--help``, and its declared help. ``note`` appends a command's own sentence to that help
+    (``"TFA-LT: stage I."``); ``help`` replaces it where the option means something else in
+    that command. ``unset``: the option's default is ``None`` ("not given"), so the command
+    leaves the config's default (the declared one) in place."""
+    if note is not None and help is not None:
+        raise ValueError(f"knob_option({key!r}): give note or help, not both")
+    k = knobs.knob(key)
+    text = help if help is not None else k.help if note is None else f"{k.help} {note}"
+    help_from = "own" if help is not None else "note" if note is not None else "knob"
+    flag = "--" + k.name.replace("_", "-")
+    common = dict(cls=KnobOption, knob=k, help_from=help_from, help=text)
+    if k.type is bool:
+        if k.default is not False:
+            raise ValueError(f"knob {key}: a flag's default must be False (declare the negative flag)")
+        return click.option(flag, is_flag=True, **common)
+    default = None if unset else k.cli_default
+    return click.option(flag, type=knob_type(k), default=default, metavar=k.metavar,
+                        show_default=default not in (None, ""), **common)
+
+
+def plot_format_option(f: Callable) -> Callable:
+    """``--plot-format``: the figure formats knob (commands that write figures reuse it; the
+    value goes to :func:`featcache.plots.parse_formats`)."""
+    return knob_option("plot_format")(f)

@@ -8,11 +8,8 @@ from __future__ import annotations
 
 import click
 
-from featcache import knobs
 from featcache.cli import main
-from featcache.cli.choices import NameChoice
-from featcache.cli.common import GroupedCommand, console, parse_list, parse_seeds
-from featcache.device import DEVICES, PRECISIONS
+from featcache.cli.common import GroupedCommand, console, knob_option, parse_list, parse_seeds
 from featcache.errors import FeatcacheError
 
 
@@ -46,30 +43,23 @@ def _parse_shots(text: str | None) -> tuple[int | None, ...]:
     "--calibrate temperature",
 ))
 @click.option("--cache", required=True, help="Feature cache (.h5).")
-@click.option("--heads", default=",".join(knobs.COMPARE_HEADS),
-              show_default=True, help="Comma-separated methods: registered heads and tfa-lt.")
-@click.option("--seeds", default=knobs.seeds_text(knobs.SEEDS), show_default=True, help="Comma-separated seeds; mean ± std.")
-@click.option("--shots", default=None,
-              help="Comma-separated K-shot values (K training images per class), 'full' for all "
-                   "rows, e.g. 1,2,4,8,16,full (default: full).")
-@click.option("--protocol", default=None, type=NameChoice("protocol"), help="Train/test split (default as train-head: official if the cache has a test split, else the descriptor's).")
-@click.option("--epochs", type=int, default=knobs.EPOCHS, show_default=True, help="Epochs of the trained heads (TFA-LT: stage I).")
-@click.option("--batch-size", type=int, default=knobs.BATCH_SIZE, show_default=True, help="Training rows per SGD step (trained heads).")
-@click.option("--lr", type=float, default=knobs.LR, show_default=True, help="Learning rate of the SGD-trained heads (TFA-LT: stage I).")
-@click.option("--val-fraction", type=float, default=knobs.VAL_FRACTION, show_default=True,
-              help="Training fraction held out for validation (temperature scaling).")
-@click.option("--validation-free", is_flag=True,
-              help="Realistic setting: no validation rows; logreg uses C = 1 (see README).")
-@click.option("--calibrate", type=click.Choice(["none", "temperature"]), default=knobs.CALIBRATE, show_default=True,
-              help="Temperature scaling on the validation split for every method.")
-@click.option("--test-per-class", type=int, default=None, help="tfa-lt test images per class.")
-@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default=knobs.TEXT_SOURCE,
-              show_default=True, help="Class prototypes of the text heads: prompts = the cache's text embeddings of the class prompts, class-mean = each class's mean training feature, auto = prompts when the cache has text features, else class-mean.")
-@click.option("--device", default=knobs.DEVICE, show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=knobs.PRECISION, show_default=True, help="Training precision of the heads' weight products (bf16, or fp16 on a GPU: mixed precision; evaluation is fp32).")
+@knob_option("compare_heads")
+@knob_option("seeds")
+@knob_option("compare_shots")
+@knob_option("protocol", note="Default as train-head: official if the cache has a test split, else the descriptor's.")
+@knob_option("epochs", note="SGD-trained heads only; TFA-LT: stage I.")
+@knob_option("batch_size", note="SGD-trained heads only.")
+@knob_option("lr", note="SGD-trained heads only; TFA-LT: stage I.")
+@knob_option("val_fraction", note="They fit the temperature of --calibrate.")
+@knob_option("validation_free")
+@knob_option("calibrate", note="For every method.")
+@knob_option("test_per_class")
+@knob_option("text_source")
+@knob_option("device")
+@knob_option("precision")
 @click.option("--out", default=None, help="Output folder (default runs/<cache>-compare).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier comparison in --out.")
-def compare_cmd(heads: str, seeds: str, shots: str | None, overwrite: bool, **opts: object) -> None:
+def compare_cmd(heads: str, seeds: str, shots: str, overwrite: bool, **opts: object) -> None:
     """Train every method on the same split(s) and write one table (markdown, parquet, CSV)
     with accuracy, balanced accuracy, many/medium/few, ECE and each method's time.
     """

@@ -13,9 +13,8 @@ from pathlib import Path
 
 import click
 
-from featcache import knobs
 from featcache.cli import main
-from featcache.cli.common import GroupedCommand, console, parse_seeds
+from featcache.cli.common import GroupedCommand, console, knob_option, parse_seeds
 
 
 @main.command("demo", cls=GroupedCommand, examples=(
@@ -23,10 +22,10 @@ from featcache.cli.common import GroupedCommand, console, parse_seeds
     "featcache demo --seeds 0 --epochs 20 --ensemble-epochs 10 --out runs/demo-quick",
 ))
 @click.option("--out", default="runs/demo", show_default=True, help="Folder for the cache and the runs.")
-@click.option("--seeds", default=knobs.seeds_text(knobs.SEEDS), show_default=True, help="Comma-separated seeds; tables show mean ± std.")
-@click.option("--epochs", type=int, default=knobs.EPOCHS, show_default=True, help="Stage I and single-head epochs (paper: 200).")
-@click.option("--ensemble-epochs", type=int, default=knobs.ENSEMBLE_EPOCHS, show_default=True, help="Stage II epochs (paper: 100).")
-@click.option("--device", default=knobs.DEVICE, show_default=True, help="auto (CUDA when present), cpu, cuda or cuda:N.")
+@knob_option("seeds")
+@knob_option("epochs", note="TFA-LT stage I and the single heads.")
+@knob_option("ensemble_epochs")
+@knob_option("device")
 @click.option("--overwrite", is_flag=True, help="Replace the reproduction of an earlier demo in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo_cmd(out: str, seeds: str, epochs: int, ensemble_epochs: int, device: str, overwrite: bool,

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import click
 
-from featcache import knobs
 from featcache.cli import main
-from featcache.cli.choices import NameChoice
-from featcache.cli.common import GroupedCommand, parse_pairs, parse_seeds, plot_format_option
-from featcache.device import DEVICES, PRECISIONS
+from featcache.cli.common import (
+    GroupedCommand,
+    knob_option,
+    parse_pairs,
+    parse_seeds,
+    plot_format_option,
+)
 
 
 @main.command("finetune", cls=GroupedCommand, groups={
@@ -31,33 +34,33 @@ from featcache.device import DEVICES, PRECISIONS
 @click.option("--dataset", default=None, help="Data set name (see `featcache datasets`).")
 @click.option("--root", type=click.Path(), default=None, help="Folder holding the data set.")
 @click.option("--option", "options", multiple=True, help="Data set option KEY=VALUE (repeatable), e.g. imbalance=100.")
-@click.option("--method", default=knobs.FINETUNE_METHOD, show_default=True, type=NameChoice("fine-tuning method"), help="What is trained besides the classifier: a PEFT module (adaptformer, adapter, lora, vpt-*), bias terms (bitfit), everything (full) or nothing (classifier).")
+@knob_option("finetune_method")
 @click.option("--method-option", "method_options", multiple=True, help="Method option KEY=VALUE (repeatable), e.g. bottleneck=16.")
 @click.option("--cache", default=None, type=click.Path(), help="With --method classifier: train the head on this cache's un-augmented features (one fixed view per image; run label 'classifier-cached'). LIFT's classifier baseline augments every epoch: omit --cache and pass --dataset/--root for that.")
-@click.option("--model", default=knobs.FINETUNE_MODEL, show_default=True, help="open_clip model name (LIFT: ViT-B-16 --pretrained openai; with a local OpenAI checkpoint FILE: ViT-B-16-quickgelu --pretrained FILE).")
-@click.option("--pretrained", default=None, help="Pretrained tag, checkpoint FILE, hf-hub:ID or 'random' [default: model's default]. Tags trained with QuickGELU (e.g. openai, dfn2b, metaclip_fullcc) are built with it. A local OpenAI checkpoint needs the -quickgelu model name: --model ViT-B-16-quickgelu --pretrained FILE (OpenAI's original ViT-B-16.pt is recognised by its SHA-256 and needs nothing extra).")
-@click.option("--protocol", default=None, type=NameChoice("protocol"), help="Train/test split: lift (LIFT's groups by training count), official (the data set's own splits) or tfa-lt (a class-balanced test set drawn per seed) [default: lift when the data set has a test split].")
-@click.option("--test-per-class", type=int, default=None, help="Test images per class for --protocol tfa-lt.")
-@click.option("--seeds", default=knobs.seeds_text(knobs.FINETUNE_SEEDS), show_default=True, help="Comma-separated seeds; one run each.")
-@click.option("--epochs", type=int, default=None, help="Training epochs [default: the data set's LIFT recipe: 20 for inat2018, else 10].")
-@click.option("--batch-size", type=int, default=knobs.BATCH_SIZE, show_default=True, help="Global batch (split over torchrun processes).")
-@click.option("--lr", type=float, default=knobs.FINETUNE_LR, show_default=True, help="SGD learning rate (LIFT: 0.01).")
-@click.option("--momentum", type=float, default=knobs.MOMENTUM, show_default=True, help="SGD momentum.")
-@click.option("--weight-decay", type=float, default=knobs.WEIGHT_DECAY, show_default=True, help="SGD weight decay.")
-@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=knobs.SCHEDULE, show_default=True, help="Learning rate over the epochs: cosine annealing to 0, or constant.")
-@click.option("--loss", default=knobs.FINETUNE_LOSS, show_default=True, type=NameChoice("loss"), help="Training loss (LIFT: la, logit-adjusted; bce is multi-label and refused here).")
-@click.option("--la-tau", type=float, default=knobs.LA_TAU, show_default=True, help="τ of the logit-adjusted loss.")
-@click.option("--sigma", type=float, default=knobs.SIGMA, show_default=True, help="Scale of the cosine classifier.")
-@click.option("--init", type=click.Choice(["text", "random"]), default=knobs.FINETUNE_INIT, show_default=True, help="Head init: semantic-aware (text) or random.")
+@knob_option("finetune_model")
+@knob_option("pretrained")
+@knob_option("finetune_protocol")
+@knob_option("test_per_class")
+@knob_option("finetune_seeds")
+@knob_option("finetune_epochs")
+@knob_option("batch_size", note="Fine-tuning: the global batch, split over torchrun processes.")
+@knob_option("finetune_lr")
+@knob_option("momentum")
+@knob_option("weight_decay")
+@knob_option("schedule")
+@knob_option("finetune_loss")
+@knob_option("la_tau")
+@knob_option("sigma")
+@knob_option("finetune_init")
 @click.option("--no-augment", is_flag=True, help="Train on centre crops (no RandomResizedCrop + flip).")
-@click.option("--train-canvas", type=int, default=None, help="Speed option, not LIFT: shrink image files so the longer side fits N pixels, then crop on the device [default: off; LIFT's RandomResizedCrop of the full image in the workers].")
-@click.option("--tte", is_flag=True, help="Also evaluate with test-time ensembling (five crops, logits averaged).")
+@knob_option("train_canvas")
+@knob_option("tte")
 @click.option("--out", type=click.Path(), default=None, help="Run directory [default: runs/<dataset>-<model>-<method>].")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in --out from its checkpoints.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are deleted before training).")
-@click.option("--device", type=click.Choice(DEVICES), default=knobs.DEVICE, show_default=True, help="auto = CUDA when present, else the CPU.")
-@click.option("--precision", type=click.Choice(("auto", *PRECISIONS)), default=knobs.FINETUNE_PRECISION, show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
-@click.option("--workers", type=int, default=None, help="Decoding processes for image files per rank [default: this node's CPUs / its ranks, at most 16].")
+@knob_option("device_choice")
+@knob_option("encoder_precision")
+@knob_option("workers")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 @plot_format_option
 def finetune_cmd(dataset, root, options, method, method_options, cache, model, pretrained, protocol, test_per_class, seeds, epochs, batch_size, lr, momentum, weight_decay, schedule, loss, la_tau, sigma, init, no_augment, train_canvas, tte, out, resume, overwrite, device, precision, workers, no_progress, plot_format) -> None:  # noqa: ANN001

@@ -14,10 +14,8 @@ from dataclasses import fields
 import click
 from click.core import ParameterSource
 
-from featcache import knobs
 from featcache.cli import main
-from featcache.cli.choices import NameChoice
-from featcache.cli.common import GroupedCommand, console, parse_seeds
+from featcache.cli.common import GroupedCommand, console, knob_option, parse_seeds
 from featcache.cli.head_cmds import TRAIN_HEAD_GROUPS, train_head_cmd
 from featcache.errors import FeatcacheError
 
@@ -47,12 +45,9 @@ def _grid_command(f):  # noqa: ANN001, ANN202 - a decorator
                    "underscores: lr, weight_decay, tau, gamma, epochs, batch_size, ...), or a "
                    "knob the --head declares (mlp: hidden; knn: k, temperature; tip-adapter: "
                    "alpha, beta; ...). Repeatable.")
-@click.option("--select", default=knobs.SELECT, show_default=True, type=NameChoice("selection metric"),
-              help="Validation metric that chooses the configuration.")
-@click.option("--top", type=int, default=knobs.GRID_TOP, show_default=True, help="Configurations to print.")
-@click.option("--val-fraction", type=float, default=knobs.GRID_VAL_FRACTION, show_default=True,
-              help="Fraction of each class's training rows held out to select on "
-                   "(unused when the cache has an official val split).")
+@knob_option("select")
+@knob_option("grid_top")
+@knob_option("grid_val_fraction")
 @click.option("--out", default=None, help="Run directory (default runs/<cache>-grid-<head>-<gridded knobs>); one holding a run is refused.")
 def grid_cmd(params: tuple[str, ...], select: str, top: int, **opts: object) -> None:
     """Train every combination of --param values (× --seeds) together; select on validation."""

@@ -11,15 +11,15 @@ from pathlib import Path
 
 import click
 
-from featcache import knobs
 from featcache.cli import main
-from featcache.cli.choices import NameChoice
-from featcache.cli.common import GroupedCommand, console, parse_seeds, plot_format_option
-from featcache.device import DEVICES, PRECISIONS
+from featcache.cli.common import (
+    GroupedCommand,
+    console,
+    knob_option,
+    parse_seeds,
+    plot_format_option,
+)
 from featcache.errors import FeatcacheError
-
-_PRECISION_HELP = ("Training precision of the heads' weight products: bf16 (or fp16, GPU only) "
-                   "is mixed precision with fp32 master weights and losses; evaluation is fp32.")
 
 
 def parse_head_options(items: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
@@ -66,66 +66,51 @@ TRAIN_HEAD_EXAMPLES = (
 
 @main.command("train-head", cls=GroupedCommand, groups=TRAIN_HEAD_GROUPS, examples=TRAIN_HEAD_EXAMPLES)
 @click.option("--cache", required=True, help="Feature cache (.h5) to train from.")
-@click.option("--head", default=None, type=NameChoice("head"), help="Head to train"
-              f" (default {knobs.HEAD}; logreg = CLIP's L-BFGS linear probe; few-shot heads: README).")
-@click.option("--ensemble", type=click.Choice(["logit", "feature", "mean"]), default=None,
-              help="Run TFA-LT: two stage-I adapters (WRS, RUS), then this ensembler (mean = adapters only).")
+@knob_option("head", unset=True)
+@knob_option("ensemble", unset=True)
 @click.option("--no-adapters", is_flag=True, help="TFA-LT ablation: ensembler on frozen features.")
-@click.option("--loss", default=knobs.LOSS, show_default=True, type=NameChoice("loss"), help="Training loss (TFA-LT: stage I's): ce cross-entropy, focal, la logit-adjusted, bs balanced softmax, cb class-balanced, bce binary CE (multi-label).")
-@click.option("--ensemble-loss", default=knobs.ENSEMBLE_LOSS, show_default=True, type=NameChoice("loss"), help="TFA-LT stage II loss.")
-@click.option("--rus", type=click.Choice(["fixed", "fresh"]), default=knobs.RUS, show_default=True,
-              help="TFA-LT stage I RUS: one under-sampled set drawn once (fixed, the paper's) or a fresh draw each epoch.")
-@click.option("--sampler", default=knobs.SAMPLER, show_default=True, type=NameChoice("sampler"), help="How a single head's training rows are drawn each epoch: instance (every row once), wrs (class-balanced, with replacement), rus / rus-fixed (random under-sampling, fresh or drawn once), sqrt (square-root class frequencies).")
-@click.option("--protocol", default=None, type=NameChoice("protocol"), help="Train/test split: tfa-lt = a class-balanced test set drawn per seed, official = the data set's own splits, lift = groups by training count (default: official if the cache has a test split, else the descriptor's).")
-@click.option("--seeds", default=knobs.seeds_text(knobs.SEEDS), show_default=True, help="Comma-separated seeds; mean ± std is reported.")
-@click.option("--epochs", type=int, default=knobs.EPOCHS, show_default=True, help="Epochs (TFA-LT: stage I).")
-@click.option("--ensemble-epochs", type=int, default=knobs.ENSEMBLE_EPOCHS, show_default=True, help="TFA-LT stage II epochs.")
-@click.option("--batch-size", type=int, default=knobs.BATCH_SIZE, show_default=True, help="Training rows per SGD step.")
-@click.option("--lr", type=float, default=knobs.LR, show_default=True, help="Learning rate (TFA-LT: stage I).")
-@click.option("--ensemble-lr", type=float, default=knobs.ENSEMBLE_LR, show_default=True, help="TFA-LT stage II learning rate.")
-@click.option("--weight-decay", type=float, default=knobs.WEIGHT_DECAY, show_default=True, help="SGD weight decay.")
-@click.option("--momentum", type=float, default=knobs.MOMENTUM, show_default=True, help="SGD momentum.")
-@click.option("--schedule", type=click.Choice(["cosine", "constant"]), default=knobs.SCHEDULE, show_default=True, help="Learning rate over the epochs: cosine annealing to 0, or constant.")
-@click.option("--tau", type=float, default=None, help="Cosine-logit temperature (default 1/logit_scale).")
-@click.option("--sigma", type=float, default=knobs.SIGMA, show_default=True, help="Cosine head scale σ.")
-@click.option("--gamma", type=float, default=knobs.GAMMA, show_default=True, help="Focal loss γ.")
-@click.option("--la-tau", type=float, default=knobs.LA_TAU, show_default=True, help="Logit-adjusted loss τ.")
-@click.option("--cb-beta", type=float, default=knobs.CB_BETA, show_default=True, help="Class-balanced loss β.")
-@click.option("--init", type=click.Choice(["random", "text", "class-mean"]), default=knobs.INIT, show_default=True,
-              help="Cosine head initialisation.")
+@knob_option("loss", note="TFA-LT: stage I's loss.")
+@knob_option("ensemble_loss")
+@knob_option("rus")
+@knob_option("sampler")
+@knob_option("protocol", note="Default: official if the cache has a test split, else the descriptor's.")
+@knob_option("seeds")
+@knob_option("epochs", note="TFA-LT: stage I.")
+@knob_option("ensemble_epochs")
+@knob_option("batch_size")
+@knob_option("lr", note="TFA-LT: stage I.")
+@knob_option("ensemble_lr")
+@knob_option("weight_decay")
+@knob_option("momentum")
+@knob_option("schedule")
+@knob_option("tau")
+@knob_option("sigma")
+@knob_option("gamma")
+@knob_option("la_tau")
+@knob_option("cb_beta")
+@knob_option("init")
 @click.option("--head-option", "head_option", multiple=True, metavar="NAME=VALUE",
               help="A knob the head declares itself (e.g. mlp hidden=256, knn k=20, tip-adapter "
                    "alpha=1); repeatable. See README 'Few-shot heads'.")
-@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default=knobs.TEXT_SOURCE, show_default=True,
-              help="Class prototypes for zero-shot heads, text init and TFA-LT: prompts = the cache's text embeddings of the class prompts, class-mean = each class's mean training feature, auto = prompts when the cache has text features, else class-mean.")
-@click.option("--template", default=knobs.TEMPLATE, show_default=True, help="Prompt template: auto|mean|part of one.")
-@click.option("--view", default=knobs.VIEW, show_default=True, type=NameChoice("view"), help="Cached view to train on (the TTE crops exist in caches extracted with --tte).")
-@click.option("--feature", type=click.Choice(["embed", "cls"]), default=knobs.FEATURE, show_default=True, help="Cached feature: embed = the projected (CLIP) embedding, cls = the pre-projection feature.")
-@click.option("--tte", is_flag=True, help="Evaluate by averaging logits over the five cached crops.")
-@click.option("--posthoc-tau", type=float, default=knobs.POSTHOC_TAU, show_default=True, help="Post-hoc logit adjustment τ (0 = off).")
-@click.option("--val-fraction", type=float, default=knobs.VAL_FRACTION, show_default=True, help="Training fraction held out for validation.")
-@click.option("--test-per-class", type=int, default=None, help="tfa-lt test images per class (default: the descriptor's).")
-@click.option("--shots", type=int, default=None,
-              help="K-shot protocol: K training images per class drawn with the seed (classes with "
-                   "fewer keep all); the draw is in splits.parquet. Grid: --param shots=1,2,4,8,16.")
-@click.option("--validation-free", is_flag=True,
-              help="Realistic setting: no validation rows; heads that tune on validation use their "
-                   "fixed defaults (logreg C = 1). config.json records validation: none.")
-@click.option("--calibrate", type=click.Choice(["none", "temperature"]), default=knobs.CALIBRATE, show_default=True,
-              help="Post-hoc temperature scaling fitted on the validation split (needs --val-fraction "
-                   "or an official val split; never on test); ECE/NLL/Brier before and after.")
-@click.option("--device", default=knobs.DEVICE, show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=knobs.PRECISION, show_default=True,
-              help=_PRECISION_HELP)
+@knob_option("text_source")
+@knob_option("template")
+@knob_option("view")
+@knob_option("feature")
+@knob_option("tte")
+@knob_option("posthoc_tau")
+@knob_option("val_fraction")
+@knob_option("test_per_class")
+@knob_option("shots")
+@knob_option("validation_free")
+@knob_option("calibrate")
+@knob_option("device")
+@knob_option("precision")
 @click.option("--out", default=None, help="Run directory (default runs/<cache>-<head>[-<loss>-<sampler>-tte...]: "
               "the settings that differ from the defaults); one holding a run is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (its files are deleted once training succeeds).")
-@click.option("--method", default="", help="Name shown in tables.")
-@click.option("--bootstrap", type=int, default=knobs.BOOTSTRAP, show_default=True, metavar="N",
-              help="Percentile 95% confidence intervals of acc, balanced acc and macro-F1 from N "
-                   "resamplings of the test rows, in metrics.json (0 = off; 1000 is usual).")
-@click.option("--bootstrap-seed", type=int, default=knobs.BOOTSTRAP_SEED, show_default=True,
-              help="Seed of the --bootstrap resampling (same seed, same intervals).")
+@knob_option("method_label")
+@knob_option("bootstrap")
+@knob_option("bootstrap_seed")
 @plot_format_option
 @click.option("--quiet", is_flag=True, help="No progress bars (epochs, loss, ETA on stderr).")
 def train_head_cmd(**opts: object) -> None:
@@ -188,18 +173,15 @@ def _train_head(opts: dict) -> None:
 @click.option("--images", multiple=True,
               help="Image files, folders of images, or CSVs of paths (a 'path' column, else the first) "
                    "to predict from pixels; repeat for several.")
-@click.option("--split", type=click.Choice(["auto", "heldout", "all", "train", "val", "test"]), default="auto",
-              show_default=True,
-              help="Cache rows: auto = heldout on the run's own cache (its test rows per seed, scored as "
-                   "the run scored them), else all; train|val|test = the cache's source split.")
+@knob_option("predict_split")
 @click.option("--pretrained", default=None,
               help="With --images, for runs whose weights came from a file: that file (its SHA-256 must "
                    "be the one recorded).")
 @click.option("--per-seed", is_flag=True, help="Also write each seed's prediction and probabilities.")
 @click.option("--skip-bad", is_flag=True, help="With --images: skip (and list) unreadable files.")
-@click.option("--batch-size", type=int, default=64, show_default=True, help="Images per batch (--images).")
-@click.option("--workers", type=int, default=0, show_default=True, help="Decoding processes (--images).")
-@click.option("--device", default=knobs.DEVICE, show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
+@knob_option("predict_batch_size")
+@knob_option("predict_workers")
+@knob_option("device")
 @click.option("--out", default=None,
               help="Output directory, outside the run (default <RUN>-predict-<cache> or <RUN>-predict-images).")
 @click.option("--overwrite", is_flag=True, help="Replace an earlier prediction in --out.")
@@ -260,24 +242,20 @@ def reproduce_group() -> None:
     "featcache reproduce tfa-lt --cache caches/isic2018.h5 --epochs 20 --ensemble-epochs 10 --baseline-epochs 30",
 ))
 @click.option("--cache", required=True, help="Feature cache (.h5), e.g. ISIC 2018 or APTOS 2019.")
-@click.option("--seeds", default=knobs.seeds_text(knobs.SEEDS), show_default=True, help="Comma-separated seeds; every row is mean ± std over them.")
-@click.option("--epochs", type=int, default=knobs.EPOCHS, show_default=True, help="Stage I and adapter-only epochs.")
-@click.option("--ensemble-epochs", type=int, default=knobs.ENSEMBLE_EPOCHS, show_default=True, help="TFA-LT stage II (ensembler) epochs.")
-@click.option("--baseline-epochs", type=int, default=knobs.BASELINE_EPOCHS, show_default=True,
-              help="Epochs of the SGD comparison methods (CE, Focal): 300 in the paper.")
-@click.option("--batch-size", type=int, default=knobs.BATCH_SIZE, show_default=True, help="Training rows per SGD step.")
-@click.option("--lr", type=float, default=knobs.LR, show_default=True, help="Learning rate of every row's SGD training.")
-@click.option("--rus", type=click.Choice(["fixed", "fresh"]), default=knobs.RUS, show_default=True,
-              help="Stage I RUS: one under-sampled set drawn once (fixed, the paper's) or a fresh draw each epoch.")
-@click.option("--protocol", default=None, help="Split protocol: official | tfa-lt [default: official if the cache has a test split, else tfa-lt].")
-@click.option("--tau", type=float, default=None, help="Cosine-logit temperature (default 1/logit_scale).")
-@click.option("--text-source", type=click.Choice(["auto", "prompts", "class-mean"]), default=knobs.TEXT_SOURCE, show_default=True,
-              help="Class prototypes for zero-shot heads, text init and TFA-LT: prompts = the cache's text embeddings of the class prompts, class-mean = each class's mean training feature, auto = prompts when the cache has text features, else class-mean.")
-@click.option("--feature", type=click.Choice(["embed", "cls"]), default=knobs.FEATURE, show_default=True, help="Cached feature: embed = the projected (CLIP) embedding, cls = the pre-projection feature.")
-@click.option("--tte", is_flag=True, help="Average logits over the five cached crops.")
-@click.option("--device", default=knobs.DEVICE, show_default=True, help=", ".join(DEVICES) + " or cuda:N (auto: CUDA when present).")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=knobs.PRECISION, show_default=True,
-              help=_PRECISION_HELP)
+@knob_option("seeds")
+@knob_option("epochs", note="TFA-LT stage I and the adapter-only ablation.")
+@knob_option("ensemble_epochs")
+@knob_option("baseline_epochs")
+@knob_option("batch_size")
+@knob_option("lr", note="Every row's SGD training.")
+@knob_option("rus")
+@knob_option("protocol", note="Default: official if the cache has a test split, else tfa-lt.")
+@knob_option("tau")
+@knob_option("text_source")
+@knob_option("feature")
+@knob_option("tte")
+@knob_option("device")
+@knob_option("precision")
 @click.option("--out", default=None, help="Output directory (default runs/<cache>-reproduce-tfa-lt[-tte...]); one holding a reproduction is refused.")
 @click.option("--overwrite", is_flag=True, help="Replace the reproduction already in --out.")
 @click.option("--quiet", is_flag=True, help="No progress bars or row names on stderr.")
