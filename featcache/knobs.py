@@ -211,6 +211,10 @@ SHOTS = _declare(
     "K-shot protocol: K training images per class drawn with the seed (classes with fewer keep all); the "
     "draw is in splits.parquet. Grid: --param shots=1,2,4,8,16.",
     "the few-shot CLIP protocol (CoOp, Tip-Adapter, LP++, CLAP); None = every training row", type=int)
+FINETUNE_SCHEDULE = _declare("finetune_schedule", "cosine",
+                             "Learning rate over the epochs: cosine annealing to 0, or constant.",
+                             f"{_LIFT}: cosine annealing, per epoch", name="schedule",
+                             choices=("cosine", "constant"))
 FINETUNE_PROTOCOL = _declare(
     "finetune_protocol", None,
     "Train/test split: lift (LIFT's groups by training count), official (the data set's own splits) or "
@@ -234,10 +238,16 @@ SEEDS: tuple[int, ...] = _declare("seeds", (0, 1, 2), "Comma-separated seeds; me
 EPOCHS = _declare("epochs", 200, "Training epochs.", f"{_TFA}: 200 epochs in stage I")
 BATCH_SIZE = _declare("batch_size", 128, "Training rows per SGD step.", f"{_TFA} and {_LIFT}: batch 128")
 LR = _declare("lr", 0.1, "Learning rate.", f"{_TFA}: SGD lr 0.1")
-WEIGHT_DECAY = _declare("weight_decay", 5e-4, "SGD weight decay.", f"{_TFA} and {_LIFT}: 5e-4")
+WEIGHT_DECAY = _declare("weight_decay", 5e-4, "Weight decay (SGD: L2 in the gradient; AdamW: decoupled).", f"{_TFA} and {_LIFT}: 5e-4")
 MOMENTUM = _declare("momentum", 0.9, "SGD momentum.", f"{_TFA} and {_LIFT}: 0.9")
-SCHEDULE = _declare("schedule", "cosine", "Learning rate over the epochs: cosine annealing to 0, or constant.",
-                    f"{_TFA} and {_LIFT}: cosine annealing, per epoch", choices=("cosine", "constant"))
+SCHEDULE = _declare("schedule", "cosine",
+                    "Learning rate over training: cosine annealing to 0 (per epoch), constant, or step "
+                    "(x --lr-decay every --decay-every optimiser steps, StepLR).",
+                    f"{_TFA}: cosine annealing, per epoch", choices=("cosine", "constant", "step"))
+LR_DECAY = _declare("lr_decay", 0.9, "--schedule step: the learning rate's factor every --decay-every steps.",
+                    f"{_FMMIC}: x0.9 (its --lr_decay)")
+DECAY_EVERY = _declare("decay_every", 200, "--schedule step: optimiser steps between two --lr-decay factors.",
+                       f"{_FMMIC}: every 200 iterations")
 OPTIMIZER = _declare("optimizer", "sgd",
                      "Optimiser of the heads: sgd (with --momentum) or adamw (torch.optim.AdamW, its "
                      "default betas; --momentum is not used).",
@@ -408,10 +418,6 @@ MEDMNIST_ITERATIONS = _declare("medmnist_iterations", None, "Training iterations
 MEDMNIST_LRS = _declare("medmnist_lrs", None,
                         "Head learning-rate grid, selected on the official val split [default: the recipe's].",
                         f"{_FMMIC}: RECIPES", name="lrs", type=tuple, item=float)
-MEDMNIST_LR_DECAY = _declare("medmnist_lr_decay", 0.9, "Head lr factor applied every --decay-every iterations.",
-                             f"{_FMMIC}: ×0.9", name="lr_decay")
-MEDMNIST_DECAY_EVERY = _declare("medmnist_decay_every", 200, "Iterations between --lr-decay steps.",
-                                f"{_FMMIC}: every 200 iterations", name="decay_every")
 MEDMNIST_BATCH_SIZE = _declare("medmnist_batch_size", None, "Training images per step [default: the recipe's].",
                                f"{_FMMIC}: RECIPES", name="batch_size", type=int)
 MEDMNIST_VAL_CHECKS = _declare(

@@ -82,8 +82,8 @@ class MemberSpec:
     epochs: int = knobs.EPOCHS
     batch_size: int = knobs.BATCH_SIZE
     schedule: str = knobs.SCHEDULE
-    lr_decay: float = knobs.MEDMNIST_LR_DECAY  # schedule "step": lr · lr_decay^⌊t / decay_every⌋
-    decay_every: int = knobs.MEDMNIST_DECAY_EVERY  # iterations (FMMIC's 200)
+    lr_decay: float = knobs.LR_DECAY  # schedule "step": lr · lr_decay^⌊t / decay_every⌋
+    decay_every: int = knobs.DECAY_EVERY  # optimiser steps (FMMIC's 200 iterations)
     steps: int = 0  # > 0: exactly this many optimiser steps instead of ``epochs`` epochs
     drop_last: bool = False  # drop each epoch's last partial batch
     gamma: float = knobs.GAMMA  # focal loss

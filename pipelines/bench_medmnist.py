@@ -139,8 +139,8 @@ class BenchConfig:
     recipe: str = knob_field("medmnist_recipe")
     iterations: int | None = knob_field("medmnist_iterations")  # None: the recipe's
     lrs: tuple[float, ...] | None = knob_field("medmnist_lrs")  # None: the recipe's
-    lr_decay: float = knob_field("medmnist_lr_decay")
-    decay_every: int = knob_field("medmnist_decay_every")
+    lr_decay: float = knob_field("lr_decay")
+    decay_every: int = knob_field("decay_every")
     batch_size: int | None = knob_field("medmnist_batch_size")  # None: the recipe's
     val_checks: int | None = knob_field("medmnist_val_checks")  # None: the recipe's; 0 = test the final weights
     weight_decay: float = knob_field("medmnist_weight_decay")
@@ -333,8 +333,8 @@ class ProbeRecipe:
     iterations: int = 1000
     batch_size: int = 128
     weight_decay: float = knobs.MEDMNIST_WEIGHT_DECAY
-    lr_decay: float = knobs.MEDMNIST_LR_DECAY
-    decay_every: int = knobs.MEDMNIST_DECAY_EVERY
+    lr_decay: float = knobs.LR_DECAY
+    decay_every: int = knobs.DECAY_EVERY
 
     def member(self, pool_size: int, lr: float, seed: int, loss: str = "ce",
                batch_size: int | None = None) -> MemberSpec:

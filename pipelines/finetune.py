@@ -121,7 +121,7 @@ class FinetuneConfig:
     lr: float = knob_field("finetune_lr")
     momentum: float = knob_field("momentum")
     weight_decay: float = knob_field("weight_decay")
-    schedule: str = knob_field("schedule")
+    schedule: str = knob_field("finetune_schedule")
     loss: str = knob_field("finetune_loss")
     la_tau: float = knob_field("la_tau")
     gamma: float = knob_field("gamma")

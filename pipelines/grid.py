@@ -104,7 +104,9 @@ RUN_LEVEL = {
     "validation_free": "a grid selects its configuration on validation rows",
     "calibrate": "calibrate the selected configuration with train-head --calibrate temperature",
 }
-MEMBER_KNOBS = frozenset(f.name for f in fields(MemberSpec))
+# per-member knobs; the optimizer is not one (one batched run has one optimizer state:
+# train_members), so configurations that differ in it train as separate heads
+MEMBER_KNOBS = frozenset(f.name for f in fields(MemberSpec)) - {"optimizer"}
 EVAL_ONLY = frozenset({"posthoc_tau"})
 SELECT_METRICS = METRIC_KEYS
 

@@ -78,6 +78,9 @@ class TfaLtConfig(RunSettings):
     weight_decay: float = knob_field("weight_decay")
     momentum: float = knob_field("momentum")
     schedule: str = knob_field("schedule")
+    optimizer: str = knob_field("optimizer")  # both stages
+    lr_decay: float = knob_field("lr_decay")
+    decay_every: int = knob_field("decay_every")
     loss: str = knob_field("loss")  # stage I
     ensemble_epochs: int = knob_field("ensemble_epochs")
     ensemble_lr: float = knob_field("ensemble_lr")
@@ -108,7 +111,8 @@ class TfaLtConfig(RunSettings):
 
     def _shared(self, tau: float) -> dict:
         return dict(batch_size=self.batch_size, weight_decay=self.weight_decay,
-                    momentum=self.momentum, schedule=self.schedule, gamma=self.gamma,
+                    momentum=self.momentum, schedule=self.schedule, optimizer=self.optimizer,
+                    lr_decay=self.lr_decay, decay_every=self.decay_every, gamma=self.gamma,
                     la_tau=self.la_tau, cb_beta=self.cb_beta, tau=tau)
 
     def stage1(self, seed: int, sampler: str, *, tau: float) -> MemberSpec:

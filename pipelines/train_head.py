@@ -57,6 +57,9 @@ class TrainHeadConfig(RunSettings):
     weight_decay: float = knob_field("weight_decay")
     momentum: float = knob_field("momentum")
     schedule: str = knob_field("schedule")
+    optimizer: str = knob_field("optimizer")
+    lr_decay: float = knob_field("lr_decay")
+    decay_every: int = knob_field("decay_every")
     tau: float | None = knob_field("tau")  # cosine-logit temperature; None = 1/logit_scale of the cache
     sigma: float = knob_field("sigma")
     gamma: float = knob_field("gamma")
@@ -83,6 +86,7 @@ class TrainHeadConfig(RunSettings):
             seed=seed, stream=f"{self.head}/{self.sampler}", sampler=self.sampler,
             loss=self.loss, lr=self.lr, weight_decay=self.weight_decay, momentum=self.momentum,
             epochs=self.epochs, batch_size=self.batch_size, schedule=self.schedule,
+            optimizer=self.optimizer, lr_decay=self.lr_decay, decay_every=self.decay_every,
             gamma=self.gamma, la_tau=self.la_tau, cb_beta=self.cb_beta, tau=tau,
             sigma=self.sigma, init=self.init, head_options=self.head_options,
         )
@@ -99,6 +103,8 @@ def name_parts(cfg: TrainHeadConfig) -> list[str]:
         parts.append(cfg.sampler)
     if cfg.init != "random":
         parts.append(f"init-{cfg.init}")
+    if cfg.optimizer != knobs.OPTIMIZER:
+        parts.append(cfg.optimizer)
     parts += [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.head_options]
     return parts
 

@@ -293,3 +293,20 @@ def test_grid_over_stage_two_knobs_trains_stage_one_once(lt_cache, tmp_path, mon
     spec = grid.make_grid(base, ["gamma=0,1,2", "ensemble_lr=0.01,0.1"], out=str(tmp_path / "g"))
     grid.run(spec)
     assert calls == [("adapter", 2 * 2), ("ensemble-logit", 6 * 2)], calls
+
+
+def test_an_optimizer_axis_trains_each_optimizer_as_its_own_head(lt_cache, tmp_path) -> None:  # noqa: ANN001
+    """``--param optimizer=sgd,adamw``: one batched run holds one optimizer state, so the grid
+    trains the two as separate heads; each equals its configuration trained alone."""
+    base = _base(lt_cache, schedule="step", lr_decay=0.5, decay_every=5, lr=0.05, seeds=(0,))
+    spec = grid.make_grid(base, ["optimizer=sgd,adamw", "lr=0.01,0.05"], out=str(tmp_path / "grid"))
+    assert sorted({c.optimizer for c in spec.configs}) == ["adamw", "sgd"]
+    assert len({grid._group_key(c) for c in spec.configs}) == 2
+    res = grid.run(spec)
+    for i, cfg in enumerate(spec.configs):
+        metrics = _alone(cfg, tmp_path / f"alone-{i}")
+        row = res.table.filter((pl.col("config") == i) & (pl.col("seed") == 0))
+        assert row["test_acc"][0] == pytest.approx(metrics["per_seed"][0]["acc"], abs=1e-9)
+    adamw = next(i for i, c in enumerate(spec.configs) if c.optimizer == "adamw")
+    cfg = json.loads((tmp_path / f"alone-{adamw}" / "config.json").read_text())
+    assert (cfg["optimizer"], cfg["schedule"], cfg["lr_decay"], cfg["decay_every"]) == ("adamw", "step", 0.5, 5)

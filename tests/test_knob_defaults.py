@@ -238,10 +238,10 @@ def test_predict_options_are_its_functions_defaults() -> None:
 
 def test_declared_choices_are_the_librarys() -> None:
     from featcache.device import DEVICES, PRECISIONS
-    from featcache.heads.base import INITS
+    from featcache.heads.base import INITS, OPTIMIZERS
     from featcache.heads.cached import CALIBRATIONS, TEXT_SOURCES
     from featcache.pipelines import bench_medmnist, extract, finetune, tfa_lt
-    from featcache.schedules import EPOCH_SCHEDULES
+    from featcache.schedules import EPOCH_SCHEDULES, SCHEDULES
 
     k = knobs.KNOBS
     assert k["device_choice"].choices == DEVICES and k["precision"].choices == PRECISIONS
@@ -249,7 +249,9 @@ def test_declared_choices_are_the_librarys() -> None:
     assert k["init"].choices == INITS and k["finetune_init"].choices == finetune.INITS
     assert k["text_source"].choices == TEXT_SOURCES and k["calibrate"].choices == CALIBRATIONS
     assert k["ensemble"].choices == tfa_lt.ENSEMBLES and k["rus"].choices == tfa_lt.RUS_MODES
-    assert set(k["schedule"].choices) == set(EPOCH_SCHEDULES)
+    assert set(k["schedule"].choices) == set(SCHEDULES)  # the heads' trainer
+    assert set(k["finetune_schedule"].choices) == set(EPOCH_SCHEDULES)  # LIFT's per-epoch loop
+    assert set(k["optimizer"].choices) == set(OPTIMIZERS)
     assert k["decoder"].choices == extract.DECODERS
     assert k["medmnist_recipe"].choices == tuple(bench_medmnist.RECIPES)
     assert all(c.default in c.choices for c in k.values() if c.choices)

@@ -112,3 +112,33 @@ def test_one_optimizer_per_batched_run_and_bad_knobs_are_refused() -> None:
         MemberSpec(optimizer="adam")
     with pytest.raises(FeatcacheError, match="lr_decay"):
         MemberSpec(lr_decay=0.0)
+
+
+def test_train_head_cli_offers_the_optimizer_choice(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """``train-head --optimizer adamw --schedule step``: the run's config records it, the run's
+    default name says it, and the trained weights are not SGD's."""
+    import json
+
+    from click.testing import CliRunner
+    from fixtures_cache import make_feature_cache
+
+    from featcache.cli import main
+
+    cache = make_feature_cache(tmp_path / "lt.h5", num_classes=3, counts=[60, 30, 20], dim=8,
+                               test_per_class=5, seed=1)
+    monkeypatch.chdir(tmp_path)
+    common = ["train-head", "--cache", str(cache), "--epochs", "3", "--seeds", "0", "--device", "cpu",
+              "--lr", "0.01", "--quiet"]
+    res = CliRunner().invoke(main, [*common, "--optimizer", "adamw", "--schedule", "step",
+                                    "--lr-decay", "0.5", "--decay-every", "2"])
+    assert res.exit_code == 0, res.output
+    (run,) = [p for p in (tmp_path / "runs").iterdir() if "adamw" in p.name]
+    cfg = json.loads((run / "config.json").read_text())
+    assert (cfg["optimizer"], cfg["schedule"], cfg["lr_decay"], cfg["decay_every"]) == ("adamw", "step", 0.5, 2)
+    sgd = CliRunner().invoke(main, [*common, "--out", "runs/sgd"])
+    assert sgd.exit_code == 0, sgd.output
+    a = torch.load(run / "checkpoints" / "seed-0.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "runs" / "sgd" / "checkpoints" / "seed-0.pt", weights_only=True)["model"]
+    assert not torch.equal(a["head"]["state"]["weight"], b["head"]["state"]["weight"])
+    bad = CliRunner().invoke(main, [*common, "--optimizer", "adam"])
+    assert bad.exit_code != 0 and "adamw" in bad.output

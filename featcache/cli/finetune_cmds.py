@@ -47,7 +47,7 @@ from featcache.cli.common import (
 @knob_option("finetune_lr")
 @knob_option("momentum")
 @knob_option("weight_decay")
-@knob_option("schedule")
+@knob_option("finetune_schedule")
 @knob_option("finetune_loss")
 @knob_option("la_tau")
 @knob_option("sigma")

@@ -52,8 +52,8 @@ TRAIN_HEAD_GROUPS = {
     "Long tail: loss and sampling": ["--loss", "--gamma", "--la-tau", "--cb-beta", "--sampler"],
     "TFA-LT (--ensemble)": ["--ensemble", "--no-adapters", "--ensemble-loss", "--ensemble-epochs",
                             "--ensemble-lr", "--rus"],
-    "Optimisation": ["--epochs", "--batch-size", "--lr", "--weight-decay", "--momentum", "--schedule",
-                     "--precision"],
+    "Optimisation": ["--optimizer", "--epochs", "--batch-size", "--lr", "--weight-decay", "--momentum",
+                     "--schedule", "--lr-decay", "--decay-every", "--precision"],
     "Evaluation": ["--tte", "--posthoc-tau", "--calibrate", "--bootstrap", "--bootstrap-seed"],
     "Output and device": ["--out", "--overwrite", "--method", "--plot-format", "--quiet", "--device"],
 }
@@ -83,6 +83,9 @@ TRAIN_HEAD_EXAMPLES = (
 @knob_option("weight_decay")
 @knob_option("momentum")
 @knob_option("schedule")
+@knob_option("lr_decay")
+@knob_option("decay_every")
+@knob_option("optimizer")
 @knob_option("tau")
 @knob_option("sigma")
 @knob_option("gamma")
