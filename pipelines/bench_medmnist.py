@@ -542,13 +542,13 @@ def finetune_once(
     checks = set(check_iterations(len(pool), batch, iterations, cfg.val_checks))
     best_acc, best_it, best_state = -1.0, iterations, None
     visual.train()
-    y_host = torch.from_numpy(labels)
-    y_host = y_host.float()[:, None] if bce else y_host.float() if multi else y_host.long()
-    steps = batch_rows(member, y_host, torch.from_numpy(np.asarray(pool)), outputs)
+    # drawn on the training device, as the probes' are (a CUDA generator's numbers are not a CPU one's)
+    y_rows = y_all[:, None] if bce else y_all
+    steps = batch_rows(member, y_rows, torch.from_numpy(np.asarray(pool)).to(device), outputs)
     for it, rows_t in enumerate(steps, start=1):
-        rows = rows_t.numpy()
+        rows = rows_t.cpu().numpy()
         logits = encode(rows)
-        y = y_all[rows_t.to(device)]
+        y = y_all[rows_t]
         if bce:
             loss = F.binary_cross_entropy_with_logits(logits[:, 0], y)
         elif multi:
