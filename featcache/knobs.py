@@ -244,7 +244,8 @@ SCHEDULE = _declare("schedule", "cosine",
                     "Learning rate over training: cosine annealing to 0 (per epoch), constant, or step "
                     "(x --lr-decay every --decay-every optimiser steps, StepLR).",
                     f"{_TFA}: cosine annealing, per epoch", choices=("cosine", "constant", "step"))
-LR_DECAY = _declare("lr_decay", 0.9, "--schedule step: the learning rate's factor every --decay-every steps.",
+LR_DECAY = _declare("lr_decay", 0.9, "Step decay: the learning rate's factor every --decay-every optimiser steps "
+                    "(train-head and grid: with --schedule step; bench medmnist: the probe's head).",
                     f"{_FMMIC}: x0.9 (its --lr_decay)")
 DECAY_EVERY = _declare("decay_every", 200, "--schedule step: optimiser steps between two --lr-decay factors.",
                        f"{_FMMIC}: every 200 iterations")

@@ -155,6 +155,7 @@ class BenchConfig:
     binary_head: str = knob_field("medmnist_binary_head")
     per_class_draw: str = knob_field("medmnist_per_class_draw")
     out: str = knob_field("medmnist_out")
+    plot_format: str = knob_field("plot_format")  # figure formats, e.g. "png,pdf" (featcache.plots.parse_formats)
     cache_dir: str | None = None  # default: caches/ (shared with `featcache extract`)
     device: str = knob_field("device_choice")
     download: bool = False
@@ -190,6 +191,9 @@ class BenchConfig:
         if self.per_class_draw not in PER_CLASS_DRAWS:
             raise unknown("--per-class-draw", self.per_class_draw, PER_CLASS_DRAWS)
         need(self.val_checks >= 0, f"--val-checks must be >= 0, got {self.val_checks}.")
+        from featcache.plots import parse_formats
+
+        parse_formats(self.plot_format)  # an unknown format fails here, before any work
         need(all(lr >= 0 and math.isfinite(lr) for lr in self.encoder_lrs),
              f"--encoder-lrs must be numbers >= 0, got {self.encoder_lrs}.")
         need(len(set(self.encoder_lrs)) == len(self.encoder_lrs), f"--encoder-lrs has duplicates: {self.encoder_lrs}.")
@@ -924,7 +928,7 @@ def write_outputs(out: Path, cfg: BenchConfig, metrics: pl.DataFrame, summary: p
     """Write every output file of the run directory; returns their paths. ``config.json``
     holds the resolved settings, the device that ran and each cache's extraction precision
     and preprocessing."""
-    from featcache.plots import write_bench_plots
+    from featcache.plots import parse_formats, write_bench_plots
 
     written = []
     config = dict(cfg.to_dict(), caches=[str(p.resolve()) for p in caches], device_requested=cfg.device,
@@ -939,5 +943,5 @@ def write_outputs(out: Path, cfg: BenchConfig, metrics: pl.DataFrame, summary: p
         written += [out / f"{name}.parquet", out / f"{name}.csv"]
     (out / "table.md").write_text(table_markdown(table, cfg.datasets))
     written.append(out / "table.md")
-    written += write_bench_plots(out, summary, per_class=bool(cfg.per_class))
+    written += write_bench_plots(out, summary, per_class=bool(cfg.per_class), formats=parse_formats(cfg.plot_format))
     return written

@@ -294,8 +294,11 @@ def test_cli_end_to_end_writes_contract_files_and_reuses_caches(tmp_path: Path) 
     args[args.index("--out") + 1] = str(tmp_path / "run2")
     args[args.index("--datasets") + 1] = "pneumoniamnist"
     args[args.index("--backbones") + 1] = "tiny-clip"
+    args += ["--plot-format", "png,svg"]  # figures in every format asked for (featcache.plots)
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0, again.output
+    assert (tmp_path / "run2" / "size_resize.svg").is_file() and (tmp_path / "run2" / "size_resize.png").is_file()
+    assert json.loads((tmp_path / "run2" / "config.json").read_text())["plot_format"] == "png,svg"
     assert {p: p.stat().st_mtime_ns for p in caches.glob("*.h5")} == mtimes
     key = ["per_class", "lr", "seed"]
     first = metrics.filter((pl.col("dataset") == "pneumoniamnist") & (pl.col("backbone") == "tiny-clip"))

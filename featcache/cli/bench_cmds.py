@@ -10,7 +10,7 @@ from __future__ import annotations
 import click
 
 from featcache.cli import main
-from featcache.cli.common import GroupedCommand, knob_option, parse_list
+from featcache.cli.common import GroupedCommand, knob_option, parse_list, plot_format_option
 
 
 @main.group("bench")
@@ -27,7 +27,7 @@ def bench() -> None:
                                 "--select-metric"],
     "Fine-tuning (--methods finetune)": ["--encoder-lrs", "--finetune-head-lr", "--finetune-iterations",
                                          "--finetune-batch-size"],
-    "Output and device": ["--out", "--overwrite", "--device", "--no-progress"],
+    "Output and device": ["--out", "--overwrite", "--plot-format", "--device", "--no-progress"],
 }, examples=(
     "featcache bench medmnist --root data/medmnist --datasets dermamnist,bloodmnist "
     "--backbones ViT-B-16:openai,timm:resnet18",
@@ -61,6 +61,7 @@ def bench() -> None:
 @knob_option("medmnist_finetune_iterations")
 @knob_option("medmnist_finetune_batch_size")
 @knob_option("medmnist_out")
+@plot_format_option
 @click.option("--cache-dir", type=click.Path(), default=None, help="Where the feature caches go (reused when present) [default: caches/].")
 @knob_option("device_choice")
 @click.option("--download", is_flag=True, help="Fetch missing npz files with the medmnist package (needs network).")
@@ -72,8 +73,8 @@ def medmnist_cmd(
     iterations: int | None, lrs: str | None, lr_decay: float, decay_every: int, batch_size: int | None,
     val_checks: int | None, weight_decay: float, feature: str, binary_head: str, select_metric: str,
     encoder_lrs: str, finetune_head_lr: float, finetune_iterations: int | None,
-    finetune_batch_size: int | None, out: str, cache_dir: str | None, device: str, download: bool,
-    no_progress: bool, overwrite: bool,
+    finetune_batch_size: int | None, out: str, plot_format: str, cache_dir: str | None, device: str,
+    download: bool, no_progress: bool, overwrite: bool,
 ) -> None:
     """Linear probes (and optional end-to-end fine-tuning) of many backbones on MedMNIST."""
     from featcache.pipelines.bench_medmnist import BenchConfig, run
@@ -106,6 +107,7 @@ def medmnist_cmd(
         finetune_iterations=finetune_iterations,
         finetune_batch_size=finetune_batch_size,
         out=out,
+        plot_format=plot_format,
         cache_dir=cache_dir,
         device=device,
         download=download,
