@@ -145,9 +145,12 @@ def _data(n: int = 300, d: int = 16, c: int = 5) -> tuple[torch.Tensor, torch.Te
     return x, labels
 
 
-def _members() -> list[MemberSpec]:
+def _members(optimizer: str = "sgd") -> list[MemberSpec]:
     # different epochs and samplers: the RUS member and the 2-epoch one sit out late steps,
-    # so both captured step kinds (all members active / some inactive) run
+    # so both captured step kinds (all members active / some inactive) run; AdamW reads its
+    # bias corrections by the step's device-side index
+    if optimizer != "sgd":
+        return [m.with_(optimizer=optimizer, lr=m.lr / 10) for m in _members()]
     return [
         MemberSpec(seed=0, stream="wrs", sampler="wrs", epochs=3, batch_size=64, tau=0.1),
         MemberSpec(seed=0, stream="rus", sampler="rus", epochs=4, batch_size=64, tau=0.1,
@@ -157,12 +160,13 @@ def _members() -> list[MemberSpec]:
     ]
 
 
-@pytest.mark.parametrize(("name", "share"), [("adapter", False), ("linear", True)])
-def test_cuda_graphs_fallback_equals_the_default_path(name: str, share: bool, caplog) -> None:  # noqa: ANN001
+@pytest.mark.parametrize(("name", "share", "optimizer"),
+                         [("adapter", False, "sgd"), ("linear", True, "sgd"), ("adapter", False, "adamw")])
+def test_cuda_graphs_fallback_equals_the_default_path(name: str, share: bool, optimizer: str, caplog) -> None:  # noqa: ANN001
     x, labels = _data()
     pool = torch.arange(labels.numel())
     ctx = HeadContext(x.shape[1], 5, prototypes=F.normalize(torch.randn(5, x.shape[1]), dim=-1))
-    members = _members() if not share else [
+    members = _members(optimizer) if not share else [
         MemberSpec(seed=0, epochs=3, batch_size=64, lr=lr, weight_decay=wd, sigma=5.0)
         for lr, wd in ((0.1, 5e-4), (0.03, 0.0))] + [MemberSpec(seed=1, epochs=2, batch_size=64)]
     heads = [build_head(name, ctx, members) for _ in range(2)]
@@ -177,11 +181,12 @@ def test_cuda_graphs_fallback_equals_the_default_path(name: str, share: bool, ca
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_graphs_replay_matches_eager_on_the_gpu(caplog) -> None:  # noqa: ANN001
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_cuda_graphs_replay_matches_eager_on_the_gpu(optimizer: str, caplog) -> None:  # noqa: ANN001
     x, labels = (t.cuda() for t in _data())
     pool = torch.arange(labels.numel(), device="cuda")
     ctx = HeadContext(x.shape[1], 5, prototypes=F.normalize(torch.randn(5, x.shape[1]), dim=-1).cuda())
-    heads = [build_head("adapter", ctx, _members()).cuda() for _ in range(2)]
+    heads = [build_head("adapter", ctx, _members(optimizer)).cuda() for _ in range(2)]
     with caplog.at_level(logging.INFO, logger="featcache.heads.training"):
         for h, flag in zip(heads, (False, True), strict=True):
             train_members(h, x, labels, [pool] * 3, cuda_graphs=flag)
