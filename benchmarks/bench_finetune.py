@@ -4,7 +4,7 @@
 For each method (default ``adaptformer``, ``classifier``, ``full``) this builds the model the
 way ``featcache finetune`` does (:func:`featcache.pipelines.finetune.build_model`: method injected, cosine
 head, frozen weights stored in the compute dtype on a GPU) and times
-:func:`featcache.pipelines.finetune.train_step` — forward under autocast, logit-adjusted loss, backward,
+:func:`featcache.finetuning.train_step` — forward under autocast, logit-adjusted loss, backward,
 SGD with momentum — on one resident synthetic batch: no data loading and no augmentation,
 like the DESIGN.md §6 anchor of the public LIFT code (ViT-B/16, batch 128, one H100, fp32
 weights + fp16 autocast + GradScaler): AdaptFormer 1,223 img/s at 11.9 GiB peak, classifier
@@ -32,9 +32,10 @@ import numpy as np
 import torch
 
 from featcache.device import resolve_device, resolve_precision, synchronize
+from featcache.finetuning import train_step
 from featcache.models import load_backbone
 from featcache.peft import count_parameters, make_config
-from featcache.pipelines.finetune import FinetuneConfig, build_model, make_loss, train_step
+from featcache.pipelines.finetune import FinetuneConfig, build_model, make_loss
 
 # DESIGN.md §6: the public LIFT code on one H100 (img/s, peak GiB)
 PUBLIC_LIFT_H100 = {"adaptformer": (1223.0, 11.9), "classifier": (2990.0, 1.8), "full": (1190.0, 15.3)}

@@ -67,6 +67,7 @@ from featcache.datasets import build_manifest
 from featcache.datasets.medmnist import SIZES, SUBSETS, locate_files, medmnist_descriptor
 from featcache.device import autocast, resolve_device, resolve_precision
 from featcache.errors import DataError, FeatcacheError, unknown
+from featcache.finetuning import train_step
 from featcache.heads.base import Head, HeadContext, MemberSpec, build_head
 from featcache.heads.training import batch_rows, predict_logits, train_members
 from featcache.knob_fields import knob_field
@@ -473,6 +474,21 @@ def encoder_family(visual: torch.nn.Module) -> str:
     return "cnn"
 
 
+class EncoderWithHead(torch.nn.Module):
+    """The image encoder's feature (``kind`` 0: the embedding, 1: the pre-projection ``cls``)
+    and the linear head on it; the head runs in fp32 outside any autocast (FMMIC trains in
+    fp32; featcache's bf16 autocast covers the encoder only)."""
+
+    def __init__(self, visual: torch.nn.Module, head: torch.nn.Linear, kind: int) -> None:
+        super().__init__()
+        self.visual, self.head, self.kind = visual, head, kind
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, 3, S, S] -> [B, outputs]
+        feats = models.image_features(self.visual, x)[self.kind]
+        with torch.autocast(x.device.type, enabled=False):
+            return self.head(feats.float())
+
+
 def finetune_once(
     spec: BackboneSpec,
     arrays: np.ndarray,
@@ -530,16 +546,26 @@ def finetune_once(
     y_all = torch.from_numpy(labels).to(device)
     y_all = y_all.float() if multi or bce else y_all.long()
 
-    def encode(rows: np.ndarray) -> torch.Tensor:
+    model = EncoderWithHead(visual, head, kind)
+
+    def images(rows: np.ndarray) -> torch.Tensor:  # [b, 3, S, S], normalised as extraction does
         x = array_batch(arrays, rows, device)
-        x = prep.normalize(prep.resize_arrays(x, prep.size), torch.float32)  # [b, 3, S, S]
-        with autocast(device, dtype):
-            feats = models.image_features(visual, x)[kind]
-        return head(feats.float())  # [b, outputs]
+        return prep.normalize(prep.resize_arrays(x, prep.size), torch.float32)
+
+    def loss_fn(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if bce:
+            return F.binary_cross_entropy_with_logits(logits[:, 0], y)
+        if multi:
+            return F.binary_cross_entropy_with_logits(logits, y)
+        return F.cross_entropy(logits, y)
 
     @torch.no_grad()
     def scores_of(rows: np.ndarray) -> np.ndarray:
-        parts = [encode(rows[i : i + 256]).float().cpu() for i in range(0, len(rows), 256)]
+        def logits_of(part: np.ndarray) -> torch.Tensor:
+            with autocast(device, dtype):
+                return model(images(part)).float().cpu()
+
+        parts = [logits_of(rows[i : i + 256]) for i in range(0, len(rows), 256)]
         out = torch.cat(parts).numpy()
         return binary_scores(out) if bce else out
 
@@ -550,18 +576,7 @@ def finetune_once(
     y_rows = y_all[:, None] if bce else y_all
     steps = batch_rows(member, y_rows, torch.from_numpy(np.asarray(pool)).to(device), outputs)
     for it, rows_t in enumerate(steps, start=1):
-        rows = rows_t.cpu().numpy()
-        logits = encode(rows)
-        y = y_all[rows_t]
-        if bce:
-            loss = F.binary_cross_entropy_with_logits(logits[:, 0], y)
-        elif multi:
-            loss = F.binary_cross_entropy_with_logits(logits, y)
-        else:
-            loss = F.cross_entropy(logits, y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        train_step(model, opt, loss_fn, images(rows_t.cpu().numpy()), y_all[rows_t], device, dtype)
         sched.step()
         if it in checks:
             visual.eval()

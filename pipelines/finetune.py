@@ -59,6 +59,7 @@ from featcache.datasets.lt_lists import has_placeholder_names
 from featcache.device import autocast, precision_name, resolve_device, resolve_precision
 from featcache.distributed import barrier, default_workers, dist_info, init_distributed
 from featcache.errors import FeatcacheError
+from featcache.finetuning import train_step
 from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
 from featcache.knob_fields import knob_field
 from featcache.lift import CosineClassifier, pre_projection_features, tte_logits
@@ -381,31 +382,6 @@ def make_loss(cfg: FinetuneConfig, train_counts: np.ndarray, device: torch.devic
         return fn(logits.float()[None], labels[None], knobs, prior)[0].mean()
 
     return loss
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    device: torch.device,
-    dtype: torch.dtype,
-    scaler: torch.amp.GradScaler | None = None,
-) -> torch.Tensor:
-    """One SGD step on normalised ``images`` ``[B, 3, S, S]``; returns the (detached) loss."""
-    with autocast(device, dtype):
-        logits = model(images)  # [B, C]
-    loss = loss_fn(logits, labels)
-    optimizer.zero_grad(set_to_none=True)
-    if scaler is not None:
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-    else:
-        loss.backward()
-        optimizer.step()
-    return loss.detach()
 
 
 @torch.no_grad()

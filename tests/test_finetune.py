@@ -20,6 +20,7 @@ from featcache import lift_data
 from featcache.cli import main
 from featcache.datasets import build_manifest
 from featcache.errors import FeatcacheError
+from featcache.finetuning import train_step
 from featcache.lift_data import TrainImages, random_resized_crop
 from featcache.metrics import METRIC_KEYS
 from featcache.models import load_backbone
@@ -357,7 +358,7 @@ def test_head_and_loss_stay_fp32_under_bf16_autocast() -> None:
     cfg = FinetuneConfig(dataset="synthetic-lt")
     loss_fn = finetune.make_loss(cfg, np.array([5, 4, 3, 2, 1]), torch.device("cpu"))
     opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    loss = finetune.train_step(model, opt, loss_fn, x, torch.tensor([0, 1, 2, 3]), torch.device("cpu"), torch.bfloat16)
+    loss = train_step(model, opt, loss_fn, x, torch.tensor([0, 1, 2, 3]), torch.device("cpu"), torch.bfloat16)
     assert loss.dtype == torch.float32
 
 
