@@ -117,9 +117,15 @@ def test_report_at_80_columns(setup: dict) -> None:
     out = res.output
     assert "…" not in out and "skipped" in out
     assert "Bal." in out and "AUC" in out
-    for name in (setup["linear"].name, setup["cosine"].name):
-        rows = [ln for ln in _lines_with(out, name) if re.search(r"\d+\.\d\d", ln)]
-        assert len(rows) == 1, out
+    # 80 columns, even with a long run name: it is wrapped over lines in the Run column (after
+    # its hyphens), whole, beside its row's numbers
+    assert max(len(ln) for ln in res.stdout.splitlines()) <= 80, out  # (stderr: the note's path)
+    assert "cosine-la" in [ln.split()[0] for ln in out.splitlines() if re.search(r"\d+\.\d\d", ln)]
+    long = setup["linear"].name
+    first = next(i for i, ln in enumerate(out.splitlines()) if ln.startswith(long[:10]))
+    lines = out.splitlines()[first:first + 3]
+    assert re.search(r"\d+\.\d\d", lines[0]) and not re.search(r"\d\.\d", lines[1])
+    assert lines[0].split()[0] + lines[1].strip() == long
 
 
 def test_info_at_80_columns(setup: dict) -> None:
