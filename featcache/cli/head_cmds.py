@@ -365,7 +365,8 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
                    "shots curves and grid heatmaps when present, every run's configuration.")
 def report_cmd(runs: tuple[str, ...], out: str | None, html: str | None) -> None:
     """Collect run directories into one table: Many, Med, Few, Total, balanced accuracy, F1,
-    AUC, and the settings that differ between the runs.
+    AUC, sensitivity and specificity (two-class runs), ECE, and the settings that differ
+    between the runs; runs trained with --bootstrap N also get their 95 % intervals.
 
     Folders that are not head runs are skipped with a note; `bench medmnist` folders are
     refused (read their table.md).
