@@ -8,7 +8,10 @@
   runs (``reproduce``), are skipped with a note; a ``bench medmnist`` folder is refused, since
   its ``metrics.json`` averages many data sets and backbones and one Many/Med/Few row of it
   would mean nothing.
-- :func:`report_frame`: one row per run with every metric and the knobs that differ.
+- :func:`report_frame`: one row per run with every metric and the knobs that differ, plus
+  sensitivity/specificity when a two-class run is among them and the bootstrap intervals
+  (``<metric>_ci_lo``/``_hi``) when a run was trained with ``--bootstrap N``;
+  :func:`metric_columns` and :func:`interval_columns` say which the tables show.
 - :func:`write_html`: one self-contained page (figures embedded as base64 PNG, no network,
   a few lines of inline JavaScript to sort the table) rendered from the Jinja2 template
   ``featcache/templates/report.html.j2`` with autoescaping on (run and class names are user
