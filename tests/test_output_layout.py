@@ -176,3 +176,16 @@ def test_report_shows_the_common_start_of_run_names_once(setup: dict, tmp_path: 
     rows = [ln for ln in res.output.splitlines() if re.search(r"\d+\.\d\d", ln)]
     assert [r.split()[0] for r in rows] == ["linear", "cosine-la"]
     assert all(len(line) <= 80 for line in res.output.splitlines()), res.output
+
+
+def test_wrap_name_keeps_every_character_within_the_width() -> None:
+    from featcache.tables import wrap_name
+
+    name = "linear-la-wrs-bootstrap_200/seeds=0,1-averyveryverylongword"
+    for width in (3, 8, 12, 30, 80):
+        lines = wrap_name(name, width).split("\n")
+        assert "".join(lines) == name and max(map(len, lines)) <= width
+    assert wrap_name(name, 12).split("\n")[:2] == ["linear-la-", "wrs-"]  # broken after a hyphen
+    assert wrap_name("tte linear", 6) == "tte\nlinear"  # the space broken at is dropped
+    with pytest.raises(ValueError):
+        wrap_name(name, 0)
