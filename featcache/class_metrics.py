@@ -13,7 +13,8 @@ calls :func:`seed_extras` per seed and :func:`write_extras` once):
   and specificity (recall of class 0) for two-class sets, recorded per seed and as mean ± std
   in ``metrics.json``.
 - :func:`bootstrap_ci`: percentile 95 % confidence intervals of ``acc``, ``balanced_acc`` and
-  ``macro_f1`` from resampling each seed's test rows with replacement (Efron & Tibshirani,
+  ``macro_f1`` (and, on two-class sets, ``sensitivity`` and ``specificity``) from resampling
+  each seed's test rows with replacement (Efron & Tibshirani,
   *An Introduction to the Bootstrap*, 1993, §13.3), seeded, for each seed and for the mean
   over seeds that ``metrics.json`` reports (each replicate resamples every seed's rows
   independently and averages the seeds' figures).
@@ -31,6 +32,7 @@ from featcache import knobs
 from featcache.metrics import _macro_f1, _rank_auc, softmax
 
 BOOTSTRAP_METRICS = ("acc", "balanced_acc", "macro_f1")
+BINARY_METRICS = ("sensitivity", "specificity")  # two-class sets: bootstrapped too
 PER_CLASS_FIGURES = ("precision", "recall", "f1", "auc")
 
 
@@ -123,29 +125,37 @@ def bootstrap_ci(evals: list[tuple[np.ndarray, np.ndarray]], n: int, *, seed: in
 
     ``evals``: one ``(labels [N], scores [N, C])`` per seed. Returns ``{"n", "level", "seed",
     "method", "<metric>_ci": [lo, hi] of the mean over seeds, "per_seed": [{"<metric>_ci":
-    [lo, hi]}, ...]}``; the same ``seed`` gives the same intervals."""
+    [lo, hi]}, ...]}`` for the metrics of :data:`BOOTSTRAP_METRICS` and, when ``C == 2``,
+    :data:`BINARY_METRICS` (over the replicates that drew rows of both classes); the same
+    ``seed`` gives the same intervals."""
     if n < 1:
         raise ValueError(f"bootstrap needs n >= 1 replicates, got {n}")
     rng = np.random.default_rng(seed)
     C = max(int(s.shape[1]) for _, s in evals)
+    keys = BOOTSTRAP_METRICS + (BINARY_METRICS if C == 2 else ())
     preds = [(np.asarray(lab), np.asarray(sc).argmax(1)) for lab, sc in evals]
-    reps = np.empty((n, len(preds), len(BOOTSTRAP_METRICS)))  # [B, seeds, metrics]
+    reps = np.empty((n, len(preds), len(keys)))  # [B, seeds, metrics]
     for b in range(n):
         for s, (lab, pred) in enumerate(preds):
             idx = rng.integers(0, lab.size, lab.size)
             point = _point(lab[idx], pred[idx], C)
-            reps[b, s] = [point[k] for k in BOOTSTRAP_METRICS]
+            if C == 2:  # NaN where a replicate drew no row of a class
+                point.update(binary_rates(lab[idx], pred[idx]))
+            reps[b, s] = [point[k] for k in keys]
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
 
     def interval(values: np.ndarray) -> list[float]:
+        values = values[~np.isnan(values)]  # replicates where the figure is defined
+        if not values.size:
+            return [math.nan, math.nan]
         return [float(np.percentile(values, lo)), float(np.percentile(values, hi))]
 
     out: dict = {"n": n, "level": level, "seed": seed,
                  "method": "percentile; test rows resampled with replacement, per seed"}
     mean = reps.mean(1)  # [B, metrics]: the mean over seeds metrics.json reports
-    for m, key in enumerate(BOOTSTRAP_METRICS):
+    for m, key in enumerate(keys):
         out[f"{key}_ci"] = interval(mean[:, m])
-    out["per_seed"] = [{f"{key}_ci": interval(reps[:, s, m]) for m, key in enumerate(BOOTSTRAP_METRICS)}
+    out["per_seed"] = [{f"{key}_ci": interval(reps[:, s, m]) for m, key in enumerate(keys)}
                        for s in range(len(preds))]
     return out
 

@@ -8,7 +8,10 @@
   runs (``reproduce``), are skipped with a note; a ``bench medmnist`` folder is refused, since
   its ``metrics.json`` averages many data sets and backbones and one Many/Med/Few row of it
   would mean nothing.
-- :func:`report_frame`: one row per run with every metric and the knobs that differ.
+- :func:`report_frame`: one row per run with every metric and the knobs that differ, plus
+  sensitivity/specificity when a two-class run is among them and the bootstrap intervals
+  (``<metric>_ci_lo``/``_hi``) when a run was trained with ``--bootstrap N``;
+  :func:`metric_columns` and :func:`interval_columns` say which the tables show.
 - :func:`write_html`: one self-contained page (figures embedded as base64 PNG, no network,
   a few lines of inline JavaScript to sort the table) rendered from the Jinja2 template
   ``featcache/templates/report.html.j2`` with autoescaping on (run and class names are user
@@ -131,14 +134,82 @@ def run_names(runs: list[dict]) -> list[str]:
         depth += 1
 
 
+def _interval(run: dict, key: str) -> tuple[float | None, float | None]:
+    """The bootstrap interval of ``key`` in ``run``'s ``metrics.json`` (``None``s when absent)."""
+    boot = run["metrics"].get("bootstrap")
+    ci = boot.get(f"{key}_ci") if isinstance(boot, dict) else None
+    if not isinstance(ci, list) or len(ci) != 2:
+        return None, None
+    lo, hi = (_runs._float(v) for v in ci)
+    return (lo, hi) if lo is not None and hi is not None else (None, None)
+
+
 def report_frame(runs: list[dict]) -> tuple[pl.DataFrame, list[str]]:
     """:func:`featcache.runs.runs_frame` with the knobs that differ between ``runs`` and a
-    ``name`` column (:func:`run_names`); returns the frame and its knob columns."""
+    ``name`` column (:func:`run_names`); returns the frame and its knob columns.
+
+    Columns only some runs can have are added when at least one run has them (``null`` in the
+    others): ``sensitivity``/``specificity`` with ``_std`` (two-class runs, from
+    ``metrics.json``), and for every figure with a bootstrap interval (``--bootstrap N``,
+    :mod:`featcache.class_metrics`) ``<metric>_ci_lo``/``_ci_hi`` (of the mean over seeds)
+    with ``bootstrap_n`` (replicates) and ``ci_level`` (0.95)."""
+    from featcache.class_metrics import BINARY_METRICS, BOOTSTRAP_METRICS
+
     knobs = _runs.differing_knobs(runs)
     if "validation" not in knobs and any("validation" in _runs.run_knobs(r) for r in runs):
         knobs.append("validation")  # always shown: "realistic" (none) and "tuned" runs never mix unseen
     frame = _runs.runs_frame(runs, knobs=knobs).with_columns(pl.Series("name", run_names(runs)))
-    return frame, [_runs.knob_column(k) for k in knobs]
+    extra: list[pl.Series] = []
+    for key in BINARY_METRICS:
+        if any(key in r["metrics"] for r in runs):
+            extra += [pl.Series(k, [_runs._float(r["metrics"].get(k)) for r in runs], pl.Float64)
+                      for k in (key, f"{key}_std")]
+    boots = [r["metrics"].get("bootstrap") if isinstance(r["metrics"].get("bootstrap"), dict) else {}
+             for r in runs]
+    for key in BOOTSTRAP_METRICS + BINARY_METRICS:
+        cis = [_interval(r, key) for r in runs]
+        if any(lo is not None for lo, _ in cis):
+            extra += [pl.Series(f"{key}_ci_lo", [lo for lo, _ in cis], pl.Float64),
+                      pl.Series(f"{key}_ci_hi", [hi for _, hi in cis], pl.Float64)]
+    if any(s.name.endswith("_ci_lo") for s in extra):
+        extra += [pl.Series("bootstrap_n", [b.get("n") for b in boots], pl.Int64),
+                  pl.Series("ci_level", [_runs._float(b.get("level")) for b in boots], pl.Float64)]
+    return frame.with_columns(extra), [_runs.knob_column(k) for k in knobs]
+
+
+# The metric columns of the report, (title, key) in order: the paper's and REPORT_COLUMNS
+# (featcache.runs), with sensitivity and specificity before ECE when a run has them.
+BINARY_COLUMNS = (("Sens.", "sensitivity"), ("Spec.", "specificity"))
+
+
+def metric_columns(frame: pl.DataFrame) -> tuple[tuple[str, str], ...]:
+    """``(title, key)`` of :data:`featcache.runs.REPORT_COLUMNS`, with Sens./Spec. before ECE
+    when ``frame`` (:func:`report_frame`) has them (a two-class run is among its rows)."""
+    cols = [c for c in _runs.REPORT_COLUMNS if c[1] != "ece"]
+    cols += [c for c in BINARY_COLUMNS if c[1] in frame.columns]
+    return (*cols, *(c for c in _runs.REPORT_COLUMNS if c[1] == "ece"))
+
+
+def interval_columns(frame: pl.DataFrame) -> tuple[tuple[str, str], ...]:
+    """``(title, key)`` of the report's metrics that have a bootstrap interval in ``frame``."""
+    return tuple(c for c in metric_columns(frame) if f"{c[1]}_ci_lo" in frame.columns)
+
+
+def fmt_interval(lo: float | None, hi: float | None, *, compact: bool = False) -> str:
+    """A 95 % interval in percent: ``[79.10, 83.40]``, or ``79.10–83.40`` when ``compact``;
+    ``–`` when the run has none."""
+    if lo is None or hi is None:
+        return "–"
+    return f"{100 * lo:.2f}–{100 * hi:.2f}" if compact else f"[{100 * lo:.2f}, {100 * hi:.2f}]"
+
+
+def interval_title(frame: pl.DataFrame) -> str:
+    """What the intervals of ``frame`` are: level, replicates, of what."""
+    levels = sorted({v for v in frame["ci_level"].to_list() if v is not None})
+    ns = sorted({v for v in frame["bootstrap_n"].to_list() if v is not None})
+    level = "/".join(f"{100 * v:g}" for v in levels) or "95"
+    return (f"{level} % bootstrap intervals of the mean over seeds, % ({'/'.join(map(str, ns))} "
+            "resamples of each seed's test rows)")
 
 
 # --------------------------------------------------------------------------------------
@@ -356,8 +427,7 @@ def shots_figure(runs: list[dict], names: list[str], knobs: list[str]) -> str | 
 
 
 _METRIC_TITLES = (("Many", "many_acc"), ("Med", "medium_acc"), ("Few", "few_acc"),
-                  ("Total", "acc"), ("Bal.", "balanced_acc"), ("F1", "macro_f1"), ("AUC", "auc"),
-                  ("ECE", "ece"))
+                  ("Total", "acc"), ("Bal.", "balanced_acc"), ("F1", "macro_f1"), ("AUC", "auc"))
 
 
 def _table(frame: pl.DataFrame, knob_cols: list[str]) -> dict:
@@ -366,12 +436,16 @@ def _table(frame: pl.DataFrame, knob_cols: list[str]) -> dict:
     The metrics come right after the run, the settings that differ after them (a long
     setting such as a prompt template then never pushes the figures out of view), and the
     common start of the runs' default names (``isic2018-tiny-clip-random-tte-``) is shown
-    once above the table (``prefix``) instead of in every row."""
+    once above the table (``prefix``) instead of in every row. Sens./Spec. are columns when a
+    two-class run is among the rows; a figure with a bootstrap interval carries it on a
+    line of its own under the ± std (``ci``; ``intervals`` says what they are)."""
     from featcache.tables import common_prefix
 
     names = frame["name"].to_list()
     prefix = common_prefix(names)
-    headers = ["Run", "Method", "Seeds", *(t for t, _ in _METRIC_TITLES),
+    binary = [c for c in BINARY_COLUMNS if c[1] in frame.columns]
+    metrics = (*_METRIC_TITLES, *binary, ("ECE", "ece"))
+    headers = ["Run", "Method", "Seeds", *(t for t, _ in metrics),
                *(k.removeprefix("config_") for k in knob_cols)]
     rows = []
     for row, name in zip(frame.iter_rows(named=True), names, strict=True):
@@ -379,10 +453,12 @@ def _table(frame: pl.DataFrame, knob_cols: list[str]) -> dict:
         cells = [{"text": short, "key": short, "cls": "text name", "title": name},
                  {"text": row["method"], "key": row["method"], "cls": "text"},
                  {"text": str(row["seeds"]), "key": row["seeds"], "cls": "num"}]
-        for _, k in _METRIC_TITLES:  # percent; the std on a line of its own keeps columns narrow
+        for _, k in metrics:  # percent; the std and the interval on lines of their own keep columns narrow
             mean, std = row[k], row[f"{k}_std"]
+            lo, hi = row.get(f"{k}_ci_lo"), row.get(f"{k}_ci_hi")
             cells.append({"text": _runs._pct(mean, None),
                           "sd": "" if mean is None or std is None else f"± {100 * std:.2f}",
+                          "ci": "" if lo is None or hi is None else fmt_interval(lo, hi),
                           "key": "" if mean is None else f"{mean:.6f}", "cls": "num"})
         for k in knob_cols:
             try:
@@ -391,7 +467,8 @@ def _table(frame: pl.DataFrame, knob_cols: list[str]) -> dict:
                 key = row[k]
             cells.append({"text": row[k], "key": key, "cls": "knob"})
         rows.append(cells)
-    return {"headers": headers, "rows": rows, "prefix": prefix}
+    intervals = interval_title(frame) if interval_columns(frame) else ""
+    return {"headers": headers, "rows": rows, "prefix": prefix, "intervals": intervals}
 
 
 def render_html(collected: Collected, *, title: str = "featcache report") -> str:

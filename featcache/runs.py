@@ -577,12 +577,19 @@ def markdown_table(frame: pl.DataFrame, *, title_column: str = "method", title_h
                    knobs: list[str] | tuple[str, ...] = ()) -> str:
     """The paper's layout (Method | Many | Med | Few | Total | F1), percent, mean ± std;
     ``columns`` (title, metric key) replace the metric columns, ``knobs`` (columns of
-    ``frame``) follow the title column (``title_column``, headed ``title_header``)."""
+    ``frame``) follow the title column (``title_column``, headed ``title_header``). A figure
+    whose interval ``frame`` holds (``<key>_ci_lo``/``_ci_hi``, :func:`featcache.report.report_frame`)
+    is followed by it in brackets: ``75.00 ± 5.00 [60.00, 87.50]``."""
+    def cell(row: dict, key: str) -> str:
+        text = _pct(row[key], row.get(f"{key}_std"))
+        lo, hi = row.get(f"{key}_ci_lo"), row.get(f"{key}_ci_hi")
+        return text if lo is None or hi is None else f"{text} [{100 * lo:.2f}, {100 * hi:.2f}]"
+
     titles = [title_header, *(k.removeprefix("config_") for k in knobs), *(c for c, _ in columns)]
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for row in frame.iter_rows(named=True):
         cells = [str(row[title_column]), *(str(row[k]) for k in knobs),
-                 *(_pct(row[k], row.get(f"{k}_std")) for _, k in columns)]
+                 *(cell(row, k) for _, k in columns)]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -51,15 +51,21 @@ def table_width(console, table) -> int:  # noqa: ANN001
     return Measurement.get(console, wide, table).maximum
 
 
-def print_fitting(console, tables: Sequence) -> int:  # noqa: ANN001
-    """Print the first of ``tables`` that fits ``console``'s width; if none does, the last one
-    at its natural width, uncropped (lines longer than the console, never cut). Returns the
-    index of the table printed."""
+def print_fitting(console, tables: Sequence, *, shrink=None) -> int:  # noqa: ANN001
+    """Print the first of ``tables`` that fits ``console``'s width; if none does, ``shrink(n)``
+    (when given: the last layout made ``n`` columns narrower, e.g. its names wrapped by
+    :func:`wrap_name`, or ``None`` when it cannot be) if that fits, else the last one at its
+    natural width, uncropped (lines longer than the console, never cut). Returns the index
+    of the layout printed (the last one's for a shrunk table)."""
     for i, table in enumerate(tables):
         width = table_width(console, table)
         if width <= console.width:
             console.print(table)
             return i
+    narrower = shrink(width - console.width) if shrink is not None else None
+    if narrower is not None and table_width(console, narrower) <= console.width:
+        console.print(narrower)
+        return len(tables) - 1
     # print(width=...) cannot exceed the console's width: widen the console for this table
     narrow = console.width
     console.width = width
@@ -73,7 +79,8 @@ def print_fitting(console, tables: Sequence) -> int:  # noqa: ANN001
 def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, title: str = "",
                 right: Sequence[bool] | None = None, compact: bool = False):  # noqa: ANN201
     """A rich Table whose cells never wrap or shrink (each column as wide as its widest cell
-    or header); ``right[i]`` right-aligns column i; ``compact`` drops the box lines."""
+    or header; a cell with newlines, e.g. from :func:`wrap_name`, takes several lines);
+    ``right[i]`` right-aligns column i; ``compact`` drops the box lines."""
     from rich import box
     from rich.table import Table
 
@@ -81,7 +88,7 @@ def plain_table(headers: Sequence[str], rows: Sequence[Sequence[str]], *, title:
                   pad_edge=not compact, show_edge=not compact,
                   padding=(0, 0, 0, 1) if compact else (0, 1))
     for i, head in enumerate(headers):
-        width = max([len(head), *(len(r[i]) for r in rows)])
+        width = max([len(head), *(len(line) for r in rows for line in r[i].split("\n"))])
         table.add_column(head, justify="right" if right and right[i] else "left",
                          min_width=width, no_wrap=True)
     for r in rows:
@@ -116,3 +123,36 @@ def common_prefix(names: Sequence[str], *, sep: str = "-", min_chars: int = 8) -
         if ch == sep and all(n.startswith(first[: i + 1]) and len(n) > i + 1 for n in names):
             prefix = first[: i + 1]
     return prefix if len(prefix) >= min_chars else ""
+
+
+def wrap_name(name: str, width: int) -> str:
+    """``name`` on lines of at most ``width`` characters joined by newlines, broken after
+    ``-``, ``_``, ``/``, ``=``, ``.``, ``,`` or a space where it can be, inside a word only
+    where a word is longer than ``width``; no character is lost (``"".join`` of the lines, less
+    the spaces broken at, gives back ``name``). For run names too long for a narrow terminal."""
+    if width < 1:
+        raise ValueError(f"width must be >= 1, got {width}")
+    words, word = [], ""
+    for ch in name:
+        word += ch
+        if ch in "-_/=., ":
+            words.append(word)
+            word = ""
+    if word:
+        words.append(word)
+    lines, line = [], ""
+    for w in words:
+        while len(w) > width:  # a word longer than a line: split it
+            if line:
+                lines.append(line)
+                line = ""
+            lines.append(w[:width])
+            w = w[width:]
+        if len((line + w).rstrip(" ")) <= width:
+            line += w
+        else:
+            lines.append(line)
+            line = w
+    if line:
+        lines.append(line)
+    return "\n".join(ln.rstrip(" ") for ln in lines)

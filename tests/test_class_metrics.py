@@ -117,3 +117,27 @@ def test_every_run_writes_per_class_rates_and_intervals(binary_cache, tmp_path) 
     assert json.loads((out / "metrics.json").read_text())["bootstrap"] == boot
     bad = CliRunner().invoke(main, ["train-head", "--cache", str(binary_cache), "--bootstrap", "-1"])
     assert bad.exit_code != 0 and "--bootstrap" in bad.output
+
+
+def test_two_class_bootstrap_adds_sensitivity_and_specificity() -> None:
+    evals = [_data(n=200, C=2, seed=s) for s in range(2)]
+    boot = bootstrap_ci(evals, 300, seed=1)
+    for key in ("sensitivity", "specificity"):
+        points = [binary_rates(lab, sc.argmax(1))[key] for lab, sc in evals]
+        lo, hi = boot[f"{key}_ci"]
+        assert lo <= np.mean(points) <= hi < 1.0 and hi - lo < 0.3
+        for s, point in enumerate(points):
+            lo_s, hi_s = boot["per_seed"][s][f"{key}_ci"]
+            assert lo_s <= point <= hi_s
+    # adding them draws nothing more: the other intervals are those of the same rows without them
+    three = [(lab, np.concatenate([sc, np.full((len(lab), 1), -9.0)], 1)) for lab, sc in evals]
+    other = bootstrap_ci(three, 300, seed=1)  # three classes (the third never predicted)
+    assert "sensitivity_ci" not in other and "sensitivity_ci" not in other["per_seed"][0]
+    assert other["acc_ci"] == boot["acc_ci"]
+    # one positive row in 20: the replicates that draw none leave sensitivity undefined and are
+    # left out of its interval, which stays an interval of rates
+    labels = np.zeros(20, dtype=int)
+    labels[0] = 1
+    scores = np.eye(2)[labels] * 2.0
+    rare = bootstrap_ci([(labels, scores)], 200, seed=0)
+    assert rare["sensitivity_ci"] == [1.0, 1.0] and rare["specificity_ci"] == [1.0, 1.0]

@@ -117,9 +117,15 @@ def test_report_at_80_columns(setup: dict) -> None:
     out = res.output
     assert "…" not in out and "skipped" in out
     assert "Bal." in out and "AUC" in out
-    for name in (setup["linear"].name, setup["cosine"].name):
-        rows = [ln for ln in _lines_with(out, name) if re.search(r"\d+\.\d\d", ln)]
-        assert len(rows) == 1, out
+    # 80 columns, even with a long run name: it is wrapped over lines in the Run column (after
+    # its hyphens), whole, beside its row's numbers
+    assert max(len(ln) for ln in res.stdout.splitlines()) <= 80, out  # (stderr: the note's path)
+    assert "cosine-la" in [ln.split()[0] for ln in out.splitlines() if re.search(r"\d+\.\d\d", ln)]
+    long = setup["linear"].name
+    first = next(i for i, ln in enumerate(out.splitlines()) if ln.startswith(long[:10]))
+    lines = out.splitlines()[first:first + 3]
+    assert re.search(r"\d+\.\d\d", lines[0]) and not re.search(r"\d\.\d", lines[1])
+    assert lines[0].split()[0] + lines[1].strip() == long
 
 
 def test_info_at_80_columns(setup: dict) -> None:
@@ -170,3 +176,16 @@ def test_report_shows_the_common_start_of_run_names_once(setup: dict, tmp_path: 
     rows = [ln for ln in res.output.splitlines() if re.search(r"\d+\.\d\d", ln)]
     assert [r.split()[0] for r in rows] == ["linear", "cosine-la"]
     assert all(len(line) <= 80 for line in res.output.splitlines()), res.output
+
+
+def test_wrap_name_keeps_every_character_within_the_width() -> None:
+    from featcache.tables import wrap_name
+
+    name = "linear-la-wrs-bootstrap_200/seeds=0,1-averyveryverylongword"
+    for width in (3, 8, 12, 30, 80):
+        lines = wrap_name(name, width).split("\n")
+        assert "".join(lines) == name and max(map(len, lines)) <= width
+    assert wrap_name(name, 12).split("\n")[:2] == ["linear-la-", "wrs-"]  # broken after a hyphen
+    assert wrap_name("tte linear", 6) == "tte\nlinear"  # the space broken at is dropped
+    with pytest.raises(ValueError):
+        wrap_name(name, 0)

@@ -315,3 +315,160 @@ def test_html_table_puts_the_metrics_before_the_differing_settings(three_runs: d
     headers = _table(frame, knobs)["headers"]
     assert knobs and headers[:4] == ["Run", "Method", "Seeds", "Many"]
     assert max(headers.index(t) for t in ("AUC", "ECE")) < min(headers.index(k.removeprefix("config_")) for k in knobs)
+
+
+# --------------------------------------------------------------------------------------
+# Bootstrap intervals and the two-class rates
+
+LONG = "isic2018-tiny-clip-random-tte-"  # the start default names share: shown once
+INTERVALS = (("Total", "acc"), ("F1", "macro_f1"), ("Bal.", "balanced_acc"),
+             ("Sens.", "sensitivity"), ("Spec.", "specificity"))
+
+
+@pytest.fixture(scope="module")
+def ci_runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two-class runs with long names, with and without ``--bootstrap``; multi-class ones too."""
+    from featcache.pipelines import train_head
+
+    root = tmp_path_factory.mktemp("intervals")
+    binary = make_feature_cache(root / "bin.h5", num_classes=2, counts=[120, 60], dim=8, noise=0.8, seed=2)
+    multi = make_feature_cache(root / "multi.h5", num_classes=4, dim=8)
+    runs = {"bin-boot": root / "runs" / f"{LONG}linear-la-wrs-bootstrap-200-seeds-0-1",
+            "bin-plain": root / "runs" / f"{LONG}cosine-focal-instance-no-intervals",
+            "multi-boot": root / "runs" / "multi-boot", "multi-plain": root / "runs" / "multi-plain"}
+    for key, path in runs.items():
+        train_head.run(train_head.TrainHeadConfig(
+            cache=str(binary if key.startswith("bin") else multi), out=str(path),
+            head="cosine" if key.endswith("plain") else "linear",
+            bootstrap=150 if key.endswith("boot") else 0, **FAST))
+    return runs
+
+
+def _boot(path: Path) -> dict:
+    return json.loads((path / "metrics.json").read_text())
+
+
+def test_frame_carries_intervals_and_binary_rates_only_where_runs_have_them(ci_runs: dict[str, Path]) -> None:
+    frame, _ = report_frame([read_run(ci_runs[k]) for k in ("bin-boot", "bin-plain")])
+    doc, plain = _boot(ci_runs["bin-boot"]), _boot(ci_runs["bin-plain"])
+    for _, key in INTERVALS:
+        assert frame[f"{key}_ci_lo"].to_list() == [doc["bootstrap"][f"{key}_ci"][0], None]
+        assert frame[f"{key}_ci_hi"].to_list() == [doc["bootstrap"][f"{key}_ci"][1], None]
+    for key in ("sensitivity", "specificity"):
+        assert frame[key].to_list() == pytest.approx([doc[key], plain[key]])
+        assert frame[f"{key}_std"].to_list() == pytest.approx([doc[f"{key}_std"], plain[f"{key}_std"]])
+    assert frame["bootstrap_n"].to_list() == [150, None] and frame["ci_level"][0] == 0.95
+    # multi-class runs: intervals of acc, balanced acc and macro F1, no sensitivity/specificity
+    multi, _ = report_frame([read_run(ci_runs[k]) for k in ("multi-boot", "multi-plain")])
+    assert {"acc_ci_lo", "balanced_acc_ci_hi", "macro_f1_ci_lo"} <= set(multi.columns)
+    assert not [c for c in multi.columns if c.startswith(("sensitivity", "specificity"))]
+    # no run with intervals: no interval column at all
+    none, _ = report_frame([read_run(ci_runs["multi-plain"]), read_run(ci_runs["bin-plain"])])
+    assert not [c for c in none.columns if "_ci_" in c or c in ("bootstrap_n", "ci_level")]
+    assert "sensitivity" in none.columns  # a two-class run is among them
+
+
+def _ci_rows(out: str) -> dict[str, list[str]]:
+    """The interval table's rows, run name (its wrapped lines joined) -> cells."""
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if "bootstrap intervals" in ln)
+    rule = next(i for i in range(start, len(lines)) if set(lines[i].strip()) <= set("─━┡╇┩"))
+    rows: dict[str, list[str]] = {}
+    name = None
+    for ln in lines[rule + 1:]:
+        cells = [c for c in re.split(r"\s{2,}|│", ln.strip()) if c.strip()]
+        if not cells or ln.startswith(("Read ", "└")):
+            break
+        if re.search(r"\d+\.\d\d", ln):
+            name = cells[0].strip()
+            rows[name] = [c.strip() for c in cells[1:]]
+        else:  # the rest of a wrapped name
+            rows[name + cells[0].strip()] = rows.pop(name)
+            name += cells[0].strip()
+    return rows
+
+
+def test_report_cli_shows_the_runs_intervals_and_binary_rates(ci_runs: dict[str, Path], tmp_path: Path) -> None:
+    from featcache.report import fmt_interval
+
+    paths = [str(ci_runs[k]) for k in ("bin-boot", "bin-plain")]
+    doc = _boot(ci_runs["bin-boot"])
+    short = ci_runs["bin-boot"].name.removeprefix(LONG)
+    for width, compact in (("250", False), ("80", True)):
+        res = CliRunner(env={"COLUMNS": width}).invoke(main, ["report", *paths, "--out", str(tmp_path / "t")])
+        assert res.exit_code == 0, res.output
+        table = [ln for ln in res.stdout.splitlines() if not ln.startswith("Read ")]  # (paths)
+        assert max(len(ln) for ln in table) <= int(width), res.stdout
+        assert "…" not in res.stdout
+        header = next(ln for ln in res.stdout.splitlines() if "Run" in ln and "Many" in ln)
+        assert "Sens." in header and "Spec." in header
+        assert "95 % bootstrap intervals" in res.stdout and "150 resamples" in res.stdout
+        rows = _ci_rows(res.stdout)
+        assert list(rows) == [short]  # only the run that has intervals
+        assert rows[short] == [fmt_interval(*doc["bootstrap"][f"{k}_ci"], compact=compact) for _, k in INTERVALS]
+    # the files carry them too
+    table = pl.read_parquet(tmp_path / "t.parquet")
+    assert table["acc_ci_lo"][0] == doc["bootstrap"]["acc_ci"][0] and table["acc_ci_hi"][1] is None
+    assert table["sensitivity"][0] == pytest.approx(doc["sensitivity"])
+    assert {"specificity_ci_hi", "bootstrap_n"} <= set(pl.read_csv(tmp_path / "t.csv").columns)
+    md = (tmp_path / "t.md").read_text().splitlines()
+    assert "| Sens. | Spec. | ECE |" in md[0]
+    lo, hi = doc["bootstrap"]["sensitivity_ci"]
+    assert f"{100 * doc['sensitivity']:.2f} ± {100 * doc['sensitivity_std']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]" in md[2]
+    assert "[" not in md[3]  # the run without intervals
+    # multi-class runs: no Sens./Spec.; runs without intervals: no interval table
+    res = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["report", str(ci_runs["multi-boot"]),
+                                                          str(ci_runs["multi-plain"])])
+    assert res.exit_code == 0 and "Sens." not in res.stdout and "Spec." not in res.stdout
+    assert list(_ci_rows(res.stdout)) == ["multi-boot"]
+    res = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["report", str(ci_runs["multi-plain"]),
+                                                          str(ci_runs["bin-plain"])])
+    assert res.exit_code == 0 and "bootstrap" not in res.stdout and "[" not in res.stdout
+
+
+def test_long_run_names_wrap_to_80_columns_whole(ci_runs: dict[str, Path]) -> None:
+    """The two tables of two-class runs with long names fit 80 columns: the names wrap over
+    lines (every character kept), the numbers are whole."""
+    paths = [str(ci_runs[k]) for k in ("bin-boot", "bin-plain")]
+    res = CliRunner(env={"COLUMNS": "80"}).invoke(main, ["report", *paths])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    assert max(len(ln) for ln in lines) <= 80 and "…" not in res.stdout
+    for key in ("bin-boot", "bin-plain"):
+        doc, short = _boot(ci_runs[key]), ci_runs[key].name.removeprefix(LONG)
+        assert len(short) > 30  # too long for one line beside eleven columns at 80
+        first = next(i for i, ln in enumerate(lines) if ln.startswith(short[:6]) and "Run" not in ln)
+        row = lines[first].split()
+        assert row[1:] == [f"{100 * doc[k]:.2f}" if doc[k] is not None else "–"
+                           for k in ("many_acc", "medium_acc", "few_acc", "acc", "macro_f1", "balanced_acc",
+                                     "auc", "sensitivity", "specificity", "ece")]
+        name, i = row[0], first + 1
+        while not re.search(r"\d\.\d", lines[i]) and lines[i].strip() and not lines[i].startswith("Settings"):
+            name, i = name + lines[i].strip(), i + 1
+        assert name == short
+
+
+def test_html_shows_intervals_under_the_figures_and_binary_columns(ci_runs: dict[str, Path]) -> None:
+    from featcache.report import _table, fmt_interval, render_html
+
+    collected = collect_runs([str(ci_runs[k]) for k in ("bin-boot", "bin-plain")])
+    frame, knobs = report_frame(collected.runs)
+    table = _table(frame, knobs)
+    headers = table["headers"]
+    assert headers[headers.index("AUC") + 1:headers.index("ECE")] == ["Sens.", "Spec."]
+    doc = _boot(ci_runs["bin-boot"])
+    for title, key in INTERVALS:
+        cell = table["rows"][0][headers.index(title)]
+        assert cell["ci"] == fmt_interval(*doc["bootstrap"][f"{key}_ci"]) and cell["text"] == f"{100 * doc[key]:.2f}"
+        assert table["rows"][1][headers.index(title)]["ci"] == ""
+    assert table["rows"][0][headers.index("AUC")]["ci"] == ""  # no interval computed for AUC
+    assert "150 resamples" in table["intervals"]
+    html = render_html(collected)
+    lo, hi = doc["bootstrap"]["specificity_ci"]
+    assert f'<span class="ci">[{100 * lo:.2f}, {100 * hi:.2f}]</span>' in html
+    assert "Sens./Spec.: sensitivity and specificity of class 1" in html
+    multi = collect_runs([str(ci_runs["multi-plain"]), str(ci_runs["multi-boot"])])
+    table = _table(*report_frame(multi.runs))
+    assert "Sens." not in table["headers"] and "Sens./Spec." not in render_html(multi)
+    plain = render_html(collect_runs([str(ci_runs["multi-plain"])]))
+    assert 'class="ci"' not in plain and "bootstrap intervals" not in plain

@@ -283,14 +283,17 @@ def reproduce_tfa_lt_cmd(**opts: object) -> None:
 def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
     """The report table at the terminal's width, in the first layout that fits: the differing
     knobs as columns with mean ± std; the same compact (``81.23±0.40``, no box lines); the
-    knobs as one line per run below; means only (said in the title). Numbers are never cut,
-    and each run is one line (:func:`featcache.tables.print_fitting`)."""
+    knobs as one line per run below; means only (said in the title); that with the run names
+    wrapped over lines (never cut). Numbers are never cut, and each run is one line until
+    its name is wrapped (:func:`featcache.tables.print_fitting`). Runs with bootstrap
+    intervals get a second table of them, fitted the same way."""
     import textwrap
 
     import polars as pl
 
-    from featcache.runs import REPORT_COLUMNS, rich_table
-    from featcache.tables import common_prefix, print_fitting
+    from featcache.report import fmt_interval, interval_columns, interval_title, metric_columns
+    from featcache.runs import rich_table
+    from featcache.tables import common_prefix, plain_table, print_fitting, wrap_name
 
     con = console()
     prefix = common_prefix(frame["name"].to_list())
@@ -298,13 +301,29 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
         click.echo(textwrap.fill(f"Runs {prefix}* (the common start of their names is left out "
                                  "below)", width=max(con.width, 40), break_on_hyphens=False))
         frame = frame.with_columns(pl.col("name").str.slice(len(prefix)))
+    names = frame["name"].to_list()
+    longest = max(len(n) for n in names)
+
+    def wrapped(over: int) -> list[str] | None:
+        """The names wrapped ``over`` columns narrower, or None when too little is left."""
+        width = longest - over
+        return [wrap_name(n, width) for n in names] if width >= 8 else None
+
+    columns = metric_columns(frame)
     layouts = [(True, True, False), (True, True, True), (False, True, True), (False, False, True)]
-    tables = [rich_table(frame, title="" if std else "means over seeds, %; ± std: widen the "
-                         "terminal, or --out/--html", title_column="name", title_header="Run",
-                         columns=REPORT_COLUMNS, knobs=knobs if with_knobs else (), std=std,
-                         compact=compact)
-              for with_knobs, std, compact in layouts]
-    with_knobs = layouts[print_fitting(con, tables)][0]
+
+    def main_table(with_knobs: bool, std: bool, compact: bool, shown: list[str] | None = None):  # noqa: ANN202
+        shown_frame = frame if shown is None else frame.with_columns(pl.Series("name", shown))
+        return rich_table(shown_frame, title="" if std else "means over seeds, %; ± std: widen the "
+                          "terminal, or --out/--html", title_column="name", title_header="Run",
+                          columns=columns, knobs=knobs if with_knobs else (), std=std,
+                          compact=compact)
+
+    def shrunk(over: int):  # noqa: ANN202
+        shown = wrapped(over)
+        return None if shown is None else main_table(*layouts[-1], shown)
+
+    with_knobs = layouts[print_fitting(con, [main_table(*lay) for lay in layouts], shrink=shrunk)][0]
     if knobs and not with_knobs:
         click.echo("Settings that differ:")
         for row in frame.iter_rows(named=True):
@@ -312,6 +331,26 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
             click.echo(textwrap.fill(f"{row['name']}: {shown}", width=max(con.width, 40),
                                      initial_indent="  ", subsequent_indent="      ",
                                      break_on_hyphens=False))
+    ci_cols = interval_columns(frame)
+    if not ci_cols:
+        return
+    with_ci = [i for i, row in enumerate(frame.iter_rows(named=True))
+               if any(row[f"{k}_ci_lo"] is not None for _, k in ci_cols)]
+    rows = list(frame.iter_rows(named=True))
+
+    def ci_table(compact: bool, shown: list[str] | None = None):  # noqa: ANN202
+        cells = [[(shown or names)[i], *(fmt_interval(rows[i][f"{k}_ci_lo"], rows[i][f"{k}_ci_hi"],
+                                                      compact=compact) for _, k in ci_cols)]
+                 for i in with_ci]
+        heads = ["Run", *(t for t, _ in ci_cols)]
+        return plain_table(heads, cells, title=interval_title(frame.select("ci_level", "bootstrap_n")[with_ci]),
+                           right=[i > 0 for i in range(len(heads))], compact=compact)
+
+    def ci_shrunk(over: int):  # noqa: ANN202
+        shown = wrapped(over + longest - max(len(names[i]) for i in with_ci))
+        return None if shown is None else ci_table(True, shown)
+
+    print_fitting(con, [ci_table(False), ci_table(True)], shrink=ci_shrunk)
 
 
 @main.command("report", cls=GroupedCommand, examples=(
@@ -326,15 +365,16 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
                    "shots curves and grid heatmaps when present, every run's configuration.")
 def report_cmd(runs: tuple[str, ...], out: str | None, html: str | None) -> None:
     """Collect run directories into one table: Many, Med, Few, Total, balanced accuracy, F1,
-    AUC, and the settings that differ between the runs.
+    AUC, sensitivity and specificity (two-class runs), ECE, and the settings that differ
+    between the runs; runs trained with --bootstrap N also get their 95 % intervals.
 
     Folders that are not head runs are skipped with a note; `bench medmnist` folders are
     refused (read their table.md).
 
     RUNS: run directories (e.g. runs/*; the rows of a reproduce run: RUN/rows/*).
     """
-    from featcache.report import collect_runs, report_frame, write_html
-    from featcache.runs import REPORT_COLUMNS, markdown_table
+    from featcache.report import collect_runs, metric_columns, report_frame, write_html
+    from featcache.runs import markdown_table
 
     collected = collect_runs(runs)
     for note in collected.notes():
@@ -348,7 +388,7 @@ def report_cmd(runs: tuple[str, ...], out: str | None, html: str | None) -> None
         frame.write_parquet(base.with_suffix(".parquet"))
         frame.write_csv(base.with_suffix(".csv"))
         base.with_suffix(".md").write_text(markdown_table(frame, title_column="name", title_header="Run",
-                                                          columns=REPORT_COLUMNS, knobs=knobs))
+                                                          columns=metric_columns(frame), knobs=knobs))
         written += [base.with_suffix(".parquet"), base.with_suffix(".csv"), base.with_suffix(".md")]
     if html:
         written.append(write_html(collected, html))
