@@ -236,7 +236,7 @@ VALIDATION_FREE = _declare(
 SEEDS: tuple[int, ...] = _declare("seeds", (0, 1, 2), "Comma-separated seeds; mean ± std is reported.",
                                   f"{_TFA}: results averaged over 3 seeds")
 EPOCHS = _declare("epochs", 200, "Training epochs.", f"{_TFA}: 200 epochs in stage I")
-BATCH_SIZE = _declare("batch_size", 128, "Training rows per SGD step.", f"{_TFA} and {_LIFT}: batch 128")
+BATCH_SIZE = _declare("batch_size", 128, "Training rows per optimiser step.", f"{_TFA} and {_LIFT}: batch 128")
 LR = _declare("lr", 0.1, "Learning rate.", f"{_TFA}: SGD lr 0.1")
 WEIGHT_DECAY = _declare("weight_decay", 5e-4, "Weight decay (SGD: L2 in the gradient; AdamW: decoupled).", f"{_TFA} and {_LIFT}: 5e-4")
 MOMENTUM = _declare("momentum", 0.9, "SGD momentum.", f"{_TFA} and {_LIFT}: 0.9")
@@ -247,7 +247,7 @@ SCHEDULE = _declare("schedule", "cosine",
 LR_DECAY = _declare("lr_decay", 0.9, "Step decay: the learning rate's factor every --decay-every optimiser steps "
                     "(train-head and grid: with --schedule step; bench medmnist: the probe's head).",
                     f"{_FMMIC}: x0.9 (its --lr_decay)")
-DECAY_EVERY = _declare("decay_every", 200, "--schedule step: optimiser steps between two --lr-decay factors.",
+DECAY_EVERY = _declare("decay_every", 200, "Step decay: optimiser steps between two --lr-decay factors.",
                        f"{_FMMIC}: every 200 iterations")
 OPTIMIZER = _declare("optimizer", "sgd",
                      "Optimiser of the heads: sgd (with --momentum) or adamw (torch.optim.AdamW, its "
