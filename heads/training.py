@@ -58,7 +58,7 @@ from featcache.heads.base import Head, MemberSpec
 from featcache.heads.losses import LOSS_KNOBS, LOSSES, MULTI_LABEL_LOSSES, ClassPrior
 from featcache.heads.samplers import SAMPLERS, Sampler
 from featcache.progress import bar as progress_bar
-from featcache.schedules import epoch_lr, step_rates
+from featcache.schedules import step_rates
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +74,6 @@ class TrainResult:
     epoch_loss: list[list[float]]  # per member, mean training loss of each epoch
     steps: list[int]  # optimiser steps per member
     seconds: float
-
-
-def lr_at_epoch(spec: MemberSpec, epoch: int) -> float:
-    """Learning rate of ``spec`` during ``epoch`` (0-based), for the per-epoch schedules."""
-    return epoch_lr(spec.schedule, spec.lr, epoch, spec.epochs)  # featcache.schedules
 
 
 def steps_per_epoch(spec: MemberSpec, epoch_length: int) -> int:

@@ -8,7 +8,7 @@ import torch
 
 from featcache import schedules
 from featcache.heads.base import MemberSpec
-from featcache.heads.training import lr_at_epoch, member_rates
+from featcache.heads.training import member_rates
 from featcache.pipelines import bench_medmnist, finetune
 
 
@@ -49,7 +49,8 @@ def test_step_decay_equals_step_lr_per_iteration() -> None:
 def test_every_loop_reads_the_one_schedule() -> None:
     """The head trainer, finetune and the MedMNIST probe give exactly the module's rates."""
     spec = MemberSpec(lr=0.1, epochs=7, schedule="cosine")
-    assert [lr_at_epoch(spec, e) for e in range(7)] == [schedules.epoch_lr("cosine", 0.1, e, 7) for e in range(7)]
+    ours = member_rates(spec, 1).tolist()  # one step an epoch: the rate of each epoch
+    assert ours == pytest.approx([schedules.epoch_lr("cosine", 0.1, e, 7) for e in range(7)], rel=1e-6)
     cfg = finetune.FinetuneConfig(dataset="x", lr=0.01, epochs=5)
     assert [finetune.lr_at_epoch(cfg, e) for e in range(5)] == [schedules.epoch_lr(cfg.schedule, 0.01, e, 5) for e in range(5)]
     probe = bench_medmnist.ProbeRecipe(iterations=402, lr_decay=0.9, decay_every=200).member(1000, 1e-3, 0)
