@@ -12,12 +12,16 @@ calls :func:`seed_extras` per seed and :func:`write_extras` once):
 - :func:`binary_rates`: sensitivity (recall of class 1, the positive class, as AUC takes it)
   and specificity (recall of class 0) for two-class sets, recorded per seed and as mean ± std
   in ``metrics.json``.
-- :func:`bootstrap_ci`: percentile 95 % confidence intervals of ``acc``, ``balanced_acc`` and
-  ``macro_f1`` (and, on two-class sets, ``sensitivity`` and ``specificity``) from resampling
-  each seed's test rows with replacement (Efron & Tibshirani,
+- :func:`bootstrap_ci`: percentile 95 % confidence intervals of ``acc``, ``balanced_acc``,
+  ``macro_f1`` and ``auc`` (and, on two-class sets, ``sensitivity`` and ``specificity``) from
+  resampling each seed's test rows with replacement (Efron & Tibshirani,
   *An Introduction to the Bootstrap*, 1993, §13.3), seeded, for each seed and for the mean
   over seeds that ``metrics.json`` reports (each replicate resamples every seed's rows
-  independently and averages the seeds' figures).
+  independently and averages the seeds' figures). A replicate's ``auc`` is
+  :func:`featcache.metrics.compute_metrics`'s, from the softmax probabilities of its rows
+  (macro one-vs-rest over the classes it drew with positives and negatives; two classes:
+  the AUC of class 1); replicates where it is undefined (two classes: a class not drawn)
+  are left out of its interval, as for sensitivity and specificity.
 """
 
 from __future__ import annotations
@@ -29,9 +33,9 @@ import numpy as np
 import polars as pl
 
 from featcache import knobs
-from featcache.metrics import _macro_f1, _rank_auc, softmax
+from featcache.metrics import _macro_f1, _ovr_auc, _rank_auc, softmax
 
-BOOTSTRAP_METRICS = ("acc", "balanced_acc", "macro_f1")
+BOOTSTRAP_METRICS = ("acc", "balanced_acc", "macro_f1", "auc")
 BINARY_METRICS = ("sensitivity", "specificity")  # two-class sets: bootstrapped too
 PER_CLASS_FIGURES = ("precision", "recall", "f1", "auc")
 
@@ -126,19 +130,22 @@ def bootstrap_ci(evals: list[tuple[np.ndarray, np.ndarray]], n: int, *, seed: in
     ``evals``: one ``(labels [N], scores [N, C])`` per seed. Returns ``{"n", "level", "seed",
     "method", "<metric>_ci": [lo, hi] of the mean over seeds, "per_seed": [{"<metric>_ci":
     [lo, hi]}, ...]}`` for the metrics of :data:`BOOTSTRAP_METRICS` and, when ``C == 2``,
-    :data:`BINARY_METRICS` (over the replicates that drew rows of both classes); the same
-    ``seed`` gives the same intervals."""
+    :data:`BINARY_METRICS` (those and the two-class ``auc`` over the replicates that drew
+    rows of both classes); the same ``seed`` gives the same intervals. ``auc`` ranks each
+    replicate's probabilities again: about 1 ms per replicate and seed at 2,000 rows × 7
+    classes, some 15-20 times the argmax figures (``benchmarks/bench_bootstrap.py``)."""
     if n < 1:
         raise ValueError(f"bootstrap needs n >= 1 replicates, got {n}")
     rng = np.random.default_rng(seed)
     C = max(int(s.shape[1]) for _, s in evals)
     keys = BOOTSTRAP_METRICS + (BINARY_METRICS if C == 2 else ())
-    preds = [(np.asarray(lab), np.asarray(sc).argmax(1)) for lab, sc in evals]
+    preds = [(np.asarray(lab), np.asarray(sc).argmax(1), softmax(np.asarray(sc))) for lab, sc in evals]
     reps = np.empty((n, len(preds), len(keys)))  # [B, seeds, metrics]
-    for b in range(n):
-        for s, (lab, pred) in enumerate(preds):
+    for b in range(n):  # one draw per seed and replicate, in this order: the seed fixes every interval
+        for s, (lab, pred, probs) in enumerate(preds):
             idx = rng.integers(0, lab.size, lab.size)
             point = _point(lab[idx], pred[idx], C)
+            point["auc"] = _ovr_auc(lab[idx], probs[idx])  # NaN where no class is scorable
             if C == 2:  # NaN where a replicate drew no row of a class
                 point.update(binary_rates(lab[idx], pred[idx]))
             reps[b, s] = [point[k] for k in keys]

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from fixtures_cache import make_feature_cache
 from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
 
-from featcache.class_metrics import binary_rates, bootstrap_ci, per_class_table
+from featcache.class_metrics import _point, binary_rates, bootstrap_ci, per_class_table
 from featcache.cli import main
 from featcache.metrics import compute_metrics, softmax
 
@@ -68,7 +68,7 @@ def test_bootstrap_contains_the_estimate_and_is_reproducible() -> None:
     b = bootstrap_ci(evals, 300, seed=7)
     c = bootstrap_ci(evals, 300, seed=8)
     assert a == b and a != c
-    for key in ("acc", "balanced_acc", "macro_f1"):
+    for key in ("acc", "balanced_acc", "macro_f1", "auc"):
         points = [compute_metrics(lab, sc)[key] for lab, sc in evals]
         lo, hi = a[f"{key}_ci"]
         assert lo <= np.mean(points) <= hi and hi - lo < 0.2
@@ -108,9 +108,10 @@ def test_every_run_writes_per_class_rates_and_intervals(binary_cache, tmp_path) 
     assert table.columns[:4] == ["class", "name", "support", "precision"] and "auc_std" in table.columns
     boot = doc["bootstrap"]
     assert boot["n"] == 200 and boot["seed"] == 3 and len(boot["per_seed"]) == 2
-    for key in ("acc", "balanced_acc", "macro_f1"):
+    for key in ("acc", "balanced_acc", "macro_f1", "auc"):
         lo, hi = boot[f"{key}_ci"]
         assert lo <= doc[key] <= hi
+        assert all(f"{key}_ci" in entry for entry in boot["per_seed"])
     # the same command again: the same intervals
     again = CliRunner().invoke(main, [*args, "--overwrite"])
     assert again.exit_code == 0, again.output
@@ -122,8 +123,8 @@ def test_every_run_writes_per_class_rates_and_intervals(binary_cache, tmp_path) 
 def test_two_class_bootstrap_adds_sensitivity_and_specificity() -> None:
     evals = [_data(n=200, C=2, seed=s) for s in range(2)]
     boot = bootstrap_ci(evals, 300, seed=1)
-    for key in ("sensitivity", "specificity"):
-        points = [binary_rates(lab, sc.argmax(1))[key] for lab, sc in evals]
+    for key in ("sensitivity", "specificity", "auc"):
+        points = [{**binary_rates(lab, sc.argmax(1)), **compute_metrics(lab, sc)}[key] for lab, sc in evals]
         lo, hi = boot[f"{key}_ci"]
         assert lo <= np.mean(points) <= hi < 1.0 and hi - lo < 0.3
         for s, point in enumerate(points):
@@ -141,3 +142,91 @@ def test_two_class_bootstrap_adds_sensitivity_and_specificity() -> None:
     scores = np.eye(2)[labels] * 2.0
     rare = bootstrap_ci([(labels, scores)], 200, seed=0)
     assert rare["sensitivity_ci"] == [1.0, 1.0] and rare["specificity_ci"] == [1.0, 1.0]
+    assert rare["auc_ci"] == [1.0, 1.0]  # so is the AUC of class 1
+    # no positive row at all: no replicate defines them, the intervals are NaN (null in JSON)
+    none = bootstrap_ci([(np.zeros(20, dtype=int), np.eye(2)[np.zeros(20, dtype=int)] * 2.0)], 50, seed=0)
+    assert np.isnan(none["auc_ci"]).all() and np.isnan(none["sensitivity_ci"]).all()
+    assert none["acc_ci"] == [1.0, 1.0]
+
+
+def _old_bootstrap(evals: list[tuple[np.ndarray, np.ndarray]], n: int, seed: int) -> dict:
+    """The loop of ``bootstrap_ci`` before it computed AUC (argmax figures only), kept here
+    to show that adding AUC changed no other interval."""
+    rng = np.random.default_rng(seed)
+    C = max(int(s.shape[1]) for _, s in evals)
+    keys = ("acc", "balanced_acc", "macro_f1") + (("sensitivity", "specificity") if C == 2 else ())
+    preds = [(np.asarray(lab), np.asarray(sc).argmax(1)) for lab, sc in evals]
+    reps = np.empty((n, len(preds), len(keys)))
+    for b in range(n):
+        for s, (lab, pred) in enumerate(preds):
+            idx = rng.integers(0, lab.size, lab.size)
+            point = _point(lab[idx], pred[idx], C)
+            if C == 2:
+                point.update(binary_rates(lab[idx], pred[idx]))
+            reps[b, s] = [point[k] for k in keys]
+
+    lo, hi = 100 * (1 - 0.95) / 2, 100 * (1 + 0.95) / 2
+
+    def interval(values: np.ndarray) -> list[float]:
+        values = values[~np.isnan(values)]
+        return [float(np.percentile(values, lo)), float(np.percentile(values, hi))]
+
+    mean = reps.mean(1)
+    return {**{f"{k}_ci": interval(mean[:, m]) for m, k in enumerate(keys)},
+            "per_seed": [{f"{k}_ci": interval(reps[:, s, m]) for m, k in enumerate(keys)}
+                         for s in range(len(preds))]}
+
+
+@pytest.mark.parametrize("C", [2, 5])
+def test_auc_leaves_every_other_interval_as_it_was(C: int) -> None:
+    """The same draws in the same order: acc, balanced acc, macro F1 (and sensitivity,
+    specificity) keep exactly the intervals they had before AUC was bootstrapped."""
+    evals = [_data(n=150, C=C, seed=s) for s in range(2)]
+    new, old = bootstrap_ci(evals, 120, seed=5), _old_bootstrap(evals, 120, seed=5)
+    for key in [k for k in old if k.endswith("_ci")]:
+        assert new[key] == old[key], key
+        assert [p[key] for p in new["per_seed"]] == [p[key] for p in old["per_seed"]], key
+    assert "auc_ci" in new and all("auc_ci" in p for p in new["per_seed"])
+
+
+def _sklearn_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """The reference: scikit-learn's ``roc_auc_score`` of class 1 (two classes), else the
+    mean over the classes with positive and negative rows of its one-vs-rest AUC; NaN
+    where no class has both."""
+    C = probs.shape[1]
+    aucs = [roc_auc_score(labels == c, probs[:, c]) for c in ([1] if C == 2 else range(C))
+            if 0 < (labels == c).sum() < labels.size]
+    return float(np.mean(aucs)) if aucs else np.nan
+
+
+@pytest.mark.parametrize(("C", "counts"), [(2, [22, 3]), (4, [12, 9, 6, 1])])
+def test_auc_interval_equals_sklearn_over_the_same_resamples(C: int, counts: list[int]) -> None:
+    """Replaying the rng: the AUC interval is the percentile interval of scikit-learn's AUC on
+    each replicate's rows; a replicate with no positive (two classes) is left out, one that
+    misses a rare class averages the others (compute_metrics' rule), as the point AUC does."""
+    rng = np.random.default_rng(3)
+    evals = []
+    for _ in range(2):  # two seeds with few rows and a rare class: some replicates draw none of it
+        labels = rng.permutation(np.repeat(np.arange(C), counts))
+        scores = rng.normal(size=(labels.size, C)) + np.eye(C)[labels]
+        scores[:, 0] = np.round(scores[:, 0])  # ties, counted one half
+        evals.append((labels, scores))
+    n, seed = 400, 11
+    boot = bootstrap_ci(evals, n, seed=seed)
+    replay = np.random.default_rng(seed)
+    reps = np.empty((n, len(evals)))
+    for b in range(n):
+        for s, (lab, sc) in enumerate(evals):
+            idx = replay.integers(0, lab.size, lab.size)  # bootstrap_ci's one draw per seed
+            reps[b, s] = _sklearn_auc(lab[idx], softmax(sc)[idx])
+    mean = reps.mean(1)
+    if C == 2:  # three positives in 25 rows: some replicates have none
+        assert np.isnan(reps).any()
+    else:
+        assert not np.isnan(reps).any()
+    ref = mean[~np.isnan(mean)]
+    assert boot["auc_ci"] == pytest.approx([np.percentile(ref, 2.5), np.percentile(ref, 97.5)], rel=1e-12)
+    for s in range(len(evals)):
+        ref_s = reps[~np.isnan(reps[:, s]), s]
+        assert boot["per_seed"][s]["auc_ci"] == pytest.approx(
+            [np.percentile(ref_s, 2.5), np.percentile(ref_s, 97.5)], rel=1e-12)

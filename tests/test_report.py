@@ -321,7 +321,7 @@ def test_html_table_puts_the_metrics_before_the_differing_settings(three_runs: d
 # Bootstrap intervals and the two-class rates
 
 LONG = "isic2018-tiny-clip-random-tte-"  # the start default names share: shown once
-INTERVALS = (("Total", "acc"), ("F1", "macro_f1"), ("Bal.", "balanced_acc"),
+INTERVALS = (("Total", "acc"), ("F1", "macro_f1"), ("Bal.", "balanced_acc"), ("AUC", "auc"),
              ("Sens.", "sensitivity"), ("Spec.", "specificity"))
 
 
@@ -358,9 +358,9 @@ def test_frame_carries_intervals_and_binary_rates_only_where_runs_have_them(ci_r
         assert frame[key].to_list() == pytest.approx([doc[key], plain[key]])
         assert frame[f"{key}_std"].to_list() == pytest.approx([doc[f"{key}_std"], plain[f"{key}_std"]])
     assert frame["bootstrap_n"].to_list() == [150, None] and frame["ci_level"][0] == 0.95
-    # multi-class runs: intervals of acc, balanced acc and macro F1, no sensitivity/specificity
+    # multi-class runs: intervals of acc, balanced acc, macro F1 and AUC, no sensitivity/specificity
     multi, _ = report_frame([read_run(ci_runs[k]) for k in ("multi-boot", "multi-plain")])
-    assert {"acc_ci_lo", "balanced_acc_ci_hi", "macro_f1_ci_lo"} <= set(multi.columns)
+    assert {"acc_ci_lo", "balanced_acc_ci_hi", "macro_f1_ci_lo", "auc_ci_hi"} <= set(multi.columns)
     assert not [c for c in multi.columns if c.startswith(("sensitivity", "specificity"))]
     # no run with intervals: no interval column at all
     none, _ = report_frame([read_run(ci_runs["multi-plain"]), read_run(ci_runs["bin-plain"])])
@@ -374,17 +374,21 @@ def _ci_rows(out: str) -> dict[str, list[str]]:
     start = next(i for i, ln in enumerate(lines) if "bootstrap intervals" in ln)
     rule = next(i for i in range(start, len(lines)) if set(lines[i].strip()) <= set("─━┡╇┩"))
     rows: dict[str, list[str]] = {}
-    name = None
+    name, pending = None, False
     for ln in lines[rule + 1:]:
-        cells = [c for c in re.split(r"\s{2,}|│", ln.strip()) if c.strip()]
+        cells = [c.strip() for c in re.split(r"\s{2,}|│", ln.strip()) if c.strip()]
         if not cells or ln.startswith(("Read ", "└")):
             break
-        if re.search(r"\d+\.\d\d", ln):
-            name = cells[0].strip()
-            rows[name] = [c.strip() for c in cells[1:]]
-        else:  # the rest of a wrapped name
-            rows[name + cells[0].strip()] = rows.pop(name)
-            name += cells[0].strip()
+        values = [c for c in cells if re.search(r"\d+\.\d\d", c) or c == "–"]
+        text = "".join(c for c in cells if c not in values)
+        if values and not pending:  # a run's first line
+            name, rows[text] = text, values
+        else:  # the rest of a wrapped name and of intervals on two lines (``60.00–`` over ``87.50``)
+            if values:
+                rows[name] = [a + b for a, b in zip(rows[name], values, strict=True)]
+            rows[name + text] = rows.pop(name)
+            name += text
+        pending = any(v.endswith("–") and v != "–" for v in rows[name])
     return rows
 
 
@@ -394,7 +398,7 @@ def test_report_cli_shows_the_runs_intervals_and_binary_rates(ci_runs: dict[str,
     paths = [str(ci_runs[k]) for k in ("bin-boot", "bin-plain")]
     doc = _boot(ci_runs["bin-boot"])
     short = ci_runs["bin-boot"].name.removeprefix(LONG)
-    for width, compact in (("250", False), ("80", True)):
+    for width, compact in (("250", False), ("100", True), ("80", True)):  # 80: intervals on two lines
         res = CliRunner(env={"COLUMNS": width}).invoke(main, ["report", *paths, "--out", str(tmp_path / "t")])
         assert res.exit_code == 0, res.output
         table = [ln for ln in res.stdout.splitlines() if not ln.startswith("Read ")]  # (paths)
@@ -410,11 +414,16 @@ def test_report_cli_shows_the_runs_intervals_and_binary_rates(ci_runs: dict[str,
     table = pl.read_parquet(tmp_path / "t.parquet")
     assert table["acc_ci_lo"][0] == doc["bootstrap"]["acc_ci"][0] and table["acc_ci_hi"][1] is None
     assert table["sensitivity"][0] == pytest.approx(doc["sensitivity"])
-    assert {"specificity_ci_hi", "bootstrap_n"} <= set(pl.read_csv(tmp_path / "t.csv").columns)
+    csv = pl.read_csv(tmp_path / "t.csv")
+    assert {"specificity_ci_hi", "bootstrap_n"} <= set(csv.columns)
+    for frame in (table, csv):  # the AUC interval too
+        assert frame["auc_ci_lo"].to_list() == pytest.approx([doc["bootstrap"]["auc_ci"][0], None])
+        assert frame["auc_ci_hi"].to_list() == pytest.approx([doc["bootstrap"]["auc_ci"][1], None])
     md = (tmp_path / "t.md").read_text().splitlines()
-    assert "| Sens. | Spec. | ECE |" in md[0]
-    lo, hi = doc["bootstrap"]["sensitivity_ci"]
-    assert f"{100 * doc['sensitivity']:.2f} ± {100 * doc['sensitivity_std']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]" in md[2]
+    assert "| AUC | Sens. | Spec. | ECE |" in md[0]
+    for key in ("sensitivity", "auc"):
+        lo, hi = doc["bootstrap"][f"{key}_ci"]
+        assert f"{100 * doc[key]:.2f} ± {100 * doc[f'{key}_std']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]" in md[2]
     assert "[" not in md[3]  # the run without intervals
     # multi-class runs: no Sens./Spec.; runs without intervals: no interval table
     res = CliRunner(env={"COLUMNS": "250"}).invoke(main, ["report", str(ci_runs["multi-boot"]),
@@ -446,6 +455,11 @@ def test_long_run_names_wrap_to_80_columns_whole(ci_runs: dict[str, Path]) -> No
         while not re.search(r"\d\.\d", lines[i]) and lines[i].strip() and not lines[i].startswith("Settings"):
             name, i = name + lines[i].strip(), i + 1
         assert name == short
+    # the six intervals of a two-class run (Total, F1, Bal., AUC, Sens., Spec.) fit 80 columns
+    # only with each on two lines: its first line ends every interval at the dash
+    start = next(i for i, ln in enumerate(lines) if "bootstrap intervals" in ln)
+    first = next(ln for ln in lines[start:] if re.search(r"\d+\.\d\d", ln))
+    assert len(re.findall(r"\d+\.\d\d–(?!\d)", first)) == 6
 
 
 def test_html_shows_intervals_under_the_figures_and_binary_columns(ci_runs: dict[str, Path]) -> None:
@@ -461,11 +475,11 @@ def test_html_shows_intervals_under_the_figures_and_binary_columns(ci_runs: dict
         cell = table["rows"][0][headers.index(title)]
         assert cell["ci"] == fmt_interval(*doc["bootstrap"][f"{key}_ci"]) and cell["text"] == f"{100 * doc[key]:.2f}"
         assert table["rows"][1][headers.index(title)]["ci"] == ""
-    assert table["rows"][0][headers.index("AUC")]["ci"] == ""  # no interval computed for AUC
     assert "150 resamples" in table["intervals"]
     html = render_html(collected)
-    lo, hi = doc["bootstrap"]["specificity_ci"]
-    assert f'<span class="ci">[{100 * lo:.2f}, {100 * hi:.2f}]</span>' in html
+    for key in ("specificity", "auc"):
+        lo, hi = doc["bootstrap"][f"{key}_ci"]
+        assert f'<span class="ci">[{100 * lo:.2f}, {100 * hi:.2f}]</span>' in html
     assert "Sens./Spec.: sensitivity and specificity of class 1" in html
     multi = collect_runs([str(ci_runs["multi-plain"]), str(ci_runs["multi-boot"])])
     table = _table(*report_frame(multi.runs))

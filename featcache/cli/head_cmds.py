@@ -286,14 +286,15 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
     knobs as one line per run below; means only (said in the title); that with the run names
     wrapped over lines (never cut). Numbers are never cut, and each run is one line until
     its name is wrapped (:func:`featcache.tables.print_fitting`). Runs with bootstrap
-    intervals get a second table of them, fitted the same way."""
+    intervals get a second table of them, fitted the same way, with each interval on two
+    lines as the last resort (six intervals of two-class runs do not fit 80 columns on one)."""
     import textwrap
 
     import polars as pl
 
     from featcache.report import fmt_interval, interval_columns, interval_title, metric_columns
     from featcache.runs import rich_table
-    from featcache.tables import common_prefix, plain_table, print_fitting, wrap_name
+    from featcache.tables import common_prefix, plain_table, print_fitting, table_width, wrap_name
 
     con = console()
     prefix = common_prefix(frame["name"].to_list())
@@ -338,17 +339,30 @@ def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
                if any(row[f"{k}_ci_lo"] is not None for _, k in ci_cols)]
     rows = list(frame.iter_rows(named=True))
 
-    def ci_table(compact: bool, shown: list[str] | None = None):  # noqa: ANN202
-        cells = [[(shown or names)[i], *(fmt_interval(rows[i][f"{k}_ci_lo"], rows[i][f"{k}_ci_hi"],
-                                                      compact=compact) for _, k in ci_cols)]
+    def ci_cell(row: dict, key: str, compact: bool, stacked: bool) -> str:
+        lo, hi = row[f"{key}_ci_lo"], row[f"{key}_ci_hi"]
+        text = fmt_interval(lo, hi, compact=compact)
+        return text.replace("–", "–\n", 1) if stacked and lo is not None and hi is not None else text
+
+    def ci_table(compact: bool, shown: list[str] | None = None, stacked: bool = False):  # noqa: ANN202
+        cells = [[(shown or names)[i], *(ci_cell(rows[i], k, compact, stacked) for _, k in ci_cols)]
                  for i in with_ci]
         heads = ["Run", *(t for t, _ in ci_cols)]
         return plain_table(heads, cells, title=interval_title(frame.select("ci_level", "bootstrap_n")[with_ci]),
                            right=[i > 0 for i in range(len(heads))], compact=compact)
 
     def ci_shrunk(over: int):  # noqa: ANN202
-        shown = wrapped(over + longest - max(len(names[i]) for i in with_ci))
-        return None if shown is None else ci_table(True, shown)
+        """The compact table with the names wrapped; where that is still too wide (two-class
+        runs: six intervals), each interval on two lines (``60.00–`` over ``87.50``) too."""
+        for stacked in (False, True):
+            table = ci_table(True, stacked=stacked)
+            excess = table_width(con, table) - con.width
+            if excess <= 0:
+                return table
+            shown = wrapped(excess + longest - max(len(names[i]) for i in with_ci))
+            if shown is not None and table_width(con, table := ci_table(True, shown, stacked)) <= con.width:
+                return table
+        return None
 
     print_fitting(con, [ci_table(False), ci_table(True)], shrink=ci_shrunk)
 
