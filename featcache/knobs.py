@@ -288,8 +288,8 @@ POSTHOC_TAU = _declare("posthoc_tau", 0.0, "Post-hoc logit adjustment τ (0 = of
                        "featcache: post-hoc logit adjustment (Menon et al. 2021), off unless asked")
 BOOTSTRAP = _declare(
     "bootstrap", 0,
-    "Percentile 95% confidence intervals of acc, balanced acc and macro-F1 from N resamplings of the test "
-    "rows, in metrics.json (0 = off; 1000 is usual).",
+    "Percentile 95% confidence intervals of acc, balanced acc, macro-F1, AUC (and, for two classes, "
+    "sensitivity and specificity) from N resamplings of the test rows, in metrics.json (0 = off; 1000 is usual).",
     "featcache: percentile intervals (Efron & Tibshirani 1993), off unless asked", metavar="N")
 BOOTSTRAP_SEED = _declare("bootstrap_seed", 0, "Seed of the --bootstrap resampling (same seed, same intervals).",
                           "featcache: the resampling's seed")
