@@ -199,7 +199,8 @@ def _sklearn_auc(labels: np.ndarray, probs: np.ndarray) -> float:
     return float(np.mean(aucs)) if aucs else np.nan
 
 
-@pytest.mark.parametrize(("C", "counts"), [(2, [22, 3]), (4, [12, 9, 6, 1])])
+@pytest.mark.parametrize(("C", "counts"), [(2, [22, 3]),
+                                           pytest.param(4, [12, 9, 6, 1], marks=pytest.mark.slow)])
 def test_auc_interval_equals_sklearn_over_the_same_resamples(C: int, counts: list[int]) -> None:
     """Replaying the rng: the AUC interval is the percentile interval of scikit-learn's AUC on
     each replicate's rows; a replicate with no positive (two classes) is left out, one that
