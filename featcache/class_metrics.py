@@ -21,7 +21,11 @@ calls :func:`seed_extras` per seed and :func:`write_extras` once):
   :func:`featcache.metrics.compute_metrics`'s, from the softmax probabilities of its rows
   (macro one-vs-rest over the classes it drew with positives and negatives; two classes:
   the AUC of class 1); replicates where it is undefined (two classes: a class not drawn)
-  are left out of its interval, as for sensitivity and specificity.
+  are left out of its interval, as for sensitivity and specificity. Multi-label sets
+  (``labels`` ``[N, C]``) resample rows too and score each replicate with
+  :func:`featcache.metrics.compute_metrics`'s multi-label figures (threshold 0.5 on the
+  sigmoid per label; AUC and balanced accuracy over the labels a replicate drew with
+  positives and negatives): slower, scikit-learn per label and replicate.
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ import numpy as np
 import polars as pl
 
 from featcache import knobs
-from featcache.metrics import _macro_f1, _ovr_auc, _rank_auc, softmax
+from featcache.metrics import _macro_f1, _ovr_auc, _rank_auc, compute_metrics, softmax
 
 BOOTSTRAP_METRICS = ("acc", "balanced_acc", "macro_f1", "auc")
 BINARY_METRICS = ("sensitivity", "specificity")  # two-class sets: bootstrapped too
@@ -138,6 +142,8 @@ def bootstrap_ci(evals: list[tuple[np.ndarray, np.ndarray]], n: int, *, seed: in
         raise ValueError(f"bootstrap needs n >= 1 replicates, got {n}")
     rng = np.random.default_rng(seed)
     C = max(int(s.shape[1]) for _, s in evals)
+    if all(np.asarray(lab).ndim == 2 for lab, _ in evals):
+        return _bootstrap_multi_label(evals, n, rng, seed, level)
     keys = BOOTSTRAP_METRICS + (BINARY_METRICS if C == 2 else ())
     preds = [(np.asarray(lab), np.asarray(sc).argmax(1), softmax(np.asarray(sc))) for lab, sc in evals]
     reps = np.empty((n, len(preds), len(keys)))  # [B, seeds, metrics]
@@ -149,6 +155,27 @@ def bootstrap_ci(evals: list[tuple[np.ndarray, np.ndarray]], n: int, *, seed: in
             if C == 2:  # NaN where a replicate drew no row of a class
                 point.update(binary_rates(lab[idx], pred[idx]))
             reps[b, s] = [point[k] for k in keys]
+    return _intervals(reps, keys, n, seed, level)
+
+
+def _bootstrap_multi_label(evals: list[tuple[np.ndarray, np.ndarray]], n: int, rng: np.random.Generator,
+                           seed: int, level: float) -> dict:
+    """:func:`bootstrap_ci` for multi-label ``[N, C]`` labels: each replicate's rows scored by
+    :func:`featcache.metrics.compute_metrics` (its multi-label figures)."""
+    keys = BOOTSTRAP_METRICS
+    data = [(np.asarray(lab), np.asarray(sc)) for lab, sc in evals]
+    reps = np.empty((n, len(data), len(keys)))  # [B, seeds, metrics]
+    for b in range(n):
+        for s, (lab, sc) in enumerate(data):
+            idx = rng.integers(0, lab.shape[0], lab.shape[0])
+            point = compute_metrics(lab[idx], sc[idx])
+            reps[b, s] = [point[k] for k in keys]
+    return _intervals(reps, keys, n, seed, level)
+
+
+def _intervals(reps: np.ndarray, keys: tuple[str, ...], n: int, seed: int, level: float) -> dict:
+    """Percentile intervals of replicate figures ``reps`` ``[B, seeds, metrics]``: of the mean
+    over seeds and per seed, each over the replicates where the figure is defined."""
     lo, hi = 100 * (1 - level) / 2, 100 * (1 + level) / 2
 
     def interval(values: np.ndarray) -> list[float]:
@@ -163,7 +190,7 @@ def bootstrap_ci(evals: list[tuple[np.ndarray, np.ndarray]], n: int, *, seed: in
     for m, key in enumerate(keys):
         out[f"{key}_ci"] = interval(mean[:, m])
     out["per_seed"] = [{f"{key}_ci": interval(reps[:, s, m]) for m, key in enumerate(keys)}
-                       for s in range(len(preds))]
+                       for s in range(reps.shape[1])]
     return out
 
 
@@ -195,6 +222,6 @@ def write_extras(out_dir: Path, evals: list[tuple[int, np.ndarray, np.ndarray]],
         if any(key in m for m in per_seed):
             doc[key] = float(vals.mean()) if vals.size else math.nan
             doc[f"{key}_std"] = float(vals.std()) if vals.size else math.nan
-    if bootstrap and all(np.asarray(lab).ndim == 1 for _, lab, _ in evals):
+    if bootstrap:
         doc["bootstrap"] = bootstrap_ci([(lab, sc) for _, lab, sc in evals], bootstrap, seed=bootstrap_seed)
     return doc

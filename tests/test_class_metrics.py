@@ -231,3 +231,38 @@ def test_auc_interval_equals_sklearn_over_the_same_resamples(C: int, counts: lis
         ref_s = reps[~np.isnan(reps[:, s]), s]
         assert boot["per_seed"][s]["auc_ci"] == pytest.approx(
             [np.percentile(ref_s, 2.5), np.percentile(ref_s, 97.5)], rel=1e-12)
+
+
+def test_multi_label_bootstrap_replays_compute_metrics_on_the_same_resamples() -> None:
+    """Multi-label ``[N, C]`` labels get intervals too: each replicate is compute_metrics's
+    multi-label figures of its resampled rows (replayed here with the same rng draws)."""
+    rng = np.random.default_rng(5)
+    labels = (rng.random((60, 3)) < 0.4).astype(np.int64)
+    scores = rng.normal(size=(60, 3)) + 2.0 * (labels - 0.5)
+    evals = [(labels, scores), (labels, scores + 0.3 * rng.normal(size=scores.shape))]
+    got = bootstrap_ci(evals, 40, seed=9)
+    replay = np.random.default_rng(9)
+    reps = np.empty((40, 2, 4))
+    for b in range(40):
+        for s, (lab, sc) in enumerate(evals):
+            idx = replay.integers(0, 60, 60)
+            m = compute_metrics(lab[idx], sc[idx])
+            reps[b, s] = [m["acc"], m["balanced_acc"], m["macro_f1"], m["auc"]]
+    for j, key in enumerate(("acc", "balanced_acc", "macro_f1", "auc")):
+        mean = reps[:, :, j].mean(1)
+        assert got[f"{key}_ci"] == pytest.approx([np.percentile(mean, 2.5), np.percentile(mean, 97.5)])
+        point = np.mean([compute_metrics(lab, sc)[key] for lab, sc in evals])
+        assert got[f"{key}_ci"][0] <= point <= got[f"{key}_ci"][1]
+    assert "sensitivity_ci" not in got and len(got["per_seed"]) == 2
+
+
+def test_a_multi_label_run_writes_its_intervals(tmp_path) -> None:  # noqa: ANN001
+    cache = make_feature_cache(tmp_path / "ml.h5", num_classes=3, counts=[60, 40, 30], dim=8,
+                               multi_label=True, split_mode="official", seed=4)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train-head", "--cache", str(cache), "--loss", "bce", "--epochs", "2",
+                                    "--seeds", "0", "--device", "cpu", "--bootstrap", "30", "--out", str(out),
+                                    "--quiet"])
+    assert res.exit_code == 0, res.output
+    doc = json.loads((out / "metrics.json").read_text())
+    assert doc["bootstrap"]["n"] == 30 and doc["bootstrap"]["acc_ci"][0] <= doc["acc"] <= doc["bootstrap"]["acc_ci"][1]
