@@ -50,7 +50,7 @@ def _parse_shots(text: str | None) -> tuple[int | None, ...]:
 @knob_option("epochs", note="SGD-trained heads only; TFA-LT: stage I.")
 @knob_option("batch_size", note="SGD-trained heads only.")
 @knob_option("lr", note="SGD-trained heads only; TFA-LT: stage I.")
-@knob_option("val_fraction", note="They fit the temperature of --calibrate.")
+@knob_option("val_fraction", note="Those rows fit the temperature of --calibrate.")
 @knob_option("validation_free")
 @knob_option("calibrate", note="For every method.")
 @knob_option("test_per_class")
