@@ -280,93 +280,6 @@ def reproduce_tfa_lt_cmd(**opts: object) -> None:
                f"metrics.json; one run directory per row under {out}/rows.")
 
 
-def _print_report(frame, knobs: list[str]) -> None:  # noqa: ANN001
-    """The report table at the terminal's width, in the first layout that fits: the differing
-    knobs as columns with mean ± std; the same compact (``81.23±0.40``, no box lines); the
-    knobs as one line per run below; means only (said in the title); that with the run names
-    wrapped over lines (never cut). Numbers are never cut, and each run is one line until
-    its name is wrapped (:func:`featcache.tables.print_fitting`). Runs with bootstrap
-    intervals get a second table of them, fitted the same way, with each interval on two
-    lines as the last resort (six intervals of two-class runs do not fit 80 columns on one)."""
-    import textwrap
-
-    import polars as pl
-
-    from featcache.report import fmt_interval, interval_columns, interval_title, metric_columns
-    from featcache.runs import rich_table
-    from featcache.tables import common_prefix, plain_table, print_fitting, table_width, wrap_name
-
-    con = console()
-    prefix = common_prefix(frame["name"].to_list())
-    if prefix:  # shown once, not on every row (the files keep the whole names)
-        click.echo(textwrap.fill(f"Runs {prefix}* (the common start of their names is left out "
-                                 "below)", width=max(con.width, 40), break_on_hyphens=False))
-        frame = frame.with_columns(pl.col("name").str.slice(len(prefix)))
-    names = frame["name"].to_list()
-    longest = max(len(n) for n in names)
-
-    def wrapped(over: int) -> list[str] | None:
-        """The names wrapped ``over`` columns narrower, or None when too little is left."""
-        width = longest - over
-        return [wrap_name(n, width) for n in names] if width >= 8 else None
-
-    columns = metric_columns(frame)
-    layouts = [(True, True, False), (True, True, True), (False, True, True), (False, False, True)]
-
-    def main_table(with_knobs: bool, std: bool, compact: bool, shown: list[str] | None = None):  # noqa: ANN202
-        shown_frame = frame if shown is None else frame.with_columns(pl.Series("name", shown))
-        return rich_table(shown_frame, title="" if std else "means over seeds, %; ± std: widen the "
-                          "terminal, or --out/--html", title_column="name", title_header="Run",
-                          columns=columns, knobs=knobs if with_knobs else (), std=std,
-                          compact=compact)
-
-    def shrunk(over: int):  # noqa: ANN202
-        shown = wrapped(over)
-        return None if shown is None else main_table(*layouts[-1], shown)
-
-    with_knobs = layouts[print_fitting(con, [main_table(*lay) for lay in layouts], shrink=shrunk)][0]
-    if knobs and not with_knobs:
-        click.echo("Settings that differ:")
-        for row in frame.iter_rows(named=True):
-            shown = ", ".join(f"{k.removeprefix('config_')}={row[k]}" for k in knobs)
-            click.echo(textwrap.fill(f"{row['name']}: {shown}", width=max(con.width, 40),
-                                     initial_indent="  ", subsequent_indent="      ",
-                                     break_on_hyphens=False))
-    ci_cols = interval_columns(frame)
-    if not ci_cols:
-        return
-    with_ci = [i for i, row in enumerate(frame.iter_rows(named=True))
-               if any(row[f"{k}_ci_lo"] is not None for _, k in ci_cols)]
-    rows = list(frame.iter_rows(named=True))
-
-    def ci_cell(row: dict, key: str, compact: bool, stacked: bool) -> str:
-        lo, hi = row[f"{key}_ci_lo"], row[f"{key}_ci_hi"]
-        text = fmt_interval(lo, hi, compact=compact)
-        return text.replace("–", "–\n", 1) if stacked and lo is not None and hi is not None else text
-
-    def ci_table(compact: bool, shown: list[str] | None = None, stacked: bool = False):  # noqa: ANN202
-        cells = [[(shown or names)[i], *(ci_cell(rows[i], k, compact, stacked) for _, k in ci_cols)]
-                 for i in with_ci]
-        heads = ["Run", *(t for t, _ in ci_cols)]
-        return plain_table(heads, cells, title=interval_title(frame.select("ci_level", "bootstrap_n")[with_ci]),
-                           right=[i > 0 for i in range(len(heads))], compact=compact)
-
-    def ci_shrunk(over: int):  # noqa: ANN202
-        """The compact table with the names wrapped; where that is still too wide (two-class
-        runs: six intervals), each interval on two lines (``60.00–`` over ``87.50``) too."""
-        for stacked in (False, True):
-            table = ci_table(True, stacked=stacked)
-            excess = table_width(con, table) - con.width
-            if excess <= 0:
-                return table
-            shown = wrapped(excess + longest - max(len(names[i]) for i in with_ci))
-            if shown is not None and table_width(con, table := ci_table(True, shown, stacked)) <= con.width:
-                return table
-        return None
-
-    print_fitting(con, [ci_table(False), ci_table(True)], shrink=ci_shrunk)
-
-
 @main.command("report", cls=GroupedCommand, examples=(
     "featcache report runs/*",
     "featcache report runs/isic-* --out tables/isic --html report.html",
@@ -387,14 +300,20 @@ def report_cmd(runs: tuple[str, ...], out: str | None, html: str | None) -> None
 
     RUNS: run directories (e.g. runs/*; the rows of a reproduce run: RUN/rows/*).
     """
-    from featcache.report import collect_runs, metric_columns, report_frame, write_html
+    from featcache.report import (
+        collect_runs,
+        metric_columns,
+        print_report,
+        report_frame,
+        write_html,
+    )
     from featcache.runs import markdown_table
 
     collected = collect_runs(runs)
     for note in collected.notes():
         click.echo(f"note: {note}", err=True)
     frame, knobs = report_frame(collected.runs)
-    _print_report(frame, knobs)
+    print_report(console(), frame, knobs)
     written = []
     if out:
         base = Path(out)
