@@ -142,3 +142,22 @@ def test_train_head_cli_offers_the_optimizer_choice(tmp_path, monkeypatch) -> No
     assert not torch.equal(a["head"]["state"]["weight"], b["head"]["state"]["weight"])
     bad = CliRunner().invoke(main, [*common, "--optimizer", "adam"])
     assert bad.exit_code != 0 and "adamw" in bad.output
+
+
+def test_declared_choices_accept_any_case_and_run_the_declared_spelling(tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    from click.testing import CliRunner
+    from fixtures_cache import make_feature_cache
+
+    from featcache.cli import main
+
+    cache = make_feature_cache(tmp_path / "lt.h5", num_classes=3, counts=[40, 20, 15], dim=8,
+                               test_per_class=5, seed=2)
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["train-head", "--cache", str(cache), "--epochs", "1", "--seeds", "0",
+                                    "--device", "cpu", "--optimizer", "AdamW", "--schedule", "Step",
+                                    "--quiet", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((out / "config.json").read_text())
+    assert (cfg["optimizer"], cfg["schedule"]) == ("adamw", "step")

@@ -190,8 +190,8 @@ class KnobOption(click.Option):
 def knob_type(k: knobs.Knob) -> click.ParamType | type:
     """The click type of knob ``k``'s option: its choices, its registry's names, a path, or its
     type (a comma list is the text the command parses; a flag is a bool)."""
-    if k.choices is not None:
-        return click.Choice(list(k.choices))
+    if k.choices is not None:  # any case is accepted; the declared spelling is what the run gets
+        return click.Choice(list(k.choices), case_sensitive=False)
     if k.names is not None:
         from featcache.cli.choices import NameChoice
 
