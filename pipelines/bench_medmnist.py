@@ -341,21 +341,19 @@ class ProbeRecipe:
     lr_decay: float = knobs.LR_DECAY
     decay_every: int = knobs.DECAY_EVERY
 
-    def member(self, pool_size: int, lr: float, seed: int, loss: str = "ce",
-               batch_size: int | None = None) -> MemberSpec:
+    def member(self, pool_size: int, lr: float, seed: int, loss: str = "ce") -> MemberSpec:
         """One probe as a member of :func:`featcache.heads.training.train_members`.
 
         The batch is at most the pool (b = min(batch, rows), so a small per-class subset still
         trains); the initial values (nn.Linear's U(±1/√D)) and the batches come from ``seed``
         alone (stream ``medmnist/probe``), so members that differ only in lr see the same data.
+        The run is ``iterations`` steps; the trainer derives the epochs from it.
         """
-        b = min(batch_size or self.batch_size, pool_size)
-        per_epoch = max(1, pool_size // max(b, 1))
         return MemberSpec(seed=seed, stream="medmnist/probe", sampler="instance", loss=loss,
                           optimizer="adamw", lr=lr, weight_decay=self.weight_decay, schedule="step",
                           lr_decay=self.lr_decay, decay_every=self.decay_every,
-                          steps=self.iterations, epochs=-(-self.iterations // per_epoch),
-                          batch_size=b, drop_last=True)
+                          steps=self.iterations, batch_size=min(self.batch_size, pool_size),
+                          drop_last=True)
 
 
 def check_iterations(n_pool: int, batch_size: int, iterations: int, checks: int) -> list[int]:
